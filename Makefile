@@ -1,0 +1,47 @@
+# ditta_ros: set-up, evaluation and tests. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SHARED ?= $(abspath ../shared)
+# where `ditta models fetch` looks before going upstream (tests and CI use ../shared/models)
+export DITTA_MODEL_MIRROR ?= $(SHARED)/models
+CLIP ?= $(SHARED)/data/camvid_0016E5_15hz
+MODEL ?= espnetv2-s2.0-cityscapes-1024x512
+LABEL_MAP ?= cityscapes19_to_camvid11
+OUT ?= results/eval-iss
+PROJECT_FILES := setup.py setup.cfg package.xml $(shell find ditta_ros config models launch resource -type f -not -name '*.pyc' 2>/dev/null)
+
+.PHONY: help setup eval test bench clean
+
+help:
+	@echo "make setup  - build $(VENV) (ML stack, ROS 2 wheels, this package); idempotent"
+	@echo "make eval   - set up, then evaluate the frame-wise ISS baseline on CLIP=$(CLIP)"
+	@echo "make test   - set up, then run the test suite (what CI runs)"
+	@echo "make bench  - run the benchmarks in bench/ (writes bench/results/)"
+
+setup: $(VENV)/.stamp-project
+
+$(VENV)/.stamp-deps: requirements.txt requirements-ros.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-ros.txt
+	@touch $@
+
+$(VENV)/.stamp-project: $(VENV)/.stamp-deps $(PROJECT_FILES)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation --force-reinstall .
+	@rm -rf build *.egg-info
+	@touch $@
+
+eval: setup
+	$(VENV)/bin/ditta eval $(CLIP) --model $(MODEL) --label-map $(LABEL_MAP) --method iss --out $(OUT)
+
+test: setup
+	$(PY) -m pytest -q test
+
+bench: setup
+	$(PY) bench/addon_attention.py
+	$(PY) bench/iss_speed.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info results

@@ -1,0 +1,71 @@
+"""Helpers shared by the benchmark scripts: timing statistics, machine description,
+peak-memory measurement in a fresh subprocess, and results files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, List
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def time_fn(fn: Callable[[], object], warmup: int = 2, iters: int = 10) -> Dict[str, float]:
+    """Wall time of ``fn()`` in milliseconds: median, p95, mean over ``iters`` runs after ``warmup``."""
+    for _ in range(warmup):
+        fn()
+    ts: List[float] = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        ts.append(1000 * (time.perf_counter() - t))
+    ts.sort()
+    p95 = ts[min(len(ts) - 1, int(round(0.95 * (len(ts) - 1))))]
+    return {"median_ms": statistics.median(ts), "p95_ms": p95, "mean_ms": statistics.fmean(ts), "iters": iters}
+
+
+def rss_mb() -> float:
+    """Current resident set size (MiB), from /proc."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (MiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_case(script: str, args: List[str]) -> Dict[str, object]:
+    """Run ``script --case-json args...`` in a fresh interpreter (clean peak-memory
+    accounting) and return the JSON it prints last."""
+    out = subprocess.run([sys.executable, script, "--case", *args], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def machine() -> Dict[str, object]:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def write_results(name: str, payload: Dict[str, object]) -> str:
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, name + ".json")
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2)
+    return path

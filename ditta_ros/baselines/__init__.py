@@ -1,0 +1,1 @@
+"""Baseline methods evaluated beside DiTTA on the same protocol."""

@@ -1,0 +1,117 @@
+"""The ``ditta`` command: offline evaluation and model management.
+
+    ditta eval CLIP --model NAME_OR_PATH [--label-map NAME_OR_FILE] --method iss \
+        [--warmup-ratio 10] [--max-frames N] [--device cpu|cuda] --out DIR
+    ditta models list
+    ditta models fetch NAME
+    ditta models convert-mmseg CHECKPOINT --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import List, Optional
+
+log = logging.getLogger("ditta")
+
+
+def _cmd_eval(args) -> int:
+    import torch
+
+    from .data import open_clip
+    from .evaluate import bridge_label_sets, evaluate_clip
+    from .inference import ISSRunner
+    from .iss import load_model
+    from .labels import load_label_map
+    from .methods import make_method
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    clip = open_clip(args.clip, args.max_frames)
+    model, info = load_model(args.model)
+    label_map = load_label_map(args.label_map) if args.label_map else None
+    bridge = bridge_label_sets(info.label_set, clip.label_set, label_map, clip.classes)
+    runner = ISSRunner(model, device=args.device)
+    method = make_method(args.method, runner)
+    log.info("%s on %s (%d frames), model %s [%s], eval label set %s, device %s", args.method, clip.name,
+             len(clip), info.name, info.family, bridge.eval_set.name, runner.device)
+    result = evaluate_clip(clip, method, bridge, args.out, warmup_ratio=args.warmup_ratio,
+                           info={"model": info.name, "family": info.family, "device": str(runner.device),
+                                 "label_map": label_map.name if label_map else None},
+                           overlays=args.overlays, progress=not args.no_progress)
+    keys = ["method", "model", "frames", "warmup_frames", "eval_frames", "mIoU", "wIoU", "mVC8", "mVC16", "fps"]
+    print(json.dumps({k: result.get(k) for k in keys}, indent=1, default=lambda v: round(v, 3)))
+    print(f"wrote {args.out}/result.json")
+    return 0
+
+
+def _cmd_models(args) -> int:
+    from . import registry
+
+    if args.models_cmd == "list":
+        for card in registry.list_cards().values():
+            print(registry.describe(card))
+        return 0
+    if args.models_cmd == "fetch":
+        print(registry.copy_to_cache(args.name))
+        return 0
+    if args.models_cmd == "convert-mmseg":
+        from .iss.segformer import convert_mmseg_checkpoint
+
+        summary = convert_mmseg_checkpoint(args.checkpoint, args.out,
+                                           input_size=tuple(int(v) for v in args.input_size.split("x")))
+        print(json.dumps({"out": args.out, "config": summary["config"], "addon_keys": len(summary["addon_keys"]),
+                          "dropped": summary["dropped"]}, indent=1))
+        return 0
+    raise AssertionError(args.models_cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ditta", description="DiTTA video semantic segmentation tools")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    e = sub.add_parser("eval", help="evaluate a method on a labelled clip (W2F protocol)")
+    e.add_argument("clip", help="clip folder (frames/, labels/, clip.yaml), VSPW video folder, or video file")
+    e.add_argument("--model", required=True, help="registry name (ditta models list), HF SegFormer dir, or .pth")
+    e.add_argument("--label-map", help="mapping name (config/label_maps) or YAML file: model classes -> clip classes")
+    e.add_argument("--method", default="iss", help="iss (more methods arrive with adaptation)")
+    e.add_argument("--warmup-ratio", type=int, default=10, help="W2F warm-up percent (100 = full-video protocol)")
+    e.add_argument("--max-frames", type=int, help="keep only the first N frames of the clip")
+    e.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
+    e.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    e.add_argument("--overlays", type=int, default=4, help="overlay images to write")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.add_argument("--out", required=True, help="output folder")
+    e.set_defaults(func=_cmd_eval)
+
+    m = sub.add_parser("models", help="model registry")
+    msub = m.add_subparsers(dest="models_cmd", required=True)
+    msub.add_parser("list", help="registered models")
+    f = msub.add_parser("fetch", help="find or download a model's weights into $DITTA_HOME and verify sha256")
+    f.add_argument("name")
+    c = msub.add_parser("convert-mmseg", help="mmseg SegFormer checkpoint -> Hugging Face directory (+ add-on)")
+    c.add_argument("checkpoint")
+    c.add_argument("--out", required=True)
+    c.add_argument("--input-size", default="512x512", help="WxH written to preprocessor_config.json")
+    m.set_defaults(func=_cmd_models)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="[%(levelname)s] %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"ditta {args.cmd}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""`ditta eval` end to end on the real CamVid clip (short), and its error paths."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import CAMVID
+from ditta_ros.cli import main
+from ditta_ros.evaluate import LabelSetMismatch, bridge_label_sets
+from ditta_ros.labels import load_label_map
+from ditta_ros.protocol import w2f_split, warmup_length
+
+
+def test_w2f_split_matches_official_rule():
+    assert warmup_length(101, 10) == 10 and warmup_length(5, 10) == 1 and warmup_length(9, 100) == 9
+    s = w2f_split(101, 10)
+    assert list(s.warmup) == list(range(10)) and list(s.evaluate) == list(range(10, 101))
+    full = w2f_split(7, 100)
+    assert list(full.warmup) == list(full.evaluate) == list(range(7))
+    with pytest.raises(ValueError):
+        warmup_length(10, 0)
+    with pytest.raises(ValueError, match="nothing to evaluate"):
+        w2f_split(1, 50)
+
+
+def test_eval_iss_on_real_clip(shared, tmp_path):
+    out = tmp_path / "out"
+    rc = main(["eval", CAMVID, "--model", "espnetv2-s1.0-cityscapes-512x256", "--label-map",
+               "cityscapes19_to_camvid11", "--method", "iss", "--max-frames", "20", "--warmup-ratio", "10",
+               "--no-progress", "--overlays", "2", "--out", str(out)])
+    assert rc == 0
+    res = json.loads((out / "result.json").read_text())
+    for k in ("method", "model", "clip", "frames", "warmup_frames", "eval_frames", "mIoU", "wIoU", "mVC8",
+              "mVC16", "fps", "device", "per_class_iou"):
+        assert k in res, k
+    assert res["frames"] == 20 and res["warmup_frames"] == 2 and res["eval_frames"] == 18
+    assert 30 < res["mIoU"] < 90 and 50 < res["wIoU"] < 100 and 50 < res["mVC8"] <= 100
+    assert res["fps"] > 0 and res["device"] == "cpu" and set(res["per_class_iou"]) >= {"road", "car", "sky"}
+    rows = list(csv.DictReader(open(out / "per_frame.csv")))
+    assert [int(r["frame"]) for r in rows] == list(range(2, 20))
+    assert os.path.getsize(out / "per_frame_miou.png") > 1000
+    assert len(os.listdir(out / "overlays")) == 2
+    # the road, by far the largest class here, must be segmented well by a Cityscapes model
+    assert res["per_class_iou"]["road"] > 80
+
+
+def test_eval_errors_are_clear(shared, tmp_path, capsys):
+    assert main(["eval", str(tmp_path / "nope"), "--model", "espnetv2-s1.0-cityscapes-512x256",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "clip not found" in capsys.readouterr().err
+    assert main(["eval", CAMVID, "--model", "no-such-model", "--out", str(tmp_path / "o")]) == 2
+    assert "unknown model" in capsys.readouterr().err
+    assert main(["eval", CAMVID, "--model", "espnetv2-s1.0-cityscapes-512x256", "--max-frames", "3",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "label-set mismatch" in capsys.readouterr().err
+    assert main(["eval", CAMVID, "--model", "espnetv2-s1.0-cityscapes-512x256", "--method", "magic",
+                 "--label-map", "cityscapes19_to_camvid11", "--out", str(tmp_path / "o")]) == 2
+    assert "unknown method" in capsys.readouterr().err
+
+
+def test_label_bridges():
+    m = load_label_map("cityscapes19_to_camvid11")
+    b = bridge_label_sets("cityscapes19", "camvid11", m)
+    assert b.eval_set.name == "camvid11" and b.gt_map is None
+    cs = bridge_label_sets("cityscapes19", "cityscapes19", load_label_map("cityscapes19_to_car_vs_rest"))
+    assert cs.eval_set.name == "car_vs_rest" and cs.gt(np.array([13, 0, 255])).tolist() == [1, 0, 255]
+    with pytest.raises(LabelSetMismatch):
+        bridge_label_sets("ade150", "camvid11", m)
+    assert bridge_label_sets("camvid11", "camvid11", None).eval_set.name == "camvid11"

@@ -1,0 +1,62 @@
+"""Package layout promises: README test command == .ci/run, ROS-free core, ament metadata."""
+
+import ast
+import os
+import re
+import xml.etree.ElementTree as ET
+
+from conftest import REPO
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = open(os.path.join(REPO, "README.md")).read()
+    m = re.search(r"```(?:bash|sh)?\n(make test)\n```", readme)
+    assert m, "README must give the test command in its own code block"
+    ci = [ln.strip() for ln in open(os.path.join(REPO, ".ci", "run")) if ln.strip() and not ln.startswith("#")]
+    assert m.group(1) in ci
+
+
+def test_core_never_imports_rclpy():
+    pkg = os.path.join(REPO, "ditta_ros")
+    offenders = []
+    for root, _, files in os.walk(pkg):
+        for f in files:
+            if not f.endswith(".py") or f == "node.py":
+                continue
+            tree = ast.parse(open(os.path.join(root, f)).read())
+            for node in ast.walk(tree):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                if any(n.split(".")[0] in ("rclpy", "sensor_msgs", "std_msgs") for n in names):
+                    offenders.append(os.path.relpath(os.path.join(root, f), REPO))
+    assert not offenders
+
+
+def test_package_xml_is_ament_python_with_ros_deps():
+    root = ET.parse(os.path.join(REPO, "package.xml")).getroot()
+    assert root.get("format") == "3" and root.findtext("name") == "ditta_ros"
+    assert root.find("export/build_type").text == "ament_python"
+    deps = {e.text for e in root.findall("exec_depend")}
+    assert {"rclpy", "sensor_msgs", "std_msgs", "std_srvs", "diagnostic_msgs", "ament_index_python"} <= deps
+    assert os.path.isfile(os.path.join(REPO, "resource", "ditta_ros"))
+
+
+def test_installed_share_has_config_and_cards():
+    from ditta_ros.resources import share_dir
+
+    assert os.path.isfile(os.path.join(share_dir("config"), "label_maps", "cityscapes19_to_camvid11.yaml"))
+    assert any(f.endswith(".yaml") for f in os.listdir(share_dir("models")))
+
+
+def test_readme_eval_table_matches_committed_results():
+    """Every row of the README's baseline table equals bench/results/eval_iss_camvid/<model>/result.json."""
+    import json
+
+    readme = open(os.path.join(REPO, "README.md")).read()
+    rows = re.findall(r"^\| (espnetv2-[\w.-]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$",
+                      readme, re.M)
+    assert len(rows) == 3
+    for name, *vals in rows:
+        res = json.load(open(os.path.join(REPO, "bench", "results", "eval_iss_camvid", name, "result.json")))
+        for key, val in zip(("mIoU", "wIoU", "mVC8", "mVC16", "fps"), vals):
+            assert f"{res[key]:.1f}" == val, (name, key, res[key], val)
