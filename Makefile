@@ -18,13 +18,14 @@ help:
 	@echo "make setup  - build $(VENV) (ML stack, ROS 2 wheels, this package); idempotent"
 	@echo "make eval   - set up, then evaluate the frame-wise ISS baseline on CLIP=$(CLIP)"
 	@echo "make test   - set up, then run the test suite (what CI runs)"
-	@echo "make bench  - run the benchmarks in bench/ (writes bench/results/)"
+	@echo "make bench  - run the benchmarks in bench/ (writes bench/results/; ~40 min on 2 CPU cores)"
 
 setup: $(VENV)/.stamp-project
 
 $(VENV)/.stamp-deps: requirements.txt requirements-ros.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	SAM2_BUILD_CUDA=0 $(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation sam2==1.1.0
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-ros.txt
 	@touch $@
 
@@ -42,6 +43,10 @@ test: setup
 bench: setup
 	$(PY) bench/addon_attention.py
 	$(PY) bench/iss_speed.py
+	$(PY) bench/propagation_quality.py
+	$(PY) bench/target_quality.py
+	$(PY) bench/oracle_targets.py --model espnetv2-s2.0-cityscapes-1024x512
+	$(PY) bench/compare_methods.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info results

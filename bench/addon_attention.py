@@ -1,7 +1,9 @@
 """Benchmark: the add-on's local-window attention (ours) vs the official dense masked form.
 
 Feature maps 120x160 (480x640 input at 1/4) and 120x216 (VSPW 480p), D = 256
-(SegFormer decoder width), C = 124 (VSPW classes), radius 5. Each case runs in a
+(SegFormer decoder width), C = 124 (VSPW classes), radius 5. Inference (``local``,
+``dense``) and forward + backward as in adaptation (``*_train``: ours with its
+hand-written backward vs autograd through the slicing form). Each case runs in a
 fresh process so its peak memory is its own; "extra_peak_mb" is the peak RSS
 above the RSS after the inputs were allocated.
 
@@ -26,15 +28,21 @@ def case(impl: str, h: int, w: int, iters: int) -> dict:
     import torch
 
     from common import peak_rss_mb, rss_mb, time_fn
-    from ditta_ros.addon import dense_window_attention, local_window_attention
+    from ditta_ros.addon import _attention_graph, dense_window_attention, local_window_attention
 
-    fn = {"local": local_window_attention, "dense": dense_window_attention}[impl]
+    train = impl.endswith("_train")
+    fn = {"local": local_window_attention, "dense": dense_window_attention,
+          "slicing-autograd": _attention_graph}[impl.replace("_train", "")]
     g = torch.Generator().manual_seed(0)
     q, k = torch.randn(1, D, h, w, generator=g), torch.randn(1, D, h, w, generator=g)
     v = torch.randn(1, C, h, w, generator=g)
     base = rss_mb()
-    with torch.inference_mode():
-        stats = time_fn(lambda: fn(q, k, v, RADIUS), warmup=1, iters=iters)
+    if train:  # forward + backward (what adaptation runs)
+        q.requires_grad_(True), k.requires_grad_(True), v.requires_grad_(True)
+        stats = time_fn(lambda: fn(q, k, v, RADIUS).sum().backward(), warmup=1, iters=iters)
+    else:
+        with torch.inference_mode():
+            stats = time_fn(lambda: fn(q, k, v, RADIUS), warmup=1, iters=iters)
     return {"impl": impl, "h": h, "w": w, **stats, "extra_peak_mb": peak_rss_mb() - base}
 
 
@@ -51,7 +59,7 @@ def main() -> None:
 
     rows = []
     for h, w in SIZES:
-        for impl in ("local", "dense"):
+        for impl in ("local", "dense", "local_train", "slicing-autograd_train"):
             r = run_case(__file__, [impl, str(h), str(w), str(args.iters if impl == "local" else max(2, args.iters // 2))])
             rows.append(r)
             print(f"{impl:5s} {h}x{w}: median {r['median_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms, "

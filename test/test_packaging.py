@@ -60,3 +60,18 @@ def test_readme_eval_table_matches_committed_results():
         res = json.load(open(os.path.join(REPO, "bench", "results", "eval_iss_camvid", name, "result.json")))
         for key, val in zip(("mIoU", "wIoU", "mVC8", "mVC16", "fps"), vals):
             assert f"{res[key]:.1f}" == val, (name, key, res[key], val)
+
+
+def test_readme_quotes_the_committed_comparison_and_diagnostics():
+    import json
+
+    readme = open(os.path.join(REPO, "README.md")).read()
+    res = os.path.join(REPO, "bench", "results")
+    for line in open(os.path.join(res, "compare_camvid.md")):
+        if line.startswith("| "):
+            assert line.strip() in readme, line
+    oracle = json.load(open(os.path.join(res, "oracle_targets_espnetv2-s2.0-cityscapes-1024x512.json")))
+    assert f"mIoU {oracle['mIoU']:.1f}, wIoU {oracle['wIoU']:.1f}" in readme
+    tq = json.load(open(os.path.join(res, "target_quality_espnetv2-s2.0-cityscapes-1024x512.json")))
+    assert f"target mIoU {tq['target_mIoU']:.1f} vs ISS\n{tq['iss_mIoU']:.1f}" in readme or \
+        f"target mIoU {tq['target_mIoU']:.1f} vs ISS {tq['iss_mIoU']:.1f}" in readme.replace("\n", " ")

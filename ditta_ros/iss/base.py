@@ -2,6 +2,10 @@
 
 An :class:`ISSModel` is a ``torch.nn.Module`` with
 
+* ``encode(images)`` / ``decode(encoded)`` / ``classify(features)``: the frozen
+  backbone, the decoder up to its last feature map, and the classifier;
+  ``forward`` is their composition (the split lets adaptation compute the frozen
+  backbone once per warm-up frame);
 * ``forward(images) -> (features, logits)``: ``images`` float32 ``[B, 3, H, W]``,
   already normalised by the model's own :class:`Preprocess`; ``features``
   ``[B, D, h, w]`` is the decoder's last feature map before the classifier (what
@@ -128,8 +132,19 @@ class ISSModel(nn.Module):
     preprocess: Preprocess
     upsample_align_corners: bool = False
 
-    def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
+    def encode(self, images: torch.Tensor):  # pragma: no cover
+        """Backbone (frozen during adaptation) outputs, family-specific tuple."""
         raise NotImplementedError
+
+    def decode(self, encoded) -> torch.Tensor:  # pragma: no cover
+        """Decoder features ``[B, D, h, w]`` from :meth:`encode`'s output."""
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(features [B, D, h, w], logits [B, C, h, w])`` = ``decode(encode(x))`` and
+        ``classify`` of it."""
+        features = self.decode(self.encode(images))
+        return features, self.classify(features)
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         """Logits ``[B, C, h, w]`` from decoder features ``[B, D, h, w]``."""

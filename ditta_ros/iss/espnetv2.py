@@ -299,11 +299,15 @@ class ESPNetv2Seg(ISSModel):
     def _up2(x):
         return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
 
-    def decode_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Decoder features ``[B, D, H/2, W/2]`` (the input of ``bu_dec_l4``)."""
+    def encode(self, images: torch.Tensor):
+        """Backbone outputs ``(l1, l2, l3, l4)`` at 1/2 .. 1/16 resolution."""
         if images.shape[2] % 16 or images.shape[3] % 16:
             raise ValueError(f"ESPNetv2 input height and width must be multiples of 16, got {tuple(images.shape[2:])}")
-        l1, l2, l3, l4 = self.base_net(images)
+        return self.base_net(images)
+
+    def decode(self, encoded) -> torch.Tensor:
+        """Decoder features ``[B, D, H/2, W/2]`` (the input of ``bu_dec_l4``) from :meth:`encode`."""
+        l1, l2, l3, l4 = encoded
         x = self.bu_dec_l1(l4)
         x = self.bu_dec_l2(self.bu_br_l2(self._up2(x) + self.merge_enc_dec_l2(l3)))
         x = self.bu_dec_l3(self.bu_br_l3(self._up2(x) + self.merge_enc_dec_l3(l2)))
@@ -311,10 +315,6 @@ class ESPNetv2Seg(ISSModel):
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         return self.bu_dec_l4(features)
-
-    def forward(self, images: torch.Tensor):
-        features = self.decode_features(images)
-        return features, self.classify(features)
 
     def param_groups(self) -> Dict[str, List[nn.Parameter]]:
         backbone = list(self.base_net.parameters())

@@ -49,13 +49,17 @@ class SegFormerISS(ISSModel):
         self.feature_dim = int(cfg.decoder_hidden_size)
         self.preprocess = preprocess
 
-    def decode_features(self, images: torch.Tensor) -> torch.Tensor:
+    def encode(self, images: torch.Tensor):
+        """The four encoder stages' outputs (``[B, C_i, H/4 .. H/32, ...]``)."""
+        return tuple(self.hf.segformer(images, output_hidden_states=True).hidden_states)
+
+    def decode(self, encoded) -> torch.Tensor:
+        """Fused decoder features ``[B, D, H/4, W/4]`` (after BN + ReLU) from :meth:`encode`."""
         head = self.hf.decode_head
-        states = self.hf.segformer(images, output_hidden_states=True).hidden_states
-        b = images.shape[0]
-        size = states[0].shape[2:]
+        b = encoded[0].shape[0]
+        size = encoded[0].shape[2:]
         projected = []
-        for state, proj in zip(states, head.linear_projections):
+        for state, proj in zip(encoded, head.linear_projections):
             h, w = state.shape[2:]
             x = proj(state).transpose(1, 2).reshape(b, -1, h, w)
             if (h, w) != tuple(size):
@@ -67,10 +71,6 @@ class SegFormerISS(ISSModel):
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         head = self.hf.decode_head
         return head.classifier(head.dropout(features))
-
-    def forward(self, images: torch.Tensor):
-        features = self.decode_features(images)
-        return features, self.classify(features)
 
     def param_groups(self) -> Dict[str, List[nn.Parameter]]:
         return {

@@ -1,0 +1,70 @@
+"""Test-time adaptation: the loss goes down and only the chosen parameter group moves."""
+
+import numpy as np
+import pytest
+import torch
+
+from ditta_ros.adapt import AdaptConfig, Adapter, DiTTANet, adapt
+from ditta_ros.baselines.tent import configure_tent
+from ditta_ros.iss.espnetv2 import ESPNetv2Seg
+
+
+def _setup():
+    torch.manual_seed(0)
+    iss = ESPNetv2Seg(s=0.5, num_classes=4, input_size=(64, 32)).eval()
+    net = DiTTANet(iss)
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randn(1, 3, 32, 64, generator=g) for _ in range(3)]
+    with torch.no_grad():
+        enc = [tuple(e.detach() for e in iss.encode(x)) for x in xs]
+    labels = [np.tile(np.repeat(np.arange(4), 10), (24, 1)) for _ in xs]  # 24x40 frames, 4 vertical bands
+    obj = [np.where(lab == 1, 1, np.where(lab == 3, 2, 0)) for lab in labels]
+    return net, enc, labels, obj
+
+
+def _snapshot(module):
+    return {n: p.detach().clone() for n, p in module.named_parameters()}
+
+
+@pytest.mark.parametrize("mode", ["faithful", "corrected"])
+def test_adaptation_lowers_loss_and_freezes_backbone(mode):
+    net, enc, labels, obj = _setup()
+    before = _snapshot(net)
+    cfg = AdaptConfig(iters=6, loss_mode=mode, lr=3e-3)
+    ad = Adapter(net, cfg)
+    totals = []
+    for _ in range(cfg.iters):
+        for t in range(3):
+            out = ad.step(enc[t - 1] if t else None, enc[t], (32, 64), torch.as_tensor(labels[t]),
+                          torch.as_tensor(obj[t]))
+            totals.append(out["total"])
+            assert {"distill", "contra", "total"} <= set(out) and (t == 0 or "distill_addon" in out)
+    assert np.mean(totals[-3:]) < np.mean(totals[:3])
+    after = _snapshot(ad.model)
+    for n, p in before.items():
+        moved = not torch.equal(p, after[n])
+        if n.startswith("iss.base_net."):
+            assert not moved, n
+    assert not torch.equal(before["iss.bu_dec_l4.merge_layer.3.weight"], after["iss.bu_dec_l4.merge_layer.3.weight"])
+    assert not torch.equal(before["addon.query_layer.0.weight"], after["addon.query_layer.0.weight"])
+    assert all(torch.equal(p, q) for p, q in zip(before.values(), _snapshot(net).values()))  # original untouched
+
+
+def test_cls_head_group_moves_only_the_classifier():
+    net, enc, labels, obj = _setup()
+    before = _snapshot(net)
+    adapted, losses = adapt(net, enc, (32, 64), labels, obj, AdaptConfig(iters=1, params="cls_head"))
+    moved = {n for n, p in _snapshot(adapted).items() if not torch.equal(p, before[n])}
+    assert moved and all(n.startswith("iss.bu_dec_l4.") for n in moved)
+    assert not adapted.training and losses["total"] > 0
+    with pytest.raises(ValueError):
+        Adapter(net, AdaptConfig(loss_mode="other"))
+
+
+def test_tent_configures_only_norm_affines():
+    iss = ESPNetv2Seg(s=0.5, num_classes=4)
+    params = configure_tent(iss)
+    norms = [m for m in iss.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(params) == 2 * len(norms)
+    assert all(m.running_mean is None for m in norms)
+    assert sum(p.requires_grad for p in iss.parameters()) == len(params)

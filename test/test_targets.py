@@ -1,0 +1,104 @@
+"""Distillation targets: prompt selection, vote (Eq. 4), render, Eq. 5 labels, merge."""
+
+import math
+
+import numpy as np
+
+from ditta_ros.teacher.propagator import Propagator
+from ditta_ros.teacher.targets import TargetConfig, Targets, build_targets, render, select_prompts, vote
+
+
+def test_prompt_selection_order_threshold_occupancy_and_budget():
+    pred = np.array([[0, 0, 1, 1], [2, 2, 1, 1]])
+    rel = np.array([[0.5, 0.9, 0.95, 0.7], [0.85, 0.3, 0.95, 0.1]])
+    counts = np.zeros(3, np.int64)
+    picks = select_prompts(pred, rel, 0.8, None, 10, counts)
+    # class 1 (peak .95, first at (x=2, y=0)), class 0 (.9 at x=1), class 2 (.85 at x=0, y=1)
+    assert picks == [(1, 2, 0), (0, 1, 0), (2, 0, 1)]
+    assert counts.tolist() == [2, 4, 2]
+    occupied = np.zeros_like(pred, bool)
+    occupied[0, 2] = True
+    assert select_prompts(pred, rel, 0.8, occupied, 10, counts) == [(0, 1, 0), (2, 0, 1)]
+    assert select_prompts(pred, rel, 0.88, None, 10, counts) == [(1, 2, 0), (0, 1, 0)]
+    assert select_prompts(pred, rel, 0.8, None, 1, counts) == [(1, 2, 0)]
+    assert counts.tolist() == [8, 16, 8]  # every class counted every call
+
+
+def test_vote_and_render_by_hand():
+    preds = [np.array([[0, 0, 1, 1]]), np.array([[0, 1, 1, 1]])]
+    rels = [np.array([[1.0, 0.5, 0.8, 0.4]]), np.array([[0.2, 0.6, 0.6, 0.6]])]
+    m1 = [np.array([[True, True, True, False]]), np.array([[True, True, False, False]])]
+    merged = [{1: m1[0], 2: np.array([[False, False, True, True]])}, {1: m1[1]}]
+    ppc = np.array([3, 5])
+    s = vote(merged, preds, rels, ppc, b=0.3, c_exp=0.8)
+    # object 1: class 0 pixels (1.0, 0.5, 0.2) = 3, class 1 pixels (0.8, 0.6) = 2, object area 5
+    assert math.isclose(s[1][0], (1.7 / 3) * (3 / 5) ** 0.3 * (1 - 3 / 8) ** 0.8)
+    assert math.isclose(s[1][1], (1.4 / 2) * (2 / 5) ** 0.3 * (1 - 5 / 8) ** 0.8)
+    assert math.isclose(s[2][1], 0.6 * 1.0 * (1 - 5 / 8) ** 0.8)
+    maps = render(merged, s, (1, 4))
+    # object 1's best score beats object 2's, so object 1 is painted last and wins pixel 2
+    assert max(s[1].values()) > max(s[2].values())
+    assert maps[0].tolist() == [[1, 1, 1, 2]] and maps[1].tolist() == [[1, 1, 0, 0]]
+    t = Targets(maps, {1: 0, 2: 1})
+    assert t.label(0, preds[0]).tolist() == [[0, 0, 0, 1]]
+    assert t.label(1, np.array([[5, 5, 4, 3]])).tolist() == [[0, 0, 4, 3]]
+
+
+class ShiftProp(Propagator):
+    """A fake propagator: every mask moves one pixel right per forward step."""
+
+    def init(self, frames):
+        self.n, self.shape = len(frames), frames[0].shape[:2]
+        self.reset()
+
+    def reset(self):
+        self.tracks = {}
+
+    def add_points(self, t, obj_id, points, labels):
+        x, y = int(points[0][0]), int(points[0][1])
+        m = np.zeros(self.shape, bool)
+        m[max(y - 1, 0):y + 2, max(x - 1, 0):x + 2] = True
+        self.tracks.setdefault(t, {})[obj_id] = m
+        return m
+
+    def add_mask(self, t, obj_id, mask):
+        self.tracks.setdefault(t, {})[obj_id] = mask
+
+    def masks(self, t):
+        return dict(self.tracks.get(t, {}))
+
+    def step(self, t, reverse=False):
+        nxt = t - 1 if reverse else t + 1
+        out = {o: np.roll(m, -1 if reverse else 1, axis=1) for o, m in self.tracks.get(t, {}).items()}
+        self.tracks[nxt] = {**self.tracks.get(nxt, {}), **out}
+        return out
+
+
+def test_build_targets_bidirectional_merge():
+    frames = [np.zeros((10, 12, 3), np.uint8)] * 3
+    preds, rels = [], []
+    for t in range(3):
+        p = np.zeros((10, 12), np.int64)
+        r = np.full((10, 12), 0.5)
+        r[5, 2 + t] = 0.9  # class 0 peak moves with the shift
+        if t == 2:
+            p[0:3, 9:12] = 1  # class 1 appears on frame 2 only
+            r[1, 10] = 0.95
+        preds.append(p)
+        rels.append(r)
+    tg = build_targets(ShiftProp(), frames, preds, rels, num_classes=2, cfg=TargetConfig())
+    assert tg.prompts[0] == [(1, 2, 5)]  # frame 0: class 0 at its peak
+    assert [p[0] for p in tg.prompts[2]] == [2]  # class-0 peak is occupied by the track; class 1 is new
+    # object 2 was prompted on frame 2 and propagated backwards to frames 1 and 0
+    assert (tg.obj_maps[0] == 2).sum() > 0 and (tg.obj_maps[1] == 2).sum() > 0
+    assert tg.obj_class == {1: 0, 2: 1}
+    assert tg.stats["objects"] == 2 and 0 < tg.stats["covered_fraction"] < 1
+
+
+def test_targets_cache_roundtrip(tmp_path):
+    t = Targets([np.array([[0, 1], [2, 2]], np.int32)], {1: 3, 2: 4}, {1: {3: 0.5}, 2: {4: 0.7}}, {0: [(1, 0, 1)]},
+                {"objects": 2})
+    t.save(str(tmp_path / "t.npz"))
+    u = Targets.load(str(tmp_path / "t.npz"))
+    assert np.array_equal(u.obj_maps[0], t.obj_maps[0]) and u.obj_class == t.obj_class
+    assert u.scores == t.scores and u.prompts == {0: [(1, 0, 1)]} and u.stats == {"objects": 2}
