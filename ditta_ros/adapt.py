@@ -33,9 +33,8 @@ statistics with those of a two-frame batch.
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -44,7 +43,7 @@ from torch import nn
 
 from .addon import DEFAULT_ADDON_SEED, DEFAULT_RADIUS, TemporalAddon, make_projection_head, reliability
 from .iss.base import ISSModel, logits_to_frame
-from .teacher.targets import IGNORE_INDEX, Targets
+from .teacher.targets import IGNORE_INDEX
 
 PARAM_GROUPS = ("decoder", "cls_head", "addon")
 LOSS_MODES = ("faithful", "corrected")
@@ -254,7 +253,7 @@ class Adapter:
 
 
 def adapt(net: DiTTANet, encoded: Sequence, input_hw, labels: Sequence[np.ndarray], obj_maps: Sequence[np.ndarray],
-          cfg: AdaptConfig = AdaptConfig(), progress=None) -> (DiTTANet, Dict[str, float]):
+          cfg: AdaptConfig = AdaptConfig(), progress=None) -> Tuple[DiTTANet, Dict[str, float]]:
     """Adapt a copy of ``net`` on the warm-up frames (one frame per step, ``cfg.iters``
     passes) and return it in eval mode with the last step's losses.
 

@@ -32,7 +32,23 @@ log = logging.getLogger("ditta.method")
 
 
 class DiTTAMethod(Method):
-    """DiTTA (W2F). ``teacher`` builds a fresh :class:`Propagator` per clip."""
+    """DiTTA under W2F.
+
+    Args:
+        runner: the ISS runner (its model is the pre-trained model; never modified).
+        teacher: a zero-argument factory returning a fresh :class:`Propagator` per clip
+            (see :func:`ditta_ros.teacher.make_teacher`).
+        target_cfg, adapt_cfg: hyper-parameters (paper/official defaults).
+        tau: reliability threshold of the Eq. 3 fusion at inference.
+        cache_dir: if set, distillation targets are stored/reused there, keyed by
+            ``cache_tag``, the warm-up length, the target config and the teacher.
+        progress: tqdm progress bars for the teacher and the adaptation.
+
+    ``adapt`` returns, for result.json: ``adapt_seconds`` (all of the warm-up
+    work), ``teacher_seconds``, ``tta_seconds``, ``losses`` (last step, plus
+    ``first_total``), ``targets`` (objects, covered pixel fraction) and ``hyper``.
+    ``predict`` raises ``RuntimeError`` before ``adapt``.
+    """
 
     name = "ditta"
 

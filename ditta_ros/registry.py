@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import yaml
 

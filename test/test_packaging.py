@@ -67,9 +67,10 @@ def test_readme_quotes_the_committed_comparison_and_diagnostics():
 
     readme = open(os.path.join(REPO, "README.md")).read()
     res = os.path.join(REPO, "bench", "results")
-    for line in open(os.path.join(res, "compare_camvid.md")):
-        if line.startswith("| "):
-            assert line.strip() in readme, line
+    for table in ("compare_camvid.md", "ablation_camvid_s2.0_512x256.md"):
+        for line in open(os.path.join(res, table)):
+            if line.startswith("| "):
+                assert line.strip() in readme, (table, line)
     oracle = json.load(open(os.path.join(res, "oracle_targets_espnetv2-s2.0-cityscapes-1024x512.json")))
     assert f"mIoU {oracle['mIoU']:.1f}, wIoU {oracle['wIoU']:.1f}" in readme
     tq = json.load(open(os.path.join(res, "target_quality_espnetv2-s2.0-cityscapes-1024x512.json")))

@@ -1,7 +1,6 @@
 """Model registry and weight fetching (cache -> mirrors -> upstream, sha256 checked)."""
 
 import os
-import shutil
 
 import pytest
 

@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from ..inference import ISSRunner, Prediction
-from ..iss.base import logits_to_frame
 from ..protocol import Method
 
 
