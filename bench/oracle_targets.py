@@ -49,7 +49,7 @@ def main() -> None:
         name = "ditta-oracle-targets"
 
         def adapt(self, frames):
-            encoded, input_hw, preds, _ = self._iss_warmup(frames)
+            encoded, input_hw, preds, _ = self.iss_warmup(frames)
             labels, objs = [], []
             for t in range(len(frames)):
                 gt = clip.label(t).astype(np.int64)

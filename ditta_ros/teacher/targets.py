@@ -78,6 +78,7 @@ class Targets:
 
     # -- cache -----------------------------------------------------------------------
     def save(self, path: str) -> None:
+        """Write the targets to a compressed ``.npz`` (object maps + JSON metadata)."""
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         meta = {"obj_class": {str(k): v for k, v in self.obj_class.items()},
                 "scores": {str(k): {str(c): s for c, s in v.items()} for k, v in self.scores.items()},
@@ -86,6 +87,7 @@ class Targets:
 
     @classmethod
     def load(cls, path: str) -> "Targets":
+        """Read targets written by :meth:`save`; ``FileNotFoundError`` if missing."""
         d = np.load(path)
         meta = json.loads(str(d["meta"]))
         return cls(obj_maps=list(d["obj_maps"]), obj_class={int(k): int(v) for k, v in meta["obj_class"].items()},
