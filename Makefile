@@ -51,6 +51,7 @@ bench: setup
 	$(PY) bench/target_quality.py
 	$(PY) bench/oracle_targets.py --model espnetv2-s2.0-cityscapes-1024x512
 	$(PY) bench/compare_methods.py
+	$(PY) bench/streaming_speed.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info results

@@ -63,7 +63,9 @@ class DiTTANet(nn.Module):
                  radius: int = DEFAULT_RADIUS, seed: int = DEFAULT_ADDON_SEED):
         super().__init__()
         self.iss = iss
-        self.addon = addon if addon is not None else TemporalAddon(iss.feature_dim, radius, seed)
+        if addon is None:
+            addon = TemporalAddon(iss.feature_dim, radius, seed, grid_stride=iss.addon_grid_stride)
+        self.addon = addon
         if proj is None:
             # seeded default init without touching the caller's global RNG state
             with torch.random.fork_rng(devices=[]):

@@ -195,6 +195,13 @@ class TemporalAddon(nn.Module):
     Args:
         dim: feature width ``D`` of the ISS decoder features.
         radius: attention window radius ``r`` (official default 5).
+        grid_stride: the add-on runs on the decoder grid average-pooled by this
+            factor (ceil mode) and its logits are resized back bilinearly
+            (``align_corners=False``). 1 (default) = on the decoder grid itself, as
+            the official SegFormer code (decoder at 1/4 of the input). ESPNetv2's
+            decoder grid is 1/2 of the input, so its models use 2: the add-on then
+            sees the same 1/4-of-input geometry (a window of r cells spans the same
+            image extent as in the paper) at a quarter of the cost.
         seed: if given, parameters are re-initialised with PyTorch's default
             ``nn.Linear`` scheme (Kaiming-uniform, ``a=sqrt(5)``; uniform bias)
             drawn from a generator seeded with it, so an add-on without trained
@@ -204,10 +211,14 @@ class TemporalAddon(nn.Module):
     checkpoint's ``decode_head.query_layer`` / ``decode_head.key_layer``.
     """
 
-    def __init__(self, dim: int, radius: int = DEFAULT_RADIUS, seed: Optional[int] = DEFAULT_ADDON_SEED):
+    def __init__(self, dim: int, radius: int = DEFAULT_RADIUS, seed: Optional[int] = DEFAULT_ADDON_SEED,
+                 grid_stride: int = 1):
         super().__init__()
         self.dim = int(dim)
         self.radius = int(radius)
+        if int(grid_stride) < 1:
+            raise ValueError(f"grid_stride must be >= 1, got {grid_stride}")
+        self.grid_stride = int(grid_stride)
         self.query_layer = _mlp(self.dim)
         self.key_layer = _mlp(self.dim)
         if seed is not None:
@@ -235,11 +246,20 @@ class TemporalAddon(nn.Module):
             logits_prev: ``[B, C, h, w]`` plain logits of frame t-1 (the value).
 
         Returns:
-            ``[B, C, h, w]`` add-on logits (Eq. 1).
+            ``[B, C, h, w]`` add-on logits (Eq. 1), computed on the grid pooled by
+            ``grid_stride`` and resized back to ``h x w``.
         """
+        hw = feat_t.shape[-2:]
+        s = self.grid_stride
+        if s > 1:
+            feat_t, feat_prev, logits_prev = (F.avg_pool2d(t, s, s, ceil_mode=True)
+                                              for t in (feat_t, feat_prev, logits_prev))
         q = self._per_position(self.query_layer, feat_t)
         k = self._per_position(self.key_layer, feat_prev)
-        return local_window_attention(q, k, logits_prev, self.radius)
+        out = local_window_attention(q, k, logits_prev, self.radius)
+        if s > 1:
+            out = F.interpolate(out, size=tuple(hw), mode="bilinear", align_corners=False)
+        return out
 
 
 def make_projection_head(dim: int) -> nn.Sequential:
@@ -251,8 +271,8 @@ def make_projection_head(dim: int) -> nn.Sequential:
 
 def entropy(prob: torch.Tensor, dim: int = 1) -> torch.Tensor:
     """Shannon entropy (nats) along ``dim`` with ``0 * log 0 = 0``; NaN-free for
-    probabilities in [0, 1]."""
-    return -torch.special.xlogy(prob, prob).sum(dim)
+    probabilities in [0, 1] (``p * log(max(p, tiny))``: exportable to ONNX)."""
+    return -(prob * torch.log(prob.clamp_min(torch.finfo(prob.dtype).tiny))).sum(dim)
 
 
 def reliability(prob: torch.Tensor) -> torch.Tensor:

@@ -70,9 +70,53 @@ def _method_options(args, info) -> dict:
         opts["tau"] = args.tau
         opts["cache_dir"] = args.cache_dir
         opts["cache_tag"] = f"{info.name}|{os.path.abspath(args.clip)}|{args.max_frames}|{args.warmup_ratio}"
+        opts["save_adapted"] = args.save_adapted
     if args.method == "tent":
         opts.update(tent_lr=args.tent_lr, tent_iters=args.iters)
     return opts
+
+
+def _cmd_export(args) -> int:
+    from .adapt import DiTTANet
+    from .export import export_onnx, load_adapted
+    from .iss import load_model
+
+    if args.format != "onnx":
+        raise ValueError(f"unsupported export format {args.format!r} (onnx; TensorRT engines are built from "
+                         "the ONNX on the target, see export/README.md)")
+    model, info = load_model(args.model)
+    net = DiTTANet(model)
+    adaptation = {"adapted": False}
+    if args.adapted:
+        adaptation = {"adapted": True, "checkpoint": os.path.abspath(args.adapted), **load_adapted(net, args.adapted)}
+    path, meta = export_onnx(net, (args.height, args.width), args.out, info.name, info.label_set,
+                             info.extra.get("classes", ()), args.tau, adaptation, fp16=args.fp16,
+                             antialias=not args.no_antialias)
+    print(f"wrote {path}\nwrote {meta}")
+    return 0
+
+
+def _cmd_bag(args) -> int:
+    from . import bag
+
+    if args.bag_cmd in ("play", "record"):
+        from . import bag_ros
+    if args.bag_cmd == "make":
+        print(json.dumps(bag.make_bag(args.clip, args.out, args.fps, args.compressed, args.storage, args.max_frames,
+                                      progress=not args.no_progress), indent=1))
+    elif args.bag_cmd == "play":
+        n = bag_ros.play_bag(args.bag, args.rate, args.topics, args.loop, args.clock, args.wait)
+        print(f"published {n} messages")
+    elif args.bag_cmd == "record":
+        counts = bag_ros.record_bag(args.topics, args.out, args.count, args.idle_timeout, args.duration, args.storage)
+        print(json.dumps({"bag": args.out, "messages": counts}))
+    else:
+        res = bag.eval_bag(args.recorded, args.ground_truth, args.out, args.model_label_set, args.label_map,
+                           args.gt_label_set, args.skip_first)
+        keys = ["mIoU", "wIoU", "mVC8", "mVC16", "matched_frames", "missing_frames", "latency_ms"]
+        print(json.dumps({k: res.get(k) for k in keys}, indent=1, default=lambda v: round(v, 3)))
+        print(f"wrote {args.out}/result.json")
+    return 0
 
 
 def _cmd_models(args) -> int:
@@ -136,7 +180,56 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--no-contrastive", action="store_true", help="drop the contrastive loss (ablation)")
     a.add_argument("--tau", type=float, default=0.8, help="reliability threshold of the fusion (Eq. 3)")
     a.add_argument("--tent-lr", type=float, default=1e-3)
+    a.add_argument("--save-adapted", help="ditta: save the adapted weights here (for `ditta export --adapted`)")
     e.set_defaults(func=_cmd_eval)
+
+    x = sub.add_parser("export", help="export the frozen streaming model (ONNX) for one frame size")
+    x.add_argument("--model", required=True, help="registry name, HF SegFormer dir, or .pth")
+    x.add_argument("--adapted", help="adapted weights saved by `ditta eval --method ditta --save-adapted`")
+    x.add_argument("--format", default="onnx")
+    x.add_argument("--height", type=int, default=360, help="frame height (pixels)")
+    x.add_argument("--width", type=int, default=480, help="frame width (pixels)")
+    x.add_argument("--tau", type=float, default=0.8, help="fusion threshold (0 = plain ISS branch only)")
+    x.add_argument("--fp16", action="store_true",
+                   help="mark the export for half precision (TensorRT engine / ORT TensorRT EP / torch CUDA)")
+    x.add_argument("--no-antialias", action="store_true",
+                   help="plain bilinear input resize (for runtimes without ONNX Resize antialiasing)")
+    x.add_argument("--out", required=True, help="output folder")
+    x.set_defaults(func=_cmd_export)
+
+    b = sub.add_parser("bag", help="rosbag2 tools: make, play, record, eval (rosbags library)")
+    bsub = b.add_subparsers(dest="bag_cmd", required=True)
+    bm = bsub.add_parser("make", help="clip folder or video -> rosbag2 (/camera/image_raw [+ /ditta/gt])")
+    bm.add_argument("clip")
+    bm.add_argument("--out", required=True, help="bag folder to create")
+    bm.add_argument("--fps", type=float, default=0.0, help="stamp rate in Hz (0: the clip's own)")
+    bm.add_argument("--compressed", action="store_true", help="jpeg CompressedImage on /camera/image_raw/compressed")
+    bm.add_argument("--storage", default="sqlite3", choices=["sqlite3", "mcap"])
+    bm.add_argument("--max-frames", type=int)
+    bm.add_argument("--no-progress", action="store_true")
+    bp = bsub.add_parser("play", help="publish a bag at the recorded rate (rclpy)")
+    bp.add_argument("bag")
+    bp.add_argument("--rate", type=float, default=1.0, help="playback speed factor")
+    bp.add_argument("--topics", nargs="+", help="only these topics")
+    bp.add_argument("--loop", action="store_true")
+    bp.add_argument("--clock", action="store_true", help="publish /clock from the header stamps (use_sim_time)")
+    bp.add_argument("--wait", type=float, default=10.0, help="seconds to wait for subscribers")
+    br = bsub.add_parser("record", help="record topics into a bag (raw, rclpy)")
+    br.add_argument("topics", nargs="+")
+    br.add_argument("--out", required=True)
+    br.add_argument("--count", type=int, help="stop after N messages in total")
+    br.add_argument("--duration", type=float, default=0.0, help="stop after N seconds")
+    br.add_argument("--idle-timeout", type=float, default=0.0, help="stop N seconds after the last message")
+    br.add_argument("--storage", default="sqlite3", choices=["sqlite3", "mcap"])
+    be = bsub.add_parser("eval", help="score a recorded /ditta/semantic against ground truth (by header stamp)")
+    be.add_argument("recorded")
+    be.add_argument("ground_truth", help="bag with /ditta/gt (ditta bag make) or a labelled clip folder")
+    be.add_argument("--out", required=True)
+    be.add_argument("--model-label-set", default="cityscapes19")
+    be.add_argument("--label-map", help="model classes -> clip classes (as ditta eval)")
+    be.add_argument("--gt-label-set", help="label set of the ground truth (default: from the bag/clip)")
+    be.add_argument("--skip-first", type=int, default=0, help="ignore the first N labelled frames (warm-up)")
+    b.set_defaults(func=_cmd_bag)
 
     m = sub.add_parser("models", help="model registry")
     msub = m.add_subparsers(dest="models_cmd", required=True)

@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from .adapt import AdaptConfig, DiTTANet, adapt
-from .addon import DEFAULT_TAU, fuse
-from .inference import ISSRunner, Prediction, labels_from_prob
+from .addon import DEFAULT_TAU
+from .inference import ISSRunner, Prediction
 from .iss.base import logits_to_frame
+from .streaming import StreamingDiTTA
 from .protocol import Method
 from .teacher.propagator import Propagator
 from .teacher.targets import TargetConfig, Targets, build_targets, cache_key
@@ -43,6 +44,7 @@ class DiTTAMethod(Method):
         cache_dir: if set, distillation targets are stored/reused there, keyed by
             ``cache_tag``, the warm-up length, the target config and the teacher.
         progress: tqdm progress bars for the teacher and the adaptation.
+        save_adapted: if set, the adapted weights are saved there (``ditta export --adapted``).
 
     ``adapt`` returns, for result.json: ``adapt_seconds`` (all of the warm-up
     work), ``teacher_seconds``, ``tta_seconds``, ``losses`` (last step, plus
@@ -54,7 +56,7 @@ class DiTTAMethod(Method):
 
     def __init__(self, runner: ISSRunner, teacher, target_cfg: TargetConfig = TargetConfig(),
                  adapt_cfg: AdaptConfig = AdaptConfig(), tau: float = DEFAULT_TAU, cache_dir: Optional[str] = None,
-                 cache_tag: str = "", progress: bool = True):
+                 cache_tag: str = "", progress: bool = True, save_adapted: Optional[str] = None):
         self.runner = runner
         self.teacher = teacher
         self.target_cfg = target_cfg
@@ -63,9 +65,11 @@ class DiTTAMethod(Method):
         self.cache_dir = cache_dir
         self.cache_tag = cache_tag
         self.progress = progress
+        self.save_adapted = save_adapted
         self.net: Optional[DiTTANet] = None
         self._last_warm: Optional[np.ndarray] = None
         self._state = None
+        self._stream: Optional[StreamingDiTTA] = None
 
     def iss_warmup(self, frames: Sequence[np.ndarray]):
         """Frozen ISS on the warm-up frames (step 1 of the method).
@@ -122,6 +126,12 @@ class DiTTAMethod(Method):
                                      self.adapt_cfg, bar)
         adapt_only = time.perf_counter() - t1
         self._last_warm = frames[-1]
+        self._stream = None  # rebuilt on the adapted network
+        if self.save_adapted:
+            from .export import save_adapted
+
+            save_adapted(self.net, self.save_adapted, {"warmup_frames": n, "losses": losses,
+                                                       "adapt": asdict(self.adapt_cfg)})
         return {"adapt_seconds": round(time.perf_counter() - t0, 3), "teacher_seconds": round(teacher_s, 3),
                 "tta_seconds": round(adapt_only, 3), "losses": losses,
                 "targets": {k: v for k, v in targets.stats.items() if k != "teacher_seconds"},
@@ -132,25 +142,23 @@ class DiTTAMethod(Method):
         if self._last_warm is not None:
             self._step(self._last_warm)
 
-    @torch.no_grad()
-    def _step(self, frame: np.ndarray) -> Prediction:
+    def streaming_model(self, frame_hw) -> StreamingDiTTA:
+        """The frozen streaming model (:class:`StreamingDiTTA`, torch, channels-last on
+        the CPU) for frames of ``frame_hw``; rebuilt when the size changes."""
         if self.net is None:
             raise RuntimeError("DiTTA predicts only after adapt()")
-        iss = self.net.iss
-        x = self.runner.prepare(frame)
-        feats = iss.decode(iss.encode(x))
-        logits = iss.classify(feats)
-        prob = torch.softmax(logits_to_frame(iss, logits, x.shape[2:], frame.shape[:2]), 1)
-        if self._state is not None and self._state[0].shape == feats.shape:
-            addon = self.net.addon(feats, self._state[0], self._state[1])
-            prob_addon = torch.softmax(logits_to_frame(iss, addon, x.shape[2:], frame.shape[:2]), 1)
-            prob, rel = fuse(prob, prob_addon, self.tau)
-        else:
-            from .addon import reliability
+        if self._stream is None or self._stream.frame_hw != tuple(frame_hw):
+            self._stream = StreamingDiTTA(self.net, tuple(frame_hw), self.tau)
+            if self.runner.channels_last:
+                self._stream.use_channels_last()
+            self._state = None
+        return self._stream
 
-            rel = reliability(prob)
-        self._state = (feats, logits)
-        return Prediction(labels_from_prob(prob), rel[0].float().numpy())
+    def _step(self, frame: np.ndarray) -> Prediction:
+        model = self.streaming_model(frame.shape[:2])
+        labels, conf, self._state = model.step(frame, self._state)
+        dtype = np.uint8 if self.net.iss.num_classes <= 255 else np.int16
+        return Prediction(labels.cpu().numpy().astype(dtype), conf.float().cpu().numpy())
 
     def predict(self, frame: np.ndarray) -> Prediction:
         return self._step(frame)

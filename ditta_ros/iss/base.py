@@ -131,6 +131,8 @@ class ISSModel(nn.Module):
     feature_dim: int
     preprocess: Preprocess
     upsample_align_corners: bool = False
+    #: pooling factor of the add-on grid relative to the decoder grid (see TemporalAddon)
+    addon_grid_stride: int = 1
 
     def encode(self, images: torch.Tensor):  # pragma: no cover
         """Backbone (frozen during adaptation) outputs, family-specific tuple."""

@@ -209,6 +209,29 @@ class _CBRSeq(nn.Module):
         return self.cbr(x)
 
 
+def _pool_matrix(n_in: int, n_out: int, dtype, device) -> torch.Tensor:
+    """``[n_out, n_in]`` averaging matrix of PyTorch's adaptive pooling bins
+    (``floor(i * n_in / n_out)`` .. ``ceil((i + 1) * n_in / n_out)``)."""
+    import numpy as np
+
+    m = np.zeros((n_out, n_in), dtype=np.float32)  # built outside torch: one constant in the traced graph
+    for i in range(n_out):
+        a, b = (i * n_in) // n_out, -(-((i + 1) * n_in) // n_out)
+        m[i, a:b] = 1.0 / (b - a)
+    return torch.from_numpy(m).to(device=device, dtype=dtype)
+
+
+def adaptive_avg_pool2d(x: torch.Tensor, size) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d``; while exporting to ONNX (which has no adaptive
+    pooling for non-divisible sizes) the same bins as two constant matrix products."""
+    if not (torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()):
+        return F.adaptive_avg_pool2d(x, size)
+    h, w = x.shape[2:]
+    ph = _pool_matrix(int(h), int(size[0]), x.dtype, x.device)
+    pw = _pool_matrix(int(w), int(size[1]), x.dtype, x.device)
+    return ph @ x @ pw.t()
+
+
 class PyramidPool(nn.Module):
     """Efficient pyramid pooling: project, depth-wise 3x3 at five scales, shuffle,
     merge; the last block of the decoder (``last=True``) ends in a biased 1x1
@@ -235,11 +258,11 @@ class PyramidPool(nn.Module):
         for scale, stage in zip(self.scales, self.stages):
             hs, ws = max(int(math.ceil(h * scale)), 5), max(int(math.ceil(w * scale)), 5)
             if scale < 1.0:
-                y = stage(F.adaptive_avg_pool2d(x, (hs, ws)))
+                y = stage(adaptive_avg_pool2d(x, (hs, ws)))
                 y = F.interpolate(y, (h, w), mode="bilinear", align_corners=True)
             elif scale > 1.0:
                 y = stage(F.interpolate(x, (hs, ws), mode="bilinear", align_corners=True))
-                y = F.adaptive_avg_pool2d(y, (h, w))
+                y = adaptive_avg_pool2d(y, (h, w))
             else:
                 y = stage(x)
             pyramid.append(y)
@@ -273,6 +296,7 @@ class ESPNetv2Seg(ISSModel):
 
     family = "espnetv2"
     upsample_align_corners = True
+    addon_grid_stride = 2  # decoder grid is 1/2 of the input; the add-on runs at 1/4 (paper geometry)
 
     def __init__(self, s: float = 2.0, num_classes: int = 20, input_size=(1024, 512), decoder_base: int = 16):
         super().__init__()

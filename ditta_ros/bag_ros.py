@@ -1,0 +1,150 @@
+"""Play and record rosbag2 over ROS 2 with rclpy (the ROS half of :mod:`ditta_ros.bag`).
+
+* :func:`play_bag` -- publishes a bag's serialized messages at the recorded rate
+  (``rate``, ``topics``, ``loop``, ``/clock``), after waiting for subscribers so
+  no frame is lost.
+* :func:`record_bag` -- subscribes raw to topics and writes a bag until stopped,
+  N messages, a duration, or an idle timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Dict, Iterable, Optional, Sequence
+
+from .bag import _typestore
+
+log = logging.getLogger("ditta.bag")
+
+def _msg_class(msgtype: str):
+    import importlib
+
+    pkg, kind, name = msgtype.split("/")
+    return getattr(importlib.import_module(f"{pkg}.{kind}"), name)
+
+
+def play_bag(bag: str, rate: float = 1.0, topics: Optional[Sequence[str]] = None, loop: bool = False,
+             clock: bool = False, wait_subscribers: float = 10.0,
+             reliable: bool = True, node=None) -> int:
+    """Publish the messages of ``bag`` with rclpy at ``rate`` x the recorded rate.
+
+    ``clock`` also publishes ``/clock`` from the header stamps (for ``use_sim_time``). Waits up
+    to ``wait_subscribers`` seconds for a subscriber on every topic. Returns the
+    number of messages published.
+    """
+    import rclpy
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from rosbags.rosbag2 import Reader
+
+    ts = _typestore()
+    own = node is None
+    if own:
+        rclpy.init()
+        node = rclpy.create_node("ditta_bag_play")
+    qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT)
+    sent = 0
+    try:
+        with Reader(bag) as reader:
+            conns = [c for c in reader.connections if topics is None or c.topic in topics]
+            pubs = {c.id: node.create_publisher(_msg_class(c.msgtype), c.topic, qos) for c in conns}
+            clock_pub = None
+            if clock:
+                from rosgraph_msgs.msg import Clock
+
+                clock_pub = node.create_publisher(Clock, "/clock", 10)
+            deadline = time.monotonic() + wait_subscribers
+            while time.monotonic() < deadline and not all(p.get_subscription_count() for p in pubs.values()):
+                time.sleep(0.05)
+            missing = [c.topic for c in conns if not pubs[c.id].get_subscription_count()]
+            if missing:
+                log.warning("no subscriber yet on %s; playing anyway", ", ".join(missing))
+            else:
+                time.sleep(0.5)  # discovery is two-sided: let the subscribers match this publisher too
+            while True:
+                t_bag0 = t_wall0 = None
+                for conn, t, raw in reader.messages(connections=conns):
+                    if t_bag0 is None:
+                        t_bag0, t_wall0 = t, time.monotonic()
+                    delay = t_wall0 + (t - t_bag0) / 1e9 / rate - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                    if clock_pub is not None and "header" in getattr(ts.types[conn.msgtype], "__dataclass_fields__", {}):
+                        from rosgraph_msgs.msg import Clock
+
+                        msg = ts.deserialize_cdr(raw, conn.msgtype)
+                        c = Clock()
+                        c.clock.sec, c.clock.nanosec = msg.header.stamp.sec, msg.header.stamp.nanosec
+                        clock_pub.publish(c)
+                    pubs[conn.id].publish(bytes(raw))
+                    sent += 1
+                if not loop:
+                    break
+            from rclpy.duration import Duration
+
+            for pub in pubs.values():  # RELIABLE: make sure the last messages are delivered before exiting
+                pub.wait_for_all_acked(Duration(seconds=5))
+    finally:
+        if own:
+            node.destroy_node()
+            rclpy.shutdown()
+    return sent
+
+
+def record_bag(topics: Iterable[str], out: str, count: Optional[int] = None, idle_timeout: float = 0.0,
+               duration: float = 0.0, storage: str = "sqlite3", node=None, types: Optional[Dict[str, str]] = None
+               ) -> Dict[str, int]:
+    """Subscribe raw to ``topics`` and write them to the bag ``out``.
+
+    Stops after ``count`` messages in total, ``duration`` seconds, ``idle_timeout``
+    seconds without a message (after the first), or Ctrl-C. ``types`` maps a topic to
+    its message type (``sensor_msgs/msg/Image`` for the ``/ditta/*`` image topics and
+    ``std_msgs/msg/String`` for the JSON ones by default). Returns messages per topic.
+    """
+    import rclpy
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    default_types = {"/ditta/status": "std_msgs/msg/String", "/ditta/labels": "std_msgs/msg/String",
+                     "/diagnostics": "diagnostic_msgs/msg/DiagnosticArray"}
+    types = dict(types or {})
+    ts = _typestore()
+    own = node is None
+    if own:
+        rclpy.init()
+        node = rclpy.create_node("ditta_bag_record")
+    counts = {t: 0 for t in topics}
+    last = [None]
+    plugin = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}[storage]
+    try:
+        with Writer(out, version=9, storage_plugin=plugin) as writer:
+            conns = {}
+            for topic in counts:
+                msgtype = types.get(topic) or default_types.get(topic, "sensor_msgs/msg/Image")
+                conns[topic] = writer.add_connection(topic, msgtype, typestore=ts)
+
+                def cb(raw, topic=topic):
+                    writer.write(conns[topic], time.time_ns(), bytes(raw))
+                    counts[topic] += 1
+                    last[0] = time.monotonic()
+
+                node.create_subscription(_msg_class(msgtype), topic, cb,
+                                         QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE), raw=True)
+            t0 = time.monotonic()
+            while rclpy.ok():
+                rclpy.spin_once(node, timeout_sec=0.1)
+                now = time.monotonic()
+                if count and sum(counts.values()) >= count:
+                    break
+                if duration and now - t0 >= duration:
+                    break
+                if idle_timeout and last[0] is not None and now - last[0] >= idle_timeout:
+                    break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if own:
+            node.destroy_node()
+            if rclpy.ok():
+                rclpy.shutdown()
+    return counts

@@ -1,0 +1,160 @@
+"""Export of the frozen streaming model (:class:`~ditta_ros.streaming.StreamingDiTTA`) to ONNX.
+
+``export_onnx`` writes ``<out>/ditta_<model>_<H>x<W>.onnx`` (legacy TorchScript
+exporter, opset 18: LayerNormalization stays one op and ``Resize`` has the
+``antialias`` attribute the PIL-like input resize needs; weights embedded) and a
+metadata JSON beside it: model, family, label set and classes, frame and network
+input size, normalisation, tau, the input/output names and shapes, adaptation
+info and the ONNX file's sha256. ``onnx.checker`` validates the graph.
+
+Graph interface (one call per frame, the state outputs feed the next call):
+
+=============  =========  ===============================================
+name           dtype      shape
+=============  =========  ===============================================
+image          uint8      [H, W, 3] RGB
+feat_prev      float32    [1, D, h, w]
+logits_prev    float32    [1, C, h, w]
+has_prev       float32    [1] (0 on the first frame of a stream)
+labels         int64      [H, W] class ids of the model's label set
+confidence     float32    [H, W] Eq. 2 reliability, 0..1
+feat, logits   float32    the next state
+=============  =========  ===============================================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from typing import Dict, Optional, Tuple
+
+import torch
+
+from .adapt import DiTTANet
+from .streaming import StreamingDiTTA
+
+INPUT_NAMES = ["image", "feat_prev", "logits_prev", "has_prev"]
+OUTPUT_NAMES = ["labels", "confidence", "feat", "logits"]
+DEFAULT_OPSET = 18
+
+
+def _resize_antialias_symbolic(g, x, output_size, align_corners, scale_factors):
+    """ONNX for ``aten::_upsample_bilinear2d_aa`` (torch's antialiased bilinear
+    resize, which the legacy exporter lacks): ``Resize`` linear, ``half_pixel``,
+    ``antialias=1``, ``exclude_outside=1`` -- equal to torch's result to ~1e-2 grey
+    levels in onnxruntime (``test/test_streaming.py``)."""
+    from torch.onnx import symbolic_helper as sh
+
+    if sh._parse_arg(align_corners, "b"):
+        raise RuntimeError("antialiased resize with align_corners=True has no ONNX equivalent")
+    size = torch.tensor(sh._parse_arg(output_size, "is"), dtype=torch.int64)
+    shape = g.op("Shape", x)
+    batch_chan = g.op("Slice", shape, g.op("Constant", value_t=torch.tensor([0])),
+                      g.op("Constant", value_t=torch.tensor([2])))
+    sizes = g.op("Concat", batch_chan, g.op("Constant", value_t=size), axis_i=0)
+    empty = g.op("Constant", value_t=torch.tensor([], dtype=torch.float32))
+    return g.op("Resize", x, empty, empty, sizes, mode_s="linear", antialias_i=1, exclude_outside_i=1,
+                coordinate_transformation_mode_s="half_pixel")
+
+
+def _register_symbolics(opset: int) -> None:
+    from torch.onnx import register_custom_op_symbolic
+
+    register_custom_op_symbolic("aten::_upsample_bilinear2d_aa", _resize_antialias_symbolic, opset)
+
+
+def save_adapted(net: DiTTANet, path: str, info: Optional[Dict[str, object]] = None) -> None:
+    """Save an adapted network's weights (``state_dict``) and provenance to ``path``."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    torch.save({"state_dict": net.state_dict(), "info": dict(info or {})}, path)
+
+
+def load_adapted(net: DiTTANet, path: str) -> Dict[str, object]:
+    """Load weights saved by :func:`save_adapted` into ``net`` (strict).
+
+    Raises:
+        FileNotFoundError: no such file; RuntimeError: the weights do not fit ``net``.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"adapted checkpoint not found: {path}")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    net.load_state_dict(ckpt["state_dict"], strict=True)
+    return ckpt.get("info", {})
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def export_onnx(net: DiTTANet, frame_hw: Tuple[int, int], out_dir: str, name: str, label_set: str = "",
+                classes=(), tau: float = 0.8, adaptation: Optional[Dict[str, object]] = None,
+                opset: int = DEFAULT_OPSET, fp16: bool = False, antialias: bool = True) -> Tuple[str, str]:
+    """Export the streaming model for frames of ``frame_hw`` = (H, W).
+
+    Args:
+        net: the (adapted) network; exported in eval mode, on the CPU, float32.
+        frame_hw: frame size in pixels (the graph has fixed shapes).
+        out_dir: output folder (created).
+        name: model name for the file stem and metadata.
+        tau: fusion threshold baked into the graph (0 = plain ISS branch only).
+        opset: ONNX opset, >= 18 when ``antialias``.
+        fp16: record ``precision: fp16`` in the metadata: the runtimes that can run
+            half precision honour it (TensorRT engine build and the onnxruntime
+            TensorRT EP with FP16 enabled, torch on CUDA in half). The ONNX itself
+            stays float32 (TensorRT picks fp16 kernels from it per layer; a float16
+            ONNX would not run on the CPU execution provider).
+        antialias: PIL-like antialiased input resize (``Resize antialias=1``);
+            ``False`` for runtimes without it.
+
+    Returns:
+        ``(onnx_path, metadata_path)``; the stem is ``ditta_<name>_<H>x<W>``.
+
+    Raises:
+        ValueError: ``antialias`` with ``opset < 18``.
+        onnx.checker.ValidationError: the exported graph is invalid.
+    """
+    import onnx
+
+    if antialias and opset < 18:
+        raise ValueError(f"the antialiased input resize needs opset >= 18 (got {opset}); or pass antialias=False")
+    net = net.cpu().float().to(memory_format=torch.contiguous_format)
+    model = StreamingDiTTA(net, frame_hw, tau, antialias=antialias)
+    _register_symbolics(opset)
+    os.makedirs(out_dir, exist_ok=True)
+    stem = f"ditta_{name}_{frame_hw[0]}x{frame_hw[1]}"
+    path = os.path.join(out_dir, stem + ".onnx")
+    example = (torch.zeros(*frame_hw, 3, dtype=torch.uint8), *model.initial_state())
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        torch.onnx.export(model, example, path, input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
+                          opset_version=opset, dynamo=False, do_constant_folding=True)
+    seconds = time.perf_counter() - t0
+    onnx.checker.check_model(onnx.load(path))
+    pp = net.iss.preprocess
+    meta = {
+        "model": name, "family": net.iss.family, "label_set": label_set, "classes": list(classes),
+        "num_classes": net.iss.num_classes, "frame_hw": list(frame_hw), "input_hw": list(model.input_hw),
+        "normalisation": {"mean": list(pp.mean), "std": list(pp.std), "scale": "1/255", "channel_order": "RGB"},
+        "tau": tau, "radius": net.addon.radius, "addon_grid_stride": net.addon.grid_stride, "opset": opset,
+        "precision": "fp16" if fp16 else "fp32", "antialias": bool(antialias),
+        "inputs": {"image": ["uint8", [*frame_hw, 3]],
+                   "feat_prev": ["float32", list(model.state_shapes["feat_prev"])],
+                   "logits_prev": ["float32", list(model.state_shapes["logits_prev"])],
+                   "has_prev": ["float32", [1]]},
+        "outputs": {"labels": ["int64", list(frame_hw)], "confidence": ["float32", list(frame_hw)],
+                    "feat": ["float32", list(model.state_shapes["feat_prev"])],
+                    "logits": ["float32", list(model.state_shapes["logits_prev"])]},
+        "adaptation": adaptation or {"adapted": False},
+        "export_seconds": round(seconds, 3), "torch": torch.__version__,
+        "sha256": sha256_file(path),
+    }
+    meta_path = os.path.join(out_dir, stem + ".json")
+    with open(meta_path, "w") as f:
+        json.dump(meta, f, indent=2)
+    return path, meta_path

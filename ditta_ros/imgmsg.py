@@ -1,0 +1,118 @@
+"""ROS image messages <-> numpy, without ROS (no cv_bridge wheel exists for ROS 2 on PyPI).
+
+Works on the message *fields*, so the same code serves rclpy messages, rosbags
+messages and tests:
+
+* :func:`decode_image` -- ``sensor_msgs/Image`` fields -> uint8 RGB ``[H, W, 3]``,
+  honouring ``step`` (row padding) and ``is_bigendian``. Encodings: rgb8, bgr8,
+  rgba8, bgra8, mono8, mono16 / 16UC1 (scaled to 8 bit by >> 8), yuv422 / uyvy /
+  UYVY, yuyv / yuv422_yuy2 / YUYV (YUV 4:2:2 as OpenCV's converters read it).
+* :func:`decode_compressed` -- ``sensor_msgs/CompressedImage`` (jpeg, png, ...)
+  via ``cv2.imdecode``.
+* :func:`label_image` -- class ids -> (encoding, step, bytes) of a mono8 label
+  image (mono16 when the label set has more than 255 classes; 255 = ignore).
+
+Errors are :class:`ImageDecodeError` (bad data) or :class:`UnsupportedEncoding`,
+never a crash of the caller's loop.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import numpy as np
+
+#: encoding -> (channels, bytes per channel)
+_LAYOUT = {"rgb8": (3, 1), "bgr8": (3, 1), "rgba8": (4, 1), "bgra8": (4, 1), "mono8": (1, 1), "8UC1": (1, 1),
+           "mono16": (1, 2), "16UC1": (1, 2), "yuv422": (2, 1), "uyvy": (2, 1), "UYVY": (2, 1),
+           "yuyv": (2, 1), "yuv422_yuy2": (2, 1), "YUYV": (2, 1), "8UC3": (3, 1)}
+SUPPORTED_ENCODINGS = tuple(_LAYOUT)
+
+
+class ImageDecodeError(ValueError):
+    """The message's data does not fit its header (truncated, wrong step, corrupt)."""
+
+
+class UnsupportedEncoding(ImageDecodeError):
+    """An encoding this converter does not read."""
+
+
+def decode_image(encoding: str, height: int, width: int, step: int, data, is_bigendian: bool = False) -> np.ndarray:
+    """``sensor_msgs/Image`` fields -> uint8 RGB ``[height, width, 3]`` (a copy).
+
+    Raises:
+        UnsupportedEncoding: unknown ``encoding`` (the message names it).
+        ImageDecodeError: zero size, ``step`` smaller than a row, or fewer than
+            ``step * height`` bytes of data.
+    """
+    import cv2
+
+    if encoding not in _LAYOUT:
+        raise UnsupportedEncoding(f"unsupported image encoding {encoding!r}; supported: {', '.join(_LAYOUT)}")
+    ch, bpc = _LAYOUT[encoding]
+    height, width, step = int(height), int(width), int(step)
+    if height <= 0 or width <= 0:
+        raise ImageDecodeError(f"empty image {width}x{height}")
+    row = width * ch * bpc
+    if step < row:
+        raise ImageDecodeError(f"step {step} < row size {row} for {width}px {encoding}")
+    buf = np.frombuffer(bytes(data) if not isinstance(data, (bytes, bytearray, memoryview, np.ndarray)) else data,
+                        dtype=np.uint8)
+    if buf.size < step * height:
+        raise ImageDecodeError(f"truncated image: {buf.size} bytes for {height} rows of step {step}")
+    rows = buf[:step * height].reshape(height, step)[:, :row]
+    if bpc == 2:
+        px = rows.copy().view(">u2" if is_bigendian else "<u2").reshape(height, width)
+        gray = (px >> 8).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    img = np.ascontiguousarray(rows).reshape(height, width, ch)
+    if encoding in ("rgb8", "8UC3"):
+        return img.copy()
+    if encoding == "bgr8":
+        return np.ascontiguousarray(img[:, :, ::-1])
+    if encoding == "rgba8":
+        return np.ascontiguousarray(img[:, :, :3])
+    if encoding == "bgra8":
+        return np.ascontiguousarray(img[:, :, 2::-1])
+    if encoding in ("mono8", "8UC1"):
+        return np.repeat(img, 3, axis=2)
+    if width % 2:
+        raise ImageDecodeError(f"YUV 4:2:2 needs an even width, got {width}")
+    code = cv2.COLOR_YUV2RGB_UYVY if encoding in ("yuv422", "uyvy", "UYVY") else cv2.COLOR_YUV2RGB_YUYV
+    return cv2.cvtColor(img, code)
+
+
+def decode_compressed(fmt: str, data) -> np.ndarray:
+    """``sensor_msgs/CompressedImage`` -> uint8 RGB ``[H, W, 3]``.
+
+    Raises:
+        ImageDecodeError: empty or undecodable data (corrupt or truncated file).
+    """
+    import cv2
+
+    buf = np.frombuffer(bytes(data), dtype=np.uint8)
+    if buf.size == 0:
+        raise ImageDecodeError("empty compressed image")
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if img is None:
+        raise ImageDecodeError(f"cannot decode compressed image (format {fmt!r}, {buf.size} bytes)")
+    return np.ascontiguousarray(img[:, :, ::-1])
+
+
+def encode_image(rgb: np.ndarray) -> Tuple[str, int, bytes]:
+    """uint8 RGB ``[H, W, 3]`` -> ``("rgb8", step, data)`` for a ``sensor_msgs/Image``."""
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    return "rgb8", rgb.shape[1] * 3, rgb.tobytes()
+
+
+def label_image(labels: np.ndarray, num_classes: int) -> Tuple[str, int, bytes]:
+    """Class ids ``[H, W]`` -> ``(encoding, step, data)`` of the label image.
+
+    ``mono8`` (one byte per pixel, 255 = ignore) for label sets of at most 255
+    classes, else little-endian ``mono16`` (65535 = ignore).
+    """
+    if num_classes <= 255:
+        arr = np.ascontiguousarray(labels, dtype=np.uint8)
+        return "mono8", arr.shape[1], arr.tobytes()
+    arr = np.ascontiguousarray(labels, dtype="<u2")
+    return "mono16", arr.shape[1] * 2, arr.tobytes()

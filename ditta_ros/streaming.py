@@ -1,0 +1,182 @@
+"""The frozen streaming DiTTA model: ``step(frame, state) -> (labels, confidence, new_state)``.
+
+One backbone pass per frame; the previous frame's decoder features and plain
+logits are the state. Everything a caller would otherwise repeat lives inside,
+so one definition serves torch inference, ONNX export, ``ditta eval`` and the
+node:
+
+* preprocessing: uint8 ``[H, W, 3]`` RGB in; antialiased bilinear resize to the
+  network input (``align_corners=False``, rounded to integers: PIL's uint8
+  bilinear resize, which the ISS models' reference preprocessing uses, to within
+  one grey level; exported as ONNX ``Resize`` with ``antialias=1``), ``/255``,
+  mean/std;
+* the ISS forward (features, plain logits) and, when the state holds a previous
+  frame (``has_prev = 1``), the add-on (Eq. 1) and the reliability fusion (Eq. 3);
+  on the first frame the plain branch only (official behaviour);
+* the two-step resize of the probabilities to the frame, argmax and the Eq. 2
+  reliability of the plain branch as confidence.
+
+In eval mode this equals the official two-frame clip formulation (both frames
+through the backbone, add-on from frame t-1 to t), see ``test/test_streaming.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .adapt import DiTTANet
+from .addon import DEFAULT_TAU, fuse, reliability
+from .iss.base import logits_to_frame
+
+STATE_NAMES = ("feat_prev", "logits_prev", "has_prev")
+
+
+class StreamingDiTTA(nn.Module):
+    """Frozen streaming model for frames of a fixed size.
+
+    Args:
+        net: the (adapted or pre-trained) :class:`DiTTANet`, put in eval mode.
+        frame_hw: ``(H, W)`` of the incoming frames (the output resolution).
+        tau: fusion threshold (Eq. 3); ``0`` disables the add-on branch.
+        antialias: PIL-like antialiased input resize (default). ``False`` gives a
+            plain bilinear resize, for runtimes without ONNX ``Resize`` antialiasing
+            (some TensorRT versions); slightly different inputs when downscaling.
+
+    ``forward(image, feat_prev, logits_prev, has_prev)``:
+        image: uint8 ``[H, W, 3]`` RGB; feat_prev: float ``[1, D, h, w]``;
+        logits_prev: float ``[1, C, h, w]``; has_prev: float ``[1]`` (1 = the state
+        holds a previous frame of this stream, 0 = first frame).
+        Returns ``labels`` int64 ``[H, W]``, ``confidence`` float ``[H, W]`` in [0, 1],
+        ``feat`` ``[1, D, h, w]`` and ``logits`` ``[1, C, h, w]`` (the next state).
+    """
+
+    def __init__(self, net: DiTTANet, frame_hw: Tuple[int, int], tau: float = DEFAULT_TAU,
+                 antialias: bool = True):
+        super().__init__()
+        self.antialias = bool(antialias)
+        self.channels_last = False
+        self.net = net.eval()
+        self.iss = net.iss
+        self.frame_hw = (int(frame_hw[0]), int(frame_hw[1]))
+        self.input_hw = tuple(self.iss.preprocess.input_hw(self.frame_hw))
+        self.tau = float(tau)
+        pp = self.iss.preprocess
+        self.register_buffer("mean", torch.tensor(pp.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0,
+                             persistent=False)
+        self.register_buffer("std", torch.tensor(pp.std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0,
+                             persistent=False)
+        with torch.no_grad():
+            x = torch.zeros(1, 3, *self.input_hw)
+            feats = self.iss.decode(self.iss.encode(x))
+        self.state_shapes = {"feat_prev": tuple(feats.shape),
+                             "logits_prev": (1, self.iss.num_classes, *feats.shape[2:])}
+        self.eval()  # frozen; also what torch.onnx.export restores after exporting
+
+    def initial_state(self):
+        """Zero state with ``has_prev = 0`` (the first frame uses the plain branch), on
+        the model's device and in its dtype."""
+        kw = {"device": self.mean.device, "dtype": self.mean.dtype}
+        return (torch.zeros(self.state_shapes["feat_prev"], **kw), torch.zeros(self.state_shapes["logits_prev"], **kw),
+                torch.zeros(1, **kw))
+
+    def use_channels_last(self, on: bool = True) -> "StreamingDiTTA":
+        """Channels-last layout for the torch path on the CPU (~1.4x faster for
+        ESPNetv2 with oneDNN, ``bench/iss_speed.py``); no effect on the export."""
+        self.channels_last = bool(on)
+        if on:
+            self.net.to(memory_format=torch.channels_last)
+        return self
+
+    def preprocess(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[H, W, 3]`` -> normalised float ``[1, 3, h_in, w_in]`` (the model's dtype)."""
+        x = image.permute(2, 0, 1).unsqueeze(0).float()
+        if tuple(x.shape[2:]) != self.input_hw:
+            x = F.interpolate(x, size=self.input_hw, mode="bilinear", align_corners=False,
+                              antialias=self.antialias)
+            x = x.round().clamp(0, 255)
+        x = ((x - self.mean.float()) / self.std.float()).to(self.mean.dtype)
+        if self.channels_last and not torch.onnx.is_in_onnx_export():
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def forward(self, image, feat_prev, logits_prev, has_prev):
+        x = self.preprocess(image)
+        feats = self.iss.decode(self.iss.encode(x))
+        logits = self.iss.classify(feats)
+        prob = torch.softmax(logits_to_frame(self.iss, logits, self.input_hw, self.frame_hw), 1)
+        rel = reliability(prob)
+        if self.tau > 0:
+            addon = self.net.addon(feats, feat_prev, logits_prev)
+            prob_addon = torch.softmax(logits_to_frame(self.iss, addon, self.input_hw, self.frame_hw), 1)
+            fused, _ = fuse(prob, prob_addon, self.tau)
+            prob = torch.where(has_prev.view(1, 1, 1, 1) > 0.5, fused, prob)
+        return prob[0].argmax(0), rel[0], feats, logits
+
+    @torch.no_grad()
+    def step(self, frame, state=None):
+        """Torch convenience: numpy/torch uint8 frame + state -> ``(labels, confidence, state)``.
+
+        Tensors come back on the model's device; ``state=None`` starts a stream.
+
+        Raises:
+            ValueError: the frame is not ``frame_hw`` x 3 uint8.
+        """
+        import numpy as np
+
+        if not isinstance(frame, torch.Tensor):
+            frame = torch.from_numpy(np.ascontiguousarray(frame))
+        if tuple(frame.shape) != (*self.frame_hw, 3) or frame.dtype != torch.uint8:
+            raise ValueError(f"expected a uint8 frame of {self.frame_hw[0]}x{self.frame_hw[1]}x3, "
+                             f"got {tuple(frame.shape)} {frame.dtype}")
+        dev = self.mean.device
+        state = state if state is not None else self.initial_state()
+        labels, conf, feats, logits = self(frame.to(dev), *state)
+        return labels, conf, (feats, logits, torch.ones(1, device=dev, dtype=self.mean.dtype))
+
+
+@torch.no_grad()
+def two_frame_step(model: StreamingDiTTA, prev_image, image, dense: bool = False):
+    """The official formulation of one evaluation step, as a reference: the clip
+    ``(frame t-1, frame t)`` goes through backbone and decoder as a batch of two,
+    the add-on attends from t to t-1 and the branches are fused (Eq. 1-3).
+
+    Args:
+        model: a :class:`StreamingDiTTA` (its network, sizes, tau and preprocessing).
+        prev_image, image: uint8 ``[H, W, 3]`` tensors, or ``prev_image=None`` for the
+            first frame (plain branch only).
+        dense: use the official masked ``HW x HW`` attention (``dense_window_attention``)
+            instead of the windowed one (same numbers, far more memory).
+
+    Returns:
+        ``(labels int64 [H, W], confidence float [H, W])`` -- equal to
+        :meth:`StreamingDiTTA.step` on the same frames (``test/test_streaming.py``).
+    """
+    from .addon import dense_window_attention
+
+    net, iss = model.net, model.iss
+    x = model.preprocess(image)
+    if prev_image is None:
+        _, logits = iss(x)
+        prob = torch.softmax(logits_to_frame(iss, logits, model.input_hw, model.frame_hw), 1)
+        return prob[0].argmax(0), reliability(prob)[0]
+    feats, logits = iss(torch.cat([model.preprocess(prev_image), x]))
+    addon = net.addon
+    if dense:
+        s = addon.grid_stride
+        f_t, f_p, l_p = feats[1:], feats[:1], logits[:1]
+        if s > 1:
+            f_t, f_p, l_p = (F.avg_pool2d(t, s, s, ceil_mode=True) for t in (f_t, f_p, l_p))
+        q = addon._per_position(addon.query_layer, f_t)
+        k = addon._per_position(addon.key_layer, f_p)
+        out = dense_window_attention(q, k, l_p, addon.radius)
+        add_logits = F.interpolate(out, size=feats.shape[2:], mode="bilinear", align_corners=False) if s > 1 else out
+    else:
+        add_logits = addon(feats[1:], feats[:1], logits[:1])
+    p = torch.softmax(logits_to_frame(iss, logits[1:], model.input_hw, model.frame_hw), 1)
+    pa = torch.softmax(logits_to_frame(iss, add_logits, model.input_hw, model.frame_hw), 1)
+    prob, rel = fuse(p, pa, model.tau) if model.tau > 0 else (p, reliability(p))
+    return prob[0].argmax(0), rel[0]

@@ -1,0 +1,27 @@
+"""Launch ditta_node with the package's parameter file and a remappable image topic.
+
+    ros2 launch ditta_ros ditta.launch.py image:=/camera/image_raw [params_file:=my.yaml]
+"""
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+
+def generate_launch_description():
+    share = get_package_share_directory("ditta_ros")
+    profile = os.path.join(share, "config", "fastdds_shm.xml")
+    return LaunchDescription([
+        DeclareLaunchArgument("image", default_value="/camera/image_raw", description="input image topic"),
+        DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "ditta.yaml"),
+                              description="ditta_node parameter file"),
+        SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", profile),
+        SetEnvironmentVariable("FASTRTPS_DEFAULT_PROFILES_FILE", profile),
+        Node(package="ditta_ros", executable="ditta_node", name="ditta_node", output="screen",
+             parameters=[LaunchConfiguration("params_file")],
+             remappings=[("image", LaunchConfiguration("image"))]),
+    ])

@@ -1,0 +1,74 @@
+"""The live pipeline behind the node (ROS-free): phases, failure handling, reset/readapt, size changes."""
+
+import numpy as np
+import pytest
+import torch
+
+from ditta_ros.adapt import DiTTANet
+from ditta_ros.inference import ISSRunner
+from ditta_ros.iss.espnetv2 import ESPNetv2Seg
+from ditta_ros.live import LiveConfig, LivePipeline, Phase
+
+
+class _FakeMethod:
+    """Adaptation stand-in: returns the pre-trained network (or fails)."""
+
+    def __init__(self, runner, fail=False):
+        self.runner, self.fail, self.net = runner, fail, None
+
+    def adapt(self, frames):
+        if self.fail:
+            raise RuntimeError("teacher weights missing")
+        self.net = DiTTANet(self.runner.model).eval()
+        return {"adapt_seconds": 0.0, "teacher_seconds": 0.0, "tta_seconds": 0.0}
+
+
+def _runner():
+    torch.manual_seed(0)
+    return ISSRunner(ESPNetv2Seg(s=0.5, num_classes=5, input_size=(64, 48)).eval())
+
+
+def _frame(h=40, w=56, seed=0):
+    return np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
+
+
+def test_phases_from_warmup_to_streaming_and_back():
+    cfg = LiveConfig(warmup_frames=3, frame_stride=2, backend="torch")
+    live = LivePipeline(cfg, _runner(), method_factory=lambda r: _FakeMethod(r))
+    phases = []
+    for i in range(6):  # stride 2: frames 0, 2, 4 are kept -> adaptation starts on the 5th frame
+        pred, phase = live.process(_frame(seed=i), stamp=i * 0.1)
+        phases.append(phase)
+        assert pred.labels.shape == (40, 56) and pred.labels.dtype == np.uint8
+    assert phases[:5] == [Phase.WARMUP] * 5
+    live.wait_idle(60)
+    assert live.phase == Phase.STREAMING and live.last_adapt["warmup_frames"] == 3
+    assert "torch" in live.last_adapt["backend"]
+    p1, ph = live.process(_frame(seed=7))
+    assert ph == Phase.STREAMING
+    p2, _ = live.process(_frame(30, 44, seed=8))  # size change: state restarted, backend re-prepared
+    assert p2.labels.shape == (30, 44)
+    assert live.readapt() == "warm-up started" and live.phase == Phase.WARMUP
+    live.reset()
+    assert live.phase == Phase.ISS and live.process(_frame())[1] == Phase.ISS
+    with pytest.raises(ValueError, match="uint8"):
+        live.process(np.zeros((4, 4), np.float32))
+
+
+def test_failed_adaptation_falls_back_to_the_iss_model():
+    live = LivePipeline(LiveConfig(warmup_frames=2, backend="torch"), _runner(),
+                        method_factory=lambda r: _FakeMethod(r, fail=True))
+    for i in range(2):
+        live.process(_frame(seed=i))
+    live.wait_idle(60)
+    assert live.phase == Phase.ISS and "teacher weights missing" in live.error
+    assert live.process(_frame())[0].labels.shape == (40, 56)
+
+
+def test_warmup_seconds_close_the_window_early():
+    live = LivePipeline(LiveConfig(warmup_frames=100, warmup_seconds=0.5, backend="torch"), _runner(),
+                        method_factory=lambda r: _FakeMethod(r))
+    for i in range(4):
+        live.process(_frame(seed=i), stamp=i * 0.2)  # 0.6 s of stream time after 4 frames
+    live.wait_idle(60)
+    assert live.phase == Phase.STREAMING and live.last_adapt["warmup_frames"] == 4

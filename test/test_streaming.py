@@ -1,0 +1,189 @@
+"""The streaming model equals the official two-frame formulation, and its ONNX export
+matches torch over a sequence with the state carried."""
+
+import numpy as np
+import pytest
+import torch
+
+from ditta_ros.adapt import DiTTANet
+from ditta_ros.addon import fuse
+from ditta_ros.iss.base import logits_to_frame
+from ditta_ros.iss.espnetv2 import ESPNetv2Seg
+from ditta_ros.streaming import StreamingDiTTA
+
+
+def _net():
+    torch.manual_seed(0)
+    iss = ESPNetv2Seg(s=0.5, num_classes=5, input_size=(64, 48)).eval()
+    for m in iss.modules():  # non-trivial BN statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    return DiTTANet(iss).eval()
+
+
+def _frames(n=4, h=40, w=56):
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (h, w + n, 3), dtype=np.uint8)
+    return [np.ascontiguousarray(base[:, t:t + w]) for t in range(n)]
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_streaming_equals_two_frame_clip_formulation(dense):
+    from ditta_ros.streaming import two_frame_step
+
+    net = _net()
+    model = StreamingDiTTA(net, (40, 56))
+    frames = [torch.from_numpy(f) for f in _frames()]
+    state, prev = None, None
+    for f in frames:
+        labels, conf, state = model.step(f, state)
+        ref_labels, ref_conf = two_frame_step(model, prev, f, dense=dense)
+        assert (labels != ref_labels).float().mean() < 1e-3
+        assert (conf - ref_conf).abs().max() < 1e-4
+        assert labels.shape == (40, 56) and 0 <= conf.min() and conf.max() <= 1
+        prev = f
+    with pytest.raises(ValueError, match="uint8 frame"):
+        model.step(np.zeros((10, 10, 3), np.uint8))
+
+
+def test_two_frame_reference_matches_an_independent_formulation():
+    """The reference itself, spelled out by hand for one step with a grid stride of 2."""
+    import torch.nn.functional as F
+
+    from ditta_ros.addon import dense_window_attention
+    from ditta_ros.streaming import two_frame_step
+
+    net = _net()
+    assert net.addon.grid_stride == 2  # ESPNetv2
+    model = StreamingDiTTA(net, (40, 56))
+    f0, f1 = (torch.from_numpy(f) for f in _frames(2))
+    x0, x1 = model.preprocess(f0), model.preprocess(f1)
+    with torch.no_grad():
+        feats, logits = net.iss(torch.cat([x0, x1]))
+        pool = [F.avg_pool2d(t, 2, 2, ceil_mode=True) for t in (feats[1:], feats[:1], logits[:1])]
+        q = net.addon.query_layer(pool[0].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        k = net.addon.key_layer(pool[1].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        add = F.interpolate(dense_window_attention(q, k, pool[2], net.addon.radius), size=feats.shape[2:],
+                            mode="bilinear", align_corners=False)
+        p = torch.softmax(logits_to_frame(net.iss, logits[1:], model.input_hw, (40, 56)), 1)
+        pa = torch.softmax(logits_to_frame(net.iss, add, model.input_hw, (40, 56)), 1)
+        prob, _ = fuse(p, pa, 0.8)
+    labels, _ = two_frame_step(model, f0, f1)
+    assert (labels != prob[0].argmax(0)).float().mean() < 1e-3
+
+
+def test_preprocessing_matches_the_iss_reference_within_one_grey_level():
+    net = _net()
+    for hw in ((40, 56), (100, 130)):  # upscale, and downscale (antialiased) to 48x64
+        model = StreamingDiTTA(net, hw)
+        f = _frames(1, *hw)[0]
+        ours = model.preprocess(torch.from_numpy(f))
+        ref = net.iss.preprocess(f)  # PIL bilinear
+        std = torch.tensor(net.iss.preprocess.std).view(1, 3, 1, 1)
+        assert ours.shape == ref.shape
+        assert ((ours - ref) * std * 255).abs().max() <= 1.0 + 1e-3
+
+
+@pytest.mark.parametrize("hw", [(40, 56), (100, 130)])
+def test_onnx_export_matches_torch_over_a_sequence(tmp_path, hw):
+    import onnxruntime as ort
+
+    from ditta_ros.export import export_onnx
+
+    net = _net()
+    model = StreamingDiTTA(net, hw)
+    path, _ = export_onnx(net, hw, str(tmp_path), "tiny")  # opset 18, antialiased resize, onnx.checker
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    state_t, state_o = None, model.initial_state()
+    state_o = [s.numpy() for s in state_o]
+    agree = []
+    for f in _frames(5, *hw):
+        labels_t, _, state_t = model.step(f, state_t)
+        out = sess.run(None, {"image": f, "feat_prev": state_o[0], "logits_prev": state_o[1],
+                              "has_prev": state_o[2]})
+        assert np.abs(out[3] - state_t[1].numpy()).max() <= 1e-4
+        agree.append((out[0] == labels_t.numpy()).mean())
+        state_o = [out[2], out[3], np.ones(1, np.float32)]
+    assert min(agree) >= 0.999
+
+
+def test_export_rejects_an_opset_without_antialiased_resize(tmp_path):
+    from ditta_ros.export import export_onnx
+
+    net = _net()
+    with pytest.raises(ValueError, match="opset >= 18"):
+        export_onnx(net, (40, 56), str(tmp_path), "tiny", opset=17)
+
+
+def test_export_cli_and_clean_process_inference(shared, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from ditta_ros.cli import main
+
+    assert main(["export", "--model", "espnetv2-s1.0-cityscapes-512x256", "--height", "90", "--width", "120",
+                 "--out", str(tmp_path)]) == 0
+    meta_path = tmp_path / "ditta_espnetv2-s1.0-cityscapes-512x256_90x120.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["label_set"] == "cityscapes19" and meta["input_hw"] == [256, 512] and len(meta["sha256"]) == 64
+    # a fresh interpreter with only onnxruntime, the ONNX and its metadata
+    script = f"""
+import json, numpy as np, onnxruntime as ort
+meta = json.load(open({str(meta_path)!r}))
+sess = ort.InferenceSession({str(meta_path).replace('.json', '.onnx')!r}, providers=["CPUExecutionProvider"])
+feed = {{k: np.zeros(s, dtype=d) for k, (d, s) in meta["inputs"].items()}}
+feed["image"] = np.random.default_rng(0).integers(0, 255, feed["image"].shape, dtype=np.uint8)
+for _ in range(2):
+    labels, conf, feat, logits = sess.run(None, feed)
+    feed.update(feat_prev=feat, logits_prev=logits, has_prev=np.ones(1, np.float32))
+print(labels.shape, labels.dtype, float(conf.min()), float(conf.max()))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("(90, 120) int64")
+
+
+def test_backend_selection_falls_back_and_backends_agree(tmp_path, caplog):
+    import logging
+
+    from ditta_ros.export import export_onnx
+    from ditta_ros.runtime import select_backend
+
+    net = _net()
+    path, _ = export_onnx(net, (40, 56), str(tmp_path), "tiny", "custom")
+    model = StreamingDiTTA(net, (40, 56))
+    with caplog.at_level(logging.INFO, logger="ditta.runtime"):
+        ort_backend = select_backend("auto", onnx_path=path)
+    assert "runtime backend: onnxruntime" in caplog.text and "skipped tensorrt: " in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ditta.runtime"):
+        auto = select_backend("auto", onnx_path=path, torch_model=model)
+    assert type(auto).__name__ == "TorchBackend" and "CPU execution provider only" in caplog.text
+    torch_backend = select_backend("torch", torch_model=model)
+    s1 = s2 = None
+    for f in _frames(3):
+        l1, c1, s1 = ort_backend.step(f, s1)
+        l2, c2, s2 = torch_backend.step(f, s2)
+        assert (l1 == l2).mean() >= 0.999 and np.abs(c1 - c2).max() < 1e-4
+    with pytest.raises(RuntimeError, match="no usable runtime backend"):
+        select_backend("onnxruntime")
+    with pytest.raises(ValueError):
+        ort_backend.step(np.zeros((5, 5, 3), np.uint8))
+
+
+def test_tensorrt_engine_cache_key_and_clear_error_without_tensorrt(tmp_path):
+    from ditta_ros.runtime import tensorrt as trt_backend
+
+    base = trt_backend.engine_cache_key("a" * 64, "10.3.0", "NVIDIA H100", True)
+    changed = [trt_backend.engine_cache_key("b" * 64, "10.3.0", "NVIDIA H100", True),
+               trt_backend.engine_cache_key("a" * 64, "10.4.0", "NVIDIA H100", True),
+               trt_backend.engine_cache_key("a" * 64, "10.3.0", "Orin", True),
+               trt_backend.engine_cache_key("a" * 64, "10.3.0", "NVIDIA H100", False)]
+    assert len(base) == 16 and base not in changed and len(set(changed)) == 4
+    assert base == trt_backend.engine_cache_key("a" * 64, "10.3.0", "NVIDIA H100", True)
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        with pytest.raises(RuntimeError, match="'tensorrt' is not installed"):
+            trt_backend.TensorRTBackend(str(tmp_path / "x.onnx"))
