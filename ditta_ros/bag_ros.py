@@ -26,10 +26,19 @@ def _msg_class(msgtype: str):
 
 def play_bag(bag: str, rate: float = 1.0, topics: Optional[Sequence[str]] = None, loop: bool = False,
              clock: bool = False, wait_subscribers: float = 10.0,
-             reliable: bool = True, node=None) -> int:
+             reliable: bool = True, node=None, pause_after: int = 0, wait_state: str = "STREAMING",
+             wait_timeout: float = 1800.0, lockstep: bool = False, lockstep_timeout: float = 60.0,
+             min_subscribers: int = 1) -> int:
     """Publish the messages of ``bag`` with rclpy at ``rate`` x the recorded rate.
 
-    ``clock`` also publishes ``/clock`` from the header stamps (for ``use_sim_time``). Waits up
+    ``clock`` also publishes ``/clock`` from the header stamps (for ``use_sim_time``).
+    ``pause_after = N``: after N messages, pause until ``/ditta/status`` reports
+    ``wait_state`` (an unhurried replay for evaluation: the node adapts on the first
+    N frames and the rest arrive once it streams). ``lockstep``: after each message
+    with a header, wait (up to ``lockstep_timeout`` s) for ``/ditta/semantic`` with the
+    same stamp, so a slow node drops nothing. ``min_subscribers``: how many
+    subscribers each topic must have before playing (e.g. 2 = the node and a
+    recorder; messages sent before a subscriber matched are lost to it). Waits up
     to ``wait_subscribers`` seconds for a subscriber on every topic. Returns the
     number of messages published.
     """
@@ -54,16 +63,41 @@ def play_bag(bag: str, rate: float = 1.0, topics: Optional[Sequence[str]] = None
 
                 clock_pub = node.create_publisher(Clock, "/clock", 10)
             deadline = time.monotonic() + wait_subscribers
-            while time.monotonic() < deadline and not all(p.get_subscription_count() for p in pubs.values()):
+            while time.monotonic() < deadline and not all(p.get_subscription_count() >= min_subscribers
+                                                          for p in pubs.values()):
                 time.sleep(0.05)
-            missing = [c.topic for c in conns if not pubs[c.id].get_subscription_count()]
+            missing = [c.topic for c in conns if pubs[c.id].get_subscription_count() < min_subscribers]
             if missing:
                 log.warning("no subscriber yet on %s; playing anyway", ", ".join(missing))
             else:
                 time.sleep(0.5)  # discovery is two-sided: let the subscribers match this publisher too
+            status = {"state": None}
+            done = set()
+            if lockstep:
+                from sensor_msgs.msg import Image
+
+                node.create_subscription(
+                    Image, "/ditta/semantic",
+                    lambda m: done.add(int(m.header.stamp.sec) * 10**9 + int(m.header.stamp.nanosec)), 50)
+            if pause_after:
+                import json
+
+                from std_msgs.msg import String
+
+                node.create_subscription(String, "/ditta/status",
+                                         lambda m: status.update(json.loads(m.data)), 10)
             while True:
                 t_bag0 = t_wall0 = None
                 for conn, t, raw in reader.messages(connections=conns):
+                    if pause_after and sent == pause_after:
+                        log.info("paused after %d messages until /ditta/status reports %s", sent, wait_state)
+                        end = time.monotonic() + wait_timeout
+                        while status["state"] != wait_state and time.monotonic() < end:
+                            rclpy.spin_once(node, timeout_sec=0.2)
+                        if status["state"] != wait_state:
+                            raise RuntimeError(f"/ditta/status did not reach {wait_state} within {wait_timeout} s "
+                                               f"(last: {status['state']})")
+                        t_bag0 = None
                     if t_bag0 is None:
                         t_bag0, t_wall0 = t, time.monotonic()
                     delay = t_wall0 + (t - t_bag0) / 1e9 / rate - time.monotonic()
@@ -78,6 +112,15 @@ def play_bag(bag: str, rate: float = 1.0, topics: Optional[Sequence[str]] = None
                         clock_pub.publish(c)
                     pubs[conn.id].publish(bytes(raw))
                     sent += 1
+                    if lockstep and "header" in getattr(ts.types[conn.msgtype], "__dataclass_fields__", {}):
+                        h = ts.deserialize_cdr(raw, conn.msgtype).header
+                        stamp = int(h.stamp.sec) * 10**9 + int(h.stamp.nanosec)
+                        end = time.monotonic() + lockstep_timeout
+                        while stamp not in done and time.monotonic() < end:
+                            rclpy.spin_once(node, timeout_sec=0.05)
+                        if stamp not in done:
+                            log.warning("no /ditta/semantic for stamp %d within %.0f s", stamp, lockstep_timeout)
+                        t_bag0 = None  # the schedule restarts after each acknowledged frame
                 if not loop:
                     break
             from rclpy.duration import Duration

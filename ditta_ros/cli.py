@@ -105,7 +105,9 @@ def _cmd_bag(args) -> int:
         print(json.dumps(bag.make_bag(args.clip, args.out, args.fps, args.compressed, args.storage, args.max_frames,
                                       progress=not args.no_progress), indent=1))
     elif args.bag_cmd == "play":
-        n = bag_ros.play_bag(args.bag, args.rate, args.topics, args.loop, args.clock, args.wait)
+        n = bag_ros.play_bag(args.bag, args.rate, args.topics, args.loop, args.clock, args.wait,
+                             pause_after=args.pause_after, wait_state=args.wait_state, lockstep=args.lockstep,
+                             min_subscribers=args.min_subscribers)
         print(f"published {n} messages")
     elif args.bag_cmd == "record":
         counts = bag_ros.record_bag(args.topics, args.out, args.count, args.idle_timeout, args.duration, args.storage)
@@ -214,6 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--loop", action="store_true")
     bp.add_argument("--clock", action="store_true", help="publish /clock from the header stamps (use_sim_time)")
     bp.add_argument("--wait", type=float, default=10.0, help="seconds to wait for subscribers")
+    bp.add_argument("--pause-after", type=int, default=0,
+                    help="pause after N messages until /ditta/status reports --wait-state (evaluation replay)")
+    bp.add_argument("--wait-state", default="STREAMING")
+    bp.add_argument("--min-subscribers", type=int, default=1,
+                    help="subscribers each topic needs before playing (e.g. 2: the node and a recorder)")
+    bp.add_argument("--lockstep", action="store_true",
+                    help="after each frame wait for its /ditta/semantic (no frame dropped; evaluation replay)")
     br = bsub.add_parser("record", help="record topics into a bag (raw, rclpy)")
     br.add_argument("topics", nargs="+")
     br.add_argument("--out", required=True)

@@ -12,7 +12,9 @@ Subscribes ``input_topic`` (sensor_msgs/Image, or CompressedImage when
 * ``/ditta/semantic/color`` rgb8 palette rendering (``publish_color``)
 * ``/ditta/semantic/confidence`` mono8 0-255 reliability (``publish_confidence``)
 * ``/ditta/labels`` std_msgs/String JSON (label set, ids, names, palette), transient-local
-* ``/ditta/status`` std_msgs/String JSON (state, progress, frames in/out/dropped/bad, fps, latency)
+* ``/ditta/status`` std_msgs/String JSON (state, progress, frames in/out/dropped/bad, fps, latency_ms =
+  publish time minus the input's header stamp (meaningful for wall-clock stamps, not for bag replays),
+  processing_ms = publish time minus receive time; both smoothed)
 * ``/diagnostics`` diagnostic_msgs/DiagnosticArray with the same figures
 
 Services (std_srvs/Trigger): ``~/readapt`` (new warm-up window), ``~/reset`` (pre-trained model).
@@ -72,9 +74,13 @@ LIVE_DESCRIPTIONS = {
 
 
 def main(args=None) -> None:
+    import logging
+
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
 
+    # the core logs with `logging` (adaptation progress, backend choice): show it beside the ROS log
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(name)s: %(message)s")
     rclpy.init(args=args)
     node = DittaNode()
     executor = MultiThreadedExecutor(num_threads=2)
@@ -137,6 +143,7 @@ def _make_node_class():
             self._cv = threading.Condition()
             self._running = True
             self._latency_ms = 0.0
+            self._processing_ms = 0.0
             self._fps = 0.0
             self._last_out: Optional[float] = None
             self._worker = threading.Thread(target=self._work, name="ditta-infer", daemon=True)
@@ -187,10 +194,10 @@ def _make_node_class():
                         self._cv.wait(0.5)
                     if not self._running:
                         return
-                    msg, _ = self._mailbox
+                    msg, received = self._mailbox
                     self._mailbox = None
                 try:
-                    self._handle(msg)
+                    self._handle(msg, received)
                 except UnsupportedEncoding as exc:
                     self._bad("unsupported_encoding", exc, once=getattr(msg, "encoding", ""))
                 except ImageDecodeError as exc:
@@ -210,7 +217,7 @@ def _make_node_class():
                 self._warned_encodings.add(once)
             self.get_logger().warn(f"skipped a message ({reason}): {exc}")
 
-        def _handle(self, msg):
+        def _handle(self, msg, received: float):
             if self._msg_type is self._Image:
                 frame = decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data, bool(msg.is_bigendian))
             else:
@@ -236,6 +243,8 @@ def _make_node_class():
             self.pipeline.counters.frames_out += 1
             lat = (now - stamp) * 1000.0
             self._latency_ms = lat if self._latency_ms == 0 else 0.9 * self._latency_ms + 0.1 * lat
+            proc = (now - received) * 1000.0
+            self._processing_ms = proc if self._processing_ms == 0 else 0.9 * self._processing_ms + 0.1 * proc
             if self._last_out is not None:
                 inst = 1.0 / max(1e-6, now - self._last_out)
                 self._fps = inst if self._fps == 0 else 0.9 * self._fps + 0.1 * inst
@@ -253,6 +262,7 @@ def _make_node_class():
         def status(self):
             st = self.pipeline.status()
             st.update(fps=round(self._fps, 3), latency_ms=round(self._latency_ms, 1),
+                      processing_ms=round(self._processing_ms, 1),
                       input_qos="best_effort" if self.best_effort else "reliable")
             return st
 
@@ -282,6 +292,7 @@ def _make_node_class():
             return response
 
         def shutdown(self):
+            self.get_logger().info("final status: " + json.dumps(self.status()))
             with self._cv:
                 self._running = False
                 self._cv.notify()

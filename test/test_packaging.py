@@ -90,3 +90,12 @@ def test_readme_quotes_the_streaming_benchmark():
         if ln.startswith("- ") and ":" in ln:
             key, val = ln[2:].rsplit(":", 1)
             assert f"{val.strip()} ({key.strip()})" in readme.replace("\n", " "), ln
+
+
+def test_readme_quotes_the_ros_route_result():
+    res = os.path.join(REPO, "bench", "results", "bag_route_camvid_0016E5_15hz.md")
+    readme = open(os.path.join(REPO, "README.md")).read()
+    rows = [ln for ln in open(res).read().splitlines() if ln.startswith("| ")]
+    assert len(rows) == 3
+    for ln in rows:
+        assert ln.strip() in readme, ln
