@@ -18,6 +18,8 @@ States (:class:`Phase`)::
   restarts the state (and re-prepares the backend for the new size).
 
 ``adapt=False`` keeps the pre-trained ISS model (also what :meth:`reset` returns to).
+``auto_readapt`` (off by default) starts a new warm-up when the predicted class
+histogram shifts for a sustained period (:class:`SceneChangeDetector`).
 """
 
 from __future__ import annotations
@@ -73,6 +75,50 @@ class LiveConfig:
     fp16: bool = False
     export_dir: str = "~/.cache/ditta/export"
     engine_cache: str = "~/.cache/ditta/engines"
+    auto_readapt: bool = False
+    scene_change_threshold: float = 0.35
+    scene_change_frames: int = 30
+
+
+class SceneChangeDetector:
+    """Sustained shift of the predicted class histogram (for automatic re-adaptation).
+
+    The reference is the mean class histogram of the first ``frames`` streamed
+    frames after an adaptation; afterwards an exponential moving average
+    (``alpha = 2 / (frames + 1)``) of the per-frame histograms is compared to it by
+    total-variation distance (0..1). A change is reported when that distance stays
+    above ``threshold`` for ``frames`` consecutive frames.
+    """
+
+    def __init__(self, num_classes: int, threshold: float = 0.35, frames: int = 30):
+        self.num_classes, self.threshold, self.frames = int(num_classes), float(threshold), max(1, int(frames))
+        self.reset()
+
+    def reset(self) -> None:
+        self._ref_sum = np.zeros(self.num_classes)
+        self._ref_n = 0
+        self._ema: Optional[np.ndarray] = None
+        self._over = 0
+        self.distance = 0.0
+
+    def update(self, labels: np.ndarray) -> bool:
+        """Feed one label image ``[H, W]``; True once when a sustained change is seen."""
+        hist = np.bincount(labels.ravel().astype(np.int64), minlength=self.num_classes)[:self.num_classes]
+        hist = hist / max(1, hist.sum())
+        if self._ref_n < self.frames:
+            self._ref_sum += hist
+            self._ref_n += 1
+            return False
+        alpha = 2.0 / (self.frames + 1)
+        self._ema = hist if self._ema is None else (1 - alpha) * self._ema + alpha * hist
+        self.distance = 0.5 * float(np.abs(self._ema - self._ref_sum / self._ref_n).sum())
+        self._over = self._over + 1 if self.distance > self.threshold else 0
+        if self._over >= self.frames:
+            distance = self.distance
+            self.reset()
+            self.distance = distance  # kept for the caller's log line
+            return True
+        return False
 
 
 @dataclass
@@ -124,6 +170,8 @@ class LivePipeline:
         self._backend = None
         self._backend_hw: Optional[Tuple[int, int]] = None
         self._state = None
+        self.scene = SceneChangeDetector(self.runner.model.num_classes, cfg.scene_change_threshold,
+                                         cfg.scene_change_frames)
 
     # -- construction of the adaptation, the same as the CLI's ---------------------
     def _default_method(self, runner: ISSRunner):
@@ -183,6 +231,10 @@ class LivePipeline:
             pred = self.runner.predict(frame)
         if not np.isfinite(pred.confidence).all():
             raise ValueError("non-finite confidence in the model output")
+        if phase == Phase.STREAMING and self.cfg.auto_readapt and self.scene.update(pred.labels):
+            log.warning("scene change: class histogram moved %.2f (TV distance) from the adapted scene for %d "
+                        "frames; re-adapting", self.scene.distance, self.cfg.scene_change_frames)
+            self.readapt()
         return pred, phase
 
     def _collect(self, frame: np.ndarray, stamp: float) -> None:
@@ -226,6 +278,7 @@ class LivePipeline:
                                    "total_seconds": round(time.perf_counter() - t0, 3),
                                    "warmup_frames": len(frames), "backend": backend.describe()}
                 self.phase, self.progress = Phase.STREAMING, 1.0
+                self.scene.reset()
             log.info("adapted in %.1f s (teacher %.1f s); streaming on %s", time.perf_counter() - t0,
                      info.get("teacher_seconds") or 0.0, backend.describe())
         except Exception as exc:  # the node must survive a failed adaptation

@@ -70,6 +70,9 @@ LIVE_DESCRIPTIONS = {
     "fp16": "half precision where the backend supports it (TensorRT, torch CUDA)",
     "export_dir": "folder for the exported ONNX of the adapted model",
     "engine_cache": "TensorRT engine and timing cache folder",
+    "auto_readapt": "re-adapt automatically on a sustained scene change (class-histogram shift); off by default",
+    "scene_change_threshold": "total-variation distance (0..1) of the class histogram that counts as a change",
+    "scene_change_frames": "frames for the reference histogram and for how long a change must last",
 }
 
 

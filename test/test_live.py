@@ -72,3 +72,40 @@ def test_warmup_seconds_close_the_window_early():
         live.process(_frame(seed=i), stamp=i * 0.2)  # 0.6 s of stream time after 4 frames
     live.wait_idle(60)
     assert live.phase == Phase.STREAMING and live.last_adapt["warmup_frames"] == 4
+
+
+def test_scene_change_detector_needs_a_sustained_shift():
+    from ditta_ros.live import SceneChangeDetector
+
+    det = SceneChangeDetector(4, threshold=0.3, frames=5)
+    road = np.zeros((10, 10), np.uint8)
+    sky = np.full((10, 10), 3, np.uint8)
+    assert not any(det.update(road) for _ in range(5))  # reference
+    assert not any(det.update(sky) for _ in range(2))  # a short glimpse is not a change
+    assert not any(det.update(road) for _ in range(10))
+    fired = [det.update(sky) for _ in range(20)]
+    assert any(fired) and fired.count(True) == 1 and det.distance <= 1.0
+
+
+def test_auto_readapt_starts_a_new_warmup_after_a_scene_change():
+    cfg = LiveConfig(warmup_frames=2, backend="torch", auto_readapt=True, scene_change_frames=2,
+                     scene_change_threshold=0.01)
+    live = LivePipeline(cfg, _runner(), method_factory=lambda r: _FakeMethod(r))
+    for i in range(2):
+        live.process(_frame(seed=i))
+    live.wait_idle(60)
+    assert live.phase == Phase.STREAMING
+    from ditta_ros.inference import Prediction
+
+    scene = {"cls": 0}  # the streamed labels are all one class; the scene then switches to another
+    live._stream = lambda frame: Prediction(np.full(frame.shape[:2], scene["cls"], np.uint8),
+                                            np.ones(frame.shape[:2], np.float32))
+    for _ in range(4):
+        live.process(_frame())
+    assert live.phase == Phase.STREAMING
+    scene["cls"] = 3
+    for _ in range(6):
+        live.process(_frame())
+        if live.phase == Phase.WARMUP:
+            break
+    assert live.phase == Phase.WARMUP

@@ -1,0 +1,120 @@
+"""The bag route over real DDS: `ditta bag make` (jpeg) -> `ditta bag play` into a ditta_node
+subprocess (CompressedImage input) -> `ditta bag record`; every frame gets a label image with its
+header, the node adapts and streams, a corrupt JPEG is counted and skipped, `~/readapt` works."""
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import rclpy
+
+from ditta_ros import bag
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _small_clip(shared, root, n=12, hw=(180, 240)):
+    src = os.path.join(shared, "data", "camvid_0016E5_15hz", "frames")
+    (root / "frames").mkdir(parents=True)
+    for i, name in enumerate(sorted(os.listdir(src))[:n]):
+        cv2.imwrite(str(root / "frames" / f"{i:06d}.png"), cv2.resize(cv2.imread(os.path.join(src, name)), hw[::-1]))
+    (root / "clip.yaml").write_text("name: small\nfps: 15\n")
+    return str(root)
+
+
+def test_bag_played_into_the_node_and_recorded(shared, tmp_path):
+    from diagnostic_msgs.msg import DiagnosticArray
+    from sensor_msgs.msg import CompressedImage
+    from std_msgs.msg import String
+    from std_srvs.srv import Trigger
+
+    env = dict(os.environ, AMENT_PREFIX_PATH=sys.prefix, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+               ROS_DOMAIN_ID=str(random.randint(1, 100)), ROS_LOG_DIR=str(tmp_path / "log"),
+               FASTDDS_DEFAULT_PROFILES_FILE=os.path.join(ROOT, "config", "fastdds_shm.xml"),
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    src = str(tmp_path / "bag")
+    made = bag.make_bag(_small_clip(shared, tmp_path / "clip"), src, compressed=True, progress=False)
+    topic = made["topics"][0]
+    assert topic == "/camera/image_raw/compressed"
+    log_path = tmp_path / "node.log"
+    node_proc = subprocess.Popen(
+        [sys.executable, "-m", "ditta_ros.node", "--ros-args", "-p", "model:=espnetv2-s1.0-cityscapes-512x256",
+         "-p", "warmup_frames:=3", "-p", "iters:=1", "-p", f"input_topic:={topic}", "-p", "compressed:=true",
+         "-p", "status_period:=0.25"], env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+    rec = str(tmp_path / "rec")
+    recorder = subprocess.Popen([sys.executable, "-m", "ditta_ros.cli", "bag", "record", bag.SEMANTIC_TOPIC,
+                                 "--out", rec, "--count", "12", "--duration", "240"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    old = dict(os.environ)
+    os.environ.update(env)
+    rclpy.init()
+    client = rclpy.create_node("ditta_bag_test")
+    statuses, diags = [], []
+    try:
+        client.create_subscription(String, "/ditta/status", lambda m: statuses.append(json.loads(m.data)), 50)
+        client.create_subscription(DiagnosticArray, "/diagnostics", lambda m: diags.append(m), 50)
+        def spin_until(cond, timeout):
+            end = time.monotonic() + timeout
+            while time.monotonic() < end and not cond():
+                rclpy.spin_once(client, timeout_sec=0.05)
+                assert node_proc.poll() is None, "node died:\n" + log_path.read_text()[-3000:]
+            return cond()
+
+        assert spin_until(lambda: statuses and statuses[-1]["state"] == "WARMUP", 120), log_path.read_text()[-2000:]
+        player = subprocess.Popen([sys.executable, "-m", "ditta_ros.cli", "bag", "play", src, "--lockstep",
+                                   "--pause-after", "3", "--wait", "120"], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
+
+        assert spin_until(lambda: player.poll() is not None, 300), "player did not finish"
+        out = player.stdout.read()
+        assert player.returncode == 0 and "published 12 messages" in out, out
+        rec_out, _ = recorder.communicate(timeout=60)
+        assert recorder.returncode == 0, rec_out
+        states = [s["state"] for s in statuses]
+        assert states[0] == "WARMUP" and ("ADAPTING" in states or "EXPORTING" in states)
+        assert spin_until(lambda: statuses and statuses[-1]["state"] == "STREAMING", 30)
+
+        # every frame of the bag got a label image with its header stamp and frame_id
+        labels = bag.read_images(rec, bag.SEMANTIC_TOPIC)
+        from rosbags.rosbag2 import Reader
+
+        ts = bag._typestore()
+        with Reader(src) as r:
+            stamps = [bag._stamp_ns(ts.deserialize_cdr(raw, c.msgtype)) for c, _, raw in r.messages()]
+        with Reader(rec) as r:
+            frame_ids = {ts.deserialize_cdr(raw, c.msgtype).header.frame_id for c, _, raw in r.messages()}
+        assert sorted(labels) == sorted(stamps) and frame_ids == {"camera"}
+        assert all(lab.shape == (180, 240) and lab.max() < 19 for lab in labels.values())
+
+        # a corrupt JPEG: logged, counted, skipped; the node carries on
+        pub = client.create_publisher(CompressedImage, topic, 10)
+        assert spin_until(lambda: pub.get_subscription_count() > 0, 20)
+        bad = CompressedImage()
+        bad.format, bad.data = "jpeg", b"\xff\xd8\xff\xe0" + bytes(200)
+        pub.publish(bad)
+        assert spin_until(lambda: statuses[-1]["bad_reasons"].get("decode_error") == 1, 30), statuses[-1]
+        assert spin_until(lambda: any(kv.key == "bad_decode_error" and kv.value == "1"
+                                      for d in diags[-3:] for kv in d.status[0].values), 10)
+        readapt = client.create_client(Trigger, "/ditta_node/readapt")
+        assert readapt.wait_for_service(timeout_sec=10)
+        fut = readapt.call_async(Trigger.Request())
+        assert spin_until(lambda: fut.done(), 10) and fut.result().success
+        assert spin_until(lambda: statuses[-1]["state"] == "WARMUP", 10)
+        assert node_proc.poll() is None and "cannot decode compressed image" in log_path.read_text()
+    finally:
+        client.destroy_node()
+        rclpy.shutdown()
+        os.environ.clear()
+        os.environ.update(old)
+        for proc in (node_proc, recorder):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
