@@ -63,3 +63,24 @@ def test_package_xml_declares_imported_ros_packages():
     imported |= set(re.findall(r"^\s*import (rclpy)", src, re.M))
     assert imported, "no ROS import found"
     assert imported <= deps, imported - deps
+
+
+def test_colcon_build_installs_executables_launch_and_config(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    colcon = os.path.join(os.path.dirname(sys.executable), "colcon")
+    src = tmp_path / "src" / "ditta_ros"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", ".git", "bench", "results", "build",
+                                                              "install", "log", "__pycache__", "*.egg-info"))
+    out = subprocess.run([colcon, "build", "--packages-select", "ditta_ros"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    inst = tmp_path / "install" / "ditta_ros"
+    assert (inst / "lib" / "ditta_ros" / "ditta_node").is_file()
+    for rel in ("launch/ditta.launch.py", "launch/replay.launch.py", "config/ditta.yaml", "config/fastdds_shm.xml",
+                "package.xml"):
+        assert (inst / "share" / "ditta_ros" / rel).is_file(), rel
+    assert (tmp_path / "install" / "ditta_ros" / "share" / "ament_index" / "resource_index" / "packages"
+            / "ditta_ros").is_file()
