@@ -85,6 +85,7 @@ def load_adapted(net: DiTTANet, path: str) -> Dict[str, object]:
 
 
 def sha256_file(path: str) -> str:
+    """Hex sha256 of a file's bytes (read in 1 MiB blocks); raises ``OSError`` if unreadable."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -123,7 +124,10 @@ def export_onnx(net: DiTTANet, frame_hw: Tuple[int, int], out_dir: str, name: st
 
     if antialias and opset < 18:
         raise ValueError(f"the antialiased input resize needs opset >= 18 (got {opset}); or pass antialias=False")
-    net = net.cpu().float().to(memory_format=torch.contiguous_format)
+    import copy
+
+    # a copy: the caller's network keeps its device, dtype and memory layout
+    net = copy.deepcopy(net).cpu().float().to(memory_format=torch.contiguous_format)
     model = StreamingDiTTA(net, frame_hw, tau, antialias=antialias)
     _register_symbolics(opset)
     os.makedirs(out_dir, exist_ok=True)

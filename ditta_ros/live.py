@@ -42,6 +42,8 @@ log = logging.getLogger("ditta.live")
 
 
 class Phase(str, Enum):
+    """Where the live pipeline is; the value is what ``/ditta/status`` reports as ``state``."""
+
     WARMUP = "WARMUP"
     ADAPTING = "ADAPTING"
     EXPORTING = "EXPORTING"
@@ -123,6 +125,9 @@ class SceneChangeDetector:
 
 @dataclass
 class Counters:
+    """Frame counters for status and diagnostics: received, published, dropped while
+    busy, and bad (with a count per reason: unsupported_encoding, decode_error, ...)."""
+
     frames_in: int = 0
     frames_out: int = 0
     dropped: int = 0

@@ -187,3 +187,13 @@ def test_tensorrt_engine_cache_key_and_clear_error_without_tensorrt(tmp_path):
     except ImportError:
         with pytest.raises(RuntimeError, match="'tensorrt' is not installed"):
             trt_backend.TensorRTBackend(str(tmp_path / "x.onnx"))
+
+
+def test_export_leaves_the_callers_network_untouched(tmp_path):
+    from ditta_ros.export import export_onnx
+
+    net = _net().to(memory_format=torch.channels_last)
+    w = next(p for p in net.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] > 1)
+    assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+    export_onnx(net, (40, 56), str(tmp_path), "tiny")
+    assert w.is_contiguous(memory_format=torch.channels_last) and not net.training

@@ -52,9 +52,11 @@ class OrtBackend:
         self._inputs = [i.name for i in self.session.get_inputs()]
 
     def describe(self) -> str:
+        """One line for logs: the providers in use and the model."""
         return f"onnxruntime {'/'.join(self.session.get_providers())}, {os.path.basename(self.meta.get('model', ''))}"
 
     def initial_state(self):
+        """Zero state ``(feat_prev, logits_prev, has_prev = 0)`` with the metadata's shapes."""
         return tuple(np.zeros(s, dtype=d) for k, (d, s) in self.meta["inputs"].items() if k != "image")
 
     def step(self, frame: np.ndarray, state=None):

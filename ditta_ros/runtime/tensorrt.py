@@ -137,9 +137,11 @@ class TensorRTBackend:
         self._torch = torch
 
     def describe(self) -> str:
+        """One line for logs: precision and engine file."""
         return f"tensorrt {'fp16' if self.fp16 else 'fp32'} engine {os.path.basename(self.engine_path)}"
 
     def initial_state(self):
+        """Zero state on the GPU (``has_prev = 0``)."""
         t = self._torch
         return (t.zeros_like(self.buffers["feat_prev"]), t.zeros_like(self.buffers["logits_prev"]),
                 t.zeros_like(self.buffers["has_prev"]))

@@ -25,9 +25,11 @@ class TorchBackend:
         self.frame_hw = model.frame_hw
 
     def describe(self) -> str:
+        """One line for logs: device and precision."""
         return f"torch {self.model.mean.device}{' fp16' if self.fp16 else ''}"
 
     def initial_state(self):
+        """Zero state of the streaming model (first frame: plain branch only)."""
         return self.model.initial_state()
 
     def step(self, frame: np.ndarray, state=None):
