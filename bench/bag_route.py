@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -46,16 +45,12 @@ def main() -> None:
     from ditta_ros import bag
     from ditta_ros.data import open_clip
     from ditta_ros.protocol import warmup_length
+    from ditta_ros.resources import local_ros_env
 
     clip = open_clip(args.clip)
     n_warm = warmup_length(len(clip), args.warmup_ratio)
-    env = dict(os.environ, AMENT_PREFIX_PATH=sys.prefix, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-               ROS_DOMAIN_ID=str(random.randint(1, 100)),
-               FASTDDS_DEFAULT_PROFILES_FILE=os.path.join(ROOT, "config", "fastdds_shm.xml"),
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    os.environ.update(env)
     with tempfile.TemporaryDirectory() as tmp:
-        env["ROS_LOG_DIR"] = os.path.join(tmp, "log")
+        env = local_ros_env(os.path.join(tmp, "log"), pythonpath=ROOT)
         src, rec = os.path.join(tmp, "clip_bag"), os.path.join(tmp, "rec")
         made = bag.make_bag(args.clip, src, progress=False)
         print(f"bag: {made['frames']} frames at {made['fps']} Hz, warm-up {n_warm}", flush=True)

@@ -299,17 +299,10 @@ class LivePipeline:
 
         torch_model = StreamingDiTTA(net, tuple(frame_hw), self.cfg.tau)
         onnx_path = None
-        from .runtime import available_ort_providers
+        from .runtime import accelerated_runtime_available
 
-        accelerated = any(p in available_ort_providers() for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider"))
-        try:
-            import tensorrt  # noqa: F401
-
-            accelerated = True
-        except ImportError:
-            pass
         # auto on a CPU-only machine ends on torch (see select_backend): skip the export there
-        if self.cfg.backend != "torch" and (self.cfg.backend != "auto" or accelerated):
+        if self.cfg.backend != "torch" and (self.cfg.backend != "auto" or accelerated_runtime_available()):
             from .export import export_onnx
 
             name = self.info.name if self.info is not None else "model"

@@ -2,7 +2,6 @@
 
 import json
 import os
-import random
 import subprocess
 import sys
 
@@ -94,10 +93,9 @@ def test_eval_bag_matches_by_stamp_and_scores(tmp_path):
 
 
 def test_play_then_record_over_dds(tmp_path):
-    env = dict(os.environ, AMENT_PREFIX_PATH=sys.prefix, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-               ROS_DOMAIN_ID=str(random.randint(1, 100)), ROS_LOG_DIR=str(tmp_path / "log"),
-               FASTDDS_DEFAULT_PROFILES_FILE=os.path.join(ROOT, "config", "fastdds_shm.xml"),
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    from ditta_ros.resources import local_ros_env
+
+    env = local_ros_env(tmp_path / "log", pythonpath=ROOT)
     clip_dir = _clip(tmp_path / "clip", n=8)
     src = str(tmp_path / "src")
     bag.make_bag(clip_dir, src, progress=False)

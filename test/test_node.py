@@ -3,7 +3,6 @@ camera frames, adapts, streams, survives bad messages and re-adapts on request."
 
 import json
 import os
-import random
 import subprocess
 import sys
 import time
@@ -17,12 +16,9 @@ import rclpy  # noqa: E402  (make setup installs the ROS 2 wheels; no silent ski
 
 @pytest.fixture(scope="module")
 def ros_env(tmp_path_factory):
-    env = dict(os.environ)
-    env.update(AMENT_PREFIX_PATH=sys.prefix, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-               ROS_DOMAIN_ID=str(random.randint(1, 100)), ROS_LOG_DIR=str(tmp_path_factory.mktemp("roslog")),
-               FASTDDS_DEFAULT_PROFILES_FILE=os.path.join(ROOT, "config", "fastdds_shm.xml"),
-               FASTRTPS_DEFAULT_PROFILES_FILE=os.path.join(ROOT, "config", "fastdds_shm.xml"),
-               PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""))
+    from ditta_ros.resources import local_ros_env
+
+    env = local_ros_env(tmp_path_factory.mktemp("roslog"), pythonpath=ROOT)
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     yield env

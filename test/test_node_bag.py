@@ -4,13 +4,11 @@ header, the node adapts and streams, a corrupt JPEG is counted and skipped, `~/r
 
 import json
 import os
-import random
 import subprocess
 import sys
 import time
 
 import cv2
-import numpy as np
 import rclpy
 
 from ditta_ros import bag
@@ -33,10 +31,9 @@ def test_bag_played_into_the_node_and_recorded(shared, tmp_path):
     from std_msgs.msg import String
     from std_srvs.srv import Trigger
 
-    env = dict(os.environ, AMENT_PREFIX_PATH=sys.prefix, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-               ROS_DOMAIN_ID=str(random.randint(1, 100)), ROS_LOG_DIR=str(tmp_path / "log"),
-               FASTDDS_DEFAULT_PROFILES_FILE=os.path.join(ROOT, "config", "fastdds_shm.xml"),
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    from ditta_ros.resources import local_ros_env
+
+    env = local_ros_env(tmp_path / "log", pythonpath=ROOT)
     src = str(tmp_path / "bag")
     made = bag.make_bag(_small_clip(shared, tmp_path / "clip"), src, compressed=True, progress=False)
     topic = made["topics"][0]

@@ -31,6 +31,19 @@ def available_ort_providers() -> List[str]:
     return list(ort.get_available_providers())
 
 
+def accelerated_runtime_available() -> bool:
+    """True when a GPU runtime for the exported model exists here: the ``tensorrt``
+    package, or onnxruntime's CUDA / TensorRT execution provider. Without one,
+    ``select_backend("auto", ...)`` ends on torch, so exporting first is wasted work."""
+    if any(p in available_ort_providers() for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider")):
+        return True
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _metadata_fp16(onnx_path: Optional[str]) -> bool:
     import json
     import os
