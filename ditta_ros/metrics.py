@@ -169,3 +169,27 @@ def summarize(cm: ConfusionMatrix, preds: Sequence[np.ndarray], labels: Sequence
     for n in windows:
         out[f"mVC{n}"] = 100 * video_consistency(preds, labels, n)
     return out
+
+
+def label_flips(labels: Sequence[np.ndarray]) -> np.ndarray:
+    """Per-frame label flips of a prediction sequence (no ground truth needed).
+
+    ``flips[i]`` is the fraction of pixels whose predicted class differs between
+    frames ``i-1`` and ``i`` (float64 in [0, 1]); ``flips[0]`` is NaN. This is the
+    temporal-consistency figure of the demo; unlike mVC it also counts real motion
+    (moving objects, camera ego-motion), so only the comparison of two methods on
+    the same frames is meaningful, not its absolute value.
+
+    Args:
+        labels: ``N`` label images ``[H, W]`` of one size (any integer dtype).
+
+    Raises:
+        ValueError: frames of different sizes.
+    """
+    out = np.full(len(labels), np.nan)
+    for i in range(1, len(labels)):
+        a, b = labels[i - 1], labels[i]
+        if a.shape != b.shape:
+            raise ValueError(f"frame {i} is {b.shape}, frame {i - 1} is {a.shape}")
+        out[i] = float(np.count_nonzero(a != b)) / a.size
+    return out

@@ -76,6 +76,14 @@ LIVE_DESCRIPTIONS = {
 }
 
 
+def params_table():
+    """``[(name, default, description)]`` of every parameter the node declares, in
+    declaration order (LiveConfig fields, then the node's own). ROS-free: the README
+    table (``ditta params --markdown``) and ``config/ditta.yaml`` are checked against it."""
+    rows = [(f.name, f.default, LIVE_DESCRIPTIONS[f.name]) for f in fields(LiveConfig)]
+    return rows + [(name, default, desc) for name, (default, desc) in NODE_PARAMS.items()]
+
+
 def main(args=None) -> None:
     import logging
 

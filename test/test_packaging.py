@@ -99,3 +99,39 @@ def test_readme_quotes_the_ros_route_result():
     assert len(rows) == 3
     for ln in rows:
         assert ln.strip() in readme, ln
+
+
+def _section(readme: str, title: str) -> str:
+    start = readme.index(f"## {title}\n")
+    end = readme.find("\n## ", start + 4)
+    return readme[start:end if end > 0 else None]
+
+
+def test_quick_start_is_exactly_two_commands():
+    readme = open(os.path.join(REPO, "README.md")).read()
+    assert readme.index("\n## ") + 1 == readme.index("## Quick start"), "the quick start comes first"
+    blocks = re.findall(r"```(?:bash|sh)\n(.*?)```", _section(readme, "Quick start"), re.S)
+    commands = [ln for b in blocks for ln in b.splitlines() if ln.strip() and not ln.startswith("#")]
+    assert commands == ["make demo", "make test"]
+    make = open(os.path.join(REPO, "Makefile")).read()
+    assert re.search(r"^demo: setup\n\t\$\(VENV\)/bin/ditta demo ", make, re.M)
+
+
+def test_readme_parameter_table_is_generated_from_the_declarations():
+    from ditta_ros.cli import params_markdown
+    from ditta_ros.node import params_table
+
+    readme = open(os.path.join(REPO, "README.md")).read()
+    assert params_markdown(params_table()) in readme, "regenerate with `ditta params --markdown`"
+
+
+def test_readme_quotes_the_committed_demo_and_ros_comparison():
+    readme = open(os.path.join(REPO, "README.md")).read()
+    res = os.path.join(REPO, "bench", "results")
+    summary = open(os.path.join(res, "demo_bikes", "summary.md")).read()
+    for line in summary.split("\noutputs:")[0].splitlines():
+        if "wall time" not in line:  # the README gives the fresh-clone timing instead
+            assert line.strip() in readme, line
+    for line in open(os.path.join(res, "compare_ros_camvid", "compare.md")):
+        if line.startswith("| "):
+            assert line.strip() in readme, line

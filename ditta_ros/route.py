@@ -1,0 +1,198 @@
+"""The ROS route as three processes over real DDS: ``ditta bag play`` -> ``ditta_node`` -> ``ditta bag record``.
+
+One place for what the demo (``ditta demo``), the labelled-clip comparison
+(``ditta compare``) and ``bench/bag_route.py`` all do: start the node with its
+parameters, start a recorder, replay a bag into them, stop everything cleanly and
+collect the node's final status. This module starts processes only; it does not
+import rclpy itself.
+
+Replay discipline (found the hard way, see the issue-5 note):
+
+* the player waits until every topic has ``min_subscribers`` (the node and the
+  recorder), else the node misses the first frames;
+* ``pause_after = warm-up frames``: the player pauses until ``/ditta/status`` says
+  STREAMING, so no frame arrives while the node adapts (an unhurried replay);
+* ``lockstep``: each frame waits for its label image, so a slow node drops nothing.
+  Without it the bag plays at ``rate`` x its own rate and a slow node drops
+  frames, as it would on a live camera (counted in the node's status).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Dict, Iterable, Mapping, Optional
+
+from .bag import SEMANTIC_TOPIC, image_topics
+
+log = logging.getLogger("ditta.route")
+
+
+def pick_image_topic(bag: str, topic: Optional[str] = None) -> Dict[str, object]:
+    """The camera topic of ``bag``: ``topic`` if given, else the image topic (raw or
+    compressed) with the most messages, skipping ``/ditta/*`` topics.
+
+    Returns:
+        ``{"topic", "msgtype", "count", "compressed"}``.
+
+    Raises:
+        FileNotFoundError: not a rosbag2 folder; KeyError: ``topic`` absent or no image topic.
+    """
+    topics = image_topics(bag)
+    if topic is None:
+        camera = {t: v for t, v in topics.items() if not t.startswith("/ditta/")}
+        if not camera:
+            raise KeyError(f"{bag} has no sensor_msgs/Image or CompressedImage topic (has {sorted(topics)})")
+        topic = max(camera, key=lambda t: camera[t]["count"])
+    if topic not in topics:
+        raise KeyError(f"image topic {topic} not in {bag} (image topics: {sorted(topics)})")
+    info = dict(topics[topic])
+    return {"topic": topic, **info, "compressed": info["msgtype"].endswith("CompressedImage")}
+
+
+def _param_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str) and v == "":
+        return '""'
+    return str(v)
+
+
+def node_command(params: Mapping[str, object], params_file: Optional[str] = None) -> list:
+    """``python -m ditta_ros.node --ros-args [--params-file F] -p k:=v ...`` (overrides win over the file)."""
+    cmd = [sys.executable, "-m", "ditta_ros.node", "--ros-args"]
+    if params_file:
+        cmd += ["--params-file", params_file]
+    for k, v in params.items():
+        cmd += ["-p", f"{k}:={_param_value(v)}"]
+    return cmd
+
+
+def final_status(node_log: str) -> Dict[str, object]:
+    """The JSON status the node logs on shutdown (``final status: {...}``), or ``{}``."""
+    last: Dict[str, object] = {}
+    if os.path.isfile(node_log):
+        with open(node_log, errors="replace") as f:
+            for line in f:
+                if "final status: " in line:
+                    last = json.loads(line.split("final status: ", 1)[1])
+    return last
+
+
+def _tail(path: str, lines: int = 15) -> str:
+    with open(path, errors="replace") as f:
+        return "".join(f.readlines()[-lines:])
+
+
+def _forward(path: str, seen: int) -> int:
+    """Log the node's new ``ditta.*`` / warning lines (adaptation progress) after line ``seen``."""
+    with open(path, errors="replace") as f:
+        lines = f.readlines()
+    for line in lines[seen:]:
+        if "ditta." in line or "WARN" in line or "ERROR" in line:
+            log.info("node | %s", line.rstrip())
+    return len(lines)
+
+
+def _stop(proc: subprocess.Popen, grace: float = 30.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def run_route(src_bag: str, rec_bag: str, env: Mapping[str, str], node_log: str,
+              node_params: Optional[Mapping[str, object]] = None, params_file: Optional[str] = None,
+              image_topic: Optional[str] = None, pause_after: int = 0, lockstep: bool = True, rate: float = 1.0,
+              record: Iterable[str] = (SEMANTIC_TOPIC,), record_input: bool = True, wait_subscribers: float = 180.0,
+              timeout: float = 3600.0, progress: bool = False) -> Dict[str, object]:
+    """Replay ``src_bag`` into a ``ditta_node`` subprocess and record its output.
+
+    Args:
+        src_bag: rosbag2 folder with a camera topic (raw or compressed).
+        rec_bag: folder for the recording (must not exist).
+        env: process environment (see :func:`ditta_ros.resources.local_ros_env`).
+        node_log: file for the node's stdout/stderr (kept: the node's own account).
+        node_params: ``-p`` overrides; ``input_topic`` and ``compressed`` are set
+            from the bag unless given.
+        params_file: a ``--params-file`` (e.g. ``config/ditta.yaml``).
+        image_topic: camera topic of the bag (default: :func:`pick_image_topic`).
+        pause_after: pause the replay after N frames until the node streams
+            (use the warm-up length); 0 = no pause.
+        lockstep, rate: replay discipline (module docstring).
+        progress: show the player's progress bar and forward the node's adaptation
+            log lines (``ditta.*`` loggers, warnings) to this process's log.
+        record: output topics to record; ``record_input`` adds the camera topic
+            (needed for the latency: same-stamp receive times on one clock).
+
+    Returns:
+        ``{"published", "recorded" (messages per topic), "node_status" (final status),
+        "image_topic", "wall_seconds"}``.
+
+    Raises:
+        RuntimeError: the player or the recorder failed (their output is in the message).
+        FileExistsError: ``rec_bag`` exists.
+    """
+    if os.path.exists(rec_bag):
+        raise FileExistsError(f"recording {rec_bag} exists; remove it first")
+    cam = pick_image_topic(src_bag, image_topic)
+    params = {"input_topic": cam["topic"], "compressed": cam["compressed"], **dict(node_params or {})}
+    topics = ([cam["topic"]] if record_input else []) + [t for t in record if t != cam["topic"]]
+    t0 = time.monotonic()
+    with open(node_log, "w") as log_file:
+        node = subprocess.Popen(node_command(params, params_file), env=dict(env), stdout=log_file,
+                                stderr=subprocess.STDOUT)
+        recorder = subprocess.Popen([sys.executable, "-m", "ditta_ros.cli", "bag", "record", *topics, "--out", rec_bag,
+                                     "--duration", str(timeout)], env=dict(env), stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True)
+        try:
+            cmd = [sys.executable, "-m", "ditta_ros.cli", "bag", "play", src_bag, "--rate", str(rate),
+                   "--topics", cam["topic"], "--wait", str(wait_subscribers), "--min-subscribers", "2"]
+            if pause_after:
+                cmd += ["--pause-after", str(pause_after)]
+            if lockstep:
+                cmd += ["--lockstep"]
+            if progress:
+                cmd += ["--progress"]
+            log.info("replaying %d frames of %s into ditta_node (%s)", cam["count"], cam["topic"],
+                     "lockstep" if lockstep else f"rate x{rate}")
+            player = subprocess.Popen(cmd, env=dict(env), stdout=subprocess.PIPE,
+                                      stderr=None if progress else subprocess.STDOUT, text=True)
+            seen = 0
+            deadline = time.monotonic() + timeout
+            while player.poll() is None:  # a node that dies (missing weights, crash) must not leave us waiting
+                if node.poll() is not None:
+                    player.kill()
+                    raise RuntimeError(f"ditta_node exited with code {node.returncode} before the replay ended:\n"
+                                       + _tail(node_log))
+                if time.monotonic() > deadline:
+                    player.kill()
+                    raise RuntimeError(f"the replay did not finish within {timeout} s; node log {node_log}")
+                if progress:
+                    seen = _forward(node_log, seen)
+                time.sleep(0.5)
+            played = player.stdout.read()
+            if player.returncode:
+                raise RuntimeError(f"bag play failed (exit {player.returncode}); node log: {node_log}\n" + played)
+            published = int(played.split("published ")[1].split()[0])
+            time.sleep(1.0 if lockstep else 5.0)  # the last label image(s) still in flight
+        finally:
+            _stop(recorder)
+            _stop(node)  # the node logs its final status on SIGINT
+    out = recorder.stdout.read() if recorder.stdout else ""
+    recorded: Dict[str, int] = {}
+    for line in out.splitlines():
+        if line.startswith("{") and '"messages"' in line:
+            recorded = json.loads(line)["messages"]
+    if not recorded:
+        raise RuntimeError(f"bag record wrote nothing usable to {rec_bag}:\n{out}")
+    return {"published": published, "recorded": recorded, "node_status": final_status(node_log),
+            "image_topic": cam["topic"], "wall_seconds": round(time.monotonic() - t0, 1)}
