@@ -166,15 +166,13 @@ def record_bag(topics: Iterable[str], out: str, count: Optional[int] = None, idl
     own = node is None
     stop = []
     previous = {}
-    if own and threading.current_thread() is threading.main_thread():
+    if own:
         from rclpy.signals import SignalHandlerOptions
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        handle_signals = threading.current_thread() is threading.main_thread()
+        for sig in (signal.SIGINT, signal.SIGTERM) if handle_signals else ():
             previous[sig] = signal.signal(sig, lambda *_: stop.append(True))
-        rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
-        node = rclpy.create_node("ditta_bag_record")
-    elif own:
-        rclpy.init()
+        rclpy.init(signal_handler_options=SignalHandlerOptions.NO if handle_signals else None)
         node = rclpy.create_node("ditta_bag_record")
     counts = {t: 0 for t in topics}
     last = [None]

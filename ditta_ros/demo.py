@@ -29,7 +29,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from .bag import SEMANTIC_TOPIC, make_bag, read_images, receive_times
+from .bag import SEMANTIC_TOPIC, latency_stats, make_bag, read_images, receive_times
 from .live import LiveConfig
 
 log = logging.getLogger("ditta.demo")
@@ -211,9 +211,8 @@ def _summary(cfg, src, made, cam, route, rec, frames, stamps, streamed, flips, n
     h, w = frames[stamps[0]].shape[:2]
     fps_in = float(made["fps"]) if made else (
         (len(stamps) - 1) / ((stamps[-1] - stamps[0]) / 1e9) if len(stamps) > 1 and stamps[-1] > stamps[0] else 0.0)
+    lat = latency_stats(rec, cam["topic"], streamed)
     recv = receive_times(rec, SEMANTIC_TOPIC)
-    recv_in = receive_times(rec, cam["topic"])
-    lat = np.array([(recv[s] - recv_in[s]) / 1e6 for s in streamed if s in recv and s in recv_in])
     times = sorted(recv[s] for s in streamed if s in recv)
     stream_fps = (len(times) - 1) / ((times[-1] - times[0]) / 1e9) if len(times) > 1 else float("nan")
     pairs = [r for r in flips if r["phase"] == "streaming" and not np.isnan(r["iss_flips"])
@@ -228,10 +227,9 @@ def _summary(cfg, src, made, cam, route, rec, frames, stamps, streamed, flips, n
         else f"real time x{cfg.rate} (the node drops what it cannot keep up with)",
         "adaptation": {k: adapt.get(k) for k in ("adapt_seconds", "teacher_seconds", "tta_seconds", "total_seconds")},
         "streaming": {"frames": len(streamed), "fps": round(stream_fps, 3),
-                      "latency_ms_median": float(np.median(lat)) if lat.size else None,
-                      "latency_ms_p95": float(np.percentile(lat, 95)) if lat.size else None,
+                      "latency_ms_median": lat.get("median"), "latency_ms_p95": lat.get("p95"),
                       "definition": "fps: label images per second of the recording over the streamed frames; "
-                                    "latency: label receive time minus frame receive time, recorder's clock"},
+                                    "latency: " + lat.get("definition", "-")},
         "node": {k: st.get(k) for k in ("frames_in", "frames_out", "dropped", "bad", "bad_reasons", "state",
                                         "processing_ms", "error")},
         "published": route["published"], "recorded": route["recorded"],
