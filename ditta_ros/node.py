@@ -20,8 +20,9 @@ Subscribes ``input_topic`` (sensor_msgs/Image, or CompressedImage when
 Services (std_srvs/Trigger): ``~/readapt`` (new warm-up window), ``~/reset`` (pre-trained model).
 
 The subscription callback never blocks: it puts the message in a one-slot mailbox
-(a message still waiting there is dropped and counted) and a worker thread decodes,
-runs the pipeline and publishes. A bad message (unknown encoding, truncated data,
+(a message still waiting there is dropped and counted) and the inference loop
+(:meth:`work`; the main thread under :func:`main`, callbacks spin in a background
+thread) decodes, runs the pipeline and publishes. A bad message (unknown encoding, truncated data,
 corrupt JPEG, NaN output) is logged, counted and skipped.
 """
 
@@ -93,12 +94,23 @@ def main(args=None) -> None:
     # the core logs with `logging` (adaptation progress, backend choice): show it beside the ROS log
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(name)s: %(message)s")
     rclpy.init(args=args)
-    node = DittaNode()
+    node = DittaNode(worker_thread=False)
     executor = MultiThreadedExecutor(num_threads=2)
     executor.add_node(node)
+
+    def spin():
+        try:
+            executor.spin()
+        except rclpy.executors.ExternalShutdownException:
+            pass
+
+    # Callbacks spin in a background thread; inference runs in this (main) thread, the one that loaded
+    # the model: every extra thread doing torch work gets its own OpenMP pool, and with more pool threads
+    # than cores libgomp stops spin-waiting, which made per-frame inference slower in a worker thread.
+    threading.Thread(target=spin, name="ditta-spin", daemon=True).start()
     try:
-        executor.spin()
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
+        node.work(alive=rclpy.ok)
+    except KeyboardInterrupt:
         pass
     finally:
         node.shutdown()
@@ -118,7 +130,7 @@ def _make_node_class():
     from std_srvs.srv import Trigger
 
     class _DittaNode(Node):
-        def __init__(self):
+        def __init__(self, worker_thread: bool = True):
             super().__init__("ditta_node")
             for f in fields(LiveConfig):
                 self.declare_parameter(f.name, f.default, ParameterDescriptor(description=LIVE_DESCRIPTIONS[f.name]))
@@ -157,8 +169,10 @@ def _make_node_class():
             self._processing_ms = 0.0
             self._fps = 0.0
             self._last_out: Optional[float] = None
-            self._worker = threading.Thread(target=self._work, name="ditta-infer", daemon=True)
-            self._worker.start()
+            self._worker = None
+            if worker_thread:  # else the owner calls work() (main() does, in the main thread)
+                self._worker = threading.Thread(target=self.work, name="ditta-infer", daemon=True)
+                self._worker.start()
             self._DiagnosticArray, self._DiagnosticStatus, self._KeyValue = DiagnosticArray, DiagnosticStatus, KeyValue
             self._Image, self._String = Image, String
             self.create_timer(float(p["status_period"]), self._publish_status)
@@ -198,12 +212,14 @@ def _make_node_class():
                 self._cv.notify()
 
         # -- work ----------------------------------------------------------------------
-        def _work(self):
+        def work(self, alive=lambda: True):
+            """The inference loop: take the mailbox's message, decode, run the pipeline, publish.
+            Returns after :meth:`shutdown` or once ``alive()`` is false (checked every 0.5 s)."""
             while True:
                 with self._cv:
-                    while self._mailbox is None and self._running:
+                    while self._mailbox is None and self._running and alive():
                         self._cv.wait(0.5)
-                    if not self._running:
+                    if not (self._running and alive()):
                         return
                     msg, received = self._mailbox
                     self._mailbox = None
@@ -311,9 +327,10 @@ def _make_node_class():
     return _DittaNode
 
 
-def DittaNode():
-    """Build the node (rclpy must be initialised)."""
-    return _make_node_class()()
+def DittaNode(worker_thread: bool = True):
+    """Build the node (rclpy must be initialised). ``worker_thread=False``: the caller
+    runs the inference loop itself with ``node.work()`` (as :func:`main` does)."""
+    return _make_node_class()(worker_thread)
 
 
 if __name__ == "__main__":
