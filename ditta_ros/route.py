@@ -25,6 +25,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Dict, Iterable, Mapping, Optional
 
@@ -150,9 +151,11 @@ def run_route(src_bag: str, rec_bag: str, env: Mapping[str, str], node_log: str,
     with open(node_log, "w") as log_file:
         node = subprocess.Popen(node_command(params, params_file), env=dict(env), stdout=log_file,
                                 stderr=subprocess.STDOUT)
+        # outputs go to files, not pipes: a pipe nobody reads until the end can fill up and block the process
+        rec_out, play_out = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
         recorder = subprocess.Popen([sys.executable, "-m", "ditta_ros.cli", "bag", "record", *topics, "--out", rec_bag,
-                                     "--duration", str(timeout)], env=dict(env), stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True)
+                                     "--duration", str(timeout)], env=dict(env), stdout=rec_out,
+                                    stderr=subprocess.STDOUT)
         try:
             cmd = [sys.executable, "-m", "ditta_ros.cli", "bag", "play", src_bag, "--rate", str(rate),
                    "--topics", cam["topic"], "--wait", str(wait_subscribers), "--min-subscribers", "2"]
@@ -164,8 +167,8 @@ def run_route(src_bag: str, rec_bag: str, env: Mapping[str, str], node_log: str,
                 cmd += ["--progress"]
             log.info("replaying %d frames of %s into ditta_node (%s)", cam["count"], cam["topic"],
                      "lockstep" if lockstep else f"rate x{rate}")
-            player = subprocess.Popen(cmd, env=dict(env), stdout=subprocess.PIPE,
-                                      stderr=None if progress else subprocess.STDOUT, text=True)
+            player = subprocess.Popen(cmd, env=dict(env), stdout=play_out,
+                                      stderr=None if progress else subprocess.STDOUT)
             seen = 0
             deadline = time.monotonic() + timeout
             while player.poll() is None:  # a node that dies (missing weights, crash) must not leave us waiting
@@ -179,7 +182,8 @@ def run_route(src_bag: str, rec_bag: str, env: Mapping[str, str], node_log: str,
                 if progress:
                     seen = _forward(node_log, seen)
                 time.sleep(0.5)
-            played = player.stdout.read()
+            play_out.seek(0)
+            played = play_out.read()
             if player.returncode:
                 raise RuntimeError(f"bag play failed (exit {player.returncode}); node log: {node_log}\n" + played)
             published = int(played.split("published ")[1].split()[0])
@@ -187,7 +191,10 @@ def run_route(src_bag: str, rec_bag: str, env: Mapping[str, str], node_log: str,
         finally:
             _stop(recorder)
             _stop(node)  # the node logs its final status on SIGINT
-    out = recorder.stdout.read() if recorder.stdout else ""
+    rec_out.seek(0)
+    out = rec_out.read()
+    rec_out.close()
+    play_out.close()
     recorded: Dict[str, int] = {}
     for line in out.splitlines():
         if line.startswith("{") and '"messages"' in line:
