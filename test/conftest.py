@@ -31,3 +31,21 @@ def rng():
 def _isolated_home(tmp_path, monkeypatch):
     """Every test gets its own empty $DITTA_HOME cache."""
     monkeypatch.setenv("DITTA_HOME", str(tmp_path / "ditta_home"))
+
+
+def make_spin_until(node, proc, log_path):
+    """``spin_until(cond, timeout) -> bool``: spin the rclpy ``node`` until ``cond()``
+    holds or ``timeout`` seconds pass, failing at once (with the log tail) if the
+    node subprocess ``proc`` died."""
+    import time
+
+    import rclpy
+
+    def spin_until(cond, timeout):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and not cond():
+            rclpy.spin_once(node, timeout_sec=0.05)
+            assert proc.poll() is None, "node died:\n" + log_path.read_text()[-3000:]
+        return cond()
+
+    return spin_until

@@ -5,13 +5,14 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 import rclpy  # noqa: E402  (make setup installs the ROS 2 wheels; no silent skip)
+
+from conftest import make_spin_until  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +64,7 @@ def test_node_adapts_streams_survives_bad_messages_and_readapts(shared, ros_env,
         node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: diags.append(m), 50)
         client = node.create_client(Trigger, "/ditta_node/readapt")
 
-        def spin_until(cond, timeout):
-            end = time.monotonic() + timeout
-            while time.monotonic() < end and not cond():
-                rclpy.spin_once(node, timeout_sec=0.05)
-                assert node_proc.poll() is None, "node died:\n" + log_path.read_text()[-3000:]
-            return cond()
+        spin_until = make_spin_until(node, node_proc, log_path)
 
         assert spin_until(lambda: pub.get_subscription_count() > 0 and statuses, 120), log_path.read_text()[-3000:]
         assert statuses[-1]["state"] == "WARMUP"

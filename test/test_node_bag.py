@@ -6,10 +6,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import cv2
 import rclpy
+
+from conftest import make_spin_until
 
 from ditta_ros import bag
 
@@ -55,12 +56,7 @@ def test_bag_played_into_the_node_and_recorded(shared, tmp_path):
     try:
         client.create_subscription(String, "/ditta/status", lambda m: statuses.append(json.loads(m.data)), 50)
         client.create_subscription(DiagnosticArray, "/diagnostics", lambda m: diags.append(m), 50)
-        def spin_until(cond, timeout):
-            end = time.monotonic() + timeout
-            while time.monotonic() < end and not cond():
-                rclpy.spin_once(client, timeout_sec=0.05)
-                assert node_proc.poll() is None, "node died:\n" + log_path.read_text()[-3000:]
-            return cond()
+        spin_until = make_spin_until(client, node_proc, log_path)
 
         assert spin_until(lambda: statuses and statuses[-1]["state"] == "WARMUP", 120), log_path.read_text()[-2000:]
         player = subprocess.Popen([sys.executable, "-m", "ditta_ros.cli", "bag", "play", src, "--lockstep",
