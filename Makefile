@@ -63,6 +63,7 @@ bench: setup
 	$(PY) bench/oracle_targets.py --model espnetv2-s2.0-cityscapes-1024x512
 	$(PY) bench/compare_methods.py
 	$(PY) bench/streaming_speed.py
+	$(PY) bench/torch_thread.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info results

@@ -67,7 +67,7 @@ def test_readme_quotes_the_committed_comparison_and_diagnostics():
 
     readme = open(os.path.join(REPO, "README.md")).read()
     res = os.path.join(REPO, "bench", "results")
-    for table in ("compare_camvid.md", "ablation_camvid_s2.0_512x256.md"):
+    for table in ("compare_camvid.md", "ablation_camvid_s2.0_512x256.md", "torch_thread.md"):
         for line in open(os.path.join(res, table)):
             if line.startswith("| "):
                 assert line.strip() in readme, (table, line)
