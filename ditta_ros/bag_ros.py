@@ -13,7 +13,7 @@ import logging
 import signal
 import threading
 import time
-from typing import Dict, Iterable, Optional, Sequence
+from typing import Callable, Dict, Iterable, Optional, Sequence
 
 from .bag import _typestore
 
@@ -30,7 +30,8 @@ def play_bag(bag: str, rate: float = 1.0, topics: Optional[Sequence[str]] = None
              clock: bool = False, wait_subscribers: float = 10.0,
              reliable: bool = True, node=None, pause_after: int = 0, wait_state: str = "STREAMING",
              wait_timeout: float = 1800.0, lockstep: bool = False, lockstep_timeout: float = 60.0,
-             min_subscribers: int = 1, progress: bool = False) -> int:
+             min_subscribers: int = 1, progress: bool = False,
+             on_done: Optional[Callable[[int], None]] = None) -> int:
     """Publish the messages of ``bag`` with rclpy at ``rate`` x the recorded rate.
 
     ``clock`` also publishes ``/clock`` from the header stamps (for ``use_sim_time``).
@@ -42,7 +43,9 @@ def play_bag(bag: str, rate: float = 1.0, topics: Optional[Sequence[str]] = None
     subscribers each topic must have before playing (e.g. 2 = the node and a
     recorder; messages sent before a subscriber matched are lost to it). Waits up
     to ``wait_subscribers`` seconds for a subscriber on every topic. Returns the
-    number of messages published. ``progress``: a tqdm bar on stderr.
+    number of messages published. ``progress``: a tqdm bar on stderr. ``on_done(sent)``
+    is called once everything is published and acknowledged, before the ROS teardown
+    (see :func:`record_bag`).
     """
     import rclpy
     from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -134,6 +137,8 @@ def play_bag(bag: str, rate: float = 1.0, topics: Optional[Sequence[str]] = None
             for pub in pubs.values():  # RELIABLE: make sure the last messages are delivered before exiting
                 pub.wait_for_all_acked(Duration(seconds=5))
             bar.close()
+        if on_done is not None:
+            on_done(sent)
     finally:
         if own:
             node.destroy_node()
@@ -142,8 +147,8 @@ def play_bag(bag: str, rate: float = 1.0, topics: Optional[Sequence[str]] = None
 
 
 def record_bag(topics: Iterable[str], out: str, count: Optional[int] = None, idle_timeout: float = 0.0,
-               duration: float = 0.0, storage: str = "sqlite3", node=None, types: Optional[Dict[str, str]] = None
-               ) -> Dict[str, int]:
+               duration: float = 0.0, storage: str = "sqlite3", node=None, types: Optional[Dict[str, str]] = None,
+               on_done: Optional[Callable[[Dict[str, int]], None]] = None) -> Dict[str, int]:
     """Subscribe raw to ``topics`` and write them to the bag ``out``.
 
     Stops after ``count`` messages in total, ``duration`` seconds, ``idle_timeout``
@@ -154,6 +159,12 @@ def record_bag(topics: Iterable[str], out: str, count: Optional[int] = None, idl
     its message type (by default ``std_msgs/msg/String`` for the ``/ditta/*`` JSON topics,
     ``sensor_msgs/msg/CompressedImage`` for a topic ending in ``/compressed``,
     ``sensor_msgs/msg/Image`` otherwise). Returns messages per topic.
+
+    ``on_done(counts)`` is called once the bag is closed, before the ROS teardown: a
+    process can report its result (and arm a watchdog, as the ``ditta bag`` CLI does)
+    even if the teardown hangs. Destroying the last node destroys the Fast DDS
+    participant, which was seen once in CI to spin forever in
+    ``DomainParticipant::set_listener`` (rmw_fastrtps ``destroy_participant``).
     """
     import rclpy
     from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -202,6 +213,8 @@ def record_bag(topics: Iterable[str], out: str, count: Optional[int] = None, idl
                     break
                 if idle_timeout and last[0] is not None and now - last[0] >= idle_timeout:
                     break
+        if on_done is not None:
+            on_done(counts)
     except KeyboardInterrupt:
         pass
     finally:

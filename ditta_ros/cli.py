@@ -112,11 +112,11 @@ def _cmd_bag(args) -> int:
     elif args.bag_cmd == "play":
         n = bag_ros.play_bag(args.bag, args.rate, args.topics, args.loop, args.clock, args.wait,
                              pause_after=args.pause_after, wait_state=args.wait_state, lockstep=args.lockstep,
-                             min_subscribers=args.min_subscribers, progress=args.progress)
-        print(f"published {n} messages")
+                             min_subscribers=args.min_subscribers, progress=args.progress,
+                             on_done=lambda n: _report_then_guard(f"published {n} messages"))
     elif args.bag_cmd == "record":
-        counts = bag_ros.record_bag(args.topics, args.out, args.count, args.idle_timeout, args.duration, args.storage)
-        print(json.dumps({"bag": args.out, "messages": counts}))
+        bag_ros.record_bag(args.topics, args.out, args.count, args.idle_timeout, args.duration, args.storage,
+                           on_done=lambda c: _report_then_guard(json.dumps({"bag": args.out, "messages": c})))
     else:
         res = bag.eval_bag(args.recorded, args.ground_truth, args.out, args.model_label_set, args.label_map,
                            args.gt_label_set, args.skip_first)
@@ -124,6 +124,20 @@ def _cmd_bag(args) -> int:
         print(json.dumps({k: res.get(k) for k in keys}, indent=1, default=lambda v: round(v, 3)))
         print(f"wrote {args.out}/result.json")
     return 0
+
+
+TEARDOWN_TIMEOUT_S = 20.0
+
+
+def _report_then_guard(line: str) -> None:
+    """Print a `bag play` / `bag record` result, then arm a watchdog for the ROS teardown that
+    follows: if destroying the DDS participant hangs (see :func:`ditta_ros.bag_ros.record_bag`),
+    the process prints its threads' tracebacks and exits with status 1 after
+    ``TEARDOWN_TIMEOUT_S`` (faulthandler's timer runs without the GIL, which the hung call holds)."""
+    import faulthandler
+
+    print(line, flush=True)
+    faulthandler.dump_traceback_later(TEARDOWN_TIMEOUT_S, exit=True)
 
 
 def _cmd_demo(args) -> int:

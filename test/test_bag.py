@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import cv2
 import numpy as np
@@ -112,3 +113,15 @@ def test_play_then_record_over_dds(tmp_path):
     frames_in, frames_out = bag.read_images(src, bag.IMAGE_TOPIC), bag.read_images(rec, bag.IMAGE_TOPIC)
     assert sorted(frames_out) == sorted(frames_in)  # every frame, header stamps unchanged
     assert all(np.array_equal(frames_in[s], frames_out[s]) for s in frames_in)
+
+
+def test_cli_teardown_watchdog_ends_a_hung_process():
+    """After `bag play/record` report their result, a hung ROS teardown ends the process (status 1) instead
+    of spinning forever; here the 'hang' is a sleep."""
+    code = ("import time, ditta_ros.cli as c; c.TEARDOWN_TIMEOUT_S = 1.0; "
+            "c._report_then_guard('published 3 messages'); time.sleep(60)")
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "PYTHONPATH": ROOT})
+    assert proc.returncode == 1 and time.monotonic() - t0 < 20
+    assert proc.stdout.startswith("published 3 messages") and "Thread" in proc.stderr
