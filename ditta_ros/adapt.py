@@ -22,6 +22,16 @@ departs from the paper:
 ``loss_mode="corrected"`` uses cross entropy on logits, means over valid pixels,
 the Eq. 2 reliability, and a reliability-weighted mean for prototypes.
 
+Options of ours that keep the adaptation from erasing what the model knows (off in
+:data:`FAITHFUL_ADAPT`):
+
+* ``bn="frozen"`` -- the decoder's BatchNorm layers stay in eval mode (running
+  statistics of the pre-trained model, not of a two-frame batch); their affine
+  parameters still adapt. ``"train"`` is the official behaviour.
+* ``anchor`` -- weight of a self-distillation term to the frozen ISS:
+  ``anchor * mean_pixels KL(p_ISS || p_plain)`` on the network grid, the ISS run in
+  eval mode on the same cached backbone outputs.
+
 Deliberate, documented difference: the frozen backbone runs in eval mode
 (BatchNorm statistics frozen, no stochastic depth), so its outputs are computed
 once per warm-up frame and reused by every pass and by the momentum model. The
@@ -47,6 +57,7 @@ from .teacher.targets import IGNORE_INDEX
 
 PARAM_GROUPS = ("decoder", "cls_head", "addon")
 LOSS_MODES = ("faithful", "corrected")
+BN_MODES = ("train", "frozen")
 
 
 class DiTTANet(nn.Module):
@@ -122,9 +133,14 @@ def _ce(scores: torch.Tensor, target: torch.Tensor, faithful: bool) -> torch.Ten
     return loss.sum() / valid.clamp_min(1)
 
 
-@dataclass
+@dataclass(frozen=True)
 class AdaptConfig:
-    """Hyper-parameters (official defaults)."""
+    """Hyper-parameters. ``lr`` .. ``contrastive`` are the official ones; ``bn`` and
+    ``anchor`` are ours (module docstring).
+
+    Raises:
+        ValueError: unknown ``params``, ``loss_mode`` or ``bn``, ``iters`` < 1, ``anchor`` < 0.
+    """
 
     lr: float = 1e-3
     iters: int = 5
@@ -134,6 +150,31 @@ class AdaptConfig:
     soft_contra: bool = True
     loss_mode: str = "faithful"
     contrastive: bool = True
+    bn: str = "train"
+    anchor: float = 0.0
+
+    def __post_init__(self):
+        if self.params not in PARAM_GROUPS:
+            raise ValueError(f"params must be one of {PARAM_GROUPS}, got {self.params!r}")
+        if self.loss_mode not in LOSS_MODES:
+            raise ValueError(f"loss_mode must be one of {LOSS_MODES}, got {self.loss_mode!r}")
+        if self.bn not in BN_MODES:
+            raise ValueError(f"bn must be one of {BN_MODES}, got {self.bn!r}")
+        if self.iters < 1:
+            raise ValueError(f"iters must be >= 1, got {self.iters}")
+        if self.anchor < 0:
+            raise ValueError(f"anchor must be >= 0, got {self.anchor}")
+
+
+#: the official adaptation
+FAITHFUL_ADAPT = AdaptConfig()
+
+
+def freeze_batchnorm(net: nn.Module) -> None:
+    """Put every BatchNorm layer of ``net`` in eval mode (running statistics kept)."""
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
 
 
 class Adapter:
@@ -161,6 +202,11 @@ class Adapter:
         params = self.model.param_group(cfg.params)
         assert not any(id(p) in backbone for p in params)
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999))
+        self.reference: Optional[DiTTANet] = None
+        if cfg.anchor > 0:
+            self.reference = copy.deepcopy(net).eval()
+            for p in self.reference.parameters():
+                p.requires_grad_(False)
         self.prototypes: Dict[int, torch.Tensor] = {}
         self.faithful = cfg.loss_mode == "faithful"
 
@@ -186,9 +232,13 @@ class Adapter:
         """
         frame_hw = tuple(label.shape)
         set_train_mode(self.model)
+        if self.cfg.bn == "frozen":
+            freeze_batchnorm(self.model)
         plain, addon, proj = self.model.heads(enc_prev, enc_cur)
         with torch.no_grad():
             set_train_mode(self.momentum_model)
+            if self.cfg.bn == "frozen":
+                freeze_batchnorm(self.momentum_model)
             plain_mo, _, proj_mo = self.momentum_model.heads(enc_prev, enc_cur, with_addon=False)
         target = label.unsqueeze(0)
         losses: Dict[str, torch.Tensor] = {}
@@ -205,6 +255,11 @@ class Adapter:
             contra = self._contrastive(obj_map, proj, proj_mo, self._to_frame(plain_mo, input_hw, frame_hw))
             if contra is not None:
                 losses["contra"] = contra
+        if self.reference is not None:
+            with torch.no_grad():
+                ref = torch.log_softmax(self.reference.heads(None, enc_cur)[0], 1)
+            kl = (ref.exp() * (ref - torch.log_softmax(plain, 1))).sum(1).mean()
+            losses["anchor"] = self.cfg.anchor * kl
         total = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()

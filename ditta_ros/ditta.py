@@ -20,16 +20,25 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import torch
 
-from .adapt import AdaptConfig, DiTTANet, adapt
+from .adapt import FAITHFUL_ADAPT, AdaptConfig, DiTTANet, adapt
 from .addon import DEFAULT_TAU
+from .guard import GuardConfig, GuardVerdict, check
 from .inference import ISSRunner, Prediction
 from .iss.base import logits_to_frame
-from .streaming import StreamingDiTTA
+from .streaming import MotionGate, StreamingDiTTA, gate_state
 from .protocol import Method
 from .teacher.propagator import Propagator
-from .teacher.targets import TargetConfig, Targets, build_targets, cache_key
+from .teacher.targets import FAITHFUL_TARGETS, TargetConfig, Targets, build_targets, cache_key, target_report
 
 log = logging.getLogger("ditta.method")
+
+#: named configurations: ``faithful`` = the official code's hyper-parameters, no guard
+PRESETS: Dict[str, Dict[str, object]] = {
+    "faithful": {"target_cfg": FAITHFUL_TARGETS, "adapt_cfg": FAITHFUL_ADAPT, "tau": DEFAULT_TAU,
+                 "guard_cfg": GuardConfig(enabled=False), "motion_gate": False, "max_gap": 0.0},
+    "default": {"target_cfg": TargetConfig(), "adapt_cfg": AdaptConfig(), "tau": DEFAULT_TAU,
+                "guard_cfg": GuardConfig(), "motion_gate": False, "max_gap": 0.0},
+}
 
 
 class DiTTAMethod(Method):
@@ -45,18 +54,27 @@ class DiTTAMethod(Method):
             ``cache_tag``, the warm-up length, the target config and the teacher.
         progress: tqdm progress bars for the teacher and the adaptation.
         save_adapted: if set, the adapted weights are saved there (``ditta export --adapted``).
+        guard_cfg: the do-no-harm guard (:mod:`ditta_ros.guard`); a refused adaptation
+            is not served, the frozen ISS is.
+        motion_gate: fuse the add-on only where the optical flow stays within its
+            window (:class:`~ditta_ros.streaming.MotionGate`).
+        max_gap: seconds; when > 0 and :attr:`frame_interval` is known and larger, the
+            add-on is not fused (the plain, adapted branch serves): the add-on is
+            defined and trained for consecutive video frames.
 
     ``adapt`` returns, for result.json: ``adapt_seconds`` (all of the warm-up
-    work), ``teacher_seconds``, ``tta_seconds``, ``losses`` (last step, plus
-    ``first_total``), ``targets`` (objects, covered pixel fraction) and ``hyper``.
-    ``predict`` raises ``RuntimeError`` before ``adapt``.
+    work), ``teacher_seconds``, ``tta_seconds``, ``guard_seconds``, ``losses`` (last
+    step, plus ``first_total``), ``targets`` (objects, covered pixel fraction),
+    ``target_report`` (label-free, :func:`~ditta_ros.teacher.targets.target_report`),
+    ``guard`` (the verdict) and ``hyper``. ``predict`` raises ``RuntimeError`` before ``adapt``.
     """
 
     name = "ditta"
 
     def __init__(self, runner: ISSRunner, teacher, target_cfg: TargetConfig = TargetConfig(),
                  adapt_cfg: AdaptConfig = AdaptConfig(), tau: float = DEFAULT_TAU, cache_dir: Optional[str] = None,
-                 cache_tag: str = "", progress: bool = True, save_adapted: Optional[str] = None):
+                 cache_tag: str = "", progress: bool = True, save_adapted: Optional[str] = None,
+                 guard_cfg: GuardConfig = GuardConfig(), motion_gate: bool = False, max_gap: float = 0.0):
         self.runner = runner
         self.teacher = teacher
         self.target_cfg = target_cfg
@@ -66,6 +84,11 @@ class DiTTAMethod(Method):
         self.cache_tag = cache_tag
         self.progress = progress
         self.save_adapted = save_adapted
+        self.guard_cfg = guard_cfg
+        self.motion_gate = bool(motion_gate)
+        self.max_gap = float(max_gap)
+        self._gate: Optional[MotionGate] = None
+        self.verdict: Optional[GuardVerdict] = None
         self.net: Optional[DiTTANet] = None
         self._last_warm: Optional[np.ndarray] = None
         self._state = None
@@ -97,11 +120,15 @@ class DiTTAMethod(Method):
                 rels.append(reliability(prob)[0].numpy())
         return encoded, tuple(x.shape[2:]), preds, rels
 
-    def adapt(self, frames: Sequence[np.ndarray]) -> Dict[str, object]:
+    def make_targets(self, frames: Sequence[np.ndarray], preds, rels):
+        """Distillation targets of the warm-up frames (the teacher, cached when ``cache_dir``).
+
+        Returns:
+            ``(labels, obj_maps, stats, report, teacher_seconds)``: per frame int64 ``[H, W]``
+            labels and int ``[H, W]`` object ids, the builder's stats and target report.
+        """
         from tqdm import tqdm
 
-        t0 = time.perf_counter()
-        encoded, input_hw, preds, rels = self.iss_warmup(frames)
         n = len(frames)
         targets: Optional[Targets] = None
         path = None
@@ -120,26 +147,71 @@ class DiTTAMethod(Method):
             if path:
                 targets.save(path)
         labels = [targets.label(t, preds[t]) for t in range(n)]
+        report = targets.report or target_report(labels, preds, self.runner.model.num_classes,
+                                                 len(targets.obj_class), {}, teacher_s)
+        stats = {k: v for k, v in targets.stats.items() if k != "teacher_seconds"}
+        return labels, targets.obj_maps, stats, report, teacher_s
+
+    def adapt(self, frames: Sequence[np.ndarray]) -> Dict[str, object]:
+        from tqdm import tqdm
+
+        t0 = time.perf_counter()
+        encoded, input_hw, preds, rels = self.iss_warmup(frames)
+        n = len(frames)
+        labels, obj_maps, stats, report, teacher_s = self.make_targets(frames, preds, rels)
+        log.info("targets: %.1f%% of the warm-up pixels differ from the ISS, %s objects kept, dropped %s",
+                 100 * report.get("changed", 0.0), report.get("objects_kept"), report.get("objects_dropped"))
         t1 = time.perf_counter()
         with tqdm(total=self.adapt_cfg.iters * n, desc="adapt", disable=not self.progress, unit="step") as bar:
-            self.net, losses = adapt(DiTTANet(self.runner.model), encoded, input_hw, labels, targets.obj_maps,
+            self.net, losses = adapt(DiTTANet(self.runner.model), encoded, input_hw, labels, obj_maps,
                                      self.adapt_cfg, bar)
         adapt_only = time.perf_counter() - t1
-        self._last_warm = frames[-1]
         self._stream = None  # rebuilt on the adapted network
+        t2 = time.perf_counter()
+        self.verdict = self.guard(frames, preds, rels)
+        guard_s = time.perf_counter() - t2
+        if self.verdict.refused:
+            log.warning("adaptation refused by the do-no-harm guard (%s); serving the ISS model",
+                        "; ".join(self.verdict.reasons))
+        self._last_warm = frames[-1]
         if self.save_adapted:
             from .export import save_adapted
 
             save_adapted(self.net, self.save_adapted, {"warmup_frames": n, "losses": losses,
                                                        "adapt": asdict(self.adapt_cfg)})
         return {"adapt_seconds": round(time.perf_counter() - t0, 3), "teacher_seconds": round(teacher_s, 3),
-                "tta_seconds": round(adapt_only, 3), "losses": losses,
-                "targets": {k: v for k, v in targets.stats.items() if k != "teacher_seconds"},
-                "hyper": {"target": asdict(self.target_cfg), "adapt": asdict(self.adapt_cfg), "tau": self.tau}}
+                "tta_seconds": round(adapt_only, 3), "guard_seconds": round(guard_s, 3), "losses": losses,
+                "targets": stats, "target_report": report, "guard": self.verdict.as_dict(),
+                "hyper": {"target": asdict(self.target_cfg), "adapt": asdict(self.adapt_cfg), "tau": self.tau,
+                          "guard": asdict(self.guard_cfg), "motion_gate": self.motion_gate,
+                          "max_gap": self.max_gap}}
+
+    def guard(self, frames: Sequence[np.ndarray], preds, rels) -> GuardVerdict:
+        """Run the adapted streaming model over the warm-up frames (fresh state) and
+        check it against the frozen ISS (:func:`ditta_ros.guard.check`)."""
+        self._reset_stream()
+        with torch.inference_mode():
+            adapted = [self._step(f).labels for f in frames]
+        self._reset_stream()
+        return check(adapted, preds, rels, self.guard_cfg)
+
+    def gap_too_large(self, interval: Optional[float]) -> bool:
+        """True when ``max_gap`` is set and the frame ``interval`` (s) is known and exceeds it."""
+        return self.max_gap > 0 and interval is not None and interval > self.max_gap
+
+    @property
+    def refused(self) -> bool:
+        """True when the guard refused the adaptation (the ISS model serves)."""
+        return self.verdict is not None and self.verdict.refused
+
+    def _reset_stream(self) -> None:
+        self._state = None
+        if self._gate is not None:
+            self._gate.reset()
 
     def start_stream(self, eval_frames=None) -> None:
-        self._state = None
-        if self._last_warm is not None:
+        self._reset_stream()
+        if self._last_warm is not None and not self.refused:
             self._step(self._last_warm)
 
     def streaming_model(self, frame_hw) -> StreamingDiTTA:
@@ -151,14 +223,70 @@ class DiTTAMethod(Method):
             self._stream = StreamingDiTTA(self.net, tuple(frame_hw), self.tau)
             if self.runner.channels_last:
                 self._stream.use_channels_last()
+            self._gate = MotionGate(self._stream.window_reach()) if self.motion_gate else None
             self._state = None
         return self._stream
 
     def _step(self, frame: np.ndarray) -> Prediction:
         model = self.streaming_model(frame.shape[:2])
-        labels, conf, self._state = model.step(frame, self._state)
+        state = self._state
+        if self._gate is not None:
+            state = gate_state(state, self._gate(frame))
+        if state is not None and self.gap_too_large(self.frame_interval):
+            state = gate_state(state, np.zeros(frame.shape[:2], np.float32))
+        labels, conf, self._state = model.step(frame, state)
         dtype = np.uint8 if self.net.iss.num_classes <= 255 else np.int16
         return Prediction(labels.cpu().numpy().astype(dtype), conf.float().cpu().numpy())
 
     def predict(self, frame: np.ndarray) -> Prediction:
+        if self.refused:
+            return self.runner.predict(frame)
         return self._step(frame)
+
+
+class OracleDiTTA(DiTTAMethod):
+    """DiTTA with *oracle* distillation targets: the clip's ground truth on the warm-up
+    frames replaces the teacher (same adaptation, guard and streaming), so its score
+    is the ceiling of the adaptation machinery on that clip.
+
+    Labels are mapped back to the model's label set through the first source class
+    of each target class; ignored pixels keep the ISS prediction; objects are
+    per-class 8-connected ground-truth components covering >= 0.5 % of the image.
+
+    Args:
+        gt_labels: ``t -> uint8 [H, W]`` ground truth of warm-up frame ``t`` in the
+            label map's target set (255 = ignore).
+        label_map: the model -> clip label map (``None`` when they are the same set).
+        other arguments: as :class:`DiTTAMethod` (``teacher`` is not used).
+    """
+
+    name = "ditta-oracle"
+
+    def __init__(self, runner: ISSRunner, gt_labels, label_map=None, **kw):
+        super().__init__(runner, None, **kw)
+        self.gt_labels = gt_labels
+        self.inverse = np.arange(256, dtype=np.int64)
+        self.inverse[255] = 255
+        if label_map is not None:
+            from .labels import UNMAPPED
+
+            self.inverse = np.full(256, 255, np.int64)
+            for src in range(label_map.source.num_classes - 1, -1, -1):
+                if label_map.lut[src] != UNMAPPED:
+                    self.inverse[label_map.lut[src]] = src
+
+    def make_targets(self, frames, preds, rels):
+        from .baselines.zs_refine import components
+
+        labels, objs = [], []
+        for t in range(len(frames)):
+            gt = np.asarray(self.gt_labels(t)).astype(np.int64)
+            mapped = self.inverse[gt]
+            labels.append(np.where(mapped == 255, preds[t], mapped))
+            om = np.zeros(gt.shape, np.int32)
+            for k, (m, c, _) in enumerate(components(np.where(gt == 255, -1, gt), np.ones(gt.shape), 0.005), 1):
+                if c >= 0:
+                    om[m] = k
+            objs.append(om)
+        report = target_report(labels, preds, self.runner.model.num_classes, int(max(o.max() for o in objs)), {}, 0.0)
+        return labels, objs, {"objects": report["objects_kept"]}, report, 0.0

@@ -11,6 +11,9 @@ to the clip's label set, accumulates the metrics and writes:
   whatever the method reports (e.g. ``adapt_seconds``);
 * ``per_frame.csv`` -- frame index, per-frame mIoU, pixel accuracy, latency ms;
 * ``per_frame_miou.png`` -- the per-frame mIoU curve;
+* ``samples.npz`` -- ``confusion`` int64 ``[F, K, K + 1]`` per labelled evaluation frame
+  (rows = ground truth, last column = unmapped predictions) and ``vc{n}`` float ``[F - n]`` per-window consistency
+  scores: what a paired bootstrap between two methods resamples;
 * ``overlays/frame_NNNNNN.png`` -- frame | prediction | ground truth for a few frames.
 """
 
@@ -28,7 +31,7 @@ import numpy as np
 
 from .data import Clip
 from .labels import IGNORE_INDEX, LabelMap, LabelSet, get_label_set
-from .metrics import ConfusionMatrix, frame_miou, video_consistency
+from .metrics import ConfusionMatrix, consistency_windows, frame_miou, video_consistency
 from .protocol import Method, w2f_split
 
 
@@ -132,6 +135,7 @@ def evaluate_clip(clip: Clip, method: Method, bridge: LabelBridge, out_dir: str,
                   warmup_frames=len(split.warmup), eval_frames=len(split.evaluate))
 
     t0 = time.perf_counter()
+    method.frame_interval = 1.0 / clip.fps if getattr(clip, "fps", 0) else None
     warm = [clip.frame(i) for i in split.warmup]
     stats = method.adapt(warm)
     del warm
@@ -143,6 +147,7 @@ def evaluate_clip(clip: Clip, method: Method, bridge: LabelBridge, out_dir: str,
     preds: List[np.ndarray] = []
     gts: List[np.ndarray] = []
     rows: List[Dict[str, float]] = []
+    frame_cms: List[np.ndarray] = []
     overlay_at = set(np.linspace(split.evaluate[0], split.evaluate[-1], num=max(overlays, 0), dtype=int).tolist()) \
         if overlays else set()
     if overlays:
@@ -164,7 +169,9 @@ def evaluate_clip(clip: Clip, method: Method, bridge: LabelBridge, out_dir: str,
         gt = bridge.gt(raw_gt)
         if gt.shape != pred.shape:
             raise ValueError(f"frame {i}: label {gt.shape} and frame {pred.shape} sizes differ")
+        before = np.concatenate([total.matrix, total.unmapped[:, None]], 1)
         total.add(pred, gt)
+        frame_cms.append(np.concatenate([total.matrix, total.unmapped[:, None]], 1) - before)
         preds.append(pred)
         gts.append(gt)
         valid = gt != IGNORE_INDEX
@@ -195,6 +202,8 @@ def evaluate_clip(clip: Clip, method: Method, bridge: LabelBridge, out_dir: str,
     })
     with open(os.path.join(out_dir, "result.json"), "w") as f:
         json.dump(_jsonable(result), f, indent=2)
+    np.savez_compressed(os.path.join(out_dir, "samples.npz"), confusion=np.stack(frame_cms),
+                        **{f"vc{n}": np.asarray(consistency_windows(preds, gts, n), np.float64) for n in windows})
     with open(os.path.join(out_dir, "per_frame.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["frame", "mIoU", "pixel_acc", "latency_ms"])
         w.writeheader()

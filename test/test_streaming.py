@@ -104,7 +104,7 @@ def test_onnx_export_matches_torch_over_a_sequence(tmp_path, hw):
                               "has_prev": state_o[2]})
         assert np.abs(out[3] - state_t[1].numpy()).max() <= 1e-4
         agree.append((out[0] == labels_t.numpy()).mean())
-        state_o = [out[2], out[3], np.ones(1, np.float32)]
+        state_o = [out[2], out[3], np.ones(hw, np.float32)]
     assert min(agree) >= 0.999
 
 
@@ -137,7 +137,7 @@ feed = {{k: np.zeros(s, dtype=d) for k, (d, s) in meta["inputs"].items()}}
 feed["image"] = np.random.default_rng(0).integers(0, 255, feed["image"].shape, dtype=np.uint8)
 for _ in range(2):
     labels, conf, feat, logits = sess.run(None, feed)
-    feed.update(feat_prev=feat, logits_prev=logits, has_prev=np.ones(1, np.float32))
+    feed.update(feat_prev=feat, logits_prev=logits, has_prev=np.ones(meta["inputs"]["has_prev"][1], np.float32))
 print(labels.shape, labels.dtype, float(conf.min()), float(conf.max()))
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
@@ -197,3 +197,75 @@ def test_export_leaves_the_callers_network_untouched(tmp_path):
     assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
     export_onnx(net, (40, 56), str(tmp_path), "tiny")
     assert w.is_contiguous(memory_format=torch.channels_last) and not net.training
+
+
+def test_motion_gate_masks_pixels_that_moved_beyond_the_window(tmp_path):
+    """A textured frame shifted by 3 px fuses everywhere (reach 10 px); shifted by 40 px
+    (beyond the reach, and beyond what the fast flow finds) it fuses almost nowhere; a
+    gated state uses the plain branch there."""
+    import cv2
+
+    from ditta_ros.streaming import MotionGate, gate_state
+
+    rng = np.random.default_rng(0)
+    base = cv2.GaussianBlur((rng.random((400, 600)) * 255).astype(np.float32), (0, 0), 6)
+    base = cv2.equalizeHist(cv2.normalize(base, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8))  # photo-like contrast
+
+    def frame(dx):
+        return np.repeat(base[50:290, 53 + dx:373 + dx, None], 3, 2).copy()
+
+    gate = MotionGate((10.0, 10.0))
+    assert gate(frame(0)).max() == 0  # first frame: nothing to fuse with
+    assert gate(frame(3))[20:-20, 20:-20].mean() > 0.95
+    assert gate(frame(23)).mean() < 0.1  # 20 px: found by the flow, beyond the reach
+    assert gate(frame(63)).mean() < 0.2 and gate.last_share < 0.2  # 40 px: the flow fails, the residual tells
+    gate.reset()
+    assert gate(frame(0)).max() == 0
+
+    net = _net()
+    model = StreamingDiTTA(net, (40, 56), tau=1.0)
+    ry, rx = model.window_reach()
+    assert ry > 0 and rx > 0
+    f0, f1 = _frames(2, 40, 56)
+    _, _, state = model.step(f0)
+    first, _, _ = model.step(f1)
+    other = int(first.flatten()[0]) ^ 1  # a previous frame that said another class everywhere, confidently
+    logits = torch.full_like(state[1], -20.0)
+    logits[:, other] = 20.0
+    logits[..., :2, :2] = 0.0  # one uncertain corner: Eq. 2 normalises by the frame's largest entropy
+    state = (state[0], logits, state[2])
+    fused, _, _ = model.step(f1, state)
+    plain, _, _ = model.step(f1, gate_state(state, np.zeros((40, 56), np.float32)))
+    assert torch.equal(plain, first) and (fused == other).float().mean() > 0.5  # gated = the plain branch
+
+
+def test_max_gap_serves_the_plain_branch_when_frames_are_far_apart(monkeypatch):
+    """With ``max_gap`` the streaming model gets ``has_prev = 0`` (plain branch) for
+    frames further apart than that; at video rate, or with an unknown interval, 1."""
+    from ditta_ros.ditta import DiTTAMethod
+    from ditta_ros.inference import ISSRunner
+
+    net = _net()
+    frames = _frames(3, 40, 56)
+    seen = []
+    original = StreamingDiTTA.step
+
+    def spy(self, frame, state=None):
+        seen.append(None if state is None else float(state[2].mean()))
+        return original(self, frame, state)
+
+    monkeypatch.setattr(StreamingDiTTA, "step", spy)
+
+    def run(interval, max_gap):
+        seen.clear()
+        m = DiTTAMethod(ISSRunner(net.iss), None, tau=1.0, progress=False, max_gap=max_gap)
+        m.net, m.frame_interval = net, interval
+        m.start_stream()
+        for f in frames:
+            m.predict(f)
+        return list(seen)
+
+    assert run(1.0, 0.2) == [None, 0.0, 0.0]  # 1 s apart: the add-on is not fused
+    assert run(1 / 15, 0.2) == [None, 1.0, 1.0]  # video rate
+    assert run(None, 0.2) == [None, 1.0, 1.0]  # unknown interval
+    assert run(1.0, 0.0) == [None, 1.0, 1.0]  # no limit

@@ -102,3 +102,113 @@ def test_targets_cache_roundtrip(tmp_path):
     u = Targets.load(str(tmp_path / "t.npz"))
     assert np.array_equal(u.obj_maps[0], t.obj_maps[0]) and u.obj_class == t.obj_class
     assert u.scores == t.scores and u.prompts == {0: [(1, 0, 1)]} and u.stats == {"objects": 2}
+
+
+# -- options that keep the targets from being worse than the ISS -----------------------
+
+def _cands(masks, iou, default=1):
+    from ditta_ros.teacher.propagator import Candidates
+
+    masks = np.stack(masks)
+    return Candidates(masks=masks, iou=np.asarray(iou, np.float32), low=np.zeros((len(masks), 4, 4), np.float32),
+                      default=default)
+
+
+def test_candidate_rule_iou_purity_on_clicks_and_propagation():
+    from ditta_ros.teacher.targets import make_chooser
+
+    pred = np.zeros((4, 8), np.int64)
+    pred[:, 4:] = 1  # class 0 left half, class 1 right half
+    merged = np.ones((4, 8), bool)  # road + pavement in one mask
+    pure = pred == 0
+    tiny = np.zeros((4, 8), bool)
+    tiny[0, 0] = True
+    cand = _cands([merged, merged, pure, tiny], [0.99, 0.95, 0.90, 0.2], default=1)
+    assert make_chooser("backend", [pred], {}) is None  # the backend's own choice
+    choose = make_chooser("iou_purity", [pred], {7: 0})
+    assert choose(0, 7, cand, None) == 2  # .90 x 1.0 beats .95 x .5; token 0 is not a click candidate
+    # propagation keeps the granularity: the candidate overlapping the previous mask most
+    prev = merged.copy()
+    assert choose(0, 7, cand, prev) in (0, 1) and choose(0, 7, cand, pure) == 2
+    # nothing scores: fall back to the backend's choice
+    assert choose(0, 8, _cands([tiny, tiny, tiny, tiny], [0, 0, 0, 0], default=3), None) == 3
+
+
+def test_purity_gate_and_drift_cut_remove_only_impure_objects():
+    from ditta_ros.teacher.targets import object_purity
+
+    preds = [np.array([[0, 0, 0, 1, 1]]), np.array([[0, 0, 1, 1, 1]])]
+    a = [np.array([[1, 1, 1, 1, 0]], bool), np.array([[1, 1, 1, 1, 0]], bool)]  # class 0: 3/4 then 2/4
+    b = [np.array([[0, 0, 0, 1, 1]], bool), np.array([[0, 0, 0, 1, 1]], bool)]  # class 1: pure
+    overall, per_frame = object_purity([{1: a[0], 2: b[0]}, {1: a[1], 2: b[1]}], preds, {1: 0, 2: 1})
+    assert overall == {1: 5 / 8, 2: 1.0}
+    assert per_frame == [{1: 0.75, 2: 1.0}, {1: 0.5, 2: 1.0}]
+
+    class Fixed(ShiftProp):
+        """A click left of x=3 tracks the impure mask ``a``, else the pure ``b``, on every frame."""
+
+        which = {}
+
+        def add_points(self, t, obj_id, points, labels):
+            self.which[obj_id] = a if int(points[0][0]) < 3 else b
+            self.tracks.setdefault(t, {})[obj_id] = self.which[obj_id][t]
+            return self.which[obj_id][t]
+
+        def step(self, t, reverse=False):
+            nxt = t - 1 if reverse else t + 1
+            self.tracks[nxt] = {o: self.which[o][nxt] for o in self.tracks.get(t, {})}
+            return self.tracks[nxt]
+
+    frames = [np.zeros((1, 5, 3), np.uint8)] * 2
+    rels = [np.array([[0.9, 0.5, 0.5, 0.5, 0.95]]), np.array([[0.5, 0.5, 0.5, 0.5, 0.5]])]
+    base = build_targets(Fixed(), frames, preds, rels, 2, TargetConfig())
+    assert set(base.obj_class) == {1, 2}
+    gated = build_targets(Fixed(), frames, preds, rels, 2, TargetConfig(purity_gate=0.7))
+    # class 1 peaks first (0.95): object 1 = the pure mask b; object 2 = the impure mask a
+    assert base.obj_class == {1: 1, 2: 0}
+    assert gated.obj_class == {1: 1} and gated.report["objects_dropped"]["impure"] == 1
+    assert not (gated.obj_maps[0] == 2).any() and (gated.obj_maps[0] == 1).sum() == 2
+    # the ISS keeps the pixels the dropped object would have relabelled
+    assert gated.labels[1].tolist() == [[0, 0, 1, 1, 1]]
+    assert base.labels[1].tolist() != gated.labels[1].tolist()
+    drift = build_targets(Fixed(), frames, preds, rels, 2, TargetConfig(drift_cut=0.6))
+    assert 2 in drift.obj_class and (drift.obj_maps[0] == 2).any() and not (drift.obj_maps[1] == 2).any()
+    assert drift.report["objects_dropped"]["drifted_frames"] == 1
+
+
+def test_reliability_gate_and_thin_protection_keep_the_iss_where_they_should():
+    from ditta_ros.teacher.targets import gated_labels, thin_regions
+
+    pred = np.zeros((12, 12), np.int64)
+    pred[:, 5:7] = 2  # a 2-px pole
+    pred[8:, :] = 1  # a wide region of class 1
+    rel = np.full((12, 12), 0.5)
+    rel[0:2, :] = 0.95  # the ISS is sure of the top rows
+    objmap = np.ones((12, 12), np.int32)  # one object of class 3 over everything
+    thin = thin_regions(pred, 4)
+    assert thin[:8, 5:7].all() and not thin[:, :4].any() and not thin[8:, :].any()
+    plain = gated_labels([objmap], {1: 3}, [pred], [rel], TargetConfig())[0]
+    assert (plain == 3).all()
+    g = gated_labels([objmap], {1: 3}, [pred], [rel], TargetConfig(rel_gate=0.8))[0]
+    assert (g[0:2] == pred[0:2]).all() and (g[2:] == 3).all()
+    t = gated_labels([objmap], {1: 3}, [pred], [rel], TargetConfig(thin_px=4))[0]
+    assert (t[thin] == 2).all() and (t[~thin] == 3).all()
+
+
+def test_target_report_counts_changed_pixels_per_class():
+    from ditta_ros.teacher.targets import target_report
+
+    pred = np.array([[0, 0, 1, 1]])
+    label = np.array([[0, 2, 1, 1]])
+    r = target_report([label], [pred], 3, kept=2, dropped={"impure": 1}, teacher_seconds=1.23456)
+    assert r["changed"] == 0.25 and r["changed_per_class"] == {0: 0.5, 1: 0.0}
+    assert r["objects_kept"] == 2 and r["objects_dropped"] == {"impure": 1} and r["teacher_seconds"] == 1.235
+
+
+def test_target_config_rejects_bad_values():
+    import pytest
+
+    with pytest.raises(ValueError, match="candidate"):
+        TargetConfig(candidate="best")
+    with pytest.raises(ValueError, match="rel_gate"):
+        TargetConfig(rel_gate=1.5)

