@@ -32,12 +32,15 @@ from .teacher.targets import FAITHFUL_TARGETS, TargetConfig, Targets, build_targ
 
 log = logging.getLogger("ditta.method")
 
-#: named configurations: ``faithful`` = the official code's hyper-parameters, no guard
+#: named configurations: ``faithful`` = the official code's hyper-parameters, no guard, no
+#: fusion gate; ``default`` = what the decision rule of ``docs/dev_set_rule.md`` chose on the
+#: development set: gated targets, only the add-on adapted (corrected losses), the guard on,
+#: no add-on fusion for frames more than 0.2 s apart
 PRESETS: Dict[str, Dict[str, object]] = {
     "faithful": {"target_cfg": FAITHFUL_TARGETS, "adapt_cfg": FAITHFUL_ADAPT, "tau": DEFAULT_TAU,
                  "guard_cfg": GuardConfig(enabled=False), "motion_gate": False, "max_gap": 0.0},
     "default": {"target_cfg": TargetConfig(), "adapt_cfg": AdaptConfig(), "tau": DEFAULT_TAU,
-                "guard_cfg": GuardConfig(), "motion_gate": False, "max_gap": 0.0},
+                "guard_cfg": GuardConfig(), "motion_gate": False, "max_gap": 0.2},
 }
 
 

