@@ -25,8 +25,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 def main() -> None:
-    import numpy as np
-
     from common import SHARED, clip_parser, machine, write_results
     from ditta_ros.data import open_clip
     from ditta_ros.ditta import DiTTAMethod

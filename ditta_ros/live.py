@@ -337,7 +337,8 @@ class LivePipeline:
                 "warmup_frames": n, "backend": backend,
                 "targets_changed": report.get("changed"), "objects_kept": report.get("objects_kept"),
                 "objects_dropped": report.get("objects_dropped"),
-                "guard": {k: guard.get(k) for k in ("refused", "changed", "lost_classes", "reasons")} if guard else None}
+                "guard": ({k: guard.get(k) for k in ("refused", "changed", "lost_classes", "reasons")}
+                          if guard else None)}
 
     def _prepare_backend(self, net, frame_hw):
         from .runtime import select_backend

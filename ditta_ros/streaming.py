@@ -209,7 +209,8 @@ class MotionGate:
         flow = self._dis.calc(gray, prev, None)  # current -> previous, in the small frame's pixels
         gh, gw = gray.shape
         gx, gy = np.meshgrid(np.arange(gw, dtype=np.float32), np.arange(gh, dtype=np.float32))
-        warped = cv2.remap(prev, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        warped = cv2.remap(prev, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_REPLICATE)
         residual = cv2.blur(np.abs(warped.astype(np.float32) - gray.astype(np.float32)), (9, 9))  # local mean
         explained = residual <= self.max_residual
         flow = flow / self.scale  # frame pixels

@@ -245,7 +245,8 @@ def choose_default(summary: Dict[str, Dict[str, object]], fast_clip: Optional[st
         fast_ok = fast_clip is None or fast_clip not in d or d[fast_clip]["dmVC8"] >= 5
         if worst >= -0.5 and vc_ok and fast_ok:
             eligible.append(name)
-    rule = "eligible: worst ΔmIoU >= -0.5, every ΔmVC8 >= 0, 15 Hz ΔmVC8 >= +5; best mean ΔmIoU, ties (0.1) -> fewer steps"
+    rule = ("eligible: worst ΔmIoU >= -0.5, every ΔmVC8 >= 0, 15 Hz ΔmVC8 >= +5; best mean ΔmIoU, "
+            "ties (0.1) -> fewer steps")
     if eligible:
         best = max(summary[n]["mean"]["dmIoU"] for n in eligible)
         close = [n for n in eligible if summary[n]["mean"]["dmIoU"] >= best - 0.1]
@@ -412,7 +413,8 @@ def write_markdown(summary: Dict[str, object], path: str) -> None:
             lines.append(f"| `{name}` | {fmt(r['mIoU'])} | {fmt(r['wIoU'])} | {fmt(r['mVC8'])} | {fmt(r['mVC16'])} | "
                          f"{dm} | {dv} | {fmt(r.get('adapt_seconds'), 0)} | {ch} | {guard} |")
         lines.append("")
-    lines += ["### mean over clips", "", "| variant | mIoU | mVC8 | ΔmIoU | ΔmVC8 | worst ΔmIoU |", "|---|---|---|---|---|---|"]
+    lines += ["### mean over clips", "", "| variant | mIoU | mVC8 | ΔmIoU | ΔmVC8 | worst ΔmIoU |",
+              "|---|---|---|---|---|---|"]
     for name, s in summary["variants"].items():
         m = s["mean"]
         worst = min((d["dmIoU"] for d in s["per_clip"].values()), default=None)

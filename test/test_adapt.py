@@ -30,7 +30,7 @@ def _snapshot(module):
 def test_adaptation_lowers_loss_and_freezes_backbone(mode):
     net, enc, labels, obj = _setup()
     before = _snapshot(net)
-    cfg = AdaptConfig(iters=6, loss_mode=mode, lr=3e-3)
+    cfg = AdaptConfig(iters=6, loss_mode=mode, lr=3e-3, params="decoder")
     ad = Adapter(net, cfg)
     totals = []
     for _ in range(cfg.iters):
@@ -93,13 +93,13 @@ def _bn_stats(module):
 def test_frozen_batchnorm_keeps_running_statistics_and_train_mode_replaces_them():
     net, enc, labels, obj = _setup()
     before = _bn_stats(net)
-    frozen, _ = adapt(net, enc, (32, 64), labels, obj, AdaptConfig(iters=1, bn="frozen"))
+    frozen, _ = adapt(net, enc, (32, 64), labels, obj, AdaptConfig(iters=1, bn="frozen", params="decoder"))
     after = _bn_stats(frozen)
     assert all(torch.equal(before[n], after[n]) for n in before)
     moved = _snapshot(frozen)
     assert not torch.equal(moved["iss.bu_dec_l4.merge_layer.3.weight"],
                            _snapshot(net)["iss.bu_dec_l4.merge_layer.3.weight"])  # weights still adapt
-    trained, _ = adapt(net, enc, (32, 64), labels, obj, AdaptConfig(iters=1, bn="train"))
+    trained, _ = adapt(net, enc, (32, 64), labels, obj, AdaptConfig(iters=1, bn="train", params="decoder"))
     changed = [n for n, b in _bn_stats(trained).items() if not torch.equal(before[n], b)]
     assert any(not n.startswith("iss.base_net.") for n in changed)
     assert not any(n.startswith("iss.base_net.") for n in changed)  # the backbone never changes
@@ -110,8 +110,10 @@ def test_kl_anchor_keeps_the_plain_branch_closer_to_the_frozen_iss():
     # targets that disagree with the ISS everywhere: class (ISS + 1) mod 4
     with torch.no_grad():
         iss_pred = [net.heads(None, e)[0] for e in enc]
-    free, losses_free = adapt(net, enc, (32, 64), labels, obj, AdaptConfig(iters=4, lr=3e-3, bn="frozen", anchor=0.0))
-    anch, losses = adapt(net, enc, (32, 64), labels, obj, AdaptConfig(iters=4, lr=3e-3, bn="frozen", anchor=5.0))
+    free, losses_free = adapt(net, enc, (32, 64), labels, obj, AdaptConfig(iters=4, lr=3e-3, bn="frozen", anchor=0.0,
+                                                                                 params="decoder"))
+    anch, losses = adapt(net, enc, (32, 64), labels, obj, AdaptConfig(iters=4, lr=3e-3, bn="frozen", anchor=5.0,
+                                                                            params="decoder"))
     assert "anchor" in losses and "anchor" not in losses_free
 
     def kl(model):
@@ -128,3 +130,15 @@ def test_kl_anchor_keeps_the_plain_branch_closer_to_the_frozen_iss():
         AdaptConfig(bn="half")
     with pytest.raises(ValueError, match="anchor"):
         AdaptConfig(anchor=-1)
+
+
+def test_default_adapts_only_the_addon_and_faithful_is_official():
+    from ditta_ros.adapt import FAITHFUL_ADAPT
+
+    net, enc, labels, obj = _setup()
+    before = _snapshot(net)
+    adapted, losses = adapt(net, enc, (32, 64), labels, obj, AdaptConfig(iters=1))
+    moved = {n for n, p in _snapshot(adapted).items() if not torch.equal(p, before[n])}
+    assert moved and all(n.startswith("addon.") for n in moved) and "anchor" not in losses
+    f = FAITHFUL_ADAPT
+    assert (f.params, f.loss_mode, f.bn, f.anchor, f.lr, f.iters) == ("decoder", "faithful", "train", 0.0, 1e-3, 5)

@@ -61,8 +61,8 @@ def test_guard_refuses_a_broken_adaptation_and_the_iss_serves():
     runner = ISSRunner(ESPNetv2Seg(s=0.5, num_classes=5, input_size=(64, 48)).eval())
     frames = _frames()
     cfg = GuardConfig(conf=0.0)  # a random ISS is never confident: judge every pixel
-    method = _BrokenTargets(runner, None, adapt_cfg=AdaptConfig(iters=10, lr=0.05, bn="frozen", anchor=0.0, contrastive=False),
-                            tau=0.8, progress=False, guard_cfg=cfg)
+    broken = AdaptConfig(iters=10, lr=0.05, params="decoder", bn="frozen", anchor=0.0, contrastive=False)
+    method = _BrokenTargets(runner, None, adapt_cfg=broken, tau=0.8, progress=False, guard_cfg=cfg)
     info = method.adapt(frames)
     assert info["guard"]["refused"] and method.refused
     assert info["guard"]["changed"] > 0.1
@@ -71,8 +71,8 @@ def test_guard_refuses_a_broken_adaptation_and_the_iss_serves():
     ref = runner.predict(frames[0])
     assert np.array_equal(out.labels, ref.labels)  # the ISS serves, not the broken model
     # the same adaptation without the guard is served, and differs from the ISS
-    unguarded = _BrokenTargets(runner, None, adapt_cfg=AdaptConfig(iters=10, lr=0.05, bn="frozen", anchor=0.0, contrastive=False),
-                               tau=0.8, progress=False, guard_cfg=GuardConfig(enabled=False, conf=0.0))
+    unguarded = _BrokenTargets(runner, None, adapt_cfg=broken, tau=0.8, progress=False,
+                               guard_cfg=GuardConfig(enabled=False, conf=0.0))
     info = unguarded.adapt(frames)
     assert not unguarded.refused and info["guard"]["reasons"]
     unguarded.start_stream()

@@ -13,14 +13,19 @@ from ditta_ros.live import LiveConfig, LivePipeline, Phase
 class _FakeMethod:
     """Adaptation stand-in: returns the pre-trained network (or fails)."""
 
-    def __init__(self, runner, fail=False):
-        self.runner, self.fail, self.net = runner, fail, None
+    def __init__(self, runner, fail=False, refuse=False):
+        self.runner, self.fail, self.net, self.refused = runner, fail, None, False
+        self.refuse = refuse
 
     def adapt(self, frames):
         if self.fail:
             raise RuntimeError("teacher weights missing")
         self.net = DiTTANet(self.runner.model).eval()
-        return {"adapt_seconds": 0.0, "teacher_seconds": 0.0, "tta_seconds": 0.0}
+        self.refused = self.refuse
+        guard = {"refused": self.refuse, "changed": 0.4, "lost_classes": [3],
+                 "reasons": ["40.0% of the confident ISS pixels changed label (limit 10%)"] if self.refuse else []}
+        return {"adapt_seconds": 0.0, "teacher_seconds": 0.0, "tta_seconds": 0.0, "guard": guard,
+                "target_report": {"changed": 0.01, "objects_kept": 4, "objects_dropped": {"impure": 2}}}
 
 
 def _runner():
@@ -63,6 +68,37 @@ def test_failed_adaptation_falls_back_to_the_iss_model():
     live.wait_idle(60)
     assert live.phase == Phase.ISS and "teacher weights missing" in live.error
     assert live.process(_frame())[0].labels.shape == (40, 56)
+
+
+def test_refused_adaptation_serves_the_iss_model_with_a_warning():
+    live = LivePipeline(LiveConfig(warmup_frames=2, backend="torch"), _runner(),
+                        method_factory=lambda r: _FakeMethod(r, refuse=True))
+    for i in range(2):
+        live.process(_frame(seed=i))
+    live.wait_idle(60)
+    st = live.status()
+    assert live.phase == Phase.ISS and "do-no-harm guard" in st["warning"] and "40.0%" in st["warning"]
+    assert st["last_adaptation"]["guard"]["refused"] and st["last_adaptation"]["targets_changed"] == 0.01
+    pred, phase = live.process(_frame(seed=5))
+    assert phase == Phase.ISS and np.array_equal(pred.labels, live.runner.predict(_frame(seed=5)).labels)
+    ok = LivePipeline(LiveConfig(warmup_frames=2, backend="torch"), _runner(),
+                      method_factory=lambda r: _FakeMethod(r))
+    for i in range(2):
+        ok.process(_frame(seed=i))
+    ok.wait_idle(60)
+    assert ok.phase == Phase.STREAMING and ok.status()["warning"] is None
+    assert ok.status()["last_adaptation"]["objects_dropped"] == {"impure": 2}
+
+
+def test_live_config_resolves_presets_and_overrides():
+    d = LiveConfig().method_configs()
+    assert d["adapt_cfg"].params == "addon" and d["guard_cfg"].enabled and d["max_gap"] == 0.2
+    f = LiveConfig(preset="faithful", iters=2, guard=True).method_configs()
+    assert f["adapt_cfg"].params == "decoder" and f["adapt_cfg"].iters == 2 and f["max_gap"] == 0.0
+    assert f["target_cfg"].candidate == "backend"
+    assert not LiveConfig(guard=False).method_configs()["guard_cfg"].enabled
+    with pytest.raises(ValueError, match="preset"):
+        LiveConfig(preset="best").method_configs()
 
 
 def test_warmup_seconds_close_the_window_early():

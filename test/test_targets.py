@@ -6,7 +6,8 @@ from dataclasses import replace
 import numpy as np
 
 from ditta_ros.teacher.propagator import Propagator
-from ditta_ros.teacher.targets import FAITHFUL_TARGETS, TargetConfig, Targets, build_targets, render, select_prompts, vote
+from ditta_ros.teacher.targets import (FAITHFUL_TARGETS, TargetConfig, Targets, build_targets, render,
+                                       select_prompts, vote)
 
 
 def test_prompt_selection_order_threshold_occupancy_and_budget():
