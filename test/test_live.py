@@ -134,7 +134,7 @@ def test_auto_readapt_starts_a_new_warmup_after_a_scene_change():
     from ditta_ros.inference import Prediction
 
     scene = {"cls": 0}  # the streamed labels are all one class; the scene then switches to another
-    live._stream = lambda frame: Prediction(np.full(frame.shape[:2], scene["cls"], np.uint8),
+    live._stream = lambda frame, stamp=None: Prediction(np.full(frame.shape[:2], scene["cls"], np.uint8),
                                             np.ones(frame.shape[:2], np.float32))
     for _ in range(4):
         live.process(_frame())

