@@ -23,9 +23,9 @@ import torch
 from .adapt import FAITHFUL_ADAPT, AdaptConfig, DiTTANet, adapt
 from .addon import DEFAULT_TAU
 from .guard import GuardConfig, GuardVerdict, check
-from .inference import ISSRunner, Prediction
+from .inference import ISSRunner, Prediction, label_dtype
 from .iss.base import logits_to_frame
-from .streaming import MotionGate, StreamingDiTTA, gate_state
+from .streaming import MotionGate, StreamingDiTTA, apply_gates
 from .protocol import Method
 from .teacher.propagator import Propagator
 from .teacher.targets import FAITHFUL_TARGETS, TargetConfig, Targets, build_targets, cache_key, target_report
@@ -198,10 +198,6 @@ class DiTTAMethod(Method):
         self._reset_stream()
         return check(adapted, preds, rels, self.guard_cfg)
 
-    def gap_too_large(self, interval: Optional[float]) -> bool:
-        """True when ``max_gap`` is set and the frame ``interval`` (s) is known and exceeds it."""
-        return self.max_gap > 0 and interval is not None and interval > self.max_gap
-
     @property
     def refused(self) -> bool:
         """True when the guard refused the adaptation (the ISS model serves)."""
@@ -232,14 +228,10 @@ class DiTTAMethod(Method):
 
     def _step(self, frame: np.ndarray) -> Prediction:
         model = self.streaming_model(frame.shape[:2])
-        state = self._state
-        if self._gate is not None:
-            state = gate_state(state, self._gate(frame))
-        if state is not None and self.gap_too_large(self.frame_interval):
-            state = gate_state(state, np.zeros(frame.shape[:2], np.float32))
+        state = apply_gates(self._state, frame, self._gate, self.frame_interval, self.max_gap)
         labels, conf, self._state = model.step(frame, state)
-        dtype = np.uint8 if self.net.iss.num_classes <= 255 else np.int16
-        return Prediction(labels.cpu().numpy().astype(dtype), conf.float().cpu().numpy())
+        return Prediction(labels.cpu().numpy().astype(label_dtype(self.net.iss.num_classes)),
+                          conf.float().cpu().numpy())
 
     def predict(self, frame: np.ndarray) -> Prediction:
         if self.refused:

@@ -43,10 +43,14 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+def label_dtype(num_classes: int):
+    """dtype of a label image: uint8 up to 255 classes (255 stays free for ignore), else int16."""
+    return np.uint8 if num_classes <= 255 else np.int16
+
+
 def labels_from_prob(prob: torch.Tensor) -> np.ndarray:
     """argmax over classes of ``[1, C, H, W]`` -> ``[H, W]`` uint8 (int16 if C > 255)."""
-    dtype = np.uint8 if prob.shape[1] <= 255 else np.int16
-    return prob[0].argmax(0).cpu().numpy().astype(dtype)
+    return prob[0].argmax(0).cpu().numpy().astype(label_dtype(prob.shape[1]))
 
 
 class ISSRunner:

@@ -35,7 +35,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from .addon import DEFAULT_TAU
-from .inference import ISSRunner, Prediction
+from .inference import ISSRunner, Prediction, label_dtype
 
 log = logging.getLogger("ditta.live")
 
@@ -201,6 +201,7 @@ class LivePipeline:
         self._backend_hw: Optional[Tuple[int, int]] = None
         self._state = None
         self._gate = None  # MotionGate of the streaming backend, when the preset uses one
+        self._method_cfg = cfg.method_configs()  # the preset resolved once: a bad preset fails here
         self._last_stamp: Optional[float] = None  # stamp of the last streamed frame
         self.scene = SceneChangeDetector(self.runner.model.num_classes, cfg.scene_change_threshold,
                                          cfg.scene_change_frames)
@@ -212,8 +213,7 @@ class LivePipeline:
 
         teacher = make_teacher(self.cfg.teacher, self.cfg.teacher_checkpoint or None,
                                self.cfg.teacher_config or None, device=self.cfg.device)
-        return make_method("ditta", runner, teacher=teacher, tau=self.cfg.tau, progress=False,
-                           **self.cfg.method_configs())
+        return make_method("ditta", runner, teacher=teacher, tau=self.cfg.tau, progress=False, **self._method_cfg)
 
     # -- control ---------------------------------------------------------------------
     def readapt(self) -> str:
@@ -345,7 +345,7 @@ class LivePipeline:
         from .streaming import StreamingDiTTA
 
         torch_model = StreamingDiTTA(net, tuple(frame_hw), self.cfg.tau)
-        if self.cfg.method_configs()["motion_gate"] and self.cfg.tau > 0:
+        if self._method_cfg["motion_gate"] and self.cfg.tau > 0:
             from .streaming import MotionGate
 
             self._gate = MotionGate(torch_model.window_reach())
@@ -372,19 +372,14 @@ class LivePipeline:
                         self._backend_hw, hw)
             self._backend = self._prepare_backend(self._net, hw)
             self._backend_hw, self._state = hw, None
-        from .streaming import gate_state
+        from .streaming import apply_gates
 
-        state = self._state
-        if self._gate is not None:
-            state = gate_state(state, self._gate(frame))
-        max_gap = self.cfg.method_configs()["max_gap"]
-        if state is not None and max_gap > 0 and stamp is not None and self._last_stamp is not None \
-                and stamp - self._last_stamp > max_gap:  # the processed frames are too far apart to fuse
-            state = gate_state(state, np.zeros(hw, np.float32))
+        interval = None if stamp is None or self._last_stamp is None else stamp - self._last_stamp
         self._last_stamp = stamp
+        state = apply_gates(self._state, frame, self._gate, interval, self._method_cfg["max_gap"])
         labels, conf, self._state = self._backend.step(frame, state)
-        dtype = np.uint8 if self.runner.model.num_classes <= 255 else np.int16
-        return Prediction(np.asarray(labels).astype(dtype), np.asarray(conf, dtype=np.float32))
+        return Prediction(np.asarray(labels).astype(label_dtype(self.runner.model.num_classes)),
+                          np.asarray(conf, dtype=np.float32))
 
     def status(self) -> Dict[str, object]:
         """JSON-ready status: phase, warm-up/adaptation progress, counters, last adaptation."""

@@ -60,32 +60,30 @@ def test_phases_from_warmup_to_streaming_and_back():
         live.process(np.zeros((4, 4), np.float32))
 
 
-def test_failed_adaptation_falls_back_to_the_iss_model():
+def _adapted(**fake):
+    """A pipeline after a 2-frame warm-up and the adaptation of a ``_FakeMethod(**fake)``."""
     live = LivePipeline(LiveConfig(warmup_frames=2, backend="torch"), _runner(),
-                        method_factory=lambda r: _FakeMethod(r, fail=True))
+                        method_factory=lambda r: _FakeMethod(r, **fake))
     for i in range(2):
         live.process(_frame(seed=i))
     live.wait_idle(60)
+    return live
+
+
+def test_failed_adaptation_falls_back_to_the_iss_model():
+    live = _adapted(fail=True)
     assert live.phase == Phase.ISS and "teacher weights missing" in live.error
     assert live.process(_frame())[0].labels.shape == (40, 56)
 
 
 def test_refused_adaptation_serves_the_iss_model_with_a_warning():
-    live = LivePipeline(LiveConfig(warmup_frames=2, backend="torch"), _runner(),
-                        method_factory=lambda r: _FakeMethod(r, refuse=True))
-    for i in range(2):
-        live.process(_frame(seed=i))
-    live.wait_idle(60)
+    live = _adapted(refuse=True)
     st = live.status()
     assert live.phase == Phase.ISS and "do-no-harm guard" in st["warning"] and "40.0%" in st["warning"]
     assert st["last_adaptation"]["guard"]["refused"] and st["last_adaptation"]["targets_changed"] == 0.01
     pred, phase = live.process(_frame(seed=5))
     assert phase == Phase.ISS and np.array_equal(pred.labels, live.runner.predict(_frame(seed=5)).labels)
-    ok = LivePipeline(LiveConfig(warmup_frames=2, backend="torch"), _runner(),
-                      method_factory=lambda r: _FakeMethod(r))
-    for i in range(2):
-        ok.process(_frame(seed=i))
-    ok.wait_idle(60)
+    ok = _adapted()
     assert ok.phase == Phase.STREAMING and ok.status()["warning"] is None
     assert ok.status()["last_adaptation"]["objects_dropped"] == {"impure": 2}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..inference import ISSRunner, Prediction
+from ..inference import ISSRunner, Prediction, label_dtype
 from ..protocol import Method
 
 
@@ -43,5 +43,5 @@ class StreamingISS(Method):
             if self.runner.channels_last:
                 self._model.use_channels_last()
         labels, conf, _ = self._model.step(frame)
-        dtype = np.uint8 if self.runner.model.num_classes <= 255 else np.int16
-        return Prediction(labels.cpu().numpy().astype(dtype), conf.float().cpu().numpy())
+        return Prediction(labels.cpu().numpy().astype(label_dtype(self.runner.model.num_classes)),
+                          conf.float().cpu().numpy())
