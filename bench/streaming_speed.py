@@ -13,9 +13,12 @@ the model card's, 1024x512 for the default model):
 * ``two-frame-dense``: the same with the official dense ``HW x HW`` attention;
   skipped (with the memory it would need) when that exceeds ``--dense-limit-gib``;
 
-on the ``torch`` backend (CPU, channels-last) and, for iss/ditta, ``onnxruntime``
-(CPU EP). The ``onnxruntime`` cases also time the weight swap: a re-export of the
-adapted network plus a new session (what the node does after adaptation).
+on the ``torch`` backend (CPU, channels-last) and, for iss/ditta, ``openvino``
+(CPU, f32: labels equal torch's), ``openvino`` low precision (bf16 where the CPU
+has it: OpenVINO's own default there, labels ~99.5 % equal) and ``onnxruntime``
+(CPU EP). The exported cases also time the weight swap: a re-export of the
+adapted network plus a new session (what the node does after adaptation). Every
+backend is built by :func:`ditta_ros.runtime.streaming_backend`, as the node does.
 On a CUDA machine the torch cases run on the GPU too (fp32 and fp16).
 
     python bench/streaming_speed.py [--iters 10] [--sizes 360x480 ...]
@@ -36,6 +39,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 MODEL = "espnetv2-s2.0-cityscapes-1024x512"
 SIZES = ["360x480", "480x640", "512x1024"]
 IMPLS = ["iss", "ditta", "two-frame", "two-frame-dense"]
+#: exported-graph backends (``openvino-lp``: OpenVINO in the CPU's low precision, bf16 where present)
+BACKENDS = ["openvino", "openvino-lp", "onnxruntime"]
 
 
 def _frames(hw, frame_path):
@@ -71,15 +76,17 @@ def case(impl: str, backend: str, size: str, device: str, fp16: bool, iters: int
            "precision": "fp16" if fp16 else "fp32"}
     base = rss_mb()
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    if backend == "onnxruntime":
+    if backend != "torch":
         from ditta_ros.export import export_onnx
+        from ditta_ros.runtime.openvino import OpenVINOBackend
         from ditta_ros.runtime.ort import OrtBackend
 
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
             path, _ = export_onnx(net, hw, tmp, "bench", tau=tau)
             t1 = time.perf_counter()
-            runner = OrtBackend(path)
+            runner = (OrtBackend(path) if backend == "onnxruntime"
+                      else OpenVINOBackend(path, low_precision=backend == "openvino-lp"))
             t2 = time.perf_counter()
             row["swap_export_s"], row["swap_session_s"] = round(t1 - t0, 3), round(t2 - t1, 3)
             _, _, state = runner.step(a)
@@ -164,7 +171,8 @@ def main() -> None:
         return
     import torch
 
-    combos = [(i, "torch", "cpu", "0") for i in IMPLS] + [(i, "onnxruntime", "cpu", "0") for i in ("iss", "ditta")]
+    combos = [(i, "torch", "cpu", "0") for i in IMPLS] + [(i, b, "cpu", "0") for b in BACKENDS
+                                                          for i in ("iss", "ditta")]
     if torch.cuda.is_available():
         combos += [(i, "torch", "cuda", h) for i in ("iss", "ditta", "two-frame") for h in ("0", "1")]
     rows = []
@@ -182,7 +190,15 @@ def main() -> None:
                    and x["device"] == r["device"] and x["precision"] == r["precision"] and "fps" in x]
             if iss:
                 ratios[f"{r['frame']} {r['backend']} {r['device']} {r['precision']}"] = round(r["fps"] / iss[0]["fps"], 3)
+    speedup = {}
+    for r in rows:
+        if r["impl"] == "ditta" and r["backend"] != "torch" and r["device"] == "cpu" and "fps" in r:
+            t = [x for x in rows if x["impl"] == "ditta" and x["backend"] == "torch" and x["device"] == "cpu"
+                 and x["frame"] == r["frame"] and "fps" in x]
+            if t:
+                speedup[f"{r['frame']} {r['backend']}"] = round(r["fps"] / t[0]["fps"], 3)
     payload = {"model": args.model, "machine": machine(), "rows": rows, "ditta_over_iss_throughput": ratios,
+               "ditta_speedup_over_torch": speedup,
                "command": "python bench/streaming_speed.py " + " ".join(sys.argv[1:])}
     write_results(args.name, payload)
     lines = [f"# Streaming speed ({args.model}; {payload['machine']['cpu']}, {payload['machine']['cores']} cores"
@@ -201,6 +217,8 @@ def main() -> None:
                      f"{t['median_ms']:.0f} | {t['p95_ms']:.0f} | {r['fps']:.2f} | {r['extra_peak_mb']} | {swap} |")
     lines += ["", "Frozen DiTTA / plain ISS throughput (same frame size, backend, device):", ""]
     lines += [f"- {k}: {v:.2f}" for k, v in ratios.items()]
+    lines += ["", "Frozen DiTTA throughput over torch's (CPU, same frame size):", ""]
+    lines += [f"- {k}: {v:.2f}x" for k, v in speedup.items()]
     with open(os.path.join(RESULTS, args.name + ".md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     _plot(rows, os.path.join(RESULTS, args.name + ".png"))

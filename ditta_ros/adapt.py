@@ -275,6 +275,42 @@ class Adapter:
         out["total"] = float(total.detach())
         return out
 
+    def step_addon(self, cached_prev, cached_cur, input_hw, label: torch.Tensor) -> Dict[str, float]:
+        """One optimisation step when only the add-on adapts (``params="addon"``, ``bn="frozen"``):
+        the decoder never changes, so its features and plain logits are computed once per
+        warm-up frame (``cached_*`` = ``(features, logits)``, :meth:`decode_cached`) and only
+        the add-on's distillation term runs. Equal to :meth:`step` (the other terms have no
+        gradient on the add-on; ``test/test_adapt.py``), at a fraction of its cost.
+
+        Returns:
+            scalar losses: ``distill_addon`` and ``total``.
+        """
+        frame_hw = tuple(label.shape)
+        addon = self.model.addon(cached_cur[0], cached_prev[0], cached_prev[1])
+        addon_f = self._to_frame(addon, input_hw, frame_hw)
+        target = label.unsqueeze(0)
+        loss = _ce(torch.softmax(addon_f, 1), target, True) if self.faithful else _ce(addon_f, target, False)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        value = float(loss.detach())
+        return {"distill_addon": value, "total": value}
+
+    @torch.no_grad()
+    def decode_cached(self, encoded) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(features, plain logits)`` of one warm-up frame from its cached backbone outputs,
+        the decoder in the mode :meth:`step` trains it in (BatchNorm frozen)."""
+        set_train_mode(self.model)
+        freeze_batchnorm(self.model)
+        feats = self.model.iss.decode(encoded)
+        return feats, self.model.iss.classify(feats)
+
+    @property
+    def addon_only(self) -> bool:
+        """True when :meth:`step_addon` is exact for this configuration (only the add-on
+        adapts and BatchNorm is frozen, so the decoder's outputs never change)."""
+        return self.cfg.params == "addon" and self.cfg.bn == "frozen"
+
     def _contrastive(self, obj_map, proj, proj_mo, logits_mo) -> Optional[torch.Tensor]:
         """Mask-based contrastive loss against momentum prototypes (Eq. 6-7)."""
         objects = [int(o) for o in torch.unique(obj_map).tolist() if o != 0]
@@ -322,6 +358,11 @@ def adapt(net: DiTTANet, encoded: Sequence, input_hw, labels: Sequence[np.ndarra
     """Adapt a copy of ``net`` on the warm-up frames (one frame per step, ``cfg.iters``
     passes) and return it in eval mode with the last step's losses.
 
+    When only the add-on adapts with BatchNorm frozen (the default configuration) the
+    decoder runs once per frame and each step trains the add-on alone
+    (:meth:`Adapter.step_addon`): the same updates as the full step, which also
+    computes the plain-branch and contrastive terms that cannot move the add-on.
+
     Args:
         encoded: per warm-up frame, the frozen backbone's outputs (:meth:`ISSModel.encode`).
         input_hw: network input size.
@@ -330,8 +371,18 @@ def adapt(net: DiTTANet, encoded: Sequence, input_hw, labels: Sequence[np.ndarra
     adapter = Adapter(net, cfg)
     last: Dict[str, float] = {}
     history: List[float] = []
+    # only the add-on adapts: decode each frame once, train the add-on on the cached outputs
+    cached = [adapter.decode_cached(e) for e in encoded] if adapter.addon_only else None
     for _ in range(cfg.iters):
         for t in range(len(encoded)):
+            if cached is not None:
+                if t > 0:  # the first frame has no previous one: no add-on term, nothing to adapt
+                    last = adapter.step_addon(cached[t - 1], cached[t], input_hw,
+                                              torch.as_tensor(labels[t], dtype=torch.long))
+                    history.append(last["total"])
+                if progress is not None:
+                    progress.update(1)
+                continue
             last = adapter.step(encoded[t - 1] if t > 0 else None, encoded[t], input_hw,
                                 torch.as_tensor(labels[t], dtype=torch.long),
                                 torch.as_tensor(obj_maps[t].astype(np.int64)))

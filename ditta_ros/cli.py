@@ -47,10 +47,11 @@ def _cmd_eval(args) -> int:
              len(clip), info.name, info.family, bridge.eval_set.name, runner.device)
     result = evaluate_clip(clip, method, bridge, args.out, warmup_ratio=args.warmup_ratio,
                            info={"model": info.name, "family": info.family, "device": str(runner.device),
+                                 "backend": args.backend if args.method in ("iss-stream", "ditta") else "torch",
                                  "label_map": label_map.name if label_map else None},
                            overlays=args.overlays, progress=not args.no_progress)
     keys = ["method", "model", "frames", "warmup_frames", "eval_frames", "mIoU", "wIoU", "mVC8", "mVC16", "fps",
-            "adapt_seconds", "teacher_seconds", "targets", "losses"]
+            "adapt_seconds", "teacher_seconds", "targets", "losses", "backend"]
     print(json.dumps({k: result.get(k) for k in keys}, indent=1, default=lambda v: round(v, 3)))
     print(f"wrote {args.out}/result.json")
     return 0
@@ -58,7 +59,7 @@ def _cmd_eval(args) -> int:
 
 def _method_options(args, info) -> dict:
     """Method options from the CLI flags (only what the chosen method uses)."""
-    opts: dict = {"progress": not args.no_progress}
+    opts: dict = {"progress": not args.no_progress, "backend": args.backend}
     if args.method in ("ditta", "zs-refine"):
         from .teacher import make_teacher
 
@@ -290,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-frames", type=int, help="keep only the first N frames of the clip")
     e.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
     e.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    e.add_argument("--backend", default="torch", choices=["auto", "tensorrt", "openvino", "onnxruntime", "torch"],
+                   help="runtime of the streaming methods (iss-stream, ditta: its guard and evaluation); the "
+                        "frame-wise iss reference always runs torch")
     e.add_argument("--overlays", type=int, default=4, help="overlay images to write")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.add_argument("--out", required=True, help="output folder")

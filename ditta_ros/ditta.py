@@ -64,6 +64,10 @@ class DiTTAMethod(Method):
         max_gap: seconds; when > 0 and :attr:`frame_interval` is known and larger, the
             add-on is not fused (the plain, adapted branch serves): the add-on is
             defined and trained for consecutive video frames.
+        backend: runtime of the frozen streaming model (guard and evaluation):
+            ``torch`` (default) | ``openvino`` | ``onnxruntime`` | ``tensorrt`` | ``auto``
+            (:func:`ditta_ros.runtime.streaming_backend`).
+        export_dir: where exported graphs go (``None``: the runtime's default cache).
 
     ``adapt`` returns, for result.json: ``adapt_seconds`` (all of the warm-up
     work), ``teacher_seconds``, ``tta_seconds``, ``guard_seconds``, ``losses`` (last
@@ -77,7 +81,8 @@ class DiTTAMethod(Method):
     def __init__(self, runner: ISSRunner, teacher, target_cfg: TargetConfig = TargetConfig(),
                  adapt_cfg: AdaptConfig = AdaptConfig(), tau: float = DEFAULT_TAU, cache_dir: Optional[str] = None,
                  cache_tag: str = "", progress: bool = True, save_adapted: Optional[str] = None,
-                 guard_cfg: GuardConfig = GuardConfig(), motion_gate: bool = False, max_gap: float = 0.0):
+                 guard_cfg: GuardConfig = GuardConfig(), motion_gate: bool = False, max_gap: float = 0.0,
+                 backend: str = "torch", export_dir: Optional[str] = None):
         self.runner = runner
         self.teacher = teacher
         self.target_cfg = target_cfg
@@ -90,12 +95,15 @@ class DiTTAMethod(Method):
         self.guard_cfg = guard_cfg
         self.motion_gate = bool(motion_gate)
         self.max_gap = float(max_gap)
+        self.backend = backend
+        self.export_dir = export_dir
         self._gate: Optional[MotionGate] = None
         self.verdict: Optional[GuardVerdict] = None
         self.net: Optional[DiTTANet] = None
         self._last_warm: Optional[np.ndarray] = None
         self._state = None
-        self._stream: Optional[StreamingDiTTA] = None
+        self._stream = None  # the streaming backend of the adapted network
+        self._stream_hw: Optional[tuple] = None
 
     def iss_warmup(self, frames: Sequence[np.ndarray]):
         """Frozen ISS on the warm-up frames (step 1 of the method).
@@ -187,7 +195,7 @@ class DiTTAMethod(Method):
                 "targets": stats, "target_report": report, "guard": self.verdict.as_dict(),
                 "hyper": {"target": asdict(self.target_cfg), "adapt": asdict(self.adapt_cfg), "tau": self.tau,
                           "guard": asdict(self.guard_cfg), "motion_gate": self.motion_gate,
-                          "max_gap": self.max_gap}}
+                          "max_gap": self.max_gap, **({"backend": self.backend} if self.backend != "torch" else {})}}
 
     def guard(self, frames: Sequence[np.ndarray], preds, rels) -> GuardVerdict:
         """Run the adapted streaming model over the warm-up frames (fresh state) and
@@ -213,25 +221,33 @@ class DiTTAMethod(Method):
         if self._last_warm is not None and not self.refused:
             self._step(self._last_warm)
 
-    def streaming_model(self, frame_hw) -> StreamingDiTTA:
-        """The frozen streaming model (:class:`StreamingDiTTA`, torch, channels-last on
-        the CPU) for frames of ``frame_hw``; rebuilt when the size changes."""
+    def streaming_backend(self, frame_hw):
+        """The frozen streaming model on :attr:`backend` for frames of ``frame_hw``
+        (``step(frame, state) -> (labels, confidence, state)``); rebuilt when the size changes.
+
+        Raises:
+            RuntimeError: before :meth:`adapt`, or no usable backend.
+        """
+        from .runtime import streaming_backend
+
         if self.net is None:
             raise RuntimeError("DiTTA predicts only after adapt()")
-        if self._stream is None or self._stream.frame_hw != tuple(frame_hw):
-            self._stream = StreamingDiTTA(self.net, tuple(frame_hw), self.tau)
-            if self.runner.channels_last:
-                self._stream.use_channels_last()
-            self._gate = MotionGate(self._stream.window_reach()) if self.motion_gate else None
+        hw = tuple(frame_hw)
+        if self._stream is None or self._stream_hw != hw:
+            self._stream = streaming_backend(self.net, hw, self.tau, self.backend, export_dir=self.export_dir,
+                                             name=getattr(getattr(self.runner.model, "info", None), "name", "model"))
+            self._stream_hw = hw
+            self._gate = MotionGate(StreamingDiTTA(self.net, hw, self.tau).window_reach()) if self.motion_gate \
+                else None
             self._state = None
         return self._stream
 
     def _step(self, frame: np.ndarray) -> Prediction:
-        model = self.streaming_model(frame.shape[:2])
+        backend = self.streaming_backend(frame.shape[:2])
         state = apply_gates(self._state, frame, self._gate, self.frame_interval, self.max_gap)
-        labels, conf, self._state = model.step(frame, state)
-        return Prediction(labels.cpu().numpy().astype(label_dtype(self.net.iss.num_classes)),
-                          conf.float().cpu().numpy())
+        labels, conf, self._state = backend.step(frame, state)
+        return Prediction(np.asarray(labels).astype(label_dtype(self.net.iss.num_classes)),
+                          np.asarray(conf, dtype=np.float32))
 
     def predict(self, frame: np.ndarray) -> Prediction:
         if self.refused:

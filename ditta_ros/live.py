@@ -55,7 +55,9 @@ class LiveConfig:
     """Parameters of the live pipeline (the node declares one ROS parameter per field).
 
     Units: seconds of stream time (header stamps) for ``warmup_seconds``; frames
-    otherwise. ``backend``: auto | tensorrt | onnxruntime | torch. ``preset`` names
+    otherwise. ``backend``: auto | tensorrt | openvino | onnxruntime | torch
+(``openvino_device``: CPU | GPU | NPU); ``iss_backend`` serves the pre-trained
+model (warm-up, adaptation off, fallback) on that backend too. ``preset`` names
     the DiTTA configuration (:data:`ditta_ros.ditta.PRESETS`: ``default`` or
     ``faithful``); ``lr``, ``iters``, ``params``, ``loss_mode`` override it when set
     (0 / empty = the preset's); ``guard`` turns the do-no-harm guard on or off.
@@ -78,6 +80,8 @@ class LiveConfig:
     guard: bool = True
     tau: float = DEFAULT_TAU
     backend: str = "auto"
+    openvino_device: str = "CPU"
+    iss_backend: bool = True
     fp16: bool = False
     export_dir: str = "~/.cache/ditta/export"
     engine_cache: str = "~/.cache/ditta/engines"
@@ -200,6 +204,8 @@ class LivePipeline:
         self._backend = None
         self._backend_hw: Optional[Tuple[int, int]] = None
         self._state = None
+        self._iss_backend = None  # the pre-trained model on the serving backend (warm-up, ISS phase)
+        self._iss_hw: Optional[Tuple[int, int]] = None
         self._gate = None  # MotionGate of the streaming backend, when the preset uses one
         self._method_cfg = cfg.method_configs()  # the preset resolved once: a bad preset fails here
         self._last_stamp: Optional[float] = None  # stamp of the last streamed frame
@@ -259,7 +265,7 @@ class LivePipeline:
         if phase == Phase.STREAMING:
             pred = self._stream(frame, stamp)
         else:
-            pred = self.runner.predict(frame)
+            pred = self._iss(frame)
         if not np.isfinite(pred.confidence).all():
             raise ValueError("non-finite confidence in the model output")
         if phase == Phase.STREAMING and self.cfg.auto_readapt and self.scene.update(pred.labels):
@@ -309,6 +315,7 @@ class LivePipeline:
                     return
                 self.phase = Phase.EXPORTING
             backend = self._prepare_backend(method.net, frames[0].shape[:2])
+            self._gate_for(method.net, frames[0].shape[:2])
             with self._lock:
                 if gen != self._generation:
                     return
@@ -340,30 +347,43 @@ class LivePipeline:
                 "guard": ({k: guard.get(k) for k in ("refused", "changed", "lost_classes", "reasons")}
                           if guard else None)}
 
-    def _prepare_backend(self, net, frame_hw):
-        from .runtime import select_backend
-        from .streaming import StreamingDiTTA
+    def _prepare_backend(self, net, frame_hw, tau: Optional[float] = None):
+        """The runtime backend for ``net`` on frames of ``frame_hw`` (:func:`ditta_ros.runtime.streaming_backend`:
+        exported once per weights, model and size into ``export_dir``, reused across restarts)."""
+        from .runtime import streaming_backend
 
-        torch_model = StreamingDiTTA(net, tuple(frame_hw), self.cfg.tau)
+        tau = self.cfg.tau if tau is None else tau
+        name = self.info.name if self.info is not None else "model"
+        return streaming_backend(net, tuple(frame_hw), tau, self.cfg.backend, export_dir=self.cfg.export_dir,
+                                 name=name, engine_cache=os.path.expanduser(self.cfg.engine_cache),
+                                 fp16=self.cfg.fp16, openvino_device=self.cfg.openvino_device)
+
+    def _gate_for(self, net, frame_hw) -> None:
+        """The motion gate of a streaming backend for ``frame_hw`` (when the preset has one)."""
+        self._gate = None
         if self._method_cfg["motion_gate"] and self.cfg.tau > 0:
-            from .streaming import MotionGate
+            from .streaming import MotionGate, StreamingDiTTA
 
-            self._gate = MotionGate(torch_model.window_reach())
-        else:
-            self._gate = None
-        onnx_path = None
-        from .runtime import accelerated_runtime_available
+            self._gate = MotionGate(StreamingDiTTA(net, tuple(frame_hw), self.cfg.tau).window_reach())
 
-        # auto on a CPU-only machine ends on torch (see select_backend): skip the export there
-        if self.cfg.backend != "torch" and (self.cfg.backend != "auto" or accelerated_runtime_available()):
-            from .export import export_onnx
+    def _iss(self, frame: np.ndarray) -> Prediction:
+        """The pre-trained ISS model on one frame, on the serving backend: its plain-ISS
+        graph (``tau = 0``) is exported once per model and frame size and cached in
+        ``export_dir``; ``iss_backend: false`` keeps torch's frame-wise runner."""
+        if not self.cfg.iss_backend:
+            return self.runner.predict(frame)
+        hw = frame.shape[:2]
+        if self._iss_backend is None or self._iss_hw != hw:
+            from .adapt import DiTTANet
 
-            name = self.info.name if self.info is not None else "model"
-            out = os.path.join(os.path.expanduser(self.cfg.export_dir), f"{name}-{os.getpid()}")
-            onnx_path, _ = export_onnx(net, tuple(frame_hw), out, name, tau=self.cfg.tau, fp16=self.cfg.fp16,
-                                       adaptation={"adapted": True, "live": True})
-        return select_backend(self.cfg.backend, onnx_path=onnx_path, torch_model=torch_model,
-                              engine_cache=os.path.expanduser(self.cfg.engine_cache), fp16=self.cfg.fp16)
+            t0 = time.perf_counter()
+            self._iss_backend = self._prepare_backend(DiTTANet(self.runner.model), hw, tau=0.0)
+            self._iss_hw = hw
+            log.info("ISS model on %s for %dx%d frames (ready in %.1f s)", self._iss_backend.describe(), hw[1], hw[0],
+                     time.perf_counter() - t0)
+        labels, conf, _ = self._iss_backend.step(frame, None)
+        return Prediction(np.asarray(labels).astype(label_dtype(self.runner.model.num_classes)),
+                          np.asarray(conf, dtype=np.float32))
 
     def _stream(self, frame: np.ndarray, stamp: Optional[float] = None) -> Prediction:
         hw = frame.shape[:2]
@@ -372,6 +392,7 @@ class LivePipeline:
                         self._backend_hw, hw)
             self._backend = self._prepare_backend(self._net, hw)
             self._backend_hw, self._state = hw, None
+            self._gate_for(self._net, hw)
         from .streaming import apply_gates
 
         interval = None if stamp is None or self._last_stamp is None else stamp - self._last_stamp

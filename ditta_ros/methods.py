@@ -14,15 +14,15 @@ def _iss(runner: ISSRunner, **_) -> Method:
     return FrameWiseISS(runner)
 
 
-def _iss_stream(runner: ISSRunner, **_) -> Method:
+def _iss_stream(runner: ISSRunner, backend="torch", **_) -> Method:
     from .baselines.iss import StreamingISS
 
-    return StreamingISS(runner)
+    return StreamingISS(runner, backend)
 
 
 def _ditta(runner: ISSRunner, teacher=None, target_cfg=None, adapt_cfg=None, tau=None, cache_dir=None,
            cache_tag="", progress=True, save_adapted=None, guard_cfg=None, preset="default", motion_gate=None,
-           max_gap=None, **_) -> Method:
+           max_gap=None, backend="torch", **_) -> Method:
     from .ditta import PRESETS, DiTTAMethod
     from .teacher import make_teacher
 
@@ -31,7 +31,7 @@ def _ditta(runner: ISSRunner, teacher=None, target_cfg=None, adapt_cfg=None, tau
                        adapt_cfg or p["adapt_cfg"], p["tau"] if tau is None else tau, cache_dir, cache_tag, progress,
                        save_adapted, guard_cfg or p["guard_cfg"],
                        p["motion_gate"] if motion_gate is None else motion_gate,
-                       p["max_gap"] if max_gap is None else max_gap)
+                       p["max_gap"] if max_gap is None else max_gap, backend)
 
 
 def _tent(runner: ISSRunner, tent_lr=1e-3, tent_iters=5, **_) -> Method:

@@ -87,8 +87,10 @@ def parse_variant(spec: str) -> Variant:
     v = Variant(spec, method, preset, overrides)
     if method in ("ditta", "oracle"):
         method_options(v)  # validates the keys now, not after an hour of runs
+    elif method == "iss-stream" and set(overrides) <= {"backend"}:
+        pass
     elif overrides:
-        raise ValueError(f"{spec!r}: only ditta and oracle take overrides")
+        raise ValueError(f"{spec!r}: only ditta and oracle take overrides (iss-stream: backend)")
     return v
 
 
@@ -118,6 +120,8 @@ def method_options(v: Variant) -> Dict[str, object]:
             base["max_gap"] = float(value)
         elif key == "teacher":
             teacher = str(value)
+        elif key == "backend":
+            base["backend"] = str(value)
         else:
             group = next((g for g, names in groups.items() if key in names), None)
             if group is None:
@@ -140,7 +144,9 @@ def variant_hyper(v: Variant) -> Optional[Dict[str, object]]:
     return json.loads(json.dumps({"target": dataclasses.asdict(o["target_cfg"]),
                                   "adapt": dataclasses.asdict(o["adapt_cfg"]), "tau": o["tau"],
                                   "guard": dataclasses.asdict(o["guard_cfg"]), "motion_gate": o["motion_gate"],
-                                  "max_gap": o["max_gap"]}))
+                                  "max_gap": o["max_gap"],
+                                  # the runtime, when not torch (runs stored before it existed stay reusable)
+                                  **({"backend": o["backend"]} if o.get("backend", "torch") != "torch" else {})}))
 
 
 def explicit_spec(method: str, hyper: Dict[str, object]) -> str:
@@ -304,7 +310,8 @@ def run_suite(data_dir: str, model_name: str, specs: Sequence[str], out_dir: str
                     results[clip.name][v.spec] = old
                     continue
             if v.method in ("iss", "iss-stream", "tent"):
-                method = make_method(v.method, runner, tent_iters=tent_iters)
+                method = make_method(v.method, runner, tent_iters=tent_iters,
+                                     backend=str(v.overrides.get("backend", "torch")))
             else:
                 opts = method_options(v)
                 tname = opts.pop("teacher_name")

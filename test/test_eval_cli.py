@@ -73,7 +73,7 @@ def test_label_bridges():
 
 
 @pytest.mark.parametrize("method,frames,extra", [
-    ("ditta", 6, ["--warmup-ratio", "34", "--iters", "1"]),
+    ("ditta", 6, ["--warmup-ratio", "34", "--iters", "1", "--backend", "openvino"]),
     ("tent", 5, ["--warmup-ratio", "40", "--iters", "1"]),
     ("zs-refine", 4, ["--warmup-ratio", "25"]),
 ])
@@ -87,7 +87,10 @@ def test_adaptive_methods_run_end_to_end(shared, tmp_path, method, frames, extra
     assert res["method"] == method and 20 < res["mIoU"] < 95 and res["fps"] > 0
     if method == "ditta":
         assert res["targets"]["objects"] > 0 and 0 < res["targets"]["covered_fraction"] <= 1
-        assert res["teacher_seconds"] > 0 and {"distill", "distill_addon", "contra"} <= set(res["losses"])
+        # the default adapts the add-on alone: its distillation term is the loss that trains
+        assert res["teacher_seconds"] > 0 and {"distill_addon", "total"} <= set(res["losses"])
+        # guard and evaluation streamed on the chosen runtime
+        assert res["backend"] == "openvino" and res["hyper"]["backend"] == "openvino"
         # a second run reuses the cached distillation targets: no teacher time
         rc = main(["eval", CAMVID, "--model", "espnetv2-s1.0-cityscapes-512x256", "--label-map",
                    "cityscapes19_to_camvid11", "--method", method, "--max-frames", str(frames), "--no-progress",

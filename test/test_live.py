@@ -143,3 +143,32 @@ def test_auto_readapt_starts_a_new_warmup_after_a_scene_change():
         if live.phase == Phase.WARMUP:
             break
     assert live.phase == Phase.WARMUP
+
+
+def test_iss_phase_and_adapted_model_serve_on_openvino_with_a_cached_export(tmp_path, caplog):
+    """backend openvino: the warm-up labels come from the plain-ISS graph on OpenVINO (equal to
+    the torch ISS on >= 99 % of pixels), exported once per model and frame size; a restarted
+    pipeline reuses that export; the adapted model streams on OpenVINO too."""
+    import logging
+
+    cfg = LiveConfig(warmup_frames=2, backend="openvino", export_dir=str(tmp_path / "export"),
+                     engine_cache=str(tmp_path / "engines"))
+    runner = _runner()
+    live = LivePipeline(cfg, runner, method_factory=lambda r: _FakeMethod(r))
+    with caplog.at_level(logging.INFO, logger="ditta"):
+        pred, phase = live.process(_frame(seed=1), stamp=0.0)
+    assert phase == Phase.WARMUP and "ISS model on openvino" in caplog.text
+    assert (pred.labels == runner.predict(_frame(seed=1)).labels).mean() >= 0.99
+    exports = sorted(p.name for p in (tmp_path / "export").rglob("*.onnx"))
+    assert len(exports) == 1 and "_tau0_" in exports[0]
+    live.process(_frame(seed=2), stamp=0.1)
+    live.wait_idle(120)
+    assert live.phase == Phase.STREAMING and "openvino" in live.last_adapt["backend"]
+    assert live.process(_frame(seed=3), stamp=0.2)[1] == Phase.STREAMING
+    # a restart: the plain-ISS export is found and reused, nothing new is written for it
+    caplog.clear()
+    again = LivePipeline(cfg, runner, method_factory=lambda r: _FakeMethod(r))
+    with caplog.at_level(logging.INFO, logger="ditta"):
+        again.process(_frame(seed=1), stamp=0.0)
+    assert "reusing the export" in caplog.text
+    assert len([p for p in (tmp_path / "export").rglob("*.onnx") if "_tau0_" in p.name]) == 1

@@ -144,32 +144,82 @@ print(labels.shape, labels.dtype, float(conf.min()), float(conf.max()))
     assert out.startswith("(90, 120) int64")
 
 
-def test_backend_selection_falls_back_and_backends_agree(tmp_path, caplog):
+def test_backend_selection_falls_back_and_backends_agree(tmp_path, caplog, monkeypatch):
     import logging
 
     from ditta_ros.export import export_onnx
+    from ditta_ros.runtime import openvino as ov_mod
     from ditta_ros.runtime import select_backend
 
     net = _net()
     path, _ = export_onnx(net, (40, 56), str(tmp_path), "tiny", "custom")
     model = StreamingDiTTA(net, (40, 56))
     with caplog.at_level(logging.INFO, logger="ditta.runtime"):
+        ov_backend = select_backend("auto", onnx_path=path, engine_cache=str(tmp_path / "engines"))
+    assert "runtime backend: openvino" in caplog.text and "skipped tensorrt: " in caplog.text
+    assert any((tmp_path / "engines" / "openvino").iterdir())  # the compiled-model cache
+    with pytest.raises(RuntimeError, match="not present; available: CPU"):
+        ov_mod.OpenVINOBackend(path, device="NPU")
+    # without openvino the chain goes on to onnxruntime (and to torch on a CPU-only machine)
+    monkeypatch.setitem(__import__("sys").modules, "openvino", None)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ditta.runtime"):
         ort_backend = select_backend("auto", onnx_path=path)
-    assert "runtime backend: onnxruntime" in caplog.text and "skipped tensorrt: " in caplog.text
+    assert "runtime backend: onnxruntime" in caplog.text and "openvino: the Python package" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="ditta.runtime"):
         auto = select_backend("auto", onnx_path=path, torch_model=model)
     assert type(auto).__name__ == "TorchBackend" and "CPU execution provider only" in caplog.text
+    monkeypatch.undo()
     torch_backend = select_backend("torch", torch_model=model)
-    s1 = s2 = None
+    s1 = s2 = s3 = None
     for f in _frames(3):
         l1, c1, s1 = ort_backend.step(f, s1)
         l2, c2, s2 = torch_backend.step(f, s2)
+        l3, c3, s3 = ov_backend.step(f, s3)
         assert (l1 == l2).mean() >= 0.999 and np.abs(c1 - c2).max() < 1e-4
+        assert (l3 == l2).mean() >= 0.999 and np.abs(c3 - c2).max() < 1e-3
     with pytest.raises(RuntimeError, match="no usable runtime backend"):
         select_backend("onnxruntime")
-    with pytest.raises(ValueError):
-        ort_backend.step(np.zeros((5, 5, 3), np.uint8))
+    for backend in (ort_backend, ov_backend):
+        with pytest.raises(ValueError):
+            backend.step(np.zeros((5, 5, 3), np.uint8))
+
+
+def test_openvino_matches_torch_on_the_default_model_over_a_sequence(shared, tmp_path):
+    """Parity of the serving path on the real default model, 480x360 frames of a real
+    clip, state carried: labels >= 99.5 % equal; plain logits (the state) within 1 % of
+    their range at worst and 0.05 % on average (the in-graph antialiased resize rounds
+    an input pixel one grey level apart now and then); confidence within 0.05."""
+    import pathlib
+
+    import cv2
+
+    from ditta_ros.iss import load_model
+    from ditta_ros.runtime import streaming_backend
+
+    iss, _ = load_model("espnetv2-s2.0-cityscapes-1024x512")
+    net = DiTTANet(iss).eval()
+    hw = (360, 480)
+    frames = [np.ascontiguousarray(cv2.resize(cv2.imread(str(p))[:, :, ::-1], (hw[1], hw[0]),
+                                              interpolation=cv2.INTER_AREA))
+              for p in sorted(pathlib.Path(shared, "data", "camvid_0016E5_15hz", "frames").glob("*.png"))[:4]]
+    ov = streaming_backend(net, hw, 0.8, "openvino", export_dir=str(tmp_path), name="default")
+    assert type(ov).__name__ == "OpenVINOBackend"
+    ref = streaming_backend(net, hw, 0.8, "torch")
+    s_ov = s_t = None
+    for f in frames:
+        l_ov, c_ov, s_ov = ov.step(f, s_ov)
+        l_t, c_t, s_t = ref.step(f, s_t)
+        logits_t = s_t[1].numpy()
+        diff = np.abs(s_ov[1] - logits_t)
+        assert diff.max() <= 1e-2 * np.ptp(logits_t) and diff.mean() <= 5e-4 * np.ptp(logits_t)
+        assert np.abs(c_ov - c_t).max() <= 0.05
+        assert (l_ov == l_t).mean() >= 0.995
+    # the export is cached per model, frame size and weights: a second backend reuses it
+    files = sorted(p.name for p in tmp_path.rglob("*.onnx"))
+    streaming_backend(net, hw, 0.8, "openvino", export_dir=str(tmp_path), name="default")
+    assert sorted(p.name for p in tmp_path.rglob("*.onnx")) == files and len(files) == 1
 
 
 def test_tensorrt_engine_cache_key_and_clear_error_without_tensorrt(tmp_path):

@@ -26,22 +26,33 @@ class StreamingISS(Method):
     (``tau = 0``): the ISS model with exactly the preprocessing (in-graph antialiased
     resize) and output path that DiTTA streams with. Against :class:`FrameWiseISS`
     (PIL preprocessing, the reference implementation's) it measures that path's own
-    effect, the noise floor of a DiTTA-vs-ISS comparison."""
+    effect, the noise floor of a DiTTA-vs-ISS comparison.
+
+    Args:
+        runner: the ISS runner (its model).
+        backend: runtime of the plain-ISS graph: ``torch`` (default) | ``openvino`` |
+            ``onnxruntime`` | ``tensorrt`` | ``auto`` (what the node serves the ISS phase with).
+        export_dir: where its export is cached (``None``: the runtime's default).
+    """
 
     name = "iss-stream"
 
-    def __init__(self, runner: ISSRunner):
+    def __init__(self, runner: ISSRunner, backend: str = "torch", export_dir=None):
         self.runner = runner
+        self.backend = backend
+        self.export_dir = export_dir
         self._model = None
+        self._hw = None
 
     def predict(self, frame: np.ndarray) -> Prediction:
         from ..adapt import DiTTANet
-        from ..streaming import StreamingDiTTA
+        from ..runtime import streaming_backend
 
-        if self._model is None or self._model.frame_hw != tuple(frame.shape[:2]):
-            self._model = StreamingDiTTA(DiTTANet(self.runner.model), frame.shape[:2], tau=0.0)
-            if self.runner.channels_last:
-                self._model.use_channels_last()
-        labels, conf, _ = self._model.step(frame)
-        return Prediction(labels.cpu().numpy().astype(label_dtype(self.runner.model.num_classes)),
-                          conf.float().cpu().numpy())
+        if self._model is None or self._hw != tuple(frame.shape[:2]):
+            self._hw = tuple(frame.shape[:2])
+            self._model = streaming_backend(DiTTANet(self.runner.model), self._hw, 0.0, self.backend,
+                                            export_dir=self.export_dir,
+                                            name=getattr(getattr(self.runner.model, "info", None), "name", "model"))
+        labels, conf, _ = self._model.step(frame, None)
+        return Prediction(np.asarray(labels).astype(label_dtype(self.runner.model.num_classes)),
+                          np.asarray(conf, dtype=np.float32))

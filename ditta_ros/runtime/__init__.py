@@ -6,11 +6,14 @@
 * ``tensorrt``: a TensorRT engine built from the exported ONNX (fp16, engine and
   timing cache, refit; :mod:`.tensorrt`, not run here), else onnxruntime's
   TensorRT execution provider (fp16 + engine cache);
+* ``openvino``: the exported ONNX compiled by OpenVINO for a CPU, integrated GPU
+  or NPU (:mod:`.openvino`; the fast path on CPU-only robots);
 * ``onnxruntime``: the exported ONNX on the CUDA execution provider when present,
   else the CPU one;
 
-:func:`select_backend` walks the fallback chain tensorrt -> onnxruntime -> torch
-and logs which backend it chose and why the others were skipped.
+:func:`select_backend` walks the fallback chain tensorrt -> openvino ->
+onnxruntime -> torch and logs which backend it chose and why the others were
+skipped.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import List, Optional
 
 log = logging.getLogger("ditta.runtime")
 
-CHAIN = ("tensorrt", "onnxruntime", "torch")
+CHAIN = ("tensorrt", "openvino", "onnxruntime", "torch")
 
 
 def available_ort_providers() -> List[str]:
@@ -32,9 +35,14 @@ def available_ort_providers() -> List[str]:
 
 
 def accelerated_runtime_available() -> bool:
-    """True when a GPU runtime for the exported model exists here: the ``tensorrt``
-    package, or onnxruntime's CUDA / TensorRT execution provider. Without one,
-    ``select_backend("auto", ...)`` ends on torch, so exporting first is wasted work."""
+    """True when a runtime faster than torch for the exported model exists here: the
+    ``tensorrt`` or ``openvino`` package, or onnxruntime's CUDA / TensorRT execution
+    provider. Without one, ``select_backend("auto", ...)`` ends on torch, so exporting
+    first is wasted work."""
+    from .openvino import openvino_devices
+
+    if openvino_devices():
+        return True
     if any(p in available_ort_providers() for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider")):
         return True
     try:
@@ -56,23 +64,28 @@ def _metadata_fp16(onnx_path: Optional[str]) -> bool:
 
 
 def select_backend(requested: str = "auto", onnx_path: Optional[str] = None, torch_model=None,
-                   engine_cache: Optional[str] = None, fp16: Optional[bool] = None):
+                   engine_cache: Optional[str] = None, fp16: Optional[bool] = None,
+                   openvino_device: str = "CPU"):
     """The first usable backend of the chain starting at ``requested``.
 
     ``tensorrt`` tries the direct TensorRT engine (:mod:`.tensorrt`), then
-    onnxruntime's TensorRT execution provider; ``onnxruntime`` uses the CUDA EP
+    onnxruntime's TensorRT execution provider; ``openvino`` compiles the ONNX for
+    ``openvino_device``; ``onnxruntime`` uses the CUDA EP
     when present, else the CPU; ``torch`` runs the streaming model itself. With
     ``auto`` on a machine whose onnxruntime has only the CPU EP, torch is chosen
     over onnxruntime when a torch model is given (faster there, measured in
     ``bench/streaming_speed.py``); ask for ``onnxruntime`` to get it anyway.
 
     Args:
-        requested: ``auto`` | ``tensorrt`` | ``onnxruntime`` | ``torch``.
-        onnx_path: exported model (needed by tensorrt/onnxruntime).
+        requested: ``auto`` | ``tensorrt`` | ``openvino`` | ``onnxruntime`` | ``torch``.
+        onnx_path: exported model (needed by tensorrt/openvino/onnxruntime).
         torch_model: a :class:`StreamingDiTTA` (needed by torch).
-        engine_cache: TensorRT engine + timing cache folder.
-        fp16: half precision where the backend supports it; ``None`` follows the
-            export metadata's ``precision``.
+        engine_cache: TensorRT engine + timing cache folder; OpenVINO's compiled-model
+            cache goes to its ``openvino`` subfolder.
+        fp16: half precision where the backend supports it (OpenVINO: the device's
+            low precision, bf16 on such CPUs); ``None`` follows the export
+            metadata's ``precision``.
+        openvino_device: ``CPU`` | ``GPU`` | ``NPU`` (OpenVINO device name).
 
     Raises:
         ValueError: unknown ``requested``.
@@ -103,6 +116,17 @@ def select_backend(requested: str = "auto", onnx_path: Optional[str] = None, tor
 
                 backend = OrtBackend(onnx_path, prefer=("TensorrtExecutionProvider",), engine_cache=engine_cache,
                                      fp16=fp16)
+        elif name == "openvino":
+            if onnx_path is None:
+                reasons.append("openvino: no ONNX model")
+                continue
+            try:
+                from .openvino import OpenVINOBackend
+
+                backend = OpenVINOBackend(onnx_path, openvino_device, engine_cache, low_precision=fp16)
+            except RuntimeError as exc:
+                reasons.append(f"openvino: {exc}")
+                continue
         elif name == "onnxruntime":
             if onnx_path is None:
                 reasons.append("onnxruntime: no ONNX model")
@@ -127,3 +151,101 @@ def select_backend(requested: str = "auto", onnx_path: Optional[str] = None, tor
                  "; skipped " + "; ".join(reasons) if reasons else "")
         return backend
     raise RuntimeError("no usable runtime backend: " + "; ".join(reasons))
+
+
+def weights_digest(net) -> str:
+    """16 hex digits of sha256 over a network's ``state_dict`` (names, shapes, bytes):
+    the key of a cached export (same weights -> same graph)."""
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.sha256()
+    for name, t in net.state_dict().items():
+        a = t.detach().cpu().contiguous()
+        h.update(f"{name}{tuple(a.shape)}{a.dtype}".encode())
+        h.update(np.ascontiguousarray(a.float().numpy() if a.is_floating_point() else a.numpy()).tobytes())
+    return h.hexdigest()[:16]
+
+
+def streaming_backend(net, frame_hw, tau: float, requested: str = "auto", export_dir: Optional[str] = None,
+                      name: str = "model", engine_cache: Optional[str] = None, fp16: bool = False,
+                      openvino_device: str = "CPU", label_set: str = "", classes=()):
+    """The runtime backend that serves a (pre-trained or adapted) network on frames of
+    ``frame_hw``: one construction for the node, ``ditta eval --backend`` and the benchmarks.
+
+    The exported ONNX lives in ``<export_dir>/<name>_<H>x<W>/`` as
+    ``ditta_<name>_<H>x<W>_tau<tau>_<digest>.onnx`` where ``digest`` is
+    :func:`weights_digest`: the plain ISS graph (``tau = 0``) of a model and frame size
+    is exported once and reused across restarts; an adapted network gets its own file.
+    No export is made when the chain ends on torch anyway (``auto`` without an
+    accelerated runtime, or ``torch``).
+
+    Args:
+        net: :class:`~ditta_ros.adapt.DiTTANet` (not modified: the export copies it).
+        frame_hw: ``(H, W)`` frame size in pixels.
+        tau: fusion threshold (0 = plain ISS branch only).
+        requested: as :func:`select_backend`.
+        export_dir: export folder (a temporary one when ``None``).
+        name: model name used in file names and metadata.
+        engine_cache, fp16, openvino_device: as :func:`select_backend` (the torch
+            backend runs channels-last on the CPU).
+        label_set, classes: recorded in the export metadata.
+
+    Returns:
+        a backend with ``step(frame, state) -> (labels, confidence, state)`` and ``describe()``.
+
+    Raises:
+        ValueError / RuntimeError: as :func:`select_backend`.
+    """
+    import os
+    import tempfile
+
+    from ..streaming import StreamingDiTTA
+
+    if requested not in ("auto",) + CHAIN:
+        raise ValueError(f"unknown backend {requested!r}; choose auto, {', '.join(CHAIN)}")
+    frame_hw = (int(frame_hw[0]), int(frame_hw[1]))
+    torch_model = StreamingDiTTA(net, frame_hw, tau)
+    onnx_path = None
+    if requested != "torch" and (requested != "auto" or accelerated_runtime_available()):
+        import json
+
+        from ..export import export_onnx
+
+        folder = os.path.join(os.path.expanduser(export_dir) if export_dir else tempfile.mkdtemp(prefix="ditta-"),
+                              f"{name}_{frame_hw[0]}x{frame_hw[1]}")
+        digest = weights_digest(net)
+        stem = f"{name}_{frame_hw[0]}x{frame_hw[1]}_tau{tau:g}_{digest}"
+        onnx_path = os.path.join(folder, f"ditta_{stem}.onnx")
+        meta_path = os.path.splitext(onnx_path)[0] + ".json"
+        cached = False
+        if os.path.isfile(onnx_path) and os.path.isfile(meta_path):
+            with open(meta_path) as f:
+                meta = json.load(f)
+            cached = meta.get("weights_digest") == digest and meta.get("fp16") == bool(fp16)
+        if cached:
+            log.info("reusing the export %s", onnx_path)
+        else:
+            tmp = tempfile.mkdtemp(prefix=".export-", dir=_mkdir(folder))
+            path, meta_tmp = export_onnx(net, frame_hw, tmp, stem, label_set=label_set, classes=classes, tau=tau,
+                                         fp16=fp16, adaptation={"weights_digest": digest})
+            with open(meta_tmp) as f:
+                meta = json.load(f)
+            meta.update(model=name, weights_digest=digest, fp16=bool(fp16))
+            with open(meta_tmp, "w") as f:
+                json.dump(meta, f, indent=2)
+            # rename into place: a crash mid-export never leaves a half-written model behind
+            os.replace(path, onnx_path)
+            os.replace(meta_tmp, meta_path)
+            os.rmdir(tmp)
+    backend = select_backend(requested, onnx_path=onnx_path, torch_model=torch_model, engine_cache=engine_cache,
+                             fp16=fp16, openvino_device=openvino_device)
+    return backend
+
+
+def _mkdir(path: str) -> str:
+    import os
+
+    os.makedirs(path, exist_ok=True)
+    return path
