@@ -68,14 +68,16 @@ class DiTTANet(nn.Module):
         iss: the ISS model (its backbone is frozen by :class:`Adapter`).
         addon: :class:`TemporalAddon` (seeded default init when ``None``).
         proj: projection head (seeded default init when ``None``).
+        grid_stride: the add-on's pooling of the decoder grid (:class:`TemporalAddon`);
+            0 = the ISS model's own (``iss.addon_grid_stride``).
     """
 
     def __init__(self, iss: ISSModel, addon: Optional[TemporalAddon] = None, proj: Optional[nn.Module] = None,
-                 radius: int = DEFAULT_RADIUS, seed: int = DEFAULT_ADDON_SEED):
+                 radius: int = DEFAULT_RADIUS, seed: int = DEFAULT_ADDON_SEED, grid_stride: int = 0):
         super().__init__()
         self.iss = iss
         if addon is None:
-            addon = TemporalAddon(iss.feature_dim, radius, seed, grid_stride=iss.addon_grid_stride)
+            addon = TemporalAddon(iss.feature_dim, radius, seed, grid_stride=grid_stride or iss.addon_grid_stride)
         self.addon = addon
         if proj is None:
             # seeded default init without touching the caller's global RNG state

@@ -300,13 +300,16 @@ class TemporalAddon(nn.Module):
     def _per_position(mlp: nn.Module, feat: torch.Tensor) -> torch.Tensor:
         return mlp(feat.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
-    def forward(self, feat_t: torch.Tensor, feat_prev: torch.Tensor, logits_prev: torch.Tensor) -> torch.Tensor:
+    def forward(self, feat_t: torch.Tensor, feat_prev: torch.Tensor, logits_prev: torch.Tensor,
+                resize: bool = True) -> torch.Tensor:
         """Add-on logits for frame t.
 
         Args:
             feat_t: ``[B, D, h, w]`` decoder features of frame t.
             feat_prev: ``[B, D, h, w]`` decoder features of frame t-1.
             logits_prev: ``[B, C, h, w]`` plain logits of frame t-1 (the value).
+            resize: resize the result back to ``h x w`` (``False``: leave it on the
+                add-on grid, ``ceil(h / grid_stride) x ceil(w / grid_stride)``).
 
         Returns:
             ``[B, C, h, w]`` add-on logits (Eq. 1), computed on the grid pooled by
@@ -320,7 +323,7 @@ class TemporalAddon(nn.Module):
         q = self._per_position(self.query_layer, feat_t)
         k = self._per_position(self.key_layer, feat_prev)
         out = local_window_attention(q, k, logits_prev, self.radius)
-        if s > 1:
+        if s > 1 and resize:
             out = F.interpolate(out, size=tuple(hw), mode="bilinear", align_corners=False)
         return out
 
@@ -338,6 +341,33 @@ def entropy(prob: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return -(prob * torch.log(prob.clamp_min(torch.finfo(prob.dtype).tiny))).sum(dim)
 
 
+def softmax_entropy(logits: torch.Tensor, dim: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(softmax(logits), its entropy)`` along ``dim`` with one exponential pass and the
+    logarithm taken per pixel only: ``E = log Z - sum_c p_c l'_c`` with ``l' = l - max l``
+    and ``Z = sum_c exp l'_c`` (equal to :func:`entropy` of the softmax to float rounding;
+    ~30 % cheaper in torch and OpenVINO than ``-sum p log p`` over all classes).
+
+    Args:
+        logits: float ``[B, C, H, W]`` (any real values).
+
+    Returns:
+        probabilities of the same shape, entropy ``[B, H, W]`` >= 0 (nats).
+    """
+    shifted = logits - logits.amax(dim, keepdim=True)
+    e = torch.exp(shifted)
+    z = e.sum(dim, keepdim=True)
+    prob = e / z
+    ent = torch.log(z).squeeze(dim) - (prob * shifted).sum(dim)
+    return prob, ent.clamp_min(0)
+
+
+def normalised_reliability(ent: torch.Tensor) -> torch.Tensor:
+    """Eq. 2 from an entropy map ``[B, H, W]``: ``R = 1 - E / max(E)`` per frame (``R = 1``
+    where the frame's entropy is 0 everywhere)."""
+    emax = ent.flatten(1).amax(1).view(-1, 1, 1)
+    return torch.where(emax > 0, 1 - ent / emax.clamp_min(torch.finfo(ent.dtype).tiny), torch.ones_like(ent))
+
+
 def reliability(prob: torch.Tensor) -> torch.Tensor:
     """Reliability map of Eq. 2, ``R = 1 - E / max(E)`` per frame.
 
@@ -348,12 +378,11 @@ def reliability(prob: torch.Tensor) -> torch.Tensor:
         float ``[B, H, W]`` in [0, 1]; 1 is most reliable. A frame whose entropy is
         0 everywhere (``max(E) = 0``) gets ``R = 1`` instead of 0/0.
     """
-    e = entropy(prob, 1)
-    emax = e.flatten(1).amax(1).view(-1, 1, 1)
-    return torch.where(emax > 0, 1 - e / emax.clamp_min(torch.finfo(e.dtype).tiny), torch.ones_like(e))
+    return normalised_reliability(entropy(prob, 1))
 
 
-def fuse(prob_plain: torch.Tensor, prob_addon: torch.Tensor, tau: float = DEFAULT_TAU
+def fuse(prob_plain: torch.Tensor, prob_addon: torch.Tensor, tau: float = DEFAULT_TAU,
+         r_plain: Optional[torch.Tensor] = None, r_addon: Optional[torch.Tensor] = None
          ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Reliability-weighted fusion of the plain and add-on branches (Eq. 3).
 
@@ -365,6 +394,8 @@ def fuse(prob_plain: torch.Tensor, prob_addon: torch.Tensor, tau: float = DEFAUL
     Args:
         prob_plain, prob_addon: float ``[B, C, H, W]`` probabilities.
         tau: reliability threshold in [0, 1]; ``tau <= 0`` disables fusion.
+        r_plain, r_addon: the branches' Eq. 2 reliabilities ``[B, H, W]`` when already
+            computed (:func:`softmax_entropy` + :func:`normalised_reliability`).
 
     Returns:
         ``(prob, rel)``: fused probabilities ``[B, C, H, W]`` and the plain branch's
@@ -372,10 +403,10 @@ def fuse(prob_plain: torch.Tensor, prob_addon: torch.Tensor, tau: float = DEFAUL
     """
     if prob_plain.shape != prob_addon.shape:
         raise ValueError(f"branch shapes differ: {tuple(prob_plain.shape)} vs {tuple(prob_addon.shape)}")
-    r_plain = reliability(prob_plain)
+    r_plain = reliability(prob_plain) if r_plain is None else r_plain
     if tau <= 0:
         return prob_plain, r_plain
-    r_addon = reliability(prob_addon)
+    r_addon = reliability(prob_addon) if r_addon is None else r_addon
     denom = r_plain + r_addon
     w = torch.where(denom > 0, r_plain / denom.clamp_min(torch.finfo(denom.dtype).tiny),
                     torch.full_like(denom, 0.5))

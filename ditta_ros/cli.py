@@ -87,6 +87,8 @@ def _method_options(args, info) -> dict:
         opts["tau"] = preset["tau"] if args.tau is None else args.tau
         opts["motion_gate"] = preset["motion_gate"] if args.motion_gate is None else args.motion_gate == "on"
         opts["max_gap"] = preset["max_gap"] if args.max_gap is None else args.max_gap
+        opts["fusion"] = preset["fusion"] if args.fusion is None else args.fusion
+        opts["addon_stride"] = preset["addon_stride"] if args.addon_stride is None else args.addon_stride
         opts["cache_dir"] = args.cache_dir
         opts["cache_tag"] = f"{info.name}|{os.path.abspath(args.clip)}|{args.max_frames}|{args.warmup_ratio}"
         opts["save_adapted"] = args.save_adapted
@@ -330,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--anchor", type=float, help="weight of the KL anchor to the frozen ISS (0 = off)")
     a.add_argument("--no-guard", action="store_true", help="serve the adapted model even if the guard refuses it")
     a.add_argument("--tau", type=float, help="reliability threshold of the fusion (Eq. 3; preset: 0.8)")
+    a.add_argument("--fusion", choices=["frame", "grid"],
+                   help="add-on branch probabilities at frame resolution (official) or on its grid (preset)")
+    a.add_argument("--addon-stride", type=int, help="add-on pooling of the decoder grid (0 = model card; preset)")
     a.add_argument("--motion-gate", choices=["on", "off"],
                    help="fuse the add-on only where the optical flow stays within its window (preset)")
     a.add_argument("--max-gap", type=float,

@@ -38,9 +38,11 @@ log = logging.getLogger("ditta.method")
 #: no add-on fusion for frames more than 0.2 s apart
 PRESETS: Dict[str, Dict[str, object]] = {
     "faithful": {"target_cfg": FAITHFUL_TARGETS, "adapt_cfg": FAITHFUL_ADAPT, "tau": DEFAULT_TAU,
-                 "guard_cfg": GuardConfig(enabled=False), "motion_gate": False, "max_gap": 0.0},
+                 "guard_cfg": GuardConfig(enabled=False), "motion_gate": False, "max_gap": 0.0,
+                 "fusion": "frame", "addon_stride": 0},
     "default": {"target_cfg": TargetConfig(), "adapt_cfg": AdaptConfig(), "tau": DEFAULT_TAU,
-                "guard_cfg": GuardConfig(), "motion_gate": False, "max_gap": 0.2},
+                "guard_cfg": GuardConfig(), "motion_gate": False, "max_gap": 0.2,
+                "fusion": "frame", "addon_stride": 0},
 }
 
 
@@ -68,6 +70,10 @@ class DiTTAMethod(Method):
             ``torch`` (default) | ``openvino`` | ``onnxruntime`` | ``tensorrt`` | ``auto``
             (:func:`ditta_ros.runtime.streaming_backend`).
         export_dir: where exported graphs go (``None``: the runtime's default cache).
+        fusion: ``frame`` (Eq. 3 at frame resolution, official) | ``grid`` (the add-on
+            branch's softmax and reliability on its own grid; :class:`StreamingDiTTA`).
+        addon_stride: pooling of the decoder grid for the add-on (0 = the model card's;
+            :class:`~ditta_ros.addon.TemporalAddon`).
 
     ``adapt`` returns, for result.json: ``adapt_seconds`` (all of the warm-up
     work), ``teacher_seconds``, ``tta_seconds``, ``guard_seconds``, ``losses`` (last
@@ -82,7 +88,8 @@ class DiTTAMethod(Method):
                  adapt_cfg: AdaptConfig = AdaptConfig(), tau: float = DEFAULT_TAU, cache_dir: Optional[str] = None,
                  cache_tag: str = "", progress: bool = True, save_adapted: Optional[str] = None,
                  guard_cfg: GuardConfig = GuardConfig(), motion_gate: bool = False, max_gap: float = 0.0,
-                 backend: str = "torch", export_dir: Optional[str] = None):
+                 backend: str = "torch", export_dir: Optional[str] = None, fusion: str = "frame",
+                 addon_stride: int = 0):
         self.runner = runner
         self.teacher = teacher
         self.target_cfg = target_cfg
@@ -97,6 +104,8 @@ class DiTTAMethod(Method):
         self.max_gap = float(max_gap)
         self.backend = backend
         self.export_dir = export_dir
+        self.fusion = fusion
+        self.addon_stride = int(addon_stride)
         self._gate: Optional[MotionGate] = None
         self.verdict: Optional[GuardVerdict] = None
         self.net: Optional[DiTTANet] = None
@@ -174,7 +183,8 @@ class DiTTAMethod(Method):
                  100 * report.get("changed", 0.0), report.get("objects_kept"), report.get("objects_dropped"))
         t1 = time.perf_counter()
         with tqdm(total=self.adapt_cfg.iters * n, desc="adapt", disable=not self.progress, unit="step") as bar:
-            self.net, losses = adapt(DiTTANet(self.runner.model), encoded, input_hw, labels, obj_maps,
+            self.net, losses = adapt(DiTTANet(self.runner.model, grid_stride=self.addon_stride), encoded, input_hw,
+                                     labels, obj_maps,
                                      self.adapt_cfg, bar)
         adapt_only = time.perf_counter() - t1
         self._stream = None  # rebuilt on the adapted network
@@ -195,7 +205,11 @@ class DiTTAMethod(Method):
                 "targets": stats, "target_report": report, "guard": self.verdict.as_dict(),
                 "hyper": {"target": asdict(self.target_cfg), "adapt": asdict(self.adapt_cfg), "tau": self.tau,
                           "guard": asdict(self.guard_cfg), "motion_gate": self.motion_gate,
-                          "max_gap": self.max_gap, **({"backend": self.backend} if self.backend != "torch" else {})}}
+                          "max_gap": self.max_gap,
+                          # newer options only when not their default: stored runs stay comparable
+                          **({"backend": self.backend} if self.backend != "torch" else {}),
+                          **({"fusion": self.fusion} if self.fusion != "frame" else {}),
+                          **({"addon_stride": self.addon_stride} if self.addon_stride else {})}}
 
     def guard(self, frames: Sequence[np.ndarray], preds, rels) -> GuardVerdict:
         """Run the adapted streaming model over the warm-up frames (fresh state) and
@@ -235,7 +249,8 @@ class DiTTAMethod(Method):
         hw = tuple(frame_hw)
         if self._stream is None or self._stream_hw != hw:
             self._stream = streaming_backend(self.net, hw, self.tau, self.backend, export_dir=self.export_dir,
-                                             name=getattr(getattr(self.runner.model, "info", None), "name", "model"))
+                                             name=getattr(getattr(self.runner.model, "info", None), "name", "model"),
+                                             fusion=self.fusion)
             self._stream_hw = hw
             self._gate = MotionGate(StreamingDiTTA(self.net, hw, self.tau).window_reach()) if self.motion_gate \
                 else None

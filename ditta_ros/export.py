@@ -96,7 +96,8 @@ def sha256_file(path: str) -> str:
 
 def export_onnx(net: DiTTANet, frame_hw: Tuple[int, int], out_dir: str, name: str, label_set: str = "",
                 classes=(), tau: float = 0.8, adaptation: Optional[Dict[str, object]] = None,
-                opset: int = DEFAULT_OPSET, fp16: bool = False, antialias: bool = True) -> Tuple[str, str]:
+                opset: int = DEFAULT_OPSET, fp16: bool = False, antialias: bool = True,
+                fusion: str = "frame") -> Tuple[str, str]:
     """Export the streaming model for frames of ``frame_hw`` = (H, W).
 
     Args:
@@ -113,6 +114,7 @@ def export_onnx(net: DiTTANet, frame_hw: Tuple[int, int], out_dir: str, name: st
             ONNX would not run on the CPU execution provider).
         antialias: PIL-like antialiased input resize (``Resize antialias=1``);
             ``False`` for runtimes without it.
+        fusion: ``frame`` | ``grid`` (:class:`~ditta_ros.streaming.StreamingDiTTA`).
 
     Returns:
         ``(onnx_path, metadata_path)``; the stem is ``ditta_<name>_<H>x<W>``.
@@ -129,7 +131,7 @@ def export_onnx(net: DiTTANet, frame_hw: Tuple[int, int], out_dir: str, name: st
 
     # a copy: the caller's network keeps its device, dtype and memory layout
     net = copy.deepcopy(net).cpu().float().to(memory_format=torch.contiguous_format)
-    model = StreamingDiTTA(net, frame_hw, tau, antialias=antialias)
+    model = StreamingDiTTA(net, frame_hw, tau, antialias=antialias, fusion=fusion)
     _register_symbolics(opset)
     os.makedirs(out_dir, exist_ok=True)
     stem = f"ditta_{name}_{frame_hw[0]}x{frame_hw[1]}"
@@ -146,7 +148,7 @@ def export_onnx(net: DiTTANet, frame_hw: Tuple[int, int], out_dir: str, name: st
         "model": name, "family": net.iss.family, "label_set": label_set, "classes": list(classes),
         "num_classes": net.iss.num_classes, "frame_hw": list(frame_hw), "input_hw": list(model.input_hw),
         "normalisation": {"mean": list(pp.mean), "std": list(pp.std), "scale": "1/255", "channel_order": "RGB"},
-        "tau": tau, "radius": net.addon.radius, "addon_grid_stride": net.addon.grid_stride, "opset": opset,
+        "tau": tau, "fusion": fusion, "radius": net.addon.radius, "addon_grid_stride": net.addon.grid_stride, "opset": opset,
         "precision": "fp16" if fp16 else "fp32", "antialias": bool(antialias),
         "inputs": {"image": ["uint8", [*frame_hw, 3]],
                    "feat_prev": ["float32", list(model.state_shapes["feat_prev"])],

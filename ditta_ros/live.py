@@ -90,7 +90,8 @@ model (warm-up, adaptation off, fallback) on that backend too. ``preset`` names
     scene_change_frames: int = 30
 
     def method_configs(self) -> Dict[str, object]:
-        """``target_cfg``, ``adapt_cfg``, ``guard_cfg``, ``motion_gate``, ``max_gap`` of the DiTTA method:
+        """``target_cfg``, ``adapt_cfg``, ``guard_cfg``, ``motion_gate``, ``max_gap``, ``fusion``,
+        ``addon_stride`` of the DiTTA method:
         the preset with this config's overrides.
 
         Raises:
@@ -107,7 +108,8 @@ model (warm-up, adaptation off, fallback) on that backend too. ``preset`` names
                                   ("loss_mode", self.loss_mode)) if v}
         guard = p["guard_cfg"] if self.guard else replace(p["guard_cfg"], enabled=False)
         return {"target_cfg": p["target_cfg"], "adapt_cfg": replace(p["adapt_cfg"], **over), "guard_cfg": guard,
-                "motion_gate": p["motion_gate"], "max_gap": p["max_gap"]}
+                "motion_gate": p["motion_gate"], "max_gap": p["max_gap"], "fusion": p["fusion"],
+                "addon_stride": p["addon_stride"]}
 
 
 class SceneChangeDetector:
@@ -356,7 +358,8 @@ class LivePipeline:
         name = self.info.name if self.info is not None else "model"
         return streaming_backend(net, tuple(frame_hw), tau, self.cfg.backend, export_dir=self.cfg.export_dir,
                                  name=name, engine_cache=os.path.expanduser(self.cfg.engine_cache),
-                                 fp16=self.cfg.fp16, openvino_device=self.cfg.openvino_device)
+                                 fp16=self.cfg.fp16, openvino_device=self.cfg.openvino_device,
+                                 fusion=self._method_cfg["fusion"])
 
     def _gate_for(self, net, frame_hw) -> None:
         """The motion gate of a streaming backend for ``frame_hw`` (when the preset has one)."""

@@ -22,7 +22,7 @@ def _iss_stream(runner: ISSRunner, backend="torch", **_) -> Method:
 
 def _ditta(runner: ISSRunner, teacher=None, target_cfg=None, adapt_cfg=None, tau=None, cache_dir=None,
            cache_tag="", progress=True, save_adapted=None, guard_cfg=None, preset="default", motion_gate=None,
-           max_gap=None, backend="torch", **_) -> Method:
+           max_gap=None, backend="torch", fusion=None, addon_stride=None, **_) -> Method:
     from .ditta import PRESETS, DiTTAMethod
     from .teacher import make_teacher
 
@@ -31,7 +31,9 @@ def _ditta(runner: ISSRunner, teacher=None, target_cfg=None, adapt_cfg=None, tau
                        adapt_cfg or p["adapt_cfg"], p["tau"] if tau is None else tau, cache_dir, cache_tag, progress,
                        save_adapted, guard_cfg or p["guard_cfg"],
                        p["motion_gate"] if motion_gate is None else motion_gate,
-                       p["max_gap"] if max_gap is None else max_gap, backend)
+                       p["max_gap"] if max_gap is None else max_gap, backend,
+                       fusion=p["fusion"] if fusion is None else fusion,
+                       addon_stride=p["addon_stride"] if addon_stride is None else addon_stride)
 
 
 def _tent(runner: ISSRunner, tent_lr=1e-3, tent_iters=5, **_) -> Method:

@@ -46,10 +46,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .adapt import DiTTANet
-from .addon import DEFAULT_TAU, fuse, reliability
+from .addon import DEFAULT_TAU, fuse, normalised_reliability, reliability, softmax_entropy
 from .iss.base import logits_to_frame
 
 STATE_NAMES = ("feat_prev", "logits_prev", "has_prev")
+#: where the add-on branch is turned into probabilities and reliability (:class:`StreamingDiTTA`)
+FUSIONS = ("frame", "grid")
 
 
 class StreamingDiTTA(nn.Module):
@@ -62,6 +64,11 @@ class StreamingDiTTA(nn.Module):
         antialias: PIL-like antialiased input resize (default). ``False`` gives a
             plain bilinear resize, for runtimes without ONNX ``Resize`` antialiasing
             (some TensorRT versions); slightly different inputs when downscaling.
+        fusion: where the add-on branch's probabilities and Eq. 2 reliability are
+            computed: ``"frame"`` (the paper's and official code's: its logits resized
+            to the frame like the plain branch's, two-step) or ``"grid"`` (ours, cheaper:
+            on the add-on's own grid, then probabilities and reliability resized to the
+            frame in one bilinear step; the plain branch and Eq. 3 are unchanged).
 
     ``forward(image, feat_prev, logits_prev, has_prev)``:
         image: uint8 ``[H, W, 3]`` RGB; feat_prev: float ``[1, D, h, w]``;
@@ -73,8 +80,11 @@ class StreamingDiTTA(nn.Module):
     """
 
     def __init__(self, net: DiTTANet, frame_hw: Tuple[int, int], tau: float = DEFAULT_TAU,
-                 antialias: bool = True):
+                 antialias: bool = True, fusion: str = "frame"):
         super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+        self.fusion = fusion
         self.antialias = bool(antialias)
         self.channels_last = False
         self.net = net.eval()
@@ -135,12 +145,23 @@ class StreamingDiTTA(nn.Module):
         x = self.preprocess(image)
         feats = self.iss.decode(self.iss.encode(x))
         logits = self.iss.classify(feats)
-        prob = torch.softmax(logits_to_frame(self.iss, logits, self.input_hw, self.frame_hw), 1)
-        rel = reliability(prob)
-        if self.tau > 0:
-            addon = self.net.addon(feats, feat_prev, logits_prev)
-            prob_addon = torch.softmax(logits_to_frame(self.iss, addon, self.input_hw, self.frame_hw), 1)
-            fused, _ = fuse(prob, prob_addon, self.tau)
+        prob, ent = softmax_entropy(logits_to_frame(self.iss, logits, self.input_hw, self.frame_hw))
+        rel = normalised_reliability(ent)
+        # eager torch skips the add-on when no pixel may use the previous frame (the first frame,
+        # frames farther apart than max_gap): the result is the plain branch's either way
+        if self.tau > 0 and (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or bool(has_prev.max() > 0.5)):
+            if self.fusion == "frame":
+                addon = self.net.addon(feats, feat_prev, logits_prev)
+                prob_addon, ent_addon = softmax_entropy(logits_to_frame(self.iss, addon, self.input_hw,
+                                                                        self.frame_hw))
+                rel_addon = normalised_reliability(ent_addon)
+            else:
+                prob_addon, ent_addon = softmax_entropy(self.net.addon(feats, feat_prev, logits_prev, resize=False))
+                rel_addon = normalised_reliability(ent_addon)
+                prob_addon = F.interpolate(prob_addon, size=self.frame_hw, mode="bilinear", align_corners=False)
+                rel_addon = F.interpolate(rel_addon.unsqueeze(1), size=self.frame_hw, mode="bilinear",
+                                          align_corners=False).squeeze(1)
+            fused, _ = fuse(prob, prob_addon, self.tau, rel, rel_addon)
             prob = torch.where(has_prev.view(1, 1, *self.frame_hw) > 0.5, fused, prob)
         return prob[0].argmax(0), rel[0], feats, logits
 

@@ -120,8 +120,10 @@ def method_options(v: Variant) -> Dict[str, object]:
             base["max_gap"] = float(value)
         elif key == "teacher":
             teacher = str(value)
-        elif key == "backend":
-            base["backend"] = str(value)
+        elif key in ("backend", "fusion"):
+            base[key] = str(value)
+        elif key == "addon_stride":
+            base[key] = int(value)
         else:
             group = next((g for g, names in groups.items() if key in names), None)
             if group is None:
@@ -146,7 +148,9 @@ def variant_hyper(v: Variant) -> Optional[Dict[str, object]]:
                                   "guard": dataclasses.asdict(o["guard_cfg"]), "motion_gate": o["motion_gate"],
                                   "max_gap": o["max_gap"],
                                   # the runtime, when not torch (runs stored before it existed stay reusable)
-                                  **({"backend": o["backend"]} if o.get("backend", "torch") != "torch" else {})}))
+                                  **({"backend": o["backend"]} if o.get("backend", "torch") != "torch" else {}),
+                                  **({"fusion": o["fusion"]} if o.get("fusion", "frame") != "frame" else {}),
+                                  **({"addon_stride": o["addon_stride"]} if o.get("addon_stride") else {})}))
 
 
 def explicit_spec(method: str, hyper: Dict[str, object]) -> str:

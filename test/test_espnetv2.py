@@ -72,3 +72,30 @@ def test_odd_input_size_is_a_clear_error():
     model = ESPNetv2Seg(s=0.5, num_classes=4).eval()
     with pytest.raises(ValueError, match="multiples of 16"):
         model(torch.zeros(1, 3, 40, 50))
+
+
+@pytest.mark.parametrize("hw,out", [((512, 1024), (256, 512)), ((384, 768), (256, 512)), ((256, 512), (26, 52)),
+                                    ((17, 23), (5, 7)), ((15, 9), (10, 6))])
+def test_export_form_of_adaptive_pooling_equals_torch(hw, out):
+    """The exported pyramid pooling (strided / stride-1 + gather average pools where the bins
+    are uniform, matrices elsewhere) gives torch's adaptive-pooling bins, and exports to ONNX."""
+    import onnxruntime as ort
+    from torch import nn
+
+    from ditta_ros.iss.espnetv2 import adaptive_avg_pool2d
+
+    class Pool(nn.Module):
+        def forward(self, x):
+            return adaptive_avg_pool2d(x, out)
+
+    x = torch.randn(1, 3, *hw, generator=torch.Generator().manual_seed(0))
+    ref = torch.nn.functional.adaptive_avg_pool2d(x, out)
+    with torch.no_grad():
+        traced = torch.jit.trace(Pool(), x)(x)  # the export path (tracing)
+    assert torch.allclose(traced, ref, atol=1e-6)
+    import io
+
+    buf = io.BytesIO()
+    torch.onnx.export(Pool(), (x,), buf, opset_version=18, dynamo=False)
+    sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    assert np.abs(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0] - ref.numpy()).max() < 1e-5

@@ -221,15 +221,38 @@ def _pool_matrix(n_in: int, n_out: int, dtype, device) -> torch.Tensor:
     return torch.from_numpy(m).to(device=device, dtype=dtype)
 
 
+def _pool_axis(x: torch.Tensor, dim: int, n_out: int) -> torch.Tensor:
+    """Adaptive average pooling of ``x`` along ``dim`` (2 or 3) to ``n_out`` bins, in
+    the cheapest exact ONNX form: where every bin has the same size ``k`` (the
+    pyramid's 2x and 1.5x branches pooled back to the map size), a ``k``-wide
+    average pool with stride 1 and a gather of the bin starts (a plain strided pool
+    when the starts are evenly spaced); otherwise a constant averaging matrix."""
+    n_in = int(x.shape[dim])
+    if n_in == n_out:
+        return x
+    starts = [(i * n_in) // n_out for i in range(n_out)]
+    sizes = {-(-((i + 1) * n_in) // n_out) - starts[i] for i in range(n_out)}
+    if len(sizes) == 1:
+        k = sizes.pop()
+        steps = {b - a for a, b in zip(starts, starts[1:])}
+        stride = steps.pop() if len(steps) == 1 else 1
+        kernel, strides = ((k, 1), (stride, 1)) if dim == 2 else ((1, k), (1, stride))
+        y = F.avg_pool2d(x, kernel, strides)
+        if stride == 1 and int(y.shape[dim]) != n_out:
+            y = torch.index_select(y, dim, torch.tensor(starts, dtype=torch.long, device=x.device))
+        return y
+    m = _pool_matrix(n_in, n_out, x.dtype, x.device)
+    return m @ x if dim == 2 else x @ m.t()
+
+
 def adaptive_avg_pool2d(x: torch.Tensor, size) -> torch.Tensor:
     """``F.adaptive_avg_pool2d``; while exporting to ONNX (which has no adaptive
-    pooling for non-divisible sizes) the same bins as two constant matrix products."""
+    pooling for non-divisible sizes) the same bins per axis by :func:`_pool_axis`:
+    average pools where the bins are uniform, constant matrix products elsewhere
+    (``test/test_espnetv2.py``)."""
     if not (torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()):
         return F.adaptive_avg_pool2d(x, size)
-    h, w = x.shape[2:]
-    ph = _pool_matrix(int(h), int(size[0]), x.dtype, x.device)
-    pw = _pool_matrix(int(w), int(size[1]), x.dtype, x.device)
-    return ph @ x @ pw.t()
+    return _pool_axis(_pool_axis(x, 2, int(size[0])), 3, int(size[1]))
 
 
 class PyramidPool(nn.Module):

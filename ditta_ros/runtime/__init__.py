@@ -21,6 +21,8 @@ from __future__ import annotations
 import logging
 from typing import List, Optional
 
+import numpy as np
+
 log = logging.getLogger("ditta.runtime")
 
 CHAIN = ("tensorrt", "openvino", "onnxruntime", "torch")
@@ -153,15 +155,19 @@ def select_backend(requested: str = "auto", onnx_path: Optional[str] = None, tor
     raise RuntimeError("no usable runtime backend: " + "; ".join(reasons))
 
 
-def weights_digest(net) -> str:
+def weights_digest(net, plain: bool = False) -> str:
     """16 hex digits of sha256 over a network's ``state_dict`` (names, shapes, bytes):
-    the key of a cached export (same weights -> same graph)."""
+    the key of a cached export (same weights -> same graph). ``plain``: only the ISS
+    weights (what a ``tau = 0`` graph holds), so a network whose add-on alone was adapted
+    shares the pre-trained model's plain graph."""
     import hashlib
 
     import numpy as np
 
     h = hashlib.sha256()
     for name, t in net.state_dict().items():
+        if plain and not name.startswith("iss."):
+            continue
         a = t.detach().cpu().contiguous()
         h.update(f"{name}{tuple(a.shape)}{a.dtype}".encode())
         h.update(np.ascontiguousarray(a.float().numpy() if a.is_floating_point() else a.numpy()).tobytes())
@@ -170,7 +176,7 @@ def weights_digest(net) -> str:
 
 def streaming_backend(net, frame_hw, tau: float, requested: str = "auto", export_dir: Optional[str] = None,
                       name: str = "model", engine_cache: Optional[str] = None, fp16: bool = False,
-                      openvino_device: str = "CPU", label_set: str = "", classes=()):
+                      openvino_device: str = "CPU", label_set: str = "", classes=(), fusion: str = "frame"):
     """The runtime backend that serves a (pre-trained or adapted) network on frames of
     ``frame_hw``: one construction for the node, ``ditta eval --backend`` and the benchmarks.
 
@@ -191,6 +197,7 @@ def streaming_backend(net, frame_hw, tau: float, requested: str = "auto", export
         engine_cache, fp16, openvino_device: as :func:`select_backend` (the torch
             backend runs channels-last on the CPU).
         label_set, classes: recorded in the export metadata.
+        fusion: ``frame`` | ``grid`` (:class:`~ditta_ros.streaming.StreamingDiTTA`).
 
     Returns:
         a backend with ``step(frame, state) -> (labels, confidence, state)`` and ``describe()``.
@@ -206,7 +213,7 @@ def streaming_backend(net, frame_hw, tau: float, requested: str = "auto", export
     if requested not in ("auto",) + CHAIN:
         raise ValueError(f"unknown backend {requested!r}; choose auto, {', '.join(CHAIN)}")
     frame_hw = (int(frame_hw[0]), int(frame_hw[1]))
-    torch_model = StreamingDiTTA(net, frame_hw, tau)
+    torch_model = StreamingDiTTA(net, frame_hw, tau, fusion=fusion)
     onnx_path = None
     if requested != "torch" and (requested != "auto" or accelerated_runtime_available()):
         import json
@@ -215,8 +222,8 @@ def streaming_backend(net, frame_hw, tau: float, requested: str = "auto", export
 
         folder = os.path.join(os.path.expanduser(export_dir) if export_dir else tempfile.mkdtemp(prefix="ditta-"),
                               f"{name}_{frame_hw[0]}x{frame_hw[1]}")
-        digest = weights_digest(net)
-        stem = f"{name}_{frame_hw[0]}x{frame_hw[1]}_tau{tau:g}_{digest}"
+        digest = weights_digest(net, plain=tau <= 0)
+        stem = f"{name}_{frame_hw[0]}x{frame_hw[1]}_tau{tau:g}{'_grid' if tau > 0 and fusion == 'grid' else ''}_{digest}"
         onnx_path = os.path.join(folder, f"ditta_{stem}.onnx")
         meta_path = os.path.splitext(onnx_path)[0] + ".json"
         cached = False
@@ -229,7 +236,7 @@ def streaming_backend(net, frame_hw, tau: float, requested: str = "auto", export
         else:
             tmp = tempfile.mkdtemp(prefix=".export-", dir=_mkdir(folder))
             path, meta_tmp = export_onnx(net, frame_hw, tmp, stem, label_set=label_set, classes=classes, tau=tau,
-                                         fp16=fp16, adaptation={"weights_digest": digest})
+                                         fp16=fp16, adaptation={"weights_digest": digest}, fusion=fusion)
             with open(meta_tmp) as f:
                 meta = json.load(f)
             meta.update(model=name, weights_digest=digest, fp16=bool(fp16))
@@ -241,7 +248,45 @@ def streaming_backend(net, frame_hw, tau: float, requested: str = "auto", export
             os.rmdir(tmp)
     backend = select_backend(requested, onnx_path=onnx_path, torch_model=torch_model, engine_cache=engine_cache,
                              fp16=fp16, openvino_device=openvino_device)
+    if tau > 0 and type(backend).__name__ in ("OpenVINOBackend", "OrtBackend"):
+        # a second, plain graph for the frames where no pixel may use the previous one
+        plain = streaming_backend(net, frame_hw, 0.0, _name_of(backend), export_dir=export_dir, name=name,
+                                  engine_cache=engine_cache, fp16=fp16, openvino_device=openvino_device,
+                                  label_set=label_set, classes=classes)
+        backend = SkipAddon(backend, plain)
     return backend
+
+
+def _name_of(backend) -> str:
+    return {"OpenVINOBackend": "openvino", "OrtBackend": "onnxruntime"}[type(backend).__name__]
+
+
+class SkipAddon:
+    """A streaming backend that runs the plain graph (``tau = 0``, no add-on) whenever no
+    pixel of the state may use the previous frame (``has_prev`` all 0: a stream's first
+    frame, frames farther apart than ``max_gap``), and the full graph otherwise. The
+    result is the same (the fusion keeps the plain branch wherever ``has_prev = 0``); the
+    add-on's cost is only paid when it can change a label. Same interface as the backends."""
+
+    def __init__(self, full, plain):
+        self.full, self.plain = full, plain
+        self.frame_hw = full.frame_hw
+
+    def describe(self) -> str:
+        """The full graph's description."""
+        return self.full.describe()
+
+    def initial_state(self):
+        """The full graph's zero state."""
+        return self.full.initial_state()
+
+    def step(self, frame, state=None):
+        """As the wrapped backends' ``step``."""
+        if state is None or float(state[-1].max()) <= 0.5:
+            if frame.dtype != np.uint8 or frame.shape != (*self.frame_hw, 3):
+                return self.full.step(frame, state)  # the full graph raises the usual ValueError
+            return self.plain.step(frame, None)
+        return self.full.step(frame, state)
 
 
 def _mkdir(path: str) -> str:
