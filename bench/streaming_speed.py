@@ -7,7 +7,11 @@ the model card's, 1024x512 for the default model):
 
 * ``iss``: :class:`StreamingDiTTA` with ``tau = 0`` (preprocessing, ISS, resize,
   labels and confidence) -- the plain ISS model with the same outputs;
-* ``ditta``: the frozen streaming DiTTA step (one backbone pass, state carried);
+* ``ditta``: the frozen streaming DiTTA step (one backbone pass, state carried, every
+  pixel allowed to use the previous frame: the add-on's worst case), as the ``default``
+  preset serves it (``fusion="grid"``);
+* ``ditta-frame``: the same with the add-on branch at frame resolution (``fusion="frame"``,
+  the paper's and official code's form);
 * ``two-frame``: the official formulation (frames t-1 and t through the backbone
   each step, windowed add-on), :func:`ditta_ros.streaming.two_frame_step`;
 * ``two-frame-dense``: the same with the official dense ``HW x HW`` attention;
@@ -38,7 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 MODEL = "espnetv2-s2.0-cityscapes-1024x512"
 SIZES = ["360x480", "480x640", "512x1024"]
-IMPLS = ["iss", "ditta", "two-frame", "two-frame-dense"]
+IMPLS = ["iss", "ditta", "ditta-frame", "two-frame", "two-frame-dense"]
 #: exported-graph backends (``openvino-lp``: OpenVINO in the CPU's low precision, bf16 where present)
 BACKENDS = ["openvino", "openvino-lp", "onnxruntime"]
 
@@ -72,6 +76,7 @@ def case(impl: str, backend: str, size: str, device: str, fp16: bool, iters: int
     net = DiTTANet(iss).eval()
     a, b = _frames(hw, frame_path)
     tau = 0.0 if impl == "iss" else 0.8
+    fusion = "frame" if impl == "ditta-frame" else "grid"
     row = {"impl": impl, "backend": backend, "frame": f"{hw[1]}x{hw[0]}", "device": device,
            "precision": "fp16" if fp16 else "fp32"}
     base = rss_mb()
@@ -83,7 +88,7 @@ def case(impl: str, backend: str, size: str, device: str, fp16: bool, iters: int
 
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            path, _ = export_onnx(net, hw, tmp, "bench", tau=tau)
+            path, _ = export_onnx(net, hw, tmp, "bench", tau=tau, fusion=fusion)
             t1 = time.perf_counter()
             runner = (OrtBackend(path) if backend == "onnxruntime"
                       else OpenVINOBackend(path, low_precision=backend == "openvino-lp"))
@@ -92,7 +97,7 @@ def case(impl: str, backend: str, size: str, device: str, fp16: bool, iters: int
             _, _, state = runner.step(a)
             row["timing"] = time_fn(lambda: runner.step(b, state), iters=iters)
     else:
-        model = StreamingDiTTA(net, hw, tau)
+        model = StreamingDiTTA(net, hw, tau, fusion=fusion)
         if device == "cuda":
             model = model.cuda()
             if fp16:
@@ -100,7 +105,7 @@ def case(impl: str, backend: str, size: str, device: str, fp16: bool, iters: int
         else:
             model.use_channels_last()
         ta, tb = (torch.from_numpy(f).to(device) for f in (a, b))
-        if impl in ("iss", "ditta"):
+        if impl in ("iss", "ditta", "ditta-frame"):
             _, _, state = model.step(ta)
             fn = lambda: (model.step(tb, state), sync())  # noqa: E731
         else:
@@ -172,7 +177,7 @@ def main() -> None:
     import torch
 
     combos = [(i, "torch", "cpu", "0") for i in IMPLS] + [(i, b, "cpu", "0") for b in BACKENDS
-                                                          for i in ("iss", "ditta")]
+                                                          for i in ("iss", "ditta", "ditta-frame")]
     if torch.cuda.is_available():
         combos += [(i, "torch", "cuda", h) for i in ("iss", "ditta", "two-frame") for h in ("0", "1")]
     rows = []
@@ -185,11 +190,12 @@ def main() -> None:
                   flush=True)
     ratios = {}
     for r in rows:
-        if r["impl"] == "ditta" and "fps" in r:
+        if r["impl"] in ("ditta", "ditta-frame") and "fps" in r:
             iss = [x for x in rows if x["impl"] == "iss" and x["frame"] == r["frame"] and x["backend"] == r["backend"]
                    and x["device"] == r["device"] and x["precision"] == r["precision"] and "fps" in x]
             if iss:
-                ratios[f"{r['frame']} {r['backend']} {r['device']} {r['precision']}"] = round(r["fps"] / iss[0]["fps"], 3)
+                ratios[f"{r['impl']} {r['frame']} {r['backend']} {r['device']} {r['precision']}"] = \
+                    round(r["fps"] / iss[0]["fps"], 3)
     speedup = {}
     for r in rows:
         if r["impl"] == "ditta" and r["backend"] != "torch" and r["device"] == "cpu" and "fps" in r:

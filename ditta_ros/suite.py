@@ -87,10 +87,10 @@ def parse_variant(spec: str) -> Variant:
     v = Variant(spec, method, preset, overrides)
     if method in ("ditta", "oracle"):
         method_options(v)  # validates the keys now, not after an hour of runs
-    elif method == "iss-stream" and set(overrides) <= {"backend"}:
+    elif method == "iss-stream" and set(overrides) <= {"backend", "fp16"}:
         pass
     elif overrides:
-        raise ValueError(f"{spec!r}: only ditta and oracle take overrides (iss-stream: backend)")
+        raise ValueError(f"{spec!r}: only ditta and oracle take overrides (iss-stream: backend, fp16)")
     return v
 
 
@@ -124,6 +124,8 @@ def method_options(v: Variant) -> Dict[str, object]:
             base[key] = str(value)
         elif key == "addon_stride":
             base[key] = int(value)
+        elif key == "fp16":
+            base[key] = bool(value)
         else:
             group = next((g for g, names in groups.items() if key in names), None)
             if group is None:
@@ -149,6 +151,7 @@ def variant_hyper(v: Variant) -> Optional[Dict[str, object]]:
                                   "max_gap": o["max_gap"],
                                   # the runtime, when not torch (runs stored before it existed stay reusable)
                                   **({"backend": o["backend"]} if o.get("backend", "torch") != "torch" else {}),
+                                  **({"fp16": True} if o.get("fp16") else {}),
                                   **({"fusion": o["fusion"]} if o.get("fusion", "frame") != "frame" else {}),
                                   **({"addon_stride": o["addon_stride"]} if o.get("addon_stride") else {})}))
 
@@ -315,7 +318,8 @@ def run_suite(data_dir: str, model_name: str, specs: Sequence[str], out_dir: str
                     continue
             if v.method in ("iss", "iss-stream", "tent"):
                 method = make_method(v.method, runner, tent_iters=tent_iters,
-                                     backend=str(v.overrides.get("backend", "torch")))
+                                     backend=str(v.overrides.get("backend", "torch")),
+                                     fp16=bool(v.overrides.get("fp16", False)))
             else:
                 opts = method_options(v)
                 tname = opts.pop("teacher_name")

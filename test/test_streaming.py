@@ -85,15 +85,15 @@ def test_preprocessing_matches_the_iss_reference_within_one_grey_level():
         assert ((ours - ref) * std * 255).abs().max() <= 1.0 + 1e-3
 
 
-@pytest.mark.parametrize("hw", [(40, 56), (100, 130)])
-def test_onnx_export_matches_torch_over_a_sequence(tmp_path, hw):
+@pytest.mark.parametrize("hw,fusion", [((40, 56), "frame"), ((100, 130), "frame"), ((100, 130), "grid")])
+def test_onnx_export_matches_torch_over_a_sequence(tmp_path, hw, fusion):
     import onnxruntime as ort
 
     from ditta_ros.export import export_onnx
 
     net = _net()
-    model = StreamingDiTTA(net, hw)
-    path, _ = export_onnx(net, hw, str(tmp_path), "tiny")  # opset 18, antialiased resize, onnx.checker
+    model = StreamingDiTTA(net, hw, fusion=fusion)
+    path, _ = export_onnx(net, hw, str(tmp_path), "tiny", fusion=fusion)  # opset 18, antialiased resize
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     state_t, state_o = None, model.initial_state()
     state_o = [s.numpy() for s in state_o]
@@ -106,6 +106,34 @@ def test_onnx_export_matches_torch_over_a_sequence(tmp_path, hw):
         agree.append((out[0] == labels_t.numpy()).mean())
         state_o = [out[2], out[3], np.ones(hw, np.float32)]
     assert min(agree) >= 0.999
+
+
+def test_grid_fusion_is_eq3_with_the_addon_branch_on_its_grid():
+    """``fusion="grid"``: the plain branch and Eq. 3 unchanged; the add-on branch's softmax and
+    reliability taken on the add-on grid and resized to the frame (checked against an explicit
+    computation); labels differ from the frame-resolution form only near class boundaries."""
+    import torch.nn.functional as F
+
+    from ditta_ros.addon import normalised_reliability, softmax_entropy
+
+    net = _net()
+    hw = (100, 130)
+    frames = _frames(2, *hw)
+    grid, frame = StreamingDiTTA(net, hw, fusion="grid"), StreamingDiTTA(net, hw, fusion="frame")
+    _, _, state = grid.step(frames[0])
+    with torch.no_grad():
+        labels, conf, _, _ = grid(torch.from_numpy(frames[1]), *state)
+        x = grid.preprocess(torch.from_numpy(frames[1]))
+        feats = net.iss.decode(net.iss.encode(x))
+        p = torch.softmax(logits_to_frame(net.iss, net.iss.classify(feats), grid.input_hw, hw), 1)
+        pa, ea = softmax_entropy(net.addon(feats, state[0], state[1], resize=False))
+        ra = F.interpolate(normalised_reliability(ea)[:, None], size=hw, mode="bilinear", align_corners=False)[:, 0]
+        ref, _ = fuse(p, F.interpolate(pa, size=hw, mode="bilinear", align_corners=False), grid.tau, None, ra)
+        other = frame(torch.from_numpy(frames[1]), *state)[0]
+    assert (labels == ref[0].argmax(0)).float().mean() >= 0.999
+    assert (labels == other).float().mean() >= 0.9
+    with pytest.raises(ValueError, match="fusion"):
+        StreamingDiTTA(net, hw, fusion="pixels")
 
 
 def test_export_rejects_an_opset_without_antialiased_resize(tmp_path):
@@ -321,3 +349,38 @@ def test_max_gap_serves_the_plain_branch_when_frames_are_far_apart(monkeypatch):
     assert run(1 / 15, 0.2) == [None, 1.0, 1.0]  # video rate
     assert run(None, 0.2) == [None, 1.0, 1.0]  # unknown interval
     assert run(1.0, 0.0) == [None, 1.0, 1.0]  # no limit
+
+
+def test_skip_addon_runs_the_plain_graph_only_when_no_pixel_may_fuse():
+    from ditta_ros.runtime import SkipAddon
+
+    class Fake:
+        frame_hw = (4, 6)
+
+        def __init__(self, name):
+            self.name, self.calls = name, []
+
+        def describe(self):
+            return self.name
+
+        def initial_state(self):
+            return (np.zeros(1), np.zeros(1), np.zeros(self.frame_hw, np.float32))
+
+        def step(self, frame, state=None):
+            if frame.shape != (4, 6, 3):
+                raise ValueError("size")
+            self.calls.append(state)
+            return np.zeros((4, 6)), np.ones((4, 6)), (np.zeros(1), np.zeros(1), np.ones((4, 6), np.float32))
+
+    full, plain = Fake("full"), Fake("plain")
+    b = SkipAddon(full, plain)
+    f = np.zeros((4, 6, 3), np.uint8)
+    _, _, s = b.step(f)  # first frame: plain
+    b.step(f, s)  # has_prev = 1: full
+    gated = (s[0], s[1], np.zeros((4, 6), np.float32))
+    b.step(f, gated)  # gated everywhere (max_gap): plain
+    part = (s[0], s[1], np.eye(4, 6, dtype=np.float32))
+    b.step(f, part)  # some pixels may fuse: full
+    assert len(plain.calls) == 2 and len(full.calls) == 2 and b.describe() == "full"
+    with pytest.raises(ValueError):
+        b.step(np.zeros((2, 2, 3), np.uint8))

@@ -1,0 +1,81 @@
+"""Benchmark: the node's own speed on a real clip, per model and runtime backend.
+
+For each model and backend the demo route runs (:func:`ditta_ros.demo.run_demo`, the
+same as ``ditta demo``): the labelled CamVid clip as a jpeg bag -> ``ditta_node``
+(real DDS, default parameters of ``config/ditta.yaml`` but the model and backend) ->
+recorder. The replay is lockstep (each frame waits for its label image), so the
+streaming rate is what the node sustains, not what the bag offers. Reported:
+
+* ``stream fps``: label images per second over the streamed frames (recorder clock);
+* ``warm-up to streaming``: seconds from the end of the warm-up window to the first
+  adapted label image (the node's ``last_adaptation.total_seconds``: teacher,
+  adaptation, guard, export and backend preparation, all while the ISS serves);
+* the adaptation's parts and the node's latency (median, p95).
+
+    python bench/node_speed.py [--clip CLIP] [--models M ...] [--backends torch openvino]
+    # writes bench/results/node_speed.{json,md}
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+MODELS = ["espnetv2-s2.0-cityscapes-1024x512", "espnetv2-s2.0-cityscapes-512x256"]
+
+
+def main() -> None:
+    from common import DEFAULT_CLIP, RESULTS, SHARED, machine, write_results
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--clip", default=DEFAULT_CLIP)
+    p.add_argument("--models", nargs="+", default=MODELS)
+    p.add_argument("--backends", nargs="+", default=["torch", "openvino"])
+    p.add_argument("--name", default="node_speed")
+    args = p.parse_args()
+    os.environ.setdefault("DITTA_MODEL_MIRROR", os.path.join(SHARED, "models"))
+
+    from ditta_ros.demo import DemoConfig, run_demo
+
+    rows = []
+    for model in args.models:
+        for backend in args.backends:
+            with tempfile.TemporaryDirectory() as tmp:
+                s = run_demo(DemoConfig(input=args.clip, out=tmp, model=model, backend=backend, progress=False))
+            a, st, n = s["adaptation"], s["streaming"], s["node"]
+            row = {"model": model, "backend": backend, "backend_used": s["backend"], "frames": s["input"]["frames"],
+                   "frame": f"{s['input']['width']}x{s['input']['height']}", "stream_fps": st["fps"],
+                   "streamed_frames": st["frames"], "latency_ms_median": st["latency_ms_median"],
+                   "latency_ms_p95": st["latency_ms_p95"], "warmup_to_streaming_s": a["total_seconds"],
+                   "adapt_seconds": a["adapt_seconds"], "teacher_seconds": a["teacher_seconds"],
+                   "tta_seconds": a["tta_seconds"], "node": n}
+            rows.append(row)
+            print(f"{model} {backend}: {row['stream_fps']} fps, warm-up to streaming {row['warmup_to_streaming_s']} s",
+                  flush=True)
+    payload = {"clip": os.path.basename(os.path.abspath(args.clip)), "machine": machine(), "rows": rows,
+               "command": "python bench/node_speed.py " + " ".join(sys.argv[1:])}
+    write_results(args.name, payload)
+    m = payload["machine"]
+    lines = [f"# Node speed on {payload['clip']} ({m['cpu']}, {m['cores']} cores)", "", f"`{payload['command']}`", "",
+             "Lockstep replay over real DDS (each frame waits for its label image); warm-up 10 frames, default "
+             "parameters otherwise.", "",
+             "| model | backend | frame | stream fps | latency median / p95 ms | warm-up to streaming s | "
+             "teacher s | adaptation s | frames in/out/dropped/bad |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        n = r["node"]
+        lines.append(f"| {r['model']} | {r['backend_used']} | {r['frame']} | {r['stream_fps']:.2f} | "
+                     f"{r['latency_ms_median']:.0f} / {r['latency_ms_p95']:.0f} | {r['warmup_to_streaming_s']} | "
+                     f"{r['teacher_seconds']} | {r['tta_seconds']} | {n.get('frames_in')}/{n.get('frames_out')}/"
+                     f"{n.get('dropped')}/{n.get('bad')} |")
+    with open(os.path.join(RESULTS, args.name + ".md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
