@@ -93,6 +93,7 @@ def case(impl: str, backend: str, size: str, device: str, fp16: bool, iters: int
             runner = (OrtBackend(path) if backend == "onnxruntime"
                       else OpenVINOBackend(path, low_precision=backend == "openvino-lp"))
             t2 = time.perf_counter()
+            row["precision"] = getattr(runner, "precision", row["precision"])  # OpenVINO: what it runs in
             row["swap_export_s"], row["swap_session_s"] = round(t1 - t0, 3), round(t2 - t1, 3)
             _, _, state = runner.step(a)
             row["timing"] = time_fn(lambda: runner.step(b, state), iters=iters)
@@ -124,6 +125,93 @@ def case(impl: str, backend: str, size: str, device: str, fp16: bool, iters: int
     row["extra_peak_mb"] = round(peak_rss_mb() - base, 1) if device == "cpu" else round(
         torch.cuda.max_memory_allocated() / 2**20, 1)
     return row
+
+
+
+def interleaved(size: str, iters: int, model_name: str, frame_path: str) -> dict:
+    """Every iss/ditta case of one frame size built in this one process and timed in
+    interleaved rounds (one step of each case per round, median over ``iters`` rounds),
+    so that the machine's load drifts hit every case alike: the ratios between cases
+    (DiTTA / ISS, OpenVINO / torch) are far steadier than across separate processes."""
+    import time
+
+    import numpy as np
+    import torch
+
+    from ditta_ros.adapt import DiTTANet
+    from ditta_ros.export import export_onnx
+    from ditta_ros.iss import load_model
+    from ditta_ros.runtime.openvino import OpenVINOBackend
+    from ditta_ros.runtime.ort import OrtBackend
+    from ditta_ros.runtime.torch_backend import TorchBackend
+    from ditta_ros.streaming import StreamingDiTTA
+
+    hw = tuple(int(v) for v in size.split("x"))
+    iss, _ = load_model(model_name)
+    net = DiTTANet(iss).eval()
+    a, b = _frames(hw, frame_path)
+    runners = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for impl in ("iss", "ditta", "ditta-frame"):
+            tau, fusion = (0.0, "grid") if impl == "iss" else (0.8, "frame" if impl == "ditta-frame" else "grid")
+            runners[(impl, "torch")] = TorchBackend(StreamingDiTTA(net, hw, tau, fusion=fusion))
+            path, _ = export_onnx(net, hw, os.path.join(tmp, impl), "bench", tau=tau, fusion=fusion)
+            runners[(impl, "openvino")] = OpenVINOBackend(path)
+            runners[(impl, "openvino-lp")] = OpenVINOBackend(path, low_precision=True)
+            runners[(impl, "onnxruntime")] = OrtBackend(path)
+    states = {k: r.step(a)[2] for k, r in runners.items()}  # has_prev = 1 from here on
+    times = {k: [] for k in runners}
+    for _ in range(2):
+        for k, r in runners.items():
+            r.step(b, states[k])
+    for _ in range(iters):
+        for k, r in runners.items():
+            t0 = time.perf_counter()
+            r.step(b, states[k])
+            times[k].append(time.perf_counter() - t0)
+    med = {k: float(np.median(v)) * 1000 for k, v in times.items()}
+    rows = [{"impl": i, "backend": be, "frame": f"{hw[1]}x{hw[0]}", "median_ms": round(m, 1),
+             "fps": round(1000 / m, 3)} for (i, be), m in med.items()]
+    ratio = {f"{i} {be}": round(med[("iss", be)] / med[(i, be)], 3)
+             for (i, be) in med if i != "iss"}
+    speedup = {f"{i} {be}": round(med[(i, "torch")] / med[(i, be)], 3)
+               for (i, be) in med if be != "torch"}
+    return {"frame": f"{hw[1]}x{hw[0]}", "rounds": iters, "rows": rows, "ditta_over_iss_throughput": ratio,
+            "speedup_over_torch": speedup, "torch_threads": torch.get_num_threads()}
+
+
+def _run_interleaved(args) -> None:
+    from common import RESULTS, machine, write_results
+
+    import subprocess
+
+    runs = []
+    for size in args.sizes:
+        out = subprocess.run([sys.executable, __file__, "--interleaved-case", size, str(args.iters), args.model,
+                              args.frame], capture_output=True, text=True, check=True).stdout
+        runs.append(json.loads(out.strip().splitlines()[-1]))
+        print(json.dumps({k: v for k, v in runs[-1].items() if k != "rows"}), flush=True)
+    cmd = "python bench/streaming_speed.py " + " ".join(sys.argv[1:])
+    payload = {"model": args.model, "machine": machine(), "runs": runs, "command": cmd}
+    write_results(args.name + "_interleaved", payload)
+    m = payload["machine"]
+    lines = [f"# Streaming speed, interleaved ({args.model}; {m['cpu']}, {m['cores']} cores)", "", f"`{cmd}`", "",
+             "All cases of a frame size in one process, one step of each per round, median over "
+             f"{args.iters} rounds; every pixel may use the previous frame (the add-on's worst case). "
+             "`openvino-lp`: OpenVINO in the CPU's low precision (bf16 here).", "",
+             "| frame | case | torch ms | openvino ms | openvino-lp ms | onnxruntime ms |", "|---|---|---|---|---|---|"]
+    for run in runs:
+        ms = {(r["impl"], r["backend"]): r["median_ms"] for r in run["rows"]}
+        for impl in ("iss", "ditta", "ditta-frame"):
+            lines.append(f"| {run['frame']} | {impl} | " + " | ".join(
+                f"{ms[(impl, b)]:.0f}" for b in ("torch", "openvino", "openvino-lp", "onnxruntime")) + " |")
+    lines += ["", "Frozen DiTTA / ISS throughput (same backend):", ""]
+    lines += [f"- {run['frame']} {k}: {v:.2f}" for run in runs for k, v in run["ditta_over_iss_throughput"].items()]
+    lines += ["", "Throughput over torch's (same case):", ""]
+    lines += [f"- {run['frame']} {k}: {v:.2f}x" for run in runs for k, v in run["speedup_over_torch"].items()]
+    with open(os.path.join(RESULTS, args.name + "_interleaved.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def _plot(rows, path):
@@ -165,8 +253,22 @@ def main() -> None:
     p.add_argument("--frame", default=os.path.join(DEFAULT_CLIP, "frames", "000000.png"))
     p.add_argument("--dense-limit-gib", type=float, default=8.0)
     p.add_argument("--name", default="streaming_speed")
+    p.add_argument("--interleaved", action="store_true",
+                   help="instead: iss/ditta on every backend in one process per frame size, interleaved rounds "
+                        "(writes <name>_interleaved.{json,md}: the steadier ratios)")
+    p.add_argument("--interleaved-case", nargs=4, metavar="ARG", help=argparse.SUPPRESS)
     args = p.parse_args()
     os.environ.setdefault("DITTA_MODEL_MIRROR", os.path.join(SHARED, "models"))
+    if args.interleaved_case:
+        import torch
+
+        torch.set_num_threads(os.cpu_count() or 1)
+        size, iters, model, frame = args.interleaved_case
+        print(json.dumps(interleaved(size, int(iters), model, frame)))
+        return
+    if args.interleaved:
+        _run_interleaved(args)
+        return
     if args.case:
         impl, backend, size, device, fp16, iters, model, frame, limit = args.case
         import torch

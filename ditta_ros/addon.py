@@ -122,20 +122,30 @@ def tiled_window_attention(query: torch.Tensor, key: torch.Tensor, value: torch.
 
     Args and returns: as :func:`local_window_attention`; ``tile`` >= 1 in cells.
     """
-    b, d, h, w = (int(v) for v in query.shape)  # fixed shapes: constants in an exported graph
-    c = int(value.shape[1])
+    return tiled_window_attention_nhwc(query.permute(0, 2, 3, 1), key.permute(0, 2, 3, 1),
+                                       value.permute(0, 2, 3, 1), radius, tile)
+
+
+def tiled_window_attention_nhwc(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                                radius: int = DEFAULT_RADIUS, tile: int = TILE) -> torch.Tensor:
+    """:func:`tiled_window_attention` on channels-last maps: ``query``, ``key`` float
+    ``[B, h, w, D]``, ``value`` ``[B, h, w, C]`` (what the add-on's per-position MLPs
+    produce); returns ``[B, C, h, w]``. The halo gather then moves whole rows of
+    ``D`` values and the matrix products need no transposed copies."""
+    b, h, w, d = (int(v) for v in query.shape)  # fixed shapes: constants in an exported graph
+    c = int(value.shape[3])
     index, valid, window, (nh, nw, hp, wp) = _tile_indices(h, w, radius, tile, query.device)
     e2 = (tile + 2 * radius) ** 2
-    pad = (radius, wp - w - radius, radius, hp - h - radius)
-    k_halo = F.pad(key, pad).reshape(b, d, hp * wp)[:, :, index].reshape(b, d, nh * nw, e2)
-    v_halo = F.pad(value, pad).reshape(b, c, hp * wp)[:, :, index].reshape(b, c, nh * nw, e2)
-    q = F.pad(query, (0, nw * tile - w, 0, nh * tile - h))
-    q = q.reshape(b, d, nh, tile, nw, tile).permute(0, 2, 4, 3, 5, 1).reshape(b, nh * nw, tile * tile, d)
-    scores = torch.matmul(q, k_halo.permute(0, 2, 1, 3))  # [b, n_tiles, tile^2, L]
+    pad = (0, 0, radius, wp - w - radius, radius, hp - h - radius)
+    k_halo = F.pad(key, pad).reshape(b, hp * wp, d)[:, index].reshape(b, nh * nw, e2, d)
+    v_halo = F.pad(value, pad).reshape(b, hp * wp, c)[:, index].reshape(b, nh * nw, e2, c)
+    q = F.pad(query, (0, 0, 0, nw * tile - w, 0, nh * tile - h))
+    q = q.reshape(b, nh, tile, nw, tile, d).permute(0, 1, 3, 2, 4, 5).reshape(b, nh * nw, tile * tile, d)
+    scores = torch.matmul(q, k_halo.transpose(2, 3))  # [b, n_tiles, tile^2, L]
     allowed = window.unsqueeze(0) & valid.unsqueeze(1)  # [n_tiles, tile^2, L]
     # padded query rows can have no allowed key: a finite fill keeps them NaN-free (they are cut off below)
     attn = torch.softmax(scores.masked_fill(~allowed, -1e30), dim=-1)
-    out = torch.matmul(attn, v_halo.permute(0, 2, 3, 1))  # [b, n_tiles, tile^2, c]
+    out = torch.matmul(attn, v_halo)  # [b, n_tiles, tile^2, c]
     out = out.reshape(b, nh, nw, tile, tile, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, nh * tile, nw * tile)
     return out[:, :, :h, :w]
 
@@ -320,9 +330,15 @@ class TemporalAddon(nn.Module):
         if s > 1:
             feat_t, feat_prev, logits_prev = (F.avg_pool2d(t, s, s, ceil_mode=True)
                                               for t in (feat_t, feat_prev, logits_prev))
-        q = self._per_position(self.query_layer, feat_t)
-        k = self._per_position(self.key_layer, feat_prev)
-        out = local_window_attention(q, k, logits_prev, self.radius)
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            # the exported graph stays channels-last from the MLPs to the tiled attention
+            out = tiled_window_attention_nhwc(self.query_layer(feat_t.permute(0, 2, 3, 1)),
+                                              self.key_layer(feat_prev.permute(0, 2, 3, 1)),
+                                              logits_prev.permute(0, 2, 3, 1), self.radius)
+        else:
+            q = self._per_position(self.query_layer, feat_t)
+            k = self._per_position(self.key_layer, feat_prev)
+            out = local_window_attention(q, k, logits_prev, self.radius)
         if s > 1 and resize:
             out = F.interpolate(out, size=tuple(hw), mode="bilinear", align_corners=False)
         return out

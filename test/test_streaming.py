@@ -233,7 +233,7 @@ def test_openvino_matches_torch_on_the_default_model_over_a_sequence(shared, tmp
                                               interpolation=cv2.INTER_AREA))
               for p in sorted(pathlib.Path(shared, "data", "camvid_0016E5_15hz", "frames").glob("*.png"))[:4]]
     ov = streaming_backend(net, hw, 0.8, "openvino", export_dir=str(tmp_path), name="default")
-    assert ov.describe().startswith("openvino CPU f32")
+    assert ov.describe().startswith("openvino CPU float32")
     ref = streaming_backend(net, hw, 0.8, "torch")
     s_ov = s_t = None
     for f in frames:

@@ -88,6 +88,11 @@ class OpenVINOBackend:
         self.low_precision = bool(low_precision)
         self.compiled = core.compile_model(onnx_path, device, config)
         self.request = self.compiled.create_infer_request()
+        try:  # what the device actually runs in (bf16 where the CPU has it, else f32)
+            self.precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT")).replace("<Type: '", "") \
+                .rstrip("'>")
+        except RuntimeError:
+            self.precision = "low precision" if low_precision else "f32"
         self.frame_hw = tuple(self.meta["frame_hw"])
         self._inputs = [i.get_any_name() for i in self.compiled.inputs]
         self._outputs = [o.get_any_name() for o in self.compiled.outputs]
@@ -95,8 +100,7 @@ class OpenVINOBackend:
 
     def describe(self) -> str:
         """One line for logs: device, precision and the model."""
-        prec = "low precision" if self.low_precision else "f32"
-        return f"openvino {self.device} {prec}, {os.path.basename(self.meta.get('model', ''))}"
+        return f"openvino {self.device} {self.precision}, {os.path.basename(self.meta.get('model', ''))}"
 
     def initial_state(self):
         """Zero state with the metadata's shapes (``has_prev = 0``: plain branch)."""
