@@ -179,16 +179,19 @@ def run_demo(cfg: DemoConfig) -> Dict[str, object]:
 
 
 def _iss_pass(cfg: DemoConfig, model, info, frames: Dict[int, np.ndarray], stamps: List[int]):
-    """Frame-wise ISS (the ``iss`` baseline of ``ditta eval``) on the frames the node received."""
+    """Frame-wise ISS on the frames the node received, as the node serves it: the plain-ISS
+    graph on the same runtime backend (``iss-stream`` of ``ditta eval``), so the label-flip
+    comparison differs only in the adaptation and the add-on."""
     from tqdm import tqdm
 
     from .inference import ISSRunner
     from .labels import get_label_set
+    from .methods import make_method
 
-    runner = ISSRunner(model, cfg.device)
+    iss_method = make_method("iss-stream", ISSRunner(model, cfg.device), backend=cfg.backend)
     t0 = time.perf_counter()
-    iss = {s: runner.predict(frames[s]).labels for s in tqdm(stamps, desc="frame-wise ISS", unit="frame",
-                                                              disable=not cfg.progress)}
+    iss = {s: iss_method.predict(frames[s]).labels for s in tqdm(stamps, desc="frame-wise ISS", unit="frame",
+                                                                  disable=not cfg.progress)}
     return iss, time.perf_counter() - t0, get_label_set(info.label_set, info.extra.get("classes") or None)
 
 

@@ -36,6 +36,7 @@ import numpy as np
 
 from .addon import DEFAULT_TAU
 from .inference import ISSRunner, Prediction, label_dtype
+from .runtime import DEFAULT_EXPORT_DIR
 
 log = logging.getLogger("ditta.live")
 
@@ -83,7 +84,7 @@ model (warm-up, adaptation off, fallback) on that backend too. ``preset`` names
     openvino_device: str = "CPU"
     iss_backend: bool = True
     fp16: bool = False
-    export_dir: str = "~/.cache/ditta/export"
+    export_dir: str = DEFAULT_EXPORT_DIR
     engine_cache: str = "~/.cache/ditta/engines"
     auto_readapt: bool = False
     scene_change_threshold: float = 0.35

@@ -135,13 +135,15 @@ def test_demo_end_to_end_over_dds(shared, tmp_path):
     frames = bag.read_images(str(out / "input_bag"), bag.IMAGE_TOPIC + "/compressed")
     labels = bag.read_images(str(out / "labels_bag"), bag.SEMANTIC_TOPIC)
     assert sorted(labels) == sorted(frames) and len(labels) == 12
-    # during warm-up the node publishes frame-wise ISS labels: the demo's ISS pass must agree
+    # during warm-up the node publishes frame-wise ISS labels from the plain-ISS graph on its
+    # backend (OpenVINO here): the ISS as `ditta eval --method iss-stream --backend auto` runs it
     from ditta_ros.inference import ISSRunner
     from ditta_ros.iss import load_model
+    from ditta_ros.methods import make_method
 
-    runner = ISSRunner(load_model(SMALL)[0])
+    iss = make_method("iss-stream", ISSRunner(load_model(SMALL)[0]), backend="auto")
     for st in sorted(frames)[:3]:
-        assert (runner.predict(frames[st]).labels == labels[st]).mean() > 0.999
+        assert (iss.predict(frames[st]).labels == labels[st]).mean() > 0.999
     # outputs a person looks at
     cap = cv2.VideoCapture(str(out / "side_by_side.mp4"))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 12 and int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)) == 3 * 640
@@ -178,11 +180,12 @@ def test_compare_offline_and_route_agree(shared, tmp_path):
     for extra in os.listdir(src):
         if extra not in ("frames", "labels"):
             os.symlink(os.path.join(src, extra), clip / extra)
-    rows = run_compare(str(clip), str(tmp_path / "cmp"), SMALL, "cityscapes19_to_camvid11", methods=["iss"],
-                       warmup_ratio=25, progress=False, node_params={"adapt": False})
+    # adapt off: the node serves the plain-ISS graph on its backend (auto), i.e. `iss-stream --backend auto`
+    rows = run_compare(str(clip), str(tmp_path / "cmp"), SMALL, "cityscapes19_to_camvid11", methods=["iss-stream"],
+                       warmup_ratio=25, progress=False, node_params={"adapt": False}, extra_eval=["--backend", "auto"])
     offline, route = rows
     assert route["frames"] == offline["frames"] == 9 and route["missing_frames"] == 0
-    for k in ("mIoU", "wIoU", "mVC8", "mVC16"):  # adapt off: the node serves the same frame-wise ISS model
+    for k in ("mIoU", "wIoU", "mVC8", "mVC16"):  # the same model on the same backend
         if offline[k] is None:  # mVC16 on 9 frames: no window
             assert route[k] is None
         else:

@@ -21,12 +21,19 @@ def load_model(name_or_path: str) -> Tuple[ISSModel, ModelInfo]:
 
     Returns:
         ``(model, info)``; ``info.label_set`` names the label set of the model's
-        output ids.
+        output ids; the model carries the same ``info`` as its ``info`` attribute
+        (export file names and logs use ``model.info.name``).
 
     Raises:
         ModelNotFoundError: unknown name or missing weights (lists where it looked).
         FileNotFoundError / ValueError: a path that is no supported model.
     """
+    model, info = _load_model(name_or_path)
+    model.info = info
+    return model, info
+
+
+def _load_model(name_or_path: str) -> Tuple[ISSModel, ModelInfo]:
     from .. import registry
 
     if os.path.isdir(name_or_path):

@@ -26,6 +26,8 @@ import numpy as np
 log = logging.getLogger("ditta.runtime")
 
 CHAIN = ("tensorrt", "openvino", "onnxruntime", "torch")
+#: where exports are cached when no folder is given (the node's ``export_dir`` default)
+DEFAULT_EXPORT_DIR = "~/.cache/ditta/export"
 
 
 def available_ort_providers() -> List[str]:
@@ -192,7 +194,7 @@ def streaming_backend(net, frame_hw, tau: float, requested: str = "auto", export
         frame_hw: ``(H, W)`` frame size in pixels.
         tau: fusion threshold (0 = plain ISS branch only).
         requested: as :func:`select_backend`.
-        export_dir: export folder (a temporary one when ``None``).
+        export_dir: export folder (``None``: :data:`DEFAULT_EXPORT_DIR`, the node's default).
         name: model name used in file names and metadata.
         engine_cache, fp16, openvino_device: as :func:`select_backend` (the torch
             backend runs channels-last on the CPU).
@@ -220,8 +222,7 @@ def streaming_backend(net, frame_hw, tau: float, requested: str = "auto", export
 
         from ..export import export_onnx
 
-        folder = os.path.join(os.path.expanduser(export_dir) if export_dir else tempfile.mkdtemp(prefix="ditta-"),
-                              f"{name}_{frame_hw[0]}x{frame_hw[1]}")
+        folder = os.path.join(os.path.expanduser(export_dir or DEFAULT_EXPORT_DIR), f"{name}_{frame_hw[0]}x{frame_hw[1]}")
         digest = weights_digest(net, plain=tau <= 0)
         stem = f"{name}_{frame_hw[0]}x{frame_hw[1]}_tau{tau:g}{'_grid' if tau > 0 and fusion == 'grid' else ''}_{digest}"
         onnx_path = os.path.join(folder, f"ditta_{stem}.onnx")
