@@ -18,8 +18,8 @@ the model card's, 1024x512 for the default model):
   skipped (with the memory it would need) when that exceeds ``--dense-limit-gib``;
 
 on the ``torch`` backend (CPU, channels-last) and, for iss/ditta, ``openvino``
-(CPU, f32: labels equal torch's), ``openvino`` low precision (bf16 where the CPU
-has it: OpenVINO's own default there, labels ~99.5 % equal) and ``onnxruntime``
+(its default precision: bf16 on CPUs with bf16 units, what the node runs),
+``openvino-f32`` (float32: torch's labels) and ``onnxruntime``
 (CPU EP). The exported cases also time the weight swap: a re-export of the
 adapted network plus a new session (what the node does after adaptation). Every
 backend is built by :func:`ditta_ros.runtime.streaming_backend`, as the node does.
@@ -43,8 +43,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 MODEL = "espnetv2-s2.0-cityscapes-1024x512"
 SIZES = ["360x480", "480x640", "512x1024"]
 IMPLS = ["iss", "ditta", "ditta-frame", "two-frame", "two-frame-dense"]
-#: exported-graph backends (``openvino-lp``: OpenVINO in the CPU's low precision, bf16 where present)
-BACKENDS = ["openvino", "openvino-lp", "onnxruntime"]
+#: exported-graph backends (``openvino``: its default precision, bf16 on CPUs with bf16 units;
+#: ``openvino-f32``: float32, torch's labels)
+BACKENDS = ["openvino", "openvino-f32", "onnxruntime"]
 
 
 def _frames(hw, frame_path):
@@ -91,7 +92,7 @@ def case(impl: str, backend: str, size: str, device: str, fp16: bool, iters: int
             path, _ = export_onnx(net, hw, tmp, "bench", tau=tau, fusion=fusion)
             t1 = time.perf_counter()
             runner = (OrtBackend(path) if backend == "onnxruntime"
-                      else OpenVINOBackend(path, low_precision=backend == "openvino-lp"))
+                      else OpenVINOBackend(path, precision="f32" if backend == "openvino-f32" else "auto"))
             t2 = time.perf_counter()
             row["precision"] = getattr(runner, "precision", row["precision"])  # OpenVINO: what it runs in
             row["swap_export_s"], row["swap_session_s"] = round(t1 - t0, 3), round(t2 - t1, 3)
@@ -157,7 +158,7 @@ def interleaved(size: str, iters: int, model_name: str, frame_path: str) -> dict
             runners[(impl, "torch")] = TorchBackend(StreamingDiTTA(net, hw, tau, fusion=fusion))
             path, _ = export_onnx(net, hw, os.path.join(tmp, impl), "bench", tau=tau, fusion=fusion)
             runners[(impl, "openvino")] = OpenVINOBackend(path)
-            runners[(impl, "openvino-lp")] = OpenVINOBackend(path, low_precision=True)
+            runners[(impl, "openvino-f32")] = OpenVINOBackend(path, precision="f32")
             runners[(impl, "onnxruntime")] = OrtBackend(path)
     states = {k: r.step(a)[2] for k, r in runners.items()}  # has_prev = 1 from here on
     times = {k: [] for k in runners}
@@ -198,13 +199,13 @@ def _run_interleaved(args) -> None:
     lines = [f"# Streaming speed, interleaved ({args.model}; {m['cpu']}, {m['cores']} cores)", "", f"`{cmd}`", "",
              "All cases of a frame size in one process, one step of each per round, median over "
              f"{args.iters} rounds; every pixel may use the previous frame (the add-on's worst case). "
-             "`openvino-lp`: OpenVINO in the CPU's low precision (bf16 here).", "",
-             "| frame | case | torch ms | openvino ms | openvino-lp ms | onnxruntime ms |", "|---|---|---|---|---|---|"]
+             "`openvino`: its default precision (bf16 on this CPU); `openvino-f32`: float32.", "",
+             "| frame | case | torch ms | openvino ms | openvino-f32 ms | onnxruntime ms |", "|---|---|---|---|---|---|"]
     for run in runs:
         ms = {(r["impl"], r["backend"]): r["median_ms"] for r in run["rows"]}
         for impl in ("iss", "ditta", "ditta-frame"):
             lines.append(f"| {run['frame']} | {impl} | " + " | ".join(
-                f"{ms[(impl, b)]:.0f}" for b in ("torch", "openvino", "openvino-lp", "onnxruntime")) + " |")
+                f"{ms[(impl, b)]:.0f}" for b in ("torch", "openvino", "openvino-f32", "onnxruntime")) + " |")
     lines += ["", "Frozen DiTTA / ISS throughput (same backend):", ""]
     lines += [f"- {run['frame']} {k}: {v:.2f}" for run in runs for k, v in run["ditta_over_iss_throughput"].items()]
     lines += ["", "Throughput over torch's (same case):", ""]

@@ -59,7 +59,8 @@ def _cmd_eval(args) -> int:
 
 def _method_options(args, info) -> dict:
     """Method options from the CLI flags (only what the chosen method uses)."""
-    opts: dict = {"progress": not args.no_progress, "backend": args.backend, "fp16": args.fp16}
+    opts: dict = {"progress": not args.no_progress, "backend": args.backend, "fp16": args.fp16,
+                  "openvino_precision": args.openvino_precision}
     if args.method in ("ditta", "zs-refine"):
         from .teacher import make_teacher
 
@@ -296,8 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--backend", default="torch", choices=["auto", "tensorrt", "openvino", "onnxruntime", "torch"],
                    help="runtime of the streaming methods (iss-stream, ditta: its guard and evaluation); the "
                         "frame-wise iss reference always runs torch")
-    e.add_argument("--fp16", action="store_true",
-                   help="the backend's low precision (OpenVINO: bf16 on CPUs that have it; TensorRT, CUDA: fp16)")
+    e.add_argument("--fp16", action="store_true", help="half precision on TensorRT / torch CUDA")
+    e.add_argument("--openvino-precision", default="auto", choices=["auto", "f32", "bf16", "f16"],
+                   help="OpenVINO inference precision (auto: the device's default, bf16 on CPUs with bf16 units)")
     e.add_argument("--overlays", type=int, default=4, help="overlay images to write")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.add_argument("--out", required=True, help="output folder")

@@ -71,7 +71,8 @@ class DiTTAMethod(Method):
             ``torch`` (default) | ``openvino`` | ``onnxruntime`` | ``tensorrt`` | ``auto``
             (:func:`ditta_ros.runtime.streaming_backend`).
         export_dir: where exported graphs go (``None``: the runtime's default cache).
-        fp16: the backend's low precision (TensorRT / CUDA fp16, OpenVINO bf16 on such CPUs).
+        fp16: half precision on TensorRT / torch CUDA.
+        openvino_precision: ``auto`` (the device's default: bf16 on CPUs with bf16 units) | ``f32``.
         fusion: ``frame`` (Eq. 3 at frame resolution, official) | ``grid`` (the add-on
             branch's softmax and reliability on its own grid; :class:`StreamingDiTTA`).
         addon_stride: pooling of the decoder grid for the add-on (0 = the model card's;
@@ -91,7 +92,7 @@ class DiTTAMethod(Method):
                  cache_tag: str = "", progress: bool = True, save_adapted: Optional[str] = None,
                  guard_cfg: GuardConfig = GuardConfig(), motion_gate: bool = False, max_gap: float = 0.0,
                  backend: str = "torch", export_dir: Optional[str] = None, fusion: str = "frame",
-                 addon_stride: int = 0, fp16: bool = False):
+                 addon_stride: int = 0, fp16: bool = False, openvino_precision: str = "auto"):
         self.runner = runner
         self.teacher = teacher
         self.target_cfg = target_cfg
@@ -109,6 +110,7 @@ class DiTTAMethod(Method):
         self.fusion = fusion
         self.addon_stride = int(addon_stride)
         self.fp16 = bool(fp16)
+        self.openvino_precision = openvino_precision
         self._gate: Optional[MotionGate] = None
         self.verdict: Optional[GuardVerdict] = None
         self.net: Optional[DiTTANet] = None
@@ -212,6 +214,8 @@ class DiTTAMethod(Method):
                           # newer options only when not their default: stored runs stay comparable
                           **({"backend": self.backend} if self.backend != "torch" else {}),
                           **({"fp16": True} if self.fp16 else {}),
+                          **({"openvino_precision": self.openvino_precision}
+                             if self.backend in ("openvino", "auto") else {}),
                           **({"fusion": self.fusion} if self.fusion != "frame" else {}),
                           **({"addon_stride": self.addon_stride} if self.addon_stride else {})}}
 
@@ -254,7 +258,8 @@ class DiTTAMethod(Method):
         if self._stream is None or self._stream_hw != hw:
             self._stream = streaming_backend(self.net, hw, self.tau, self.backend, export_dir=self.export_dir,
                                              name=getattr(getattr(self.runner.model, "info", None), "name", "model"),
-                                             fusion=self.fusion, fp16=self.fp16)
+                                             fusion=self.fusion, fp16=self.fp16,
+                                             openvino_precision=self.openvino_precision)
             self._stream_hw = hw
             self._gate = MotionGate(StreamingDiTTA(self.net, hw, self.tau).window_reach()) if self.motion_gate \
                 else None

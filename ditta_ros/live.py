@@ -57,7 +57,8 @@ class LiveConfig:
 
     Units: seconds of stream time (header stamps) for ``warmup_seconds``; frames
     otherwise. ``backend``: auto | tensorrt | openvino | onnxruntime | torch
-(``openvino_device``: CPU | GPU | NPU); ``iss_backend`` serves the pre-trained
+(``openvino_device``: CPU | GPU | NPU; ``openvino_precision``: auto | f32 | bf16 | f16);
+``iss_backend`` serves the pre-trained
 model (warm-up, adaptation off, fallback) on that backend too. ``preset`` names
     the DiTTA configuration (:data:`ditta_ros.ditta.PRESETS`: ``default`` or
     ``faithful``); ``lr``, ``iters``, ``params``, ``loss_mode`` override it when set
@@ -82,6 +83,7 @@ model (warm-up, adaptation off, fallback) on that backend too. ``preset`` names
     tau: float = DEFAULT_TAU
     backend: str = "auto"
     openvino_device: str = "CPU"
+    openvino_precision: str = "auto"
     iss_backend: bool = True
     fp16: bool = False
     export_dir: str = DEFAULT_EXPORT_DIR
@@ -360,6 +362,7 @@ class LivePipeline:
         return streaming_backend(net, tuple(frame_hw), tau, self.cfg.backend, export_dir=self.cfg.export_dir,
                                  name=name, engine_cache=os.path.expanduser(self.cfg.engine_cache),
                                  fp16=self.cfg.fp16, openvino_device=self.cfg.openvino_device,
+                                 openvino_precision=self.cfg.openvino_precision,
                                  fusion=self._method_cfg["fusion"])
 
     def _gate_for(self, net, frame_hw) -> None:

@@ -14,15 +14,16 @@ def _iss(runner: ISSRunner, **_) -> Method:
     return FrameWiseISS(runner)
 
 
-def _iss_stream(runner: ISSRunner, backend="torch", fp16=False, **_) -> Method:
+def _iss_stream(runner: ISSRunner, backend="torch", fp16=False, openvino_precision="auto", **_) -> Method:
     from .baselines.iss import StreamingISS
 
-    return StreamingISS(runner, backend, fp16=fp16)
+    return StreamingISS(runner, backend, fp16=fp16, openvino_precision=openvino_precision)
 
 
 def _ditta(runner: ISSRunner, teacher=None, target_cfg=None, adapt_cfg=None, tau=None, cache_dir=None,
            cache_tag="", progress=True, save_adapted=None, guard_cfg=None, preset="default", motion_gate=None,
-           max_gap=None, backend="torch", fusion=None, addon_stride=None, fp16=False, **_) -> Method:
+           max_gap=None, backend="torch", fusion=None, addon_stride=None, fp16=False, openvino_precision="auto",
+           **_) -> Method:
     from .ditta import PRESETS, DiTTAMethod
     from .teacher import make_teacher
 
@@ -33,7 +34,8 @@ def _ditta(runner: ISSRunner, teacher=None, target_cfg=None, adapt_cfg=None, tau
                        p["motion_gate"] if motion_gate is None else motion_gate,
                        p["max_gap"] if max_gap is None else max_gap, backend,
                        fusion=p["fusion"] if fusion is None else fusion,
-                       addon_stride=p["addon_stride"] if addon_stride is None else addon_stride, fp16=fp16)
+                       addon_stride=p["addon_stride"] if addon_stride is None else addon_stride, fp16=fp16,
+                       openvino_precision=openvino_precision)
 
 
 def _tent(runner: ISSRunner, tent_lr=1e-3, tent_iters=5, **_) -> Method:

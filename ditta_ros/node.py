@@ -71,8 +71,10 @@ LIVE_DESCRIPTIONS = {
     "tau": "reliability threshold of the fusion (Eq. 3); 0 disables the add-on branch",
     "backend": "runtime: auto (tensorrt > openvino > onnxruntime > torch) | tensorrt | openvino | onnxruntime | torch",
     "openvino_device": "OpenVINO device: CPU | GPU | NPU",
+    "openvino_precision": "OpenVINO precision: auto (the device's default: bf16 on CPUs with bf16 units) | f32 | bf16 "
+                          "| f16",
     "iss_backend": "serve the pre-trained model (warm-up, adapt false, fallback) on the backend too (else torch)",
-    "fp16": "low precision where the backend supports it (TensorRT and torch CUDA fp16, OpenVINO bf16/f16)",
+    "fp16": "half precision on TensorRT and torch CUDA",
     "export_dir": "folder of the exported ONNX (one per model, frame size and weights; reused across restarts)",
     "engine_cache": "TensorRT engine and timing cache folder; OpenVINO compiled-model cache (openvino/)",
     "auto_readapt": "re-adapt automatically on a sustained scene change (class-histogram shift); off by default",

@@ -87,10 +87,10 @@ def parse_variant(spec: str) -> Variant:
     v = Variant(spec, method, preset, overrides)
     if method in ("ditta", "oracle"):
         method_options(v)  # validates the keys now, not after an hour of runs
-    elif method == "iss-stream" and set(overrides) <= {"backend", "fp16"}:
+    elif method == "iss-stream" and set(overrides) <= {"backend", "fp16", "openvino_precision"}:
         pass
     elif overrides:
-        raise ValueError(f"{spec!r}: only ditta and oracle take overrides (iss-stream: backend, fp16)")
+        raise ValueError(f"{spec!r}: only ditta and oracle take overrides (iss-stream: backend, fp16, openvino_precision)")
     return v
 
 
@@ -126,6 +126,8 @@ def method_options(v: Variant) -> Dict[str, object]:
             base[key] = int(value)
         elif key == "fp16":
             base[key] = bool(value)
+        elif key == "openvino_precision":
+            base[key] = str(value)
         else:
             group = next((g for g, names in groups.items() if key in names), None)
             if group is None:
@@ -152,6 +154,8 @@ def variant_hyper(v: Variant) -> Optional[Dict[str, object]]:
                                   # the runtime, when not torch (runs stored before it existed stay reusable)
                                   **({"backend": o["backend"]} if o.get("backend", "torch") != "torch" else {}),
                                   **({"fp16": True} if o.get("fp16") else {}),
+                                  **({"openvino_precision": o.get("openvino_precision", "auto")}
+                                     if o.get("backend") in ("openvino", "auto") else {}),
                                   **({"fusion": o["fusion"]} if o.get("fusion", "frame") != "frame" else {}),
                                   **({"addon_stride": o["addon_stride"]} if o.get("addon_stride") else {})}))
 
@@ -319,7 +323,8 @@ def run_suite(data_dir: str, model_name: str, specs: Sequence[str], out_dir: str
             if v.method in ("iss", "iss-stream", "tent"):
                 method = make_method(v.method, runner, tent_iters=tent_iters,
                                      backend=str(v.overrides.get("backend", "torch")),
-                                     fp16=bool(v.overrides.get("fp16", False)))
+                                     fp16=bool(v.overrides.get("fp16", False)),
+                                     openvino_precision=str(v.overrides.get("openvino_precision", "auto")))
             else:
                 opts = method_options(v)
                 tname = opts.pop("teacher_name")

@@ -152,7 +152,7 @@ def test_iss_phase_and_adapted_model_serve_on_openvino_with_a_cached_export(tmp_
     import logging
 
     cfg = LiveConfig(warmup_frames=2, backend="openvino", export_dir=str(tmp_path / "export"),
-                     engine_cache=str(tmp_path / "engines"))
+                     engine_cache=str(tmp_path / "engines"), openvino_precision="f32")
     runner = _runner()
     live = LivePipeline(cfg, runner, method_factory=lambda r: _FakeMethod(r))
     with caplog.at_level(logging.INFO, logger="ditta"):

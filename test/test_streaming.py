@@ -183,7 +183,8 @@ def test_backend_selection_falls_back_and_backends_agree(tmp_path, caplog, monke
     path, _ = export_onnx(net, (40, 56), str(tmp_path), "tiny", "custom")
     model = StreamingDiTTA(net, (40, 56))
     with caplog.at_level(logging.INFO, logger="ditta.runtime"):
-        ov_backend = select_backend("auto", onnx_path=path, engine_cache=str(tmp_path / "engines"))
+        ov_backend = select_backend("auto", onnx_path=path, engine_cache=str(tmp_path / "engines"),
+                                    openvino_precision="f32")
     assert "runtime backend: openvino" in caplog.text and "skipped tensorrt: " in caplog.text
     assert any((tmp_path / "engines" / "openvino").iterdir())  # the compiled-model cache
     with pytest.raises(RuntimeError, match="not present; available: CPU"):
@@ -232,13 +233,18 @@ def test_openvino_matches_torch_on_the_default_model_over_a_sequence(shared, tmp
     frames = [np.ascontiguousarray(cv2.resize(cv2.imread(str(p))[:, :, ::-1], (hw[1], hw[0]),
                                               interpolation=cv2.INTER_AREA))
               for p in sorted(pathlib.Path(shared, "data", "camvid_0016E5_15hz", "frames").glob("*.png"))[:4]]
-    ov = streaming_backend(net, hw, 0.8, "openvino", export_dir=str(tmp_path), name="default")
+    ov = streaming_backend(net, hw, 0.8, "openvino", export_dir=str(tmp_path), name="default",
+                           openvino_precision="f32")
+    fast = streaming_backend(net, hw, 0.8, "openvino", export_dir=str(tmp_path), name="default")  # auto
     assert ov.describe().startswith("openvino CPU float32")
     ref = streaming_backend(net, hw, 0.8, "torch")
-    s_ov = s_t = None
+    s_ov = s_t = s_fast = None
     for f in frames:
         l_ov, c_ov, s_ov = ov.step(f, s_ov)
         l_t, c_t, s_t = ref.step(f, s_t)
+        l_fast, _, s_fast = fast.step(f, s_fast)
+        # the default precision (bf16 on CPUs that have it): 99.1-99.9 % of torch's labels measured
+        assert (l_fast == l_t).mean() >= 0.99
         logits_t = s_t[1].numpy()
         diff = np.abs(s_ov[1] - logits_t)
         assert diff.max() <= 1e-2 * np.ptp(logits_t) and diff.mean() <= 5e-4 * np.ptp(logits_t)

@@ -33,15 +33,18 @@ class StreamingISS(Method):
         backend: runtime of the plain-ISS graph: ``torch`` (default) | ``openvino`` |
             ``onnxruntime`` | ``tensorrt`` | ``auto`` (what the node serves the ISS phase with).
         export_dir: where its export is cached (``None``: the runtime's default).
-        fp16: the backend's low precision (OpenVINO bf16 on such CPUs, TensorRT fp16).
+        fp16: half precision on TensorRT / torch CUDA.
+        openvino_precision: ``auto`` (the device's default: bf16 on CPUs with bf16 units) | ``f32``.
     """
 
     name = "iss-stream"
 
-    def __init__(self, runner: ISSRunner, backend: str = "torch", export_dir=None, fp16: bool = False):
+    def __init__(self, runner: ISSRunner, backend: str = "torch", export_dir=None, fp16: bool = False,
+                 openvino_precision: str = "auto"):
         self.runner = runner
         self.backend = backend
         self.fp16 = bool(fp16)
+        self.openvino_precision = openvino_precision
         self.export_dir = export_dir
         self._model = None
         self._hw = None
@@ -54,6 +57,7 @@ class StreamingISS(Method):
             self._hw = tuple(frame.shape[:2])
             self._model = streaming_backend(DiTTANet(self.runner.model), self._hw, 0.0, self.backend,
                                             export_dir=self.export_dir, fp16=self.fp16,
+                                            openvino_precision=self.openvino_precision,
                                             name=getattr(getattr(self.runner.model, "info", None), "name", "model"))
         labels, conf, _ = self._model.step(frame, None)
         return Prediction(np.asarray(labels).astype(label_dtype(self.runner.model.num_classes)),

@@ -69,7 +69,7 @@ def _metadata_fp16(onnx_path: Optional[str]) -> bool:
 
 def select_backend(requested: str = "auto", onnx_path: Optional[str] = None, torch_model=None,
                    engine_cache: Optional[str] = None, fp16: Optional[bool] = None,
-                   openvino_device: str = "CPU"):
+                   openvino_device: str = "CPU", openvino_precision: str = "auto"):
     """The first usable backend of the chain starting at ``requested``.
 
     ``tensorrt`` tries the direct TensorRT engine (:mod:`.tensorrt`), then
@@ -86,10 +86,11 @@ def select_backend(requested: str = "auto", onnx_path: Optional[str] = None, tor
         torch_model: a :class:`StreamingDiTTA` (needed by torch).
         engine_cache: TensorRT engine + timing cache folder; OpenVINO's compiled-model
             cache goes to its ``openvino`` subfolder.
-        fp16: half precision where the backend supports it (OpenVINO: the device's
-            low precision, bf16 on such CPUs); ``None`` follows the export
-            metadata's ``precision``.
+        fp16: half precision where the backend supports it (TensorRT, torch on CUDA);
+            ``None`` follows the export metadata's ``precision``.
         openvino_device: ``CPU`` | ``GPU`` | ``NPU`` (OpenVINO device name).
+        openvino_precision: ``auto`` (the device's default: bf16 on CPUs with bf16 units) |
+            ``f32`` | ``bf16`` | ``f16`` (:class:`~.openvino.OpenVINOBackend`).
 
     Raises:
         ValueError: unknown ``requested``.
@@ -127,7 +128,7 @@ def select_backend(requested: str = "auto", onnx_path: Optional[str] = None, tor
             try:
                 from .openvino import OpenVINOBackend
 
-                backend = OpenVINOBackend(onnx_path, openvino_device, engine_cache, low_precision=fp16)
+                backend = OpenVINOBackend(onnx_path, openvino_device, engine_cache, precision=openvino_precision)
             except RuntimeError as exc:
                 reasons.append(f"openvino: {exc}")
                 continue
@@ -178,7 +179,8 @@ def weights_digest(net, plain: bool = False) -> str:
 
 def streaming_backend(net, frame_hw, tau: float, requested: str = "auto", export_dir: Optional[str] = None,
                       name: str = "model", engine_cache: Optional[str] = None, fp16: bool = False,
-                      openvino_device: str = "CPU", label_set: str = "", classes=(), fusion: str = "frame"):
+                      openvino_device: str = "CPU", label_set: str = "", classes=(), fusion: str = "frame",
+                      openvino_precision: str = "auto"):
     """The runtime backend that serves a (pre-trained or adapted) network on frames of
     ``frame_hw``: one construction for the node, ``ditta eval --backend`` and the benchmarks.
 
@@ -196,8 +198,8 @@ def streaming_backend(net, frame_hw, tau: float, requested: str = "auto", export
         requested: as :func:`select_backend`.
         export_dir: export folder (``None``: :data:`DEFAULT_EXPORT_DIR`, the node's default).
         name: model name used in file names and metadata.
-        engine_cache, fp16, openvino_device: as :func:`select_backend` (the torch
-            backend runs channels-last on the CPU).
+        engine_cache, fp16, openvino_device, openvino_precision: as :func:`select_backend`
+            (the torch backend runs channels-last on the CPU).
         label_set, classes: recorded in the export metadata.
         fusion: ``frame`` | ``grid`` (:class:`~ditta_ros.streaming.StreamingDiTTA`).
 
@@ -248,12 +250,12 @@ def streaming_backend(net, frame_hw, tau: float, requested: str = "auto", export
             os.replace(meta_tmp, meta_path)
             os.rmdir(tmp)
     backend = select_backend(requested, onnx_path=onnx_path, torch_model=torch_model, engine_cache=engine_cache,
-                             fp16=fp16, openvino_device=openvino_device)
+                             fp16=fp16, openvino_device=openvino_device, openvino_precision=openvino_precision)
     if tau > 0 and type(backend).__name__ in ("OpenVINOBackend", "OrtBackend"):
         # a second, plain graph for the frames where no pixel may use the previous one
         plain = streaming_backend(net, frame_hw, 0.0, _name_of(backend), export_dir=export_dir, name=name,
                                   engine_cache=engine_cache, fp16=fp16, openvino_device=openvino_device,
-                                  label_set=label_set, classes=classes)
+                                  label_set=label_set, classes=classes, openvino_precision=openvino_precision)
         backend = SkipAddon(backend, plain)
     return backend
 
