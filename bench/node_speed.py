@@ -6,7 +6,11 @@ same as ``ditta demo``): the labelled CamVid clip as a jpeg bag -> ``ditta_node`
 recorder. The replay is lockstep (each frame waits for its label image), so the
 streaming rate is what the node sustains, not what the bag offers. Reported:
 
-* ``stream fps``: label images per second over the streamed frames (recorder clock);
+* ``stream fps``: label images per second over the streamed frames (recorder clock; in
+  lockstep it includes the player's and recorder's turn for every frame);
+* ``node fps``: 1000 / the node's own processing time per frame (receive to publish:
+  decoding, inference, publishing; its smoothed ``processing_ms``), what it sustains
+  when a camera keeps frames waiting;
 * ``warm-up to streaming``: seconds from the end of the warm-up window to the first
   adapted label image (the node's ``last_adaptation.total_seconds``: teacher,
   adaptation, guard, export and backend preparation, all while the ISS serves);
@@ -64,11 +68,12 @@ def main() -> None:
     lines = [f"# Node speed on {payload['clip']} ({m['cpu']}, {m['cores']} cores)", "", f"`{payload['command']}`", "",
              "Lockstep replay over real DDS (each frame waits for its label image); warm-up 10 frames, default "
              "parameters otherwise.", "",
-             "| model | backend | frame | stream fps | latency median / p95 ms | warm-up to streaming s | "
-             "teacher s | adaptation s | frames in/out/dropped/bad |", "|---|---|---|---|---|---|---|---|---|"]
+             "| model | backend | frame | stream fps | node fps | latency median / p95 ms | warm-up to streaming s | "
+             "teacher s | adaptation s | frames in/out/dropped/bad |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         n = r["node"]
-        lines.append(f"| {r['model']} | {r['backend_used']} | {r['frame']} | {r['stream_fps']:.2f} | "
+        node_fps = 1000.0 / n["processing_ms"] if n.get("processing_ms") else float("nan")
+        lines.append(f"| {r['model']} | {r['backend_used']} | {r['frame']} | {r['stream_fps']:.2f} | {node_fps:.2f} | "
                      f"{r['latency_ms_median']:.0f} / {r['latency_ms_p95']:.0f} | {r['warmup_to_streaming_s']} | "
                      f"{r['teacher_seconds']} | {r['tta_seconds']} | {n.get('frames_in')}/{n.get('frames_out')}/"
                      f"{n.get('dropped')}/{n.get('bad')} |")
