@@ -20,12 +20,11 @@ shared with the rest of the robot's software.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Optional
 
-import numpy as np
+from .exported import ExportedGraph
 
 log = logging.getLogger("ditta.runtime")
 
@@ -42,7 +41,7 @@ def openvino_devices():
     return list(ov.Core().available_devices)
 
 
-class OpenVINOBackend:
+class OpenVINOBackend(ExportedGraph):
     """Runs ``ditta_*.onnx`` with OpenVINO; state carried as numpy arrays.
 
     Args:
@@ -67,12 +66,7 @@ class OpenVINOBackend:
             import openvino as ov
         except ImportError as exc:
             raise RuntimeError("the Python package 'openvino' is not installed (`pip install openvino`)") from exc
-        meta_path = os.path.splitext(onnx_path)[0] + ".json"
-        for p in (onnx_path, meta_path):
-            if not os.path.isfile(p):
-                raise FileNotFoundError(f"exported model file missing: {p}")
-        with open(meta_path) as f:
-            self.meta = json.load(f)
+        super().__init__(onnx_path)
         core = ov.Core()
         present = core.available_devices
         if device != "AUTO" and not any(d == device or d.startswith(device + ".") or device.startswith(d)
@@ -95,30 +89,15 @@ class OpenVINOBackend:
                 .rstrip("'>")
         except RuntimeError:
             self.precision = precision
-        self.frame_hw = tuple(self.meta["frame_hw"])
         self._inputs = [i.get_any_name() for i in self.compiled.inputs]
         self._outputs = [o.get_any_name() for o in self.compiled.outputs]
-        self._ones = np.ones(self.frame_hw, np.float32)
 
     def describe(self) -> str:
         """One line for logs: device, precision and the model."""
-        return f"openvino {self.device} {self.precision}, {os.path.basename(self.meta.get('model', ''))}"
+        return f"openvino {self.device} {self.precision}, {self._model_name()}"
 
-    def initial_state(self):
-        """Zero state with the metadata's shapes (``has_prev = 0``: plain branch)."""
-        return tuple(np.zeros(s, dtype=d) for k, (d, s) in self.meta["inputs"].items() if k != "image")
-
-    def step(self, frame: np.ndarray, state=None):
-        """``(labels int64 [H,W], confidence float32 [H,W], state)``; raises ``ValueError``
-        for a frame of the wrong size or dtype."""
-        if frame.dtype != np.uint8 or frame.shape != (*self.frame_hw, 3):
-            raise ValueError(f"expected a uint8 frame of {self.frame_hw[0]}x{self.frame_hw[1]}x3, "
-                             f"got {frame.shape} {frame.dtype}")
-        state = state if state is not None else self.initial_state()
-        names = [k for k in self.meta["inputs"] if k != "image"]
-        feed = {"image": np.ascontiguousarray(frame), **{k: np.asarray(v, np.float32) for k, v in zip(names, state)}}
+    def _run(self, feed):
         # a tau = 0 export (plain ISS branch) has no use for the state inputs; the exporter drops them
         res = self.request.infer({k: feed[k] for k in self._inputs})
         out = {name: res[o] for name, o in zip(self._outputs, self.compiled.outputs)}
-        nxt = tuple(out[k] for k in self.meta["outputs"] if k not in ("labels", "confidence"))
-        return out["labels"], out["confidence"], (*nxt, self._ones)
+        return out["labels"], out["confidence"], out["feat"], out["logits"]

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional, Sequence
 
-import numpy as np
+from .exported import ExportedGraph
 
 
-class OrtBackend:
+class OrtBackend(ExportedGraph):
     """Runs ``ditta_*.onnx`` with onnxruntime; state carried as numpy arrays.
 
     Args:
@@ -26,12 +25,7 @@ class OrtBackend:
                  fp16: bool = False):
         import onnxruntime as ort
 
-        meta_path = os.path.splitext(onnx_path)[0] + ".json"
-        for p in (onnx_path, meta_path):
-            if not os.path.isfile(p):
-                raise FileNotFoundError(f"exported model file missing: {p}")
-        with open(meta_path) as f:
-            self.meta = json.load(f)
+        super().__init__(onnx_path)
         available = ort.get_available_providers()
         providers = []
         for name in prefer:
@@ -48,26 +42,12 @@ class OrtBackend:
                 providers.append(name)
         providers.append("CPUExecutionProvider")
         self.session = ort.InferenceSession(onnx_path, providers=providers)
-        self.frame_hw = tuple(self.meta["frame_hw"])
         self._inputs = [i.name for i in self.session.get_inputs()]
 
     def describe(self) -> str:
         """One line for logs: the providers in use and the model."""
-        return f"onnxruntime {'/'.join(self.session.get_providers())}, {os.path.basename(self.meta.get('model', ''))}"
+        return f"onnxruntime {'/'.join(self.session.get_providers())}, {self._model_name()}"
 
-    def initial_state(self):
-        """Zero state ``(feat_prev, logits_prev, has_prev = 0)`` with the metadata's shapes."""
-        return tuple(np.zeros(s, dtype=d) for k, (d, s) in self.meta["inputs"].items() if k != "image")
-
-    def step(self, frame: np.ndarray, state=None):
-        """``(labels int64 [H,W], confidence float32 [H,W], state)``; raises ``ValueError``
-        for a frame of the wrong size or dtype."""
-        if frame.dtype != np.uint8 or frame.shape != (*self.frame_hw, 3):
-            raise ValueError(f"expected a uint8 frame of {self.frame_hw[0]}x{self.frame_hw[1]}x3, "
-                             f"got {frame.shape} {frame.dtype}")
-        state = state if state is not None else self.initial_state()
-        feed = {"image": np.ascontiguousarray(frame), "feat_prev": state[0], "logits_prev": state[1],
-                "has_prev": state[2]}
+    def _run(self, feed):
         # a tau = 0 export (plain ISS branch) has no use for the state inputs; the exporter drops them
-        labels, conf, feat, logits = self.session.run(None, {k: feed[k] for k in self._inputs})
-        return labels, conf, (feat, logits, np.ones(self.frame_hw, np.float32))
+        return tuple(self.session.run(None, {k: feed[k] for k in self._inputs}))
