@@ -113,7 +113,7 @@ def case(impl: str, backend: str, size: str, device: str, fp16: bool, iters: int
         else:
             dense = impl == "two-frame-dense"
             if dense:
-                g = [(s + net.addon.grid_stride - 1) // net.addon.grid_stride for s in model.state_shapes["feat_prev"][2:]]
+                g = list(model.state_shapes["feat_prev"][2:])  # the add-on grid
                 need = (g[0] * g[1]) ** 2 * 13 / 2**30  # mask (1 B) + 3 float32 HW x HW tensors
                 row["dense_need_gib"] = round(need, 1)
                 if need > dense_limit_gib:

@@ -325,11 +325,21 @@ class TemporalAddon(nn.Module):
             ``[B, C, h, w]`` add-on logits (Eq. 1), computed on the grid pooled by
             ``grid_stride`` and resized back to ``h x w``.
         """
-        hw = feat_t.shape[-2:]
+        hw = tuple(feat_t.shape[-2:])
+        return self.attend(self.pool(feat_t), self.pool(feat_prev), self.pool(logits_prev), hw if resize else None)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, K, h, w]`` -> the add-on grid: average pooling by ``grid_stride`` (ceil mode)."""
         s = self.grid_stride
-        if s > 1:
-            feat_t, feat_prev, logits_prev = (F.avg_pool2d(t, s, s, ceil_mode=True)
-                                              for t in (feat_t, feat_prev, logits_prev))
+        return F.avg_pool2d(x, s, s, ceil_mode=True) if s > 1 else x
+
+    def attend(self, feat_t: torch.Tensor, feat_prev: torch.Tensor, logits_prev: torch.Tensor,
+               out_hw=None) -> torch.Tensor:
+        """Eq. 1 on maps already on the add-on grid (:meth:`pool`): ``[B, C, gh, gw]``, or
+        resized bilinearly (``align_corners=False``) to ``out_hw`` when given (and the
+        grid is pooled). :meth:`forward` = pooling + this; the streaming model carries
+        the pooled maps of the previous frame as its state."""
+        s = self.grid_stride
         if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
             # the exported graph stays channels-last from the MLPs to the tiled attention
             out = tiled_window_attention_nhwc(self.query_layer(feat_t.permute(0, 2, 3, 1)),
@@ -339,8 +349,8 @@ class TemporalAddon(nn.Module):
             q = self._per_position(self.query_layer, feat_t)
             k = self._per_position(self.key_layer, feat_prev)
             out = local_window_attention(q, k, logits_prev, self.radius)
-        if s > 1 and resize:
-            out = F.interpolate(out, size=tuple(hw), mode="bilinear", align_corners=False)
+        if s > 1 and out_hw is not None:
+            out = F.interpolate(out, size=tuple(out_hw), mode="bilinear", align_corners=False)
         return out
 
 

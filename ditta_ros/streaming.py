@@ -71,12 +71,13 @@ class StreamingDiTTA(nn.Module):
             frame in one bilinear step; the plain branch and Eq. 3 are unchanged).
 
     ``forward(image, feat_prev, logits_prev, has_prev)``:
-        image: uint8 ``[H, W, 3]`` RGB; feat_prev: float ``[1, D, h, w]``;
-        logits_prev: float ``[1, C, h, w]``; has_prev: float ``[H, W]`` (1 where the
+        image: uint8 ``[H, W, 3]`` RGB; feat_prev: float ``[1, D, gh, gw]`` and
+        logits_prev: float ``[1, C, gh, gw]``, the previous frame's decoder features and
+        plain logits on the add-on grid (pooled by ``grid_stride``); has_prev: float ``[H, W]`` (1 where the
         previous frame of this stream may be used, 0 on the first frame and where the
         motion gate refuses it).
         Returns ``labels`` int64 ``[H, W]``, ``confidence`` float ``[H, W]`` in [0, 1],
-        ``feat`` ``[1, D, h, w]`` and ``logits`` ``[1, C, h, w]`` (the next state).
+        ``feat`` ``[1, D, gh, gw]`` and ``logits`` ``[1, C, gh, gw]`` (the next state).
     """
 
     def __init__(self, net: DiTTANet, frame_hw: Tuple[int, int], tau: float = DEFAULT_TAU,
@@ -99,7 +100,9 @@ class StreamingDiTTA(nn.Module):
                              persistent=False)
         with torch.no_grad():
             x = torch.zeros(1, 3, *self.input_hw)
-            feats = self.iss.decode(self.iss.encode(x))
+            feats = self.net.addon.pool(self.iss.decode(self.iss.encode(x)))
+        # the state is the previous frame's features and plain logits on the add-on grid (pooled once,
+        # when they are made: a quarter of the decoder grid's size to carry for ESPNetv2)
         self.state_shapes = {"feat_prev": tuple(feats.shape),
                              "logits_prev": (1, self.iss.num_classes, *feats.shape[2:]),
                              "has_prev": self.frame_hw}
@@ -115,9 +118,7 @@ class StreamingDiTTA(nn.Module):
     def window_reach(self) -> Tuple[float, float]:
         """``(reach_y, reach_x)`` in frame pixels: how far from a position the add-on's
         window reaches into the previous frame (radius x add-on cell size)."""
-        h, w = self.state_shapes["feat_prev"][2:]
-        s = self.net.addon.grid_stride
-        gh, gw = -(-h // s), -(-w // s)
+        gh, gw = self.state_shapes["feat_prev"][2:]
         r = self.net.addon.radius
         return r * self.frame_hw[0] / gh, r * self.frame_hw[1] / gw
 
@@ -149,21 +150,23 @@ class StreamingDiTTA(nn.Module):
         rel = normalised_reliability(ent)
         # eager torch skips the add-on when no pixel may use the previous frame (the first frame,
         # frames farther apart than max_gap): the result is the plain branch's either way
+        addon_net = self.net.addon
+        feats_g, logits_g = addon_net.pool(feats), addon_net.pool(logits)  # the next state
         if self.tau > 0 and (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or bool(has_prev.max() > 0.5)):
             if self.fusion == "frame":
-                addon = self.net.addon(feats, feat_prev, logits_prev)
+                addon = addon_net.attend(feats_g, feat_prev, logits_prev, out_hw=feats.shape[2:])
                 prob_addon, ent_addon = softmax_entropy(logits_to_frame(self.iss, addon, self.input_hw,
                                                                         self.frame_hw))
                 rel_addon = normalised_reliability(ent_addon)
             else:
-                prob_addon, ent_addon = softmax_entropy(self.net.addon(feats, feat_prev, logits_prev, resize=False))
+                prob_addon, ent_addon = softmax_entropy(addon_net.attend(feats_g, feat_prev, logits_prev))
                 rel_addon = normalised_reliability(ent_addon)
                 prob_addon = F.interpolate(prob_addon, size=self.frame_hw, mode="bilinear", align_corners=False)
                 rel_addon = F.interpolate(rel_addon.unsqueeze(1), size=self.frame_hw, mode="bilinear",
                                           align_corners=False).squeeze(1)
             fused, _ = fuse(prob, prob_addon, self.tau, rel, rel_addon)
             prob = torch.where(has_prev.view(1, 1, *self.frame_hw) > 0.5, fused, prob)
-        return prob[0].argmax(0), rel[0], feats, logits
+        return prob[0].argmax(0), rel[0], feats_g, logits_g
 
     @torch.no_grad()
     def step(self, frame, state=None):

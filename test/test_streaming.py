@@ -126,7 +126,7 @@ def test_grid_fusion_is_eq3_with_the_addon_branch_on_its_grid():
         x = grid.preprocess(torch.from_numpy(frames[1]))
         feats = net.iss.decode(net.iss.encode(x))
         p = torch.softmax(logits_to_frame(net.iss, net.iss.classify(feats), grid.input_hw, hw), 1)
-        pa, ea = softmax_entropy(net.addon(feats, state[0], state[1], resize=False))
+        pa, ea = softmax_entropy(net.addon.attend(net.addon.pool(feats), state[0], state[1]))  # pooled state
         ra = F.interpolate(normalised_reliability(ea)[:, None], size=hw, mode="bilinear", align_corners=False)[:, 0]
         ref, _ = fuse(p, F.interpolate(pa, size=hw, mode="bilinear", align_corners=False), grid.tau, None, ra)
         other = frame(torch.from_numpy(frames[1]), *state)[0]
