@@ -71,16 +71,17 @@ def local_window_attention(query: torch.Tensor, key: torch.Tensor, value: torch.
     if radius < 0:
         raise ValueError(f"radius must be >= 0, got {radius}")
     if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-        # the exported graph: the tiled matrix form, 2.5x faster than the per-offset form in
-        # OpenVINO (bench/results/addon_attention.md); torch itself runs the per-offset loop faster
+        # the exported graph: the tiled matrix form, which OpenVINO runs faster than the per-offset
+        # form (one-off measurement while writing it, not a repo benchmark); torch itself runs the
+        # per-offset loop faster
         return tiled_window_attention(query, key, value, radius)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
         return _WindowAttention.apply(query, key, value, radius)
     return _attention_buffers(query, key, value, radius)[0]
 
 
-#: query tile edge of :func:`tiled_window_attention` (cells); 8 measured fastest in OpenVINO
-#: on the CPU (``bench/addon_attention.py``)
+#: query tile edge of :func:`tiled_window_attention` (cells); 4 and 16 were slower than 8 in
+#: OpenVINO on the CPU in a one-off measurement while writing it (not a repo benchmark)
 TILE = 8
 
 

@@ -257,7 +257,6 @@ class DiTTAMethod(Method):
         hw = tuple(frame_hw)
         if self._stream is None or self._stream_hw != hw:
             self._stream = streaming_backend(self.net, hw, self.tau, self.backend, export_dir=self.export_dir,
-                                             name=getattr(getattr(self.runner.model, "info", None), "name", "model"),
                                              fusion=self.fusion, fp16=self.fp16,
                                              openvino_precision=self.openvino_precision)
             self._stream_hw = hw

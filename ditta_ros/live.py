@@ -57,9 +57,9 @@ class LiveConfig:
 
     Units: seconds of stream time (header stamps) for ``warmup_seconds``; frames
     otherwise. ``backend``: auto | tensorrt | openvino | onnxruntime | torch
-(``openvino_device``: CPU | GPU | NPU; ``openvino_precision``: auto | f32 | bf16 | f16);
-``iss_backend`` serves the pre-trained
-model (warm-up, adaptation off, fallback) on that backend too. ``preset`` names
+    (``openvino_device``: CPU | GPU | NPU; ``openvino_precision``: auto | f32 | bf16 | f16);
+    ``iss_backend`` serves the pre-trained model (warm-up, adaptation off, fallback) on
+    that backend too. ``preset`` names
     the DiTTA configuration (:data:`ditta_ros.ditta.PRESETS`: ``default`` or
     ``faithful``); ``lr``, ``iters``, ``params``, ``loss_mode`` override it when set
     (0 / empty = the preset's); ``guard`` turns the do-no-harm guard on or off.
@@ -209,8 +209,7 @@ class LivePipeline:
         self._backend = None
         self._backend_hw: Optional[Tuple[int, int]] = None
         self._state = None
-        self._iss_backend = None  # the pre-trained model on the serving backend (warm-up, ISS phase)
-        self._iss_hw: Optional[Tuple[int, int]] = None
+        self._iss_method = None  # the pre-trained model on the serving backend (warm-up, ISS phase)
         self._gate = None  # MotionGate of the streaming backend, when the preset uses one
         self._method_cfg = cfg.method_configs()  # the preset resolved once: a bad preset fails here
         self._last_stamp: Optional[float] = None  # stamp of the last streamed frame
@@ -352,18 +351,20 @@ class LivePipeline:
                 "guard": ({k: guard.get(k) for k in ("refused", "changed", "lost_classes", "reasons")}
                           if guard else None)}
 
-    def _prepare_backend(self, net, frame_hw, tau: Optional[float] = None):
-        """The runtime backend for ``net`` on frames of ``frame_hw`` (:func:`ditta_ros.runtime.streaming_backend`:
-        exported once per weights, model and size into ``export_dir``, reused across restarts)."""
+    def _backend_options(self) -> Dict[str, object]:
+        """:func:`ditta_ros.runtime.streaming_backend` keywords from the config."""
+        return {"export_dir": self.cfg.export_dir, "engine_cache": os.path.expanduser(self.cfg.engine_cache),
+                "fp16": self.cfg.fp16, "openvino_device": self.cfg.openvino_device,
+                "openvino_precision": self.cfg.openvino_precision}
+
+    def _prepare_backend(self, net, frame_hw):
+        """The runtime backend for the adapted ``net`` on frames of ``frame_hw``
+        (:func:`ditta_ros.runtime.streaming_backend`: exported once per weights, model and
+        size into ``export_dir``, reused across restarts)."""
         from .runtime import streaming_backend
 
-        tau = self.cfg.tau if tau is None else tau
-        name = self.info.name if self.info is not None else "model"
-        return streaming_backend(net, tuple(frame_hw), tau, self.cfg.backend, export_dir=self.cfg.export_dir,
-                                 name=name, engine_cache=os.path.expanduser(self.cfg.engine_cache),
-                                 fp16=self.cfg.fp16, openvino_device=self.cfg.openvino_device,
-                                 openvino_precision=self.cfg.openvino_precision,
-                                 fusion=self._method_cfg["fusion"])
+        return streaming_backend(net, tuple(frame_hw), self.cfg.tau, self.cfg.backend,
+                                 fusion=self._method_cfg["fusion"], **self._backend_options())
 
     def _gate_for(self, net, frame_hw) -> None:
         """The motion gate of a streaming backend for ``frame_hw`` (when the preset has one)."""
@@ -379,18 +380,11 @@ class LivePipeline:
         ``export_dir``; ``iss_backend: false`` keeps torch's frame-wise runner."""
         if not self.cfg.iss_backend:
             return self.runner.predict(frame)
-        hw = frame.shape[:2]
-        if self._iss_backend is None or self._iss_hw != hw:
-            from .adapt import DiTTANet
+        if self._iss_method is None:
+            from .baselines.iss import StreamingISS
 
-            t0 = time.perf_counter()
-            self._iss_backend = self._prepare_backend(DiTTANet(self.runner.model), hw, tau=0.0)
-            self._iss_hw = hw
-            log.info("ISS model on %s for %dx%d frames (ready in %.1f s)", self._iss_backend.describe(), hw[1], hw[0],
-                     time.perf_counter() - t0)
-        labels, conf, _ = self._iss_backend.step(frame, None)
-        return Prediction(np.asarray(labels).astype(label_dtype(self.runner.model.num_classes)),
-                          np.asarray(conf, dtype=np.float32))
+            self._iss_method = StreamingISS(self.runner, self.cfg.backend, **self._backend_options())
+        return self._iss_method.predict(frame)
 
     def _stream(self, frame: np.ndarray, stamp: Optional[float] = None) -> Prediction:
         hw = frame.shape[:2]

@@ -3,10 +3,15 @@ no temporal add-on (the paper's "ISS" rows; official ``run_ditta.py --baseline``
 
 from __future__ import annotations
 
+import logging
+import time
+
 import numpy as np
 
 from ..inference import ISSRunner, Prediction, label_dtype
 from ..protocol import Method
+
+log = logging.getLogger("ditta.iss")
 
 
 class FrameWiseISS(Method):
@@ -28,24 +33,22 @@ class StreamingISS(Method):
     (PIL preprocessing, the reference implementation's) it measures that path's own
     effect, the noise floor of a DiTTA-vs-ISS comparison.
 
+    The node serves its warm-up and ``adapt: false`` labels through this class too.
+
     Args:
         runner: the ISS runner (its model).
         backend: runtime of the plain-ISS graph: ``torch`` (default) | ``openvino`` |
             ``onnxruntime`` | ``tensorrt`` | ``auto`` (what the node serves the ISS phase with).
-        export_dir: where its export is cached (``None``: the runtime's default).
-        fp16: half precision on TensorRT / torch CUDA.
-        openvino_precision: ``auto`` (the device's default: bf16 on CPUs with bf16 units) | ``f32``.
+        options: :func:`ditta_ros.runtime.streaming_backend` keywords (``export_dir``,
+            ``engine_cache``, ``fp16``, ``openvino_device``, ``openvino_precision``).
     """
 
     name = "iss-stream"
 
-    def __init__(self, runner: ISSRunner, backend: str = "torch", export_dir=None, fp16: bool = False,
-                 openvino_precision: str = "auto"):
+    def __init__(self, runner: ISSRunner, backend: str = "torch", **options):
         self.runner = runner
         self.backend = backend
-        self.fp16 = bool(fp16)
-        self.openvino_precision = openvino_precision
-        self.export_dir = export_dir
+        self.options = options
         self._model = None
         self._hw = None
 
@@ -55,10 +58,10 @@ class StreamingISS(Method):
 
         if self._model is None or self._hw != tuple(frame.shape[:2]):
             self._hw = tuple(frame.shape[:2])
-            self._model = streaming_backend(DiTTANet(self.runner.model), self._hw, 0.0, self.backend,
-                                            export_dir=self.export_dir, fp16=self.fp16,
-                                            openvino_precision=self.openvino_precision,
-                                            name=getattr(getattr(self.runner.model, "info", None), "name", "model"))
+            t0 = time.perf_counter()
+            self._model = streaming_backend(DiTTANet(self.runner.model), self._hw, 0.0, self.backend, **self.options)
+            log.info("ISS model on %s for %dx%d frames (ready in %.1f s)", self._model.describe(), self._hw[1],
+                     self._hw[0], time.perf_counter() - t0)
         labels, conf, _ = self._model.step(frame, None)
         return Prediction(np.asarray(labels).astype(label_dtype(self.runner.model.num_classes)),
                           np.asarray(conf, dtype=np.float32))

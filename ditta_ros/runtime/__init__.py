@@ -83,7 +83,8 @@ def select_backend(requested: str = "auto", onnx_path: Optional[str] = None, tor
     Args:
         requested: ``auto`` | ``tensorrt`` | ``openvino`` | ``onnxruntime`` | ``torch``.
         onnx_path: exported model (needed by tensorrt/openvino/onnxruntime).
-        torch_model: a :class:`StreamingDiTTA` (needed by torch).
+        torch_model: a :class:`StreamingDiTTA` (needed by torch), or a zero-argument
+            callable returning one (built only when the chain reaches torch).
         engine_cache: TensorRT engine + timing cache folder; OpenVINO's compiled-model
             cache goes to its ``openvino`` subfolder.
         fp16: half precision where the backend supports it (TensorRT, torch on CUDA);
@@ -151,7 +152,9 @@ def select_backend(requested: str = "auto", onnx_path: Optional[str] = None, tor
                 continue
             from .torch_backend import TorchBackend
 
-            backend = TorchBackend(torch_model, fp16=fp16)
+            # a factory, or the model itself (a module is callable too: it has ``step``)
+            backend = TorchBackend(torch_model() if callable(torch_model) and not hasattr(torch_model, "step")
+                                   else torch_model, fp16=fp16)
         log.info("runtime backend: %s (%s)%s", name, backend.describe(),
                  "; skipped " + "; ".join(reasons) if reasons else "")
         return backend
@@ -165,8 +168,6 @@ def weights_digest(net, plain: bool = False) -> str:
     shares the pre-trained model's plain graph."""
     import hashlib
 
-    import numpy as np
-
     h = hashlib.sha256()
     for name, t in net.state_dict().items():
         if plain and not name.startswith("iss."):
@@ -178,7 +179,7 @@ def weights_digest(net, plain: bool = False) -> str:
 
 
 def streaming_backend(net, frame_hw, tau: float, requested: str = "auto", export_dir: Optional[str] = None,
-                      name: str = "model", engine_cache: Optional[str] = None, fp16: bool = False,
+                      name: Optional[str] = None, engine_cache: Optional[str] = None, fp16: bool = False,
                       openvino_device: str = "CPU", label_set: str = "", classes=(), fusion: str = "frame",
                       openvino_precision: str = "auto"):
     """The runtime backend that serves a (pre-trained or adapted) network on frames of
@@ -197,7 +198,8 @@ def streaming_backend(net, frame_hw, tau: float, requested: str = "auto", export
         tau: fusion threshold (0 = plain ISS branch only).
         requested: as :func:`select_backend`.
         export_dir: export folder (``None``: :data:`DEFAULT_EXPORT_DIR`, the node's default).
-        name: model name used in file names and metadata.
+        name: model name used in file names and metadata (default: the ISS model's
+            ``info.name``, as :func:`ditta_ros.iss.load_model` attaches it).
         engine_cache, fp16, openvino_device, openvino_precision: as :func:`select_backend`
             (the torch backend runs channels-last on the CPU).
         label_set, classes: recorded in the export metadata.
@@ -210,58 +212,61 @@ def streaming_backend(net, frame_hw, tau: float, requested: str = "auto", export
         ValueError / RuntimeError: as :func:`select_backend`.
     """
     import os
-    import tempfile
-
-    from ..streaming import StreamingDiTTA
 
     if requested not in ("auto",) + CHAIN:
         raise ValueError(f"unknown backend {requested!r}; choose auto, {', '.join(CHAIN)}")
     frame_hw = (int(frame_hw[0]), int(frame_hw[1]))
-    torch_model = StreamingDiTTA(net, frame_hw, tau, fusion=fusion)
+    name = name or getattr(getattr(net.iss, "info", None), "name", None) or "model"
     onnx_path = None
     if requested != "torch" and (requested != "auto" or accelerated_runtime_available()):
-        import json
+        onnx_path = _cached_export(net, frame_hw, tau, os.path.expanduser(export_dir or DEFAULT_EXPORT_DIR), name,
+                                   fp16, fusion, label_set, classes)
 
-        from ..export import export_onnx
+    def torch_model():  # built only when the chain reaches torch (its construction runs the network once)
+        from ..streaming import StreamingDiTTA
 
-        folder = os.path.join(os.path.expanduser(export_dir or DEFAULT_EXPORT_DIR), f"{name}_{frame_hw[0]}x{frame_hw[1]}")
-        digest = weights_digest(net, plain=tau <= 0)
-        stem = f"{name}_{frame_hw[0]}x{frame_hw[1]}_tau{tau:g}{'_grid' if tau > 0 and fusion == 'grid' else ''}_{digest}"
-        onnx_path = os.path.join(folder, f"ditta_{stem}.onnx")
-        meta_path = os.path.splitext(onnx_path)[0] + ".json"
-        cached = False
-        if os.path.isfile(onnx_path) and os.path.isfile(meta_path):
-            with open(meta_path) as f:
-                meta = json.load(f)
-            cached = meta.get("weights_digest") == digest and meta.get("fp16") == bool(fp16)
-        if cached:
-            log.info("reusing the export %s", onnx_path)
-        else:
-            tmp = tempfile.mkdtemp(prefix=".export-", dir=_mkdir(folder))
-            path, meta_tmp = export_onnx(net, frame_hw, tmp, stem, label_set=label_set, classes=classes, tau=tau,
-                                         fp16=fp16, adaptation={"weights_digest": digest}, fusion=fusion)
-            with open(meta_tmp) as f:
-                meta = json.load(f)
-            meta.update(model=name, weights_digest=digest, fp16=bool(fp16))
-            with open(meta_tmp, "w") as f:
-                json.dump(meta, f, indent=2)
-            # rename into place: a crash mid-export never leaves a half-written model behind
-            os.replace(path, onnx_path)
-            os.replace(meta_tmp, meta_path)
-            os.rmdir(tmp)
+        return StreamingDiTTA(net, frame_hw, tau, fusion=fusion)
+
     backend = select_backend(requested, onnx_path=onnx_path, torch_model=torch_model, engine_cache=engine_cache,
                              fp16=fp16, openvino_device=openvino_device, openvino_precision=openvino_precision)
-    if tau > 0 and type(backend).__name__ in ("OpenVINOBackend", "OrtBackend"):
+    if tau > 0 and getattr(backend, "name", None) in ("openvino", "onnxruntime"):
         # a second, plain graph for the frames where no pixel may use the previous one
-        plain = streaming_backend(net, frame_hw, 0.0, _name_of(backend), export_dir=export_dir, name=name,
+        plain = streaming_backend(net, frame_hw, 0.0, backend.name, export_dir=export_dir, name=name,
                                   engine_cache=engine_cache, fp16=fp16, openvino_device=openvino_device,
                                   label_set=label_set, classes=classes, openvino_precision=openvino_precision)
         backend = SkipAddon(backend, plain)
     return backend
 
 
-def _name_of(backend) -> str:
-    return {"OpenVINOBackend": "openvino", "OrtBackend": "onnxruntime"}[type(backend).__name__]
+def _cached_export(net, frame_hw, tau, export_dir, name, fp16, fusion, label_set, classes) -> str:
+    """The ONNX of ``net`` for :func:`streaming_backend`: reused when the file for these weights,
+    size, tau, fusion and precision exists, else exported and renamed into place (a crash
+    mid-export never leaves a half-written model behind)."""
+    import json
+    import os
+    import tempfile
+
+    from ..export import export_onnx
+
+    folder = os.path.join(export_dir, f"{name}_{frame_hw[0]}x{frame_hw[1]}")
+    digest = weights_digest(net, plain=tau <= 0)
+    stem = f"ditta_{name}_{frame_hw[0]}x{frame_hw[1]}_tau{tau:g}{'_grid' if tau > 0 and fusion == 'grid' else ''}" \
+           f"_{digest}"
+    onnx_path, meta_path = (os.path.join(folder, stem + ext) for ext in (".onnx", ".json"))
+    if os.path.isfile(onnx_path) and os.path.isfile(meta_path):
+        with open(meta_path) as f:
+            meta = json.load(f)
+        if meta["adaptation"].get("weights_digest") == digest and meta["precision"] == ("fp16" if fp16 else "fp32"):
+            log.info("reusing the export %s", onnx_path)
+            return onnx_path
+    os.makedirs(folder, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".export-", dir=folder)
+    path, meta_tmp = export_onnx(net, frame_hw, tmp, name, label_set=label_set, classes=classes, tau=tau, fp16=fp16,
+                                 adaptation={"weights_digest": digest}, fusion=fusion)
+    os.replace(path, onnx_path)
+    os.replace(meta_tmp, meta_path)
+    os.rmdir(tmp)
+    return onnx_path
 
 
 class SkipAddon:
@@ -291,9 +296,3 @@ class SkipAddon:
             return self.plain.step(frame, None)
         return self.full.step(frame, state)
 
-
-def _mkdir(path: str) -> str:
-    import os
-
-    os.makedirs(path, exist_ok=True)
-    return path

@@ -58,6 +58,8 @@ class OpenVINOBackend(ExportedGraph):
         FileNotFoundError: the ONNX or its metadata is missing.
     """
 
+    name = "openvino"  #: the backend name of :data:`ditta_ros.runtime.CHAIN`
+
     def __init__(self, onnx_path: str, device: str = "CPU", cache_dir: Optional[str] = None,
                  precision: str = "auto", threads: int = 0):
         if precision not in PRECISIONS:

@@ -21,6 +21,8 @@ class OrtBackend(ExportedGraph):
         FileNotFoundError: the ONNX or its metadata is missing.
     """
 
+    name = "onnxruntime"  #: the backend name of :data:`ditta_ros.runtime.CHAIN`
+
     def __init__(self, onnx_path: str, prefer: Sequence[str] = (), engine_cache: Optional[str] = None,
                  fp16: bool = False):
         import onnxruntime as ort
@@ -42,6 +44,8 @@ class OrtBackend(ExportedGraph):
                 providers.append(name)
         providers.append("CPUExecutionProvider")
         self.session = ort.InferenceSession(onnx_path, providers=providers)
+        if self.session.get_providers()[0] == "TensorrtExecutionProvider":
+            self.name = "tensorrt"  # the chain's tensorrt step, through onnxruntime
         self._inputs = [i.name for i in self.session.get_inputs()]
 
     def describe(self) -> str:
