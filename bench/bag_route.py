@@ -30,11 +30,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def main() -> None:
     from common import RESULTS, clip_parser, machine, write_results
+    from ditta_ros.protocol import DEFAULT_WARMUP_RATIO
 
     p = clip_parser(__doc__)
     p.add_argument("--model", default="espnetv2-s2.0-cityscapes-1024x512")
     p.add_argument("--label-map", default="cityscapes19_to_camvid11")
-    p.add_argument("--warmup-ratio", type=int, default=10)
+    p.add_argument("--warmup-ratio", type=int, default=DEFAULT_WARMUP_RATIO)
     p.add_argument("--rate", type=float, default=1.0, help="playback speed factor (lockstep slows it further)")
     p.add_argument("--offline", default=os.path.join(RESULTS, "compare_camvid", "ditta", "result.json"))
     p.add_argument("--name", default=None)

@@ -26,11 +26,12 @@ def main() -> None:
     from ditta_ros.inference import ISSRunner
     from ditta_ros.iss import load_model
     from ditta_ros.labels import load_label_map
+    from ditta_ros.protocol import DEFAULT_WARMUP_RATIO
 
     p = clip_parser(__doc__)
     p.add_argument("--model", default="espnetv2-s2.0-cityscapes-512x256")
     p.add_argument("--label-map", default="cityscapes19_to_camvid11")
-    p.add_argument("--warmup-ratio", type=int, default=10)
+    p.add_argument("--warmup-ratio", type=int, default=DEFAULT_WARMUP_RATIO)
     p.add_argument("--preset", default="default", choices=list(PRESETS))
     args = p.parse_args()
     clip = open_clip(args.clip)

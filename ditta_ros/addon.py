@@ -390,9 +390,10 @@ def softmax_entropy(logits: torch.Tensor, dim: int = 1) -> Tuple[torch.Tensor, t
 
 def normalised_reliability(ent: torch.Tensor) -> torch.Tensor:
     """Eq. 2 from an entropy map ``[B, H, W]``: ``R = 1 - E / max(E)`` per frame (``R = 1``
-    where the frame's entropy is 0 everywhere)."""
+    where the frame's entropy is 0 everywhere; NaN stays NaN, so a broken model's output is
+    seen as non-finite downstream instead of as fully reliable)."""
     emax = ent.flatten(1).amax(1).view(-1, 1, 1)
-    return torch.where(emax > 0, 1 - ent / emax.clamp_min(torch.finfo(ent.dtype).tiny), torch.ones_like(ent))
+    return torch.where(emax <= 0, torch.ones_like(ent), 1 - ent / emax.clamp_min(torch.finfo(ent.dtype).tiny))
 
 
 def reliability(prob: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,8 @@
 
     ditta compare CLIP --model M --label-map L --out DIR [--methods iss ditta] [--no-route]
 
-* offline: ``ditta eval CLIP --method <m>`` for each method (W2F protocol), results
-  under ``DIR/<method>/``;
+* offline: ``ditta eval CLIP --method <m>`` for each method (W2F protocol,
+  :func:`ditta_ros.evaluate.run_eval`), results under ``DIR/<method>/``;
 * ROS route (unless ``--no-route``): ``ditta bag make CLIP`` -> ``ditta_node`` over
   real DDS (unhurried replay, :mod:`ditta_ros.route`) -> ``ditta bag record`` ->
   ``ditta bag eval`` with the same warm-up frames left out, under ``DIR/route/``.
@@ -17,34 +17,44 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
+
+from .protocol import DEFAULT_WARMUP_RATIO
 
 KEYS = ("mIoU", "wIoU", "mVC8", "mVC16")
 
 
 def run_compare(clip: str, out: str, model: str, label_map: Optional[str], methods: Sequence[str] = ("iss", "ditta"),
-                route: bool = True, warmup_ratio: int = 10, max_frames: Optional[int] = None,
-                extra_eval: Sequence[str] = (), node_params: Optional[Dict[str, object]] = None,
-                progress: bool = True) -> List[Dict[str, object]]:
+                route: bool = True, warmup_ratio: int = DEFAULT_WARMUP_RATIO, max_frames: Optional[int] = None,
+                method_options: Optional[Mapping[str, Mapping[str, object]]] = None,
+                node_params: Optional[Dict[str, object]] = None, progress: bool = True) -> List[Dict[str, object]]:
     """Run the comparison and write ``compare.{json,md}`` under ``out``; returns the rows.
 
-    Raises:
-        RuntimeError: a ``ditta eval`` run or the route failed.
-        FileNotFoundError: the clip or the model weights are missing.
-    """
-    from .cli import main as ditta
-    from .data import open_clip
+    ``method_options``: per method name, its :func:`~ditta_ros.methods.make_method` options
+    (e.g. ``{"iss-stream": {"backend": "auto"}}``); a method not named runs with its defaults
+    (``ditta``: ``progress`` follows ``progress``).
 
+    Raises:
+        ValueError: options for a method not compared, an unknown method, or as
+            :func:`ditta_ros.evaluate.run_eval`; TypeError: an option the method does not take.
+        FileNotFoundError: the clip or the model weights are missing.
+        RuntimeError: the route failed.
+    """
+    from .data import open_clip
+    from .evaluate import prepare_eval, run_eval
+
+    method_options = method_options or {}
+    stray = sorted(set(method_options) - set(methods))
+    if stray:
+        raise ValueError(f"options for {', '.join(stray)}, not among the compared methods {', '.join(methods)}")
     rows: List[Dict[str, object]] = []
     for method in methods:
         mdir = os.path.join(out, method)
-        argv = ["eval", clip, "--model", model, "--method", method, "--warmup-ratio", str(warmup_ratio),
-                "--overlays", "0", "--out", mdir, *extra_eval]
-        argv += ["--label-map", label_map] if label_map else []
-        argv += ["--max-frames", str(max_frames)] if max_frames else []
-        argv += [] if progress else ["--no-progress"]
-        if ditta(argv):
-            raise RuntimeError(f"ditta eval --method {method} failed")
+        opts = dict(method_options.get(method, {}))
+        if method == "ditta":
+            opts.setdefault("progress", progress)
+        setup = prepare_eval(clip, model, label_map, max_frames or None)
+        run_eval(setup, method, mdir, opts, warmup_ratio=warmup_ratio, overlays=0, progress=progress)
         with open(os.path.join(mdir, "result.json")) as f:
             res = json.load(f)
         rows.append({"row": f"{method} (ditta eval)", **{k: res[k] for k in KEYS}, "fps": res.get("fps"),
@@ -60,9 +70,10 @@ def run_compare(clip: str, out: str, model: str, label_map: Optional[str], metho
     return rows
 
 
-def route_eval(clip: str, rdir: str, model: str, label_map: Optional[str], warmup_ratio: int = 10,
-               max_frames: Optional[int] = None, node_params: Optional[Dict[str, object]] = None,
-               rate: float = 1.0, progress: bool = False) -> Dict[str, object]:
+def route_eval(clip: str, rdir: str, model: str, label_map: Optional[str],
+               warmup_ratio: int = DEFAULT_WARMUP_RATIO, max_frames: Optional[int] = None,
+               node_params: Optional[Dict[str, object]] = None, rate: float = 1.0,
+               progress: bool = False) -> Dict[str, object]:
     """The ROS route on a labelled clip, scored like ``ditta eval`` (W2F: warm-up frames left out).
 
     ``rdir`` (replaced if it exists) receives ``clip_bag/``, ``labels_bag/``,
@@ -86,7 +97,8 @@ def route_eval(clip: str, rdir: str, model: str, label_map: Optional[str], warmu
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = local_ros_env(os.path.join(rdir, "ros_log"), pythonpath=package_root)
     params = {"model": model, "warmup_frames": n_warm, "publish_color": False,
-              "export_dir": os.path.join(rdir, "export"), **(node_params or {})}
+              "export_dir": os.path.join(rdir, "export"), "checkpoint_dir": os.path.join(rdir, "adapted"),
+              **(node_params or {})}
     adapting = params.get("adapt", True) not in (False, "false")  # without adaptation there is no STREAMING to wait for
     r = run_route(src, rec, env, os.path.join(rdir, "node.log"), node_params=params,
                   pause_after=n_warm if adapting else 0, rate=rate,

@@ -145,7 +145,8 @@ def run_demo(cfg: DemoConfig) -> Dict[str, object]:
     params = {"model": cfg.model, "device": cfg.device, "warmup_frames": cfg.warmup_frames, "iters": cfg.iters,
               "teacher": cfg.teacher, "teacher_checkpoint": cfg.teacher_checkpoint,
               "teacher_config": cfg.teacher_config, "backend": cfg.backend, "publish_color": False,
-              "export_dir": os.path.join(out, "export"), **cfg.node_params}
+              "export_dir": os.path.join(out, "export"), "checkpoint_dir": os.path.join(out, "adapted"),
+              **cfg.node_params}
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = local_ros_env(os.path.join(out, "ros_log"), pythonpath=package_root)
     node_log = os.path.join(out, "node.log")

@@ -23,14 +23,34 @@ import torch
 from .adapt import FAITHFUL_ADAPT, AdaptConfig, DiTTANet, adapt
 from .addon import DEFAULT_TAU
 from .guard import GuardConfig, GuardVerdict, check
-from .inference import ISSRunner, Prediction, label_dtype
-from .iss.base import logits_to_frame
-from .streaming import MotionGate, StreamingDiTTA, apply_gates
+from .inference import ISSRunner, Prediction
+from .iss.base import plain_step
+from .streaming import FrozenDiTTA
 from .protocol import Method
 from .teacher.propagator import Propagator
 from .teacher.targets import FAITHFUL_TARGETS, TargetConfig, Targets, build_targets, cache_key, target_report
 
 log = logging.getLogger("ditta.method")
+
+
+class AdaptationCancelled(RuntimeError):
+    """Raised inside :meth:`DiTTAMethod.adapt` once its ``stop`` event is set (a reset, a shutdown)."""
+
+
+class _StopCheck:
+    """A progress bar whose ``update`` raises :class:`AdaptationCancelled` once ``stop`` is set
+    (the teacher and the adaptation loop report every frame and step through it)."""
+
+    def __init__(self, bar, stop):
+        self._bar, self._stop = bar, stop
+
+    def update(self, n=1):
+        if self._stop is not None and self._stop.is_set():
+            raise AdaptationCancelled("adaptation cancelled")
+        return self._bar.update(n)
+
+    def __getattr__(self, name):
+        return getattr(self._bar, name)
 
 #: named configurations: ``faithful`` = the official code's hyper-parameters, no guard, no
 #: fusion gate; ``default`` = what the decision rule of ``docs/dev_set_rule.md`` chose on the
@@ -77,6 +97,9 @@ class DiTTAMethod(Method):
             branch's softmax and reliability on its own grid; :class:`StreamingDiTTA`).
         addon_stride: pooling of the decoder grid for the add-on (0 = the model card's;
             :class:`~ditta_ros.addon.TemporalAddon`).
+        stop: a ``threading.Event``; once set, :meth:`adapt` raises
+            :class:`AdaptationCancelled` at its next frame or step (the live pipeline's reset
+            and shutdown).
 
     ``adapt`` returns, for result.json: ``adapt_seconds`` (all of the warm-up
     work), ``teacher_seconds``, ``tta_seconds``, ``guard_seconds``, ``losses`` (last
@@ -92,7 +115,7 @@ class DiTTAMethod(Method):
                  cache_tag: str = "", progress: bool = True, save_adapted: Optional[str] = None,
                  guard_cfg: GuardConfig = GuardConfig(), motion_gate: bool = False, max_gap: float = 0.0,
                  backend: str = "torch", export_dir: Optional[str] = None, fusion: str = "frame",
-                 addon_stride: int = 0, fp16: bool = False, openvino_precision: str = "auto"):
+                 addon_stride: int = 0, fp16: bool = False, openvino_precision: str = "auto", stop=None):
         self.runner = runner
         self.teacher = teacher
         self.target_cfg = target_cfg
@@ -111,35 +134,51 @@ class DiTTAMethod(Method):
         self.addon_stride = int(addon_stride)
         self.fp16 = bool(fp16)
         self.openvino_precision = openvino_precision
-        self._gate: Optional[MotionGate] = None
+        self.stop = stop
         self.verdict: Optional[GuardVerdict] = None
         self.net: Optional[DiTTANet] = None
+        self.frozen: Optional[FrozenDiTTA] = None  # the adapted network, frozen for serving
         self._last_warm: Optional[np.ndarray] = None
-        self._state = None
-        self._stream = None  # the streaming backend of the adapted network
-        self._stream_hw: Optional[tuple] = None
 
-    def iss_warmup(self, frames: Sequence[np.ndarray]):
+    def _check_stop(self) -> None:
+        if self.stop is not None and self.stop.is_set():
+            raise AdaptationCancelled("adaptation cancelled")
+
+    def iss_warmup(self, frames: Sequence[np.ndarray], known: Optional[Sequence[Prediction]] = None):
         """Frozen ISS on the warm-up frames (step 1 of the method).
 
         Args:
             frames: ``T`` uint8 RGB ``[H, W, 3]`` frames.
+            known: the ISS predictions of these frames when the caller already has them
+                (the live pipeline serves the warm-up frames with the ISS model): then only
+                the backbone runs here.
 
         Returns:
             ``(encoded, input_hw, preds, rels)``: per frame the frozen backbone's outputs
             (kept for adaptation), the network input ``(h, w)``, int64 ``[H, W]`` ISS
             predictions and float32 ``[H, W]`` Eq. 2 reliabilities at frame size.
+
+        Raises:
+            ValueError: ``known`` does not hold one prediction of each frame's size per frame.
         """
         from .addon import reliability
 
+        if known is not None and (len(known) != len(frames)
+                                  or any(p.labels.shape != f.shape[:2] for p, f in zip(known, frames))):
+            raise ValueError("known ISS predictions must match the warm-up frames one to one, at frame size")
         model = self.runner.model
         encoded, preds, rels = [], [], []
         with torch.no_grad():
-            for f in frames:
+            for t, f in enumerate(frames):
+                self._check_stop()
                 x = self.runner.prepare(f)
-                enc = model.encode(x)
-                logits = model.classify(model.decode(enc))
-                prob = torch.softmax(logits_to_frame(model, logits, x.shape[2:], f.shape[:2]), 1)
+                if known is not None:
+                    encoded.append(tuple(e.detach() for e in model.encode(x)))
+                    preds.append(known[t].labels.astype(np.int64))
+                    rels.append(np.asarray(known[t].confidence, np.float32))
+                    continue
+                enc, _, _, frame_logits = plain_step(model, x, f.shape[:2])
+                prob = torch.softmax(frame_logits, 1)
                 encoded.append(tuple(e.detach() for e in enc))
                 preds.append(prob[0].argmax(0).numpy().astype(np.int64))
                 rels.append(reliability(prob)[0].numpy())
@@ -167,7 +206,8 @@ class DiTTAMethod(Method):
         if targets is None:
             prop: Propagator = self.teacher()
             with tqdm(total=2 * n, desc="teacher", disable=not self.progress, unit="frame") as bar:
-                targets = build_targets(prop, frames, preds, rels, self.runner.model.num_classes, self.target_cfg, bar)
+                targets = build_targets(prop, frames, preds, rels, self.runner.model.num_classes, self.target_cfg,
+                                        _StopCheck(bar, self.stop))
             teacher_s = targets.stats.get("teacher_seconds", 0.0)
             if path:
                 targets.save(path)
@@ -177,22 +217,30 @@ class DiTTAMethod(Method):
         stats = {k: v for k, v in targets.stats.items() if k != "teacher_seconds"}
         return labels, targets.obj_maps, stats, report, teacher_s
 
-    def adapt(self, frames: Sequence[np.ndarray]) -> Dict[str, object]:
+    def adapt(self, frames: Sequence[np.ndarray], iss_preds: Optional[Sequence[Prediction]] = None
+              ) -> Dict[str, object]:
+        """Warm-up: ISS, teacher targets, adaptation, guard (``iss_preds``: the ISS predictions
+        of ``frames`` when known, :meth:`iss_warmup`).
+
+        Raises:
+            AdaptationCancelled: :attr:`stop` was set.
+        """
         from tqdm import tqdm
 
         t0 = time.perf_counter()
-        encoded, input_hw, preds, rels = self.iss_warmup(frames)
+        encoded, input_hw, preds, rels = self.iss_warmup(frames, iss_preds)
         n = len(frames)
         labels, obj_maps, stats, report, teacher_s = self.make_targets(frames, preds, rels)
         log.info("targets: %.1f%% of the warm-up pixels differ from the ISS, %s objects kept, dropped %s",
                  100 * report.get("changed", 0.0), report.get("objects_kept"), report.get("objects_dropped"))
         t1 = time.perf_counter()
+        self._check_stop()
         with tqdm(total=self.adapt_cfg.iters * n, desc="adapt", disable=not self.progress, unit="step") as bar:
             self.net, losses = adapt(DiTTANet(self.runner.model, grid_stride=self.addon_stride), encoded, input_hw,
-                                     labels, obj_maps,
-                                     self.adapt_cfg, bar)
+                                     labels, obj_maps, self.adapt_cfg, _StopCheck(bar, self.stop))
         adapt_only = time.perf_counter() - t1
-        self._stream = None  # rebuilt on the adapted network
+        self.frozen = self.freeze()
+        self._check_stop()
         t2 = time.perf_counter()
         self.verdict = self.guard(frames, preds, rels)
         guard_s = time.perf_counter() - t2
@@ -219,13 +267,26 @@ class DiTTAMethod(Method):
                           **({"fusion": self.fusion} if self.fusion != "frame" else {}),
                           **({"addon_stride": self.addon_stride} if self.addon_stride else {})}}
 
+    def freeze(self) -> FrozenDiTTA:
+        """The adapted network frozen for serving (:class:`FrozenDiTTA`) with this method's
+        tau, fusion, gates and runtime.
+
+        Raises:
+            RuntimeError: no network (before :meth:`adapt`).
+        """
+        if self.net is None:
+            raise RuntimeError("DiTTA predicts only after adapt()")
+        return FrozenDiTTA(self.net, self.tau, self.backend, fusion=self.fusion, motion_gate=self.motion_gate,
+                           max_gap=self.max_gap, export_dir=self.export_dir, fp16=self.fp16,
+                           openvino_precision=self.openvino_precision)
+
     def guard(self, frames: Sequence[np.ndarray], preds, rels) -> GuardVerdict:
         """Run the adapted streaming model over the warm-up frames (fresh state) and
         check it against the frozen ISS (:func:`ditta_ros.guard.check`)."""
-        self._reset_stream()
+        self.frozen.reset()
         with torch.inference_mode():
             adapted = [self._step(f).labels for f in frames]
-        self._reset_stream()
+        self.frozen.reset()
         return check(adapted, preds, rels, self.guard_cfg)
 
     @property
@@ -233,13 +294,9 @@ class DiTTAMethod(Method):
         """True when the guard refused the adaptation (the ISS model serves)."""
         return self.verdict is not None and self.verdict.refused
 
-    def _reset_stream(self) -> None:
-        self._state = None
-        if self._gate is not None:
-            self._gate.reset()
-
     def start_stream(self, eval_frames=None) -> None:
-        self._reset_stream()
+        if self.frozen is not None:
+            self.frozen.reset()
         if self._last_warm is not None and not self.refused:
             self._step(self._last_warm)
 
@@ -250,27 +307,16 @@ class DiTTAMethod(Method):
         Raises:
             RuntimeError: before :meth:`adapt`, or no usable backend.
         """
-        from .runtime import streaming_backend
-
-        if self.net is None:
-            raise RuntimeError("DiTTA predicts only after adapt()")
-        hw = tuple(frame_hw)
-        if self._stream is None or self._stream_hw != hw:
-            self._stream = streaming_backend(self.net, hw, self.tau, self.backend, export_dir=self.export_dir,
-                                             fusion=self.fusion, fp16=self.fp16,
-                                             openvino_precision=self.openvino_precision)
-            self._stream_hw = hw
-            self._gate = MotionGate(StreamingDiTTA(self.net, hw, self.tau).window_reach()) if self.motion_gate \
-                else None
-            self._state = None
-        return self._stream
+        if self.frozen is None:
+            self.frozen = self.freeze()  # raises before adapt()
+        if not self.frozen.ready_for(frame_hw):
+            self.frozen.prepare(frame_hw)
+        return self.frozen.backend
 
     def _step(self, frame: np.ndarray) -> Prediction:
-        backend = self.streaming_backend(frame.shape[:2])
-        state = apply_gates(self._state, frame, self._gate, self.frame_interval, self.max_gap)
-        labels, conf, self._state = backend.step(frame, state)
-        return Prediction(np.asarray(labels).astype(label_dtype(self.net.iss.num_classes)),
-                          np.asarray(conf, dtype=np.float32))
+        if self.frozen is None:
+            self.frozen = self.freeze()  # raises before adapt()
+        return self.frozen.step(frame, self.frame_interval)
 
     def predict(self, frame: np.ndarray) -> Prediction:
         if self.refused:

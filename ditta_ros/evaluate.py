@@ -1,8 +1,10 @@
 """Offline evaluation of a method on one clip (the engine behind ``ditta eval``).
 
-:func:`evaluate_clip` applies the protocol (W2F split), lets the method adapt on
-the warm-up frames, streams the evaluation frames through it, maps predictions
-to the clip's label set, accumulates the metrics and writes:
+:func:`prepare_eval` opens the clip, the model and the label map; :func:`run_eval` builds
+the method (:func:`ditta_ros.methods.make_method`) and evaluates it: what ``ditta eval``
+and ``ditta compare`` run. :func:`evaluate_clip` applies the protocol (W2F split), lets
+the method adapt on the warm-up frames, streams the evaluation frames through it, maps
+predictions to the clip's label set, accumulates the metrics and writes:
 
 * ``result.json`` -- ``method``, ``model``, ``clip``, ``frames``, ``warmup_frames``,
   ``eval_frames``, ``mIoU``, ``wIoU``, ``mVC8``, ``mVC16`` (percent, as the paper),
@@ -21,18 +23,23 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import platform
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Mapping, Optional
 
 import numpy as np
 
 from .data import Clip
+from .inference import ISSRunner
+from .iss import ModelInfo
 from .labels import IGNORE_INDEX, LabelMap, LabelSet, get_label_set
 from .metrics import ConfusionMatrix, consistency_windows, frame_miou, video_consistency
-from .protocol import Method, w2f_split
+from .protocol import DEFAULT_WARMUP_RATIO, Method, w2f_split
+
+log = logging.getLogger("ditta.eval")
 
 
 class LabelSetMismatch(ValueError):
@@ -106,7 +113,8 @@ def _plot_per_frame(rows: List[Dict[str, float]], path: str, title: str) -> None
     plt.close(fig)
 
 
-def evaluate_clip(clip: Clip, method: Method, bridge: LabelBridge, out_dir: str, warmup_ratio: int = 10,
+def evaluate_clip(clip: Clip, method: Method, bridge: LabelBridge, out_dir: str,
+                  warmup_ratio: int = DEFAULT_WARMUP_RATIO,
                   info: Optional[Dict[str, object]] = None, overlays: int = 4, progress: bool = True,
                   windows=(8, 16)) -> Dict[str, object]:
     """Run ``method`` on ``clip`` under W2F and write the outputs listed in the module docstring.
@@ -212,6 +220,69 @@ def evaluate_clip(clip: Clip, method: Method, bridge: LabelBridge, out_dir: str,
     _plot_per_frame(rows, os.path.join(out_dir, "per_frame_miou.png"),
                     f"{method.name} on {clip.name}: mIoU {result['mIoU']:.1f}%")
     return result
+
+
+@dataclass
+class EvalSetup:
+    """What :func:`prepare_eval` opened: the clip (``path``, ``max_frames`` as asked), the
+    model's runner and card info, the label bridge and the label map (or ``None``)."""
+
+    path: str
+    max_frames: Optional[int]
+    clip: Clip
+    runner: ISSRunner
+    info: ModelInfo
+    bridge: LabelBridge
+    label_map: Optional[LabelMap]
+
+
+def prepare_eval(clip_path: str, model: str, label_map: Optional[str] = None, max_frames: Optional[int] = None,
+                 device: str = "cpu") -> EvalSetup:
+    """Open the clip (its first ``max_frames``), load the model onto ``device`` and the label map
+    (name or YAML file), and check that they meet (:func:`bridge_label_sets`).
+
+    Raises:
+        FileNotFoundError: clip or weights missing; ValueError / KeyError: unknown model or
+            label map, :class:`LabelSetMismatch`.
+    """
+    from .data import open_clip
+    from .iss import load_model
+    from .labels import load_label_map
+
+    clip = open_clip(clip_path, max_frames)
+    net, info = load_model(model)
+    lmap = load_label_map(label_map) if label_map else None
+    bridge = bridge_label_sets(info.label_set, clip.label_set, lmap, clip.classes)
+    return EvalSetup(clip_path, max_frames, clip, ISSRunner(net, device=device), info, bridge, lmap)
+
+
+def run_eval(setup: EvalSetup, method: str, out_dir: str, options: Optional[Mapping[str, object]] = None,
+             warmup_ratio: int = DEFAULT_WARMUP_RATIO, overlays: int = 4, progress: bool = True) -> Dict[str, object]:
+    """``ditta eval``: build ``method`` around ``setup.runner`` with ``options`` (exactly the
+    :func:`~ditta_ros.methods.make_method` options it takes) and evaluate it on ``setup.clip``
+    into ``out_dir`` (:func:`evaluate_clip`). A ``ditta`` run without a ``cache_tag`` option
+    keys its cached distillation targets by model, clip path, ``max_frames`` and warm-up ratio.
+
+    Returns:
+        the result dict (also in ``out_dir/result.json``).
+
+    Raises:
+        ValueError: unknown method, or as :func:`evaluate_clip`; TypeError: an option the
+            method does not take.
+    """
+    from .methods import make_method
+
+    opts = dict(options or {})
+    if method == "ditta":
+        opts.setdefault("cache_tag", f"{setup.info.name}|{os.path.abspath(setup.path)}|{setup.max_frames}|"
+                                     f"{warmup_ratio}")
+    m = make_method(method, setup.runner, **opts)
+    log.info("%s on %s (%d frames), model %s [%s], eval label set %s, device %s", method, setup.clip.name,
+             len(setup.clip), setup.info.name, setup.info.family, setup.bridge.eval_set.name, setup.runner.device)
+    info = {"model": setup.info.name, "family": setup.info.family, "device": str(setup.runner.device),
+            "backend": opts.get("backend", "torch"), "label_map": setup.label_map.name if setup.label_map else None}
+    return evaluate_clip(setup.clip, m, setup.bridge, out_dir, warmup_ratio=warmup_ratio, info=info,
+                         overlays=overlays, progress=progress)
 
 
 class _LazyFrames:

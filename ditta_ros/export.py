@@ -34,11 +34,16 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from .adapt import DiTTANet
+from .addon import DEFAULT_TAU
 from .streaming import StreamingDiTTA
 
 INPUT_NAMES = ["image", "feat_prev", "logits_prev", "has_prev"]
 OUTPUT_NAMES = ["labels", "confidence", "feat", "logits"]
 DEFAULT_OPSET = 18
+#: version of the graph interface and of what the graph computes; a cached export of another
+#: version is exported again (version 2 carried the state on the decoder grid, 3 on the add-on
+#: grid; 4 keeps a NaN entropy NaN in the reliability instead of reporting 1)
+EXPORT_FORMAT = 4
 
 
 def _resize_antialias_symbolic(g, x, output_size, align_corners, scale_factors):
@@ -67,9 +72,13 @@ def _register_symbolics(opset: int) -> None:
 
 
 def save_adapted(net: DiTTANet, path: str, info: Optional[Dict[str, object]] = None) -> None:
-    """Save an adapted network's weights (``state_dict``) and provenance to ``path``."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    torch.save({"state_dict": net.state_dict(), "info": dict(info or {})}, path)
+    """Save an adapted network's weights (``state_dict``) and provenance to ``path``
+    (written beside it and renamed into place: never a half-written file)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    torch.save({"state_dict": net.state_dict(), "info": dict(info or {})}, tmp)
+    os.replace(tmp, path)
 
 
 def load_adapted(net: DiTTANet, path: str) -> Dict[str, object]:
@@ -95,7 +104,7 @@ def sha256_file(path: str) -> str:
 
 
 def export_onnx(net: DiTTANet, frame_hw: Tuple[int, int], out_dir: str, name: str, label_set: str = "",
-                classes=(), tau: float = 0.8, adaptation: Optional[Dict[str, object]] = None,
+                classes=(), tau: float = DEFAULT_TAU, adaptation: Optional[Dict[str, object]] = None,
                 opset: int = DEFAULT_OPSET, fp16: bool = False, antialias: bool = True,
                 fusion: str = "frame") -> Tuple[str, str]:
     """Export the streaming model for frames of ``frame_hw`` = (H, W).
@@ -145,7 +154,7 @@ def export_onnx(net: DiTTANet, frame_hw: Tuple[int, int], out_dir: str, name: st
     onnx.checker.check_model(onnx.load(path))
     pp = net.iss.preprocess
     meta = {
-        "model": name, "family": net.iss.family, "label_set": label_set, "classes": list(classes),
+        "format": EXPORT_FORMAT, "model": name, "family": net.iss.family, "label_set": label_set, "classes": list(classes),
         "num_classes": net.iss.num_classes, "frame_hw": list(frame_hw), "input_hw": list(model.input_hw),
         "normalisation": {"mean": list(pp.mean), "std": list(pp.std), "scale": "1/255", "channel_order": "RGB"},
         "tau": tau, "fusion": fusion, "radius": net.addon.radius, "addon_grid_stride": net.addon.grid_stride, "opset": opset,

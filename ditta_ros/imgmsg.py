@@ -85,14 +85,24 @@ def decode_image(encoding: str, height: int, width: int, step: int, data, is_big
 def decode_compressed(fmt: str, data) -> np.ndarray:
     """``sensor_msgs/CompressedImage`` -> uint8 RGB ``[H, W, 3]``.
 
+    A JPEG must end with its end-of-image marker and a PNG with its ``IEND`` chunk
+    (trailing zero padding allowed): OpenCV decodes a truncated file with a valid header
+    into a partly grey image without an error, which would pass as a good frame.
+
     Raises:
-        ImageDecodeError: empty or undecodable data (corrupt or truncated file).
+        ImageDecodeError: empty, truncated or undecodable data (corrupt file).
     """
     import cv2
 
-    buf = np.frombuffer(bytes(data), dtype=np.uint8)
+    raw = bytes(data)
+    buf = np.frombuffer(raw, dtype=np.uint8)
     if buf.size == 0:
         raise ImageDecodeError("empty compressed image")
+    tail = raw[-64:].rstrip(b"\x00")
+    if raw[:2] == b"\xff\xd8" and not tail.endswith(b"\xff\xd9"):
+        raise ImageDecodeError(f"truncated JPEG ({buf.size} bytes, no end-of-image marker)")
+    if raw[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in tail[-12:]:
+        raise ImageDecodeError(f"truncated PNG ({buf.size} bytes, no IEND chunk)")
     img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if img is None:
         raise ImageDecodeError(f"cannot decode compressed image (format {fmt!r}, {buf.size} bytes)")
@@ -108,10 +118,13 @@ def encode_image(rgb: np.ndarray) -> Tuple[str, int, bytes]:
 def label_image(labels: np.ndarray, num_classes: int) -> Tuple[str, int, bytes]:
     """Class ids ``[H, W]`` -> ``(encoding, step, data)`` of the label image.
 
-    ``mono8`` (one byte per pixel, 255 = ignore) for label sets of at most 255
-    classes, else little-endian ``mono16`` (65535 = ignore).
+    The dtype is :func:`ditta_ros.inference.label_dtype`'s: ``mono8`` (one byte per pixel,
+    255 = ignore) for label sets of at most 255 classes, else little-endian ``mono16``
+    (65535 = ignore).
     """
-    if num_classes <= 255:
+    from .inference import label_dtype
+
+    if label_dtype(num_classes) == np.uint8:
         arr = np.ascontiguousarray(labels, dtype=np.uint8)
         return "mono8", arr.shape[1], arr.tobytes()
     arr = np.ascontiguousarray(labels, dtype="<u2")

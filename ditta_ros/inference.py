@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .addon import reliability
-from .iss.base import ISSModel, logits_to_frame
+from .iss.base import ISSModel, logits_to_frame, plain_step
 
 
 @dataclass
@@ -23,13 +23,20 @@ class Prediction:
     """One frame's output.
 
     Attributes:
-        labels: ``[H, W]`` uint8 class ids of the model's label set (int16 when it
-            has more than 255 classes).
+        labels: ``[H, W]`` class ids of the model's label set, :func:`label_dtype`.
         confidence: ``[H, W]`` float32 reliability ``R`` in [0, 1] (Eq. 2).
     """
 
     labels: np.ndarray
     confidence: np.ndarray
+
+    @classmethod
+    def of(cls, labels, confidence, num_classes: int) -> "Prediction":
+        """A backend's ``(labels, confidence)`` (numpy or torch, any integer dtype) as a
+        Prediction: labels in :func:`label_dtype`, confidence float32."""
+        if isinstance(labels, torch.Tensor):
+            labels, confidence = labels.cpu().numpy(), confidence.float().cpu().numpy()
+        return cls(np.asarray(labels).astype(label_dtype(num_classes)), np.asarray(confidence, dtype=np.float32))
 
 
 def resolve_device(device: str) -> torch.device:
@@ -44,12 +51,13 @@ def resolve_device(device: str) -> torch.device:
 
 
 def label_dtype(num_classes: int):
-    """dtype of a label image: uint8 up to 255 classes (255 stays free for ignore), else int16."""
-    return np.uint8 if num_classes <= 255 else np.int16
+    """dtype of a label image, the one place the rule is stated: uint8 up to 255 classes
+    (255 stays free for ignore; published as mono8), else uint16 (65535 = ignore; mono16)."""
+    return np.uint8 if num_classes <= 255 else np.uint16
 
 
 def labels_from_prob(prob: torch.Tensor) -> np.ndarray:
-    """argmax over classes of ``[1, C, H, W]`` -> ``[H, W]`` uint8 (int16 if C > 255)."""
+    """argmax over classes of ``[1, C, H, W]`` -> ``[H, W]`` :func:`label_dtype` class ids."""
     return prob[0].argmax(0).cpu().numpy().astype(label_dtype(prob.shape[1]))
 
 
@@ -80,7 +88,7 @@ class ISSRunner:
     def forward(self, frame: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor, Tuple[int, int]]:
         """``(features [1,D,h,w], logits [1,C,h,w], input_hw)`` for one frame."""
         x = self.prepare(frame)
-        features, logits = self.model(x)
+        _, features, logits, _ = plain_step(self.model, x, x.shape[2:])
         return features, logits, tuple(x.shape[2:])
 
     def frame_prob(self, logits: torch.Tensor, input_hw, frame_hw) -> torch.Tensor:
@@ -90,8 +98,8 @@ class ISSRunner:
 
     def predict(self, frame: np.ndarray) -> Prediction:
         """Frame-wise ISS prediction (labels and reliability) at the frame's size."""
-        _, logits, input_hw = self.forward(frame)
-        prob = self.frame_prob(logits, input_hw, frame.shape[:2])
         with torch.inference_mode():
+            x = self.prepare(frame)
+            prob = torch.softmax(plain_step(self.model, x, frame.shape[:2])[3], dim=1)
             rel = reliability(prob)[0]
         return Prediction(labels_from_prob(prob), rel.float().cpu().numpy())

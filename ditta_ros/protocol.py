@@ -18,6 +18,9 @@ import numpy as np
 
 from .inference import Prediction
 
+#: W2F warm-up percentage of ``ditta eval``, ``ditta suite`` and ``ditta compare`` (the paper's)
+DEFAULT_WARMUP_RATIO = 10
+
 
 def warmup_length(num_frames: int, ratio: int) -> int:
     """Warm-up frames under W2F: ``max(num_frames * ratio // 100, 1)`` (integer percent).

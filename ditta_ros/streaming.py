@@ -47,7 +47,7 @@ from torch import nn
 
 from .adapt import DiTTANet
 from .addon import DEFAULT_TAU, fuse, normalised_reliability, reliability, softmax_entropy
-from .iss.base import logits_to_frame
+from .iss.base import logits_to_frame, plain_step
 
 STATE_NAMES = ("feat_prev", "logits_prev", "has_prev")
 #: where the add-on branch is turned into probabilities and reliability (:class:`StreamingDiTTA`)
@@ -143,10 +143,8 @@ class StreamingDiTTA(nn.Module):
         return x
 
     def forward(self, image, feat_prev, logits_prev, has_prev):
-        x = self.preprocess(image)
-        feats = self.iss.decode(self.iss.encode(x))
-        logits = self.iss.classify(feats)
-        prob, ent = softmax_entropy(logits_to_frame(self.iss, logits, self.input_hw, self.frame_hw))
+        _, feats, logits, frame_logits = plain_step(self.iss, self.preprocess(image), self.frame_hw)
+        prob, ent = softmax_entropy(frame_logits)
         rel = normalised_reliability(ent)
         # eager torch skips the add-on when no pixel may use the previous frame (the first frame,
         # frames farther apart than max_gap): the result is the plain branch's either way
@@ -245,6 +243,95 @@ class MotionGate:
         return mask
 
 
+class FrozenDiTTA:
+    """An adapted network frozen for serving, the one place a DiTTA network is frozen: the
+    streaming model on a runtime backend per frame size, its state carried frame to frame,
+    the fusion gates (motion gate, ``max_gap``) applied. :class:`~ditta_ros.ditta.DiTTAMethod`
+    (evaluation, guard) and the live pipeline (node) both serve through it.
+
+    Args:
+        net: the adapted :class:`~ditta_ros.adapt.DiTTANet` (eval mode; not modified).
+        tau: Eq. 3 threshold (0: the plain branch only).
+        backend: ``auto`` | ``tensorrt`` | ``openvino`` | ``onnxruntime`` | ``torch``.
+        fusion: ``frame`` | ``grid`` (:class:`StreamingDiTTA`).
+        motion_gate: gate the fusion with :class:`MotionGate`.
+        max_gap: seconds; frames farther apart are served by the plain branch (0: off).
+        options: further :func:`ditta_ros.runtime.streaming_backend` keywords (``export_dir``,
+            ``engine_cache``, ``fp16``, ``openvino_device``, ``openvino_precision``).
+
+    One thread steps it; a re-adaptation that refits this model's engine in place
+    (``prepare(previous=this)``) waits for the step in flight (:attr:`lock`).
+    """
+
+    def __init__(self, net: DiTTANet, tau: float = DEFAULT_TAU, backend: str = "torch", fusion: str = "frame",
+                 motion_gate: bool = False, max_gap: float = 0.0, **options):
+        self.net = net.eval()
+        self.tau, self.requested, self.fusion = float(tau), backend, fusion
+        self.motion_gate, self.max_gap, self.options = bool(motion_gate), float(max_gap), options
+        self.backend = None
+        self.frame_hw: Optional[Tuple[int, int]] = None
+        self._gate: Optional[MotionGate] = None
+        self._state = None
+        import threading
+
+        self.lock = threading.Lock()  # held while stepping, and by a refit of this model's engine
+
+    @property
+    def num_classes(self) -> int:
+        """Classes of the label set."""
+        return self.net.iss.num_classes
+
+    def prepare(self, frame_hw, previous: Optional["FrozenDiTTA"] = None):
+        """Build the backend (export, compile; refit ``previous``'s engine where the backend
+        can, :func:`ditta_ros.runtime.streaming_backend`) and the gate for frames of
+        ``frame_hw``; a new stream starts. Returns the backend.
+
+        Raises:
+            RuntimeError / ValueError: no usable backend (as :func:`ditta_ros.runtime.select_backend`).
+        """
+        from .runtime import streaming_backend
+
+        hw = (int(frame_hw[0]), int(frame_hw[1]))
+        if previous is not None and previous.frame_hw == hw and hasattr(previous.backend, "swap_weights"):
+            with previous.lock:  # not while the previous model is mid-step on that engine
+                self.backend = streaming_backend(self.net, hw, self.tau, self.requested, fusion=self.fusion,
+                                                 refit=previous.backend, **self.options)
+        else:
+            self.backend = streaming_backend(self.net, hw, self.tau, self.requested, fusion=self.fusion,
+                                             **self.options)
+        self._gate = MotionGate(StreamingDiTTA(self.net, hw, self.tau).window_reach()) \
+            if self.motion_gate and self.tau > 0 else None
+        self.frame_hw, self._state = hw, None
+        return self.backend
+
+    def ready_for(self, frame_hw) -> bool:
+        """True when the backend serves frames of ``frame_hw`` without re-preparing."""
+        return self.backend is not None and self.frame_hw == tuple(frame_hw)
+
+    def reset(self) -> None:
+        """Start a new stream (the next frame uses no previous one)."""
+        self._state = None
+        if self._gate is not None:
+            self._gate.reset()
+
+    def describe(self) -> str:
+        """The backend's description (``"unprepared"`` before :meth:`prepare`)."""
+        return self.backend.describe() if self.backend is not None else "unprepared"
+
+    def step(self, frame: np.ndarray, interval: Optional[float] = None):
+        """One uint8 RGB ``[H, W, 3]`` frame -> :class:`~ditta_ros.inference.Prediction`
+        (prepares the backend first when the frame size is new; ``interval``: seconds since
+        the previous frame, for ``max_gap``; ``None``: unknown)."""
+        from .inference import Prediction
+
+        if not self.ready_for(frame.shape[:2]):
+            self.prepare(frame.shape[:2])
+        state = apply_gates(self._state, frame, self._gate, interval, self.max_gap)
+        with self.lock:
+            labels, conf, self._state = self.backend.step(frame, state)
+        return Prediction.of(labels, conf, self.num_classes)
+
+
 def apply_gates(state, frame: np.ndarray, gate: Optional[MotionGate], interval: Optional[float],
                 max_gap: float):
     """The state a streaming step gets after the fusion gates: the motion ``gate``'s
@@ -292,8 +379,7 @@ def two_frame_step(model: StreamingDiTTA, prev_image, image, dense: bool = False
     net, iss = model.net, model.iss
     x = model.preprocess(image)
     if prev_image is None:
-        _, logits = iss(x)
-        prob = torch.softmax(logits_to_frame(iss, logits, model.input_hw, model.frame_hw), 1)
+        prob = torch.softmax(plain_step(iss, x, model.frame_hw)[3], 1)
         return prob[0].argmax(0), reliability(prob)[0]
     feats, logits = iss(torch.cat([model.preprocess(prev_image), x]))
     addon = net.addon

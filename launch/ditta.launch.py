@@ -1,6 +1,10 @@
 """Launch ditta_node with the package's parameter file and a remappable image topic.
 
-    ros2 launch ditta_ros ditta.launch.py image:=/camera/image_raw [params_file:=my.yaml]
+    ros2 launch ditta_ros ditta.launch.py image:=/camera/image_raw [namespace:=cam1] [params_file:=my.yaml]
+
+With ``namespace:=cam1`` the outputs are /cam1/ditta/semantic, /cam1/ditta/status, ... and the
+services /cam1/ditta_node/readapt, ...: one launch per camera. The params file's ``/**`` key
+matches the node in any namespace.
 """
 
 import os
@@ -17,11 +21,12 @@ def generate_launch_description():
     profile = os.path.join(share, "config", "fastdds_shm.xml")
     return LaunchDescription([
         DeclareLaunchArgument("image", default_value="/camera/image_raw", description="input image topic"),
+        DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its outputs"),
         DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "ditta.yaml"),
                               description="ditta_node parameter file"),
         SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", profile),
         SetEnvironmentVariable("FASTRTPS_DEFAULT_PROFILES_FILE", profile),
         Node(package="ditta_ros", executable="ditta_node", name="ditta_node", output="screen",
-             parameters=[LaunchConfiguration("params_file")],
+             namespace=LaunchConfiguration("namespace"), parameters=[LaunchConfiguration("params_file")],
              remappings=[("image", LaunchConfiguration("image"))]),
     ])

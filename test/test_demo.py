@@ -182,7 +182,8 @@ def test_compare_offline_and_route_agree(shared, tmp_path):
             os.symlink(os.path.join(src, extra), clip / extra)
     # adapt off: the node serves the plain-ISS graph on its backend (auto), i.e. `iss-stream --backend auto`
     rows = run_compare(str(clip), str(tmp_path / "cmp"), SMALL, "cityscapes19_to_camvid11", methods=["iss-stream"],
-                       warmup_ratio=25, progress=False, node_params={"adapt": False}, extra_eval=["--backend", "auto"])
+                       warmup_ratio=25, progress=False, node_params={"adapt": False},
+                       method_options={"iss-stream": {"backend": "auto"}})
     offline, route = rows
     assert route["frames"] == offline["frames"] == 9 and route["missing_frames"] == 0
     for k in ("mIoU", "wIoU", "mVC8", "mVC16"):  # the same model on the same backend

@@ -4,6 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
+from ditta_ros.inference import label_dtype
 from ditta_ros.imgmsg import (ImageDecodeError, UnsupportedEncoding, decode_compressed, decode_image, encode_image,
                               label_image)
 
@@ -71,7 +72,16 @@ def test_bad_messages_raise_clear_errors():
     ok, jpg = cv2.imencode(".jpg", big[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
     assert np.abs(decode_compressed("jpeg", jpg.tobytes()).astype(int) - big.astype(int)).mean() < 8
     with pytest.raises(ImageDecodeError, match="cannot decode"):
-        decode_compressed("jpeg", b"\xff\xd8garbage")
+        decode_compressed("jpeg", b"\xff\xd8garbage\xff\xd9")
+    # a JPEG cut short keeps a valid header (some OpenCV builds decode it into a partly grey frame)
+    cut = jpg.tobytes()[: len(jpg) * 2 // 3]
+    with pytest.raises(ImageDecodeError, match="truncated JPEG"):
+        decode_compressed("jpeg", cut)
+    assert decode_compressed("jpeg", jpg.tobytes() + bytes(7)).shape == (48, 64, 3)  # zero padding is fine
+    ok, png = cv2.imencode(".png", big)
+    with pytest.raises(ImageDecodeError, match="truncated PNG"):
+        decode_compressed("png", png.tobytes()[:-20])
+    assert decode_compressed("png", png.tobytes()).shape == (48, 64, 3)
     with pytest.raises(ImageDecodeError, match="empty"):
         decode_compressed("png", b"")
 
@@ -80,7 +90,7 @@ def test_label_image_and_rgb_encoding():
     labels = RNG.integers(0, 19, (6, 8)).astype(np.uint8)
     enc, step, data = label_image(labels, 19)
     assert (enc, step) == ("mono8", 8) and np.array_equal(np.frombuffer(data, np.uint8).reshape(6, 8), labels)
-    enc, step, data = label_image(labels.astype(np.int16) + 300, 400)
+    enc, step, data = label_image(labels.astype(label_dtype(400)) + 300, 400)
     assert (enc, step) == ("mono16", 16) and np.frombuffer(data, "<u2").max() >= 300
     enc, step, data = encode_image(RGB)
     assert (enc, step) == ("rgb8", 24) and decode_image(enc, 6, 8, step, data).tolist() == RGB.tolist()

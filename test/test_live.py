@@ -10,6 +10,12 @@ from ditta_ros.iss.espnetv2 import ESPNetv2Seg
 from ditta_ros.live import LiveConfig, LivePipeline, Phase
 
 
+@pytest.fixture(autouse=True)
+def _home(tmp_path, monkeypatch):
+    """Adaptations are saved to checkpoint_dir (default under ~): keep them in the test's folder."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+
 class _FakeMethod:
     """Adaptation stand-in: returns the pre-trained network (or fails)."""
 
@@ -17,7 +23,8 @@ class _FakeMethod:
         self.runner, self.fail, self.net, self.refused = runner, fail, None, False
         self.refuse = refuse
 
-    def adapt(self, frames):
+    def adapt(self, frames, iss_preds=None):
+        self.iss_preds = iss_preds
         if self.fail:
             raise RuntimeError("teacher weights missing")
         self.net = DiTTANet(self.runner.model).eval()
@@ -132,7 +139,7 @@ def test_auto_readapt_starts_a_new_warmup_after_a_scene_change():
     from ditta_ros.inference import Prediction
 
     scene = {"cls": 0}  # the streamed labels are all one class; the scene then switches to another
-    live._stream = lambda frame, stamp=None: Prediction(np.full(frame.shape[:2], scene["cls"], np.uint8),
+    live._stream = lambda frozen, frame, stamp, gen: Prediction(np.full(frame.shape[:2], scene["cls"], np.uint8),
                                             np.ones(frame.shape[:2], np.float32))
     for _ in range(4):
         live.process(_frame())
@@ -172,3 +179,238 @@ def test_iss_phase_and_adapted_model_serve_on_openvino_with_a_cached_export(tmp_
         again.process(_frame(seed=1), stamp=0.0)
     assert "reusing the export" in caplog.text
     assert len([p for p in (tmp_path / "export").rglob("*.onnx") if "_tau0_" in p.name]) == 1
+
+
+class _SlowMethod(_FakeMethod):
+    """Adapts for up to ``seconds`` unless its ``stop`` event is set (as DiTTAMethod's steps do);
+    records how many run at once."""
+
+    running, most = 0, 0
+
+    def __init__(self, runner, seconds=20.0):
+        super().__init__(runner)
+        self.seconds, self.stop = seconds, None
+
+    def adapt(self, frames, iss_preds=None):
+        import time
+
+        from ditta_ros.ditta import AdaptationCancelled
+
+        cls = type(self)
+        cls.running += 1
+        cls.most = max(cls.most, cls.running)
+        try:
+            end = time.monotonic() + self.seconds
+            while time.monotonic() < end:
+                if self.stop is not None and self.stop.is_set():
+                    raise AdaptationCancelled("adaptation cancelled")
+                time.sleep(0.02)
+            return super().adapt(frames, iss_preds)
+        finally:
+            cls.running -= 1
+
+
+def test_reset_during_adapting_stops_it_and_a_readapt_never_runs_two(tmp_path):
+    import time
+
+    cfg = LiveConfig(warmup_frames=2, backend="torch", checkpoint_dir=str(tmp_path))
+    seconds = {"n": 30.0}
+    live = LivePipeline(cfg, _runner(), method_factory=lambda r: _SlowMethod(r, seconds["n"]))
+    for i in range(2):
+        live.process(_frame(seed=i))
+    assert live.phase == Phase.ADAPTING
+    time.sleep(0.2)
+    live.reset()
+    assert live.phase == Phase.ISS and live.readapt() == "warm-up started"
+    seconds["n"] = 0.3
+    for i in range(2):
+        live.process(_frame(seed=i))
+    t0 = time.monotonic()
+    live.wait_idle(30)
+    assert time.monotonic() - t0 < 10  # the first one stopped at once instead of running its 30 s
+    assert _SlowMethod.most == 1 and live.phase == Phase.STREAMING
+    assert live.close(5)
+
+
+def test_readapt_keeps_the_adapted_model_serving_and_warmup_predictions_reach_the_method(tmp_path):
+    made = []
+
+    def factory(r):
+        made.append(_FakeMethod(r))
+        return made[-1]
+
+    live = LivePipeline(LiveConfig(warmup_frames=2, backend="torch", checkpoint_dir=str(tmp_path)), _runner(),
+                        method_factory=factory)
+    served = [live.process(_frame(seed=i))[0] for i in range(2)]
+    live.wait_idle(60)
+    assert live.last_source == "iss" and made[0].iss_preds is not None  # the ISS ran once per warm-up frame
+    assert all(np.array_equal(p.labels, s.labels) for p, s in zip(made[0].iss_preds, served))
+    assert live.phase == Phase.STREAMING and live.checkpoint and live.checkpoint.startswith(str(tmp_path))
+    live.process(_frame(seed=3))
+    assert live.last_source == "adapted"
+    live.readapt()
+    _, phase = live.process(_frame(seed=4))
+    assert phase == Phase.WARMUP and live.last_source == "adapted"  # not the pre-trained model
+    assert live.counters.by_model["adapted"] == 2
+
+
+def test_a_saved_adaptation_restarts_in_streaming_and_checks_the_model(tmp_path):
+    from ditta_ros.params import ParameterError
+
+    import os
+
+    live = _adapted()
+    assert live.checkpoint and os.path.isfile(live.checkpoint)  # saved on reaching STREAMING
+    os.utime(live.checkpoint, (1, 1))  # older than the one saved next
+    path = live.save()
+    assert path != live.checkpoint or os.path.getmtime(path) > 1
+    cfg = LiveConfig(backend="torch", adapted_checkpoint=path)
+    again = LivePipeline(cfg, _runner(), method_factory=lambda r: _FakeMethod(r))
+    assert again.phase == Phase.STREAMING and again.checkpoint == path
+    pred, phase = again.process(_frame(seed=1))
+    assert phase == Phase.STREAMING and again.last_source == "adapted" and pred.labels.shape == (40, 56)
+    ref = live.process(_frame(seed=1))[0]
+    assert np.array_equal(pred.labels, ref.labels) or live.last_source != "adapted"
+    latest = LivePipeline(LiveConfig(backend="torch", adapted_checkpoint="latest"),
+                          _runner(), method_factory=lambda r: _FakeMethod(r))
+    assert latest.checkpoint == path
+    with pytest.raises(ParameterError, match="adapted_checkpoint.*an adaptation of model other"):
+        LivePipeline(LiveConfig(model="other", backend="torch", adapted_checkpoint=path), _runner(),
+                     method_factory=lambda r: _FakeMethod(r))
+    with pytest.raises(ParameterError, match="'latest' needs a saved adaptation"):
+        LivePipeline(LiveConfig(backend="torch", adapted_checkpoint="latest", checkpoint_dir=str(tmp_path / "no")),
+                     _runner(), method_factory=lambda r: _FakeMethod(r))
+
+
+def test_a_nan_producing_adapted_model_falls_back_to_the_iss_and_is_dropped(caplog):
+    import logging
+
+    from ditta_ros.live import NONFINITE_LIMIT
+
+    import copy
+
+    live = _adapted()
+    broken = copy.deepcopy(live._frozen.net)  # its own copy: the ISS model must stay finite
+    for p in broken.iss.parameters():
+        p.data.fill_(float("nan"))
+    live._frozen = live._freeze(broken)
+    live._frozen.prepare((40, 56))
+    with caplog.at_level(logging.WARNING, logger="ditta"):
+        for i in range(NONFINITE_LIMIT + 3):
+            pred, _ = live.process(_frame(seed=i), stamp=i * 0.05)
+            assert np.isfinite(pred.confidence).all()
+    assert live.counters.by_model["fallback"] == NONFINITE_LIMIT
+    assert live.phase == Phase.ISS and "non-finite" in live.warning and "non-finite output" in caplog.text
+    assert live.last_source == "iss"
+
+
+def test_frame_loop_counts_drops_and_bad_messages_and_carries_on():
+    from ditta_ros.imgmsg import UnsupportedEncoding
+    from ditta_ros.live import FrameLoop
+
+    live = LivePipeline(LiveConfig(adapt=False, backend="torch", iss_backend=False), _runner())
+    published, warned = [], []
+
+    def decode(msg):
+        if msg == "bayer":
+            raise UnsupportedEncoding("unsupported image encoding 'bayer'")
+        if msg == "nan":
+            return np.zeros((4, 4), np.float32), 0.0
+        return _frame(seed=int(msg)), float(msg)
+
+    loop = FrameLoop(live, decode, lambda m, lab, conf, src: published.append((m, lab.shape, src)),
+                     output_resolution="network", warn=warned.append)
+    loop.offer("1")
+    loop.offer("2")  # replaces "1", which is dropped
+    assert loop.step(1.0) and not loop.step(0.05)
+    assert published == [("2", (48, 64), "iss")]  # at the network's input size
+    for msg in ("bayer", "bayer", "nan"):
+        loop.offer(msg)
+        assert loop.step(1.0)
+    assert live.counters.dropped == 1 and live.counters.bad == 3 and live.counters.frames_out == 1
+    assert live.counters.bad_reasons == {"unsupported_encoding": 2, "bad_output": 1}
+    assert len(warned) == 2  # one warning per unknown encoding, one per other bad message
+    loop.enabled = False
+    loop.offer("4")
+    assert live.counters.paused == 1
+
+
+def test_health_is_recomputed_each_period():
+    from ditta_ros.live import Health
+
+    h = Health(stale_seconds=5.0, min_fps=2.0)
+    st = {"state": "STREAMING", "frames_in": 0, "frames_out": 0, "bad": 0, "by_model": {"fallback": 0},
+          "fps": 0.0, "enabled": True, "warning": None, "error": None, "model": None}
+    assert h.update(st, None, now=h._started + 1)[0] == Health.OK
+    assert h.update(st, None, now=h._started + 6)[0] == Health.WARN  # no image yet
+    st.update(frames_in=10, frames_out=10, fps=5.0)
+    assert h.update(st, 100.0, now=100.5) == (Health.OK, "STREAMING, 5.0 fps, model None")
+    st.update(frames_in=20, frames_out=18, bad=2)
+    level, msg = h.update(st, 101.0, now=101.5)
+    assert level == Health.WARN and "2 bad messages" in msg
+    st.update(frames_in=25, frames_out=18, bad=7)
+    assert h.update(st, 102.0, now=102.5)[0] == Health.ERROR  # images in, nothing out
+    st.update(frames_in=30, frames_out=23)
+    assert h.update(st, 103.0, now=103.5)[0] == Health.OK  # fine again: the error clears
+    assert h.update(st, 103.0, now=110.0)[0] == Health.ERROR  # stale input
+    st.update(frames_in=31, frames_out=24, fps=1.0)
+    level, msg = h.update(st, 110.5, now=111.0)
+    assert level == Health.WARN and "< 2" in msg
+
+
+def test_core_logging_is_forwarded_to_another_logger():
+    import logging
+
+    from ditta_ros.live import LogForwarder
+
+    class Target:
+        def __init__(self):
+            self.lines = []
+
+        def __getattr__(self, level):
+            return lambda msg: self.lines.append((level, msg))
+
+    target = Target()
+    handler = LogForwarder(target)
+    logger = logging.getLogger("ditta.test_forward")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        logger.info("hello %d", 1)
+        logger.warning("careful")
+    finally:
+        logger.removeHandler(handler)
+    assert target.lines == [("info", "[ditta.test_forward] hello 1"), ("warning", "[ditta.test_forward] careful")]
+
+
+def test_a_readaptation_refits_a_refittable_engine_instead_of_building_another(monkeypatch, tmp_path):
+    """TensorRT engines are refittable (``swap_weights``): the re-adapted weights go into the
+    engine that serves the size already; no second engine is built."""
+    import ditta_ros.runtime as rt
+    from ditta_ros.streaming import FrozenDiTTA
+
+    class Engine:
+        name = "tensorrt"
+
+        def __init__(self, hw):
+            self.frame_hw, self.swapped = hw, []
+
+        def swap_weights(self, path):
+            self.swapped.append(path)
+
+        def describe(self):
+            return "fake refittable engine"
+
+    built, exported = [], []
+    monkeypatch.setattr(rt, "_cached_export", lambda net, hw, *a: exported.append(net) or str(tmp_path / "m.onnx"))
+    monkeypatch.setattr(rt, "select_backend", lambda *a, **k: built.append(Engine((40, 56))) or built[-1])
+    runner = _runner()
+    first = FrozenDiTTA(DiTTANet(runner.model).eval(), 0.8, "tensorrt")
+    first.prepare((40, 56))
+    second = FrozenDiTTA(DiTTANet(runner.model).eval(), 0.8, "tensorrt")
+    second.prepare((40, 56), previous=first)
+    assert len(built) == 1 and second.backend is first.backend and built[0].swapped == [str(tmp_path / "m.onnx")]
+    assert exported[-1] is second.net  # the new weights were exported for the refit
+    third = FrozenDiTTA(DiTTANet(runner.model).eval(), 0.8, "tensorrt")
+    third.prepare((30, 44), previous=first)  # another size: a new engine
+    assert len(built) == 2

@@ -1,10 +1,14 @@
-"""ditta_node over real DDS (Fast DDS from the PyPI wheels): a node subprocess gets
-camera frames, adapts, streams, survives bad messages and re-adapts on request."""
+"""ditta_node over real DDS (Fast DDS from the PyPI wheels): node subprocesses get camera
+frames in a namespace, adapt, save, re-adapt while the adapted model serves, reset during an
+adaptation, stop on SIGTERM; start from a saved adaptation; survive bad messages; refuse bad
+parameters at start-up."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -13,6 +17,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 import rclpy  # noqa: E402  (make setup installs the ROS 2 wheels; no silent skip)
 
 from conftest import make_spin_until  # noqa: E402
+
+MODEL = "espnetv2-s1.0-cityscapes-512x256"
 
 
 @pytest.fixture(scope="module")
@@ -39,90 +45,256 @@ def _frames(shared, n, hw=(180, 240)):
             for f in names]
 
 
-def test_node_adapts_streams_survives_bad_messages_and_readapts(shared, ros_env, tmp_path):
-    from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import Image
-    from std_msgs.msg import String
-    from std_srvs.srv import Trigger
-
+def _start(ros_env, tmp_path, *params, ns=None):
     log_path = tmp_path / "node.log"
-    node_proc = subprocess.Popen(
-        [sys.executable, "-m", "ditta_ros.node", "--ros-args", "-p", "model:=espnetv2-s1.0-cityscapes-512x256",
-         "-p", "warmup_frames:=3", "-p", "iters:=1", "-p", "backend:=torch", "-p", "input_topic:=/camera/image_raw",
-         "-p", "publish_confidence:=true", "-p", "status_period:=0.25", "-p", f"export_dir:={tmp_path}/export"],
-        env=ros_env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, cwd=ROOT)
+    cmd = [sys.executable, "-m", "ditta_ros.node", "--ros-args", "-p", f"model:={MODEL}", "-p", "backend:=torch",
+           "-p", "status_period:=0.25", "-p", f"export_dir:={tmp_path}/export",
+           "-p", f"checkpoint_dir:={tmp_path}/adapted"]
+    for p in params:
+        cmd += ["-p", p]
+    if ns:
+        cmd += ["-r", f"__ns:={ns}"]
+    proc = subprocess.Popen(cmd, env=ros_env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, cwd=ROOT)
+    return proc, log_path
+
+
+class _Client:
+    """A test node: an image publisher and subscriptions to the node's outputs under ``prefix``."""
+
+    def __init__(self, proc, log_path, prefix="", image_topic="/camera/image_raw"):
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+        from std_msgs.msg import String
+
+        self.Image = Image
+        self.node = rclpy.create_node("ditta_test_client")
+        self.pub = self.node.create_publisher(Image, image_topic,
+                                              QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+        self.got, self.color, self.statuses, self.diags = {}, {}, [], []
+        self.node.create_subscription(Image, f"{prefix}/ditta/semantic",
+                                      lambda m: self.got.__setitem__(m.header.stamp.sec, m), 50)
+        self.node.create_subscription(Image, f"{prefix}/ditta/semantic/color",
+                                      lambda m: self.color.__setitem__(m.header.stamp.sec, m), 50)
+        self.node.create_subscription(String, f"{prefix}/ditta/status",
+                                      lambda m: self.statuses.append(json.loads(m.data)), 200)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: self.diags.append(m), 50)
+        self.spin_until = make_spin_until(self.node, proc, log_path)
+        self.prefix = prefix
+
+    def send(self, frame, sec, encoding="rgb8", data=None, step=None):
+        m = self.Image()
+        m.header.stamp.sec, m.header.frame_id = sec, "cam_optical"
+        m.height, m.width, m.encoding = frame.shape[0], frame.shape[1], encoding
+        m.step = step if step is not None else frame.shape[1] * 3
+        m.data = data if data is not None else frame.tobytes()
+        self.pub.publish(m)
+
+    def send_wait(self, frame, sec, timeout=120, **kw):
+        self.send(frame, sec, **kw)
+        assert self.spin_until(lambda: sec in self.got, timeout), f"no label image for stamp {sec}"
+        return self.got[sec]
+
+    def call(self, name, srv=None, data=None):
+        from std_srvs.srv import SetBool, Trigger
+
+        srv = srv or Trigger
+        client = self.node.create_client(srv, f"{self.prefix}/ditta_node/{name}")
+        assert client.wait_for_service(timeout_sec=10), name
+        req = srv.Request()
+        if data is not None:
+            req.data = data
+        fut = client.call_async(req)
+        assert self.spin_until(lambda: fut.done(), 20), name
+        return fut.result()
+
+    def status_after(self, n):
+        """The first status published after ``n`` statuses had been seen."""
+        assert self.spin_until(lambda: len(self.statuses) > n, 10)
+        return self.statuses[-1]
+
+    def close(self):
+        self.node.destroy_node()
+
+
+def _stop(proc):
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_node_in_a_namespace_adapts_saves_readapts_resets_and_stops_on_sigterm(shared, ros_env, tmp_path):
+    """/cam1: outputs under /cam1/ditta/...; the adaptation is saved on reaching STREAMING and
+    by ~/save; during ~/readapt the adapted model keeps serving; ~/reset during ADAPTING stops
+    that adaptation, so a ~/readapt after it never runs two; SIGTERM during ADAPTING exits
+    cleanly within 10 s. Integers for doubles (warmup_seconds:=30) are accepted."""
+    proc, log_path = _start(ros_env, tmp_path, "warmup_frames:=3", "iters:=1", "input_topic:=image",
+                            "warmup_seconds:=30", "no_input_warn_seconds:=1", ns="/cam1")
     rclpy.init()
-    node = rclpy.create_node("ditta_test_client")
-    got, conf, statuses, diags = {}, {}, [], []
+    c = None
     try:
-        pub = node.create_publisher(Image, "/camera/image_raw", QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
-        node.create_subscription(Image, "/ditta/semantic", lambda m: got.__setitem__(m.header.stamp.sec, m), 50)
-        node.create_subscription(Image, "/ditta/semantic/confidence",
-                                 lambda m: conf.__setitem__(m.header.stamp.sec, m), 50)
-        node.create_subscription(String, "/ditta/status", lambda m: statuses.append(json.loads(m.data)), 50)
-        node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: diags.append(m), 50)
-        client = node.create_client(Trigger, "/ditta_node/readapt")
-
-        spin_until = make_spin_until(node, node_proc, log_path)
-
-        assert spin_until(lambda: pub.get_subscription_count() > 0 and statuses, 120), log_path.read_text()[-3000:]
-        assert statuses[-1]["state"] == "WARMUP"
-
-        def send(frame, sec, encoding="rgb8", data=None, step=None):
-            m = Image()
-            m.header.stamp.sec, m.header.frame_id = sec, "cam_optical"
-            m.height, m.width, m.encoding = frame.shape[0], frame.shape[1], encoding
-            m.step = step if step is not None else frame.shape[1] * 3
-            m.data = data if data is not None else frame.tobytes()
-            pub.publish(m)
-
+        c = _Client(proc, log_path, prefix="/cam1", image_topic="/cam1/image")
+        assert c.spin_until(lambda: c.pub.get_subscription_count() > 0 and c.statuses, 120), \
+            log_path.read_text()[-3000:]
+        assert c.statuses[-1]["state"] == "WARMUP"
+        # no image yet: the node names the publishers it sees on its input topic
+        assert c.spin_until(lambda: "ditta_test_client type sensor_msgs/msg/Image reliable" in log_path.read_text(),
+                            20), log_path.read_text()[-2000:]
+        assert "no image on /cam1/image" in log_path.read_text()
+        text = log_path.read_text()
+        assert '"warmup_seconds": 30.0' in text  # the effective configuration, logged once
         frames = _frames(shared, 12)
         sec = 100
-        for f in frames:  # one at a time: the node drops frames that arrive while it is busy
-            send(f, sec)
-            assert spin_until(lambda: sec in got, 120), f"no label image for stamp {sec}"
+        for f in frames[:3]:
+            c.send_wait(f, sec)
             sec += 1
-        states = [s["state"] for s in statuses]
-        assert "ADAPTING" in states or "EXPORTING" in states
-        assert spin_until(lambda: statuses[-1]["state"] == "STREAMING", 180), statuses[-1]
-        send(frames[0], sec)
-        assert spin_until(lambda: sec in got, 60)
+        assert c.spin_until(lambda: c.statuses[-1]["state"] == "STREAMING", 180), c.statuses[-1]
+        m = c.send_wait(frames[3], sec)
         sec += 1
-        for s, m in got.items():  # header copied, mono8 labels of the input's size
-            assert m.header.frame_id == "cam_optical" and m.encoding == "mono8" and (m.height, m.width) == (180, 240)
-            assert max(m.data) < 20
-        assert all(conf[s].encoding == "mono8" for s in conf)
+        assert m.header.frame_id == "cam_optical" and m.encoding == "mono8" and (m.height, m.width) == (180, 240)
+        assert c.spin_until(lambda: c.statuses[-1]["model"] == "adapted", 10)
+        assert c.spin_until(lambda: sec - 1 in c.color, 10) and c.color[sec - 1].encoding == "rgb8"
+        saved = c.statuses[-1]["checkpoint"]
+        assert saved and os.path.isfile(saved) and saved.startswith(str(tmp_path / "adapted"))
+        assert any(d.status[0].name == "/cam1/ditta_node: semantic segmentation" for d in c.diags)
+        res = c.call("save")
+        assert res.success and os.path.isfile(res.message)
 
-        # bad messages: unknown encoding, truncated data, a size change; the node carries on
-        send(frames[1], sec, encoding="bayer_rggb8")
-        assert spin_until(lambda: statuses[-1]["bad"] >= 1, 30), statuses[-1]
-        send(frames[1], sec + 1, data=frames[1].tobytes()[:1000])
-        assert spin_until(lambda: statuses[-1]["bad"] >= 2, 30), statuses[-1]
-        small = np.ascontiguousarray(frames[2][:120, :160])
-        send(small, sec + 2)
-        assert spin_until(lambda: (sec + 2) in got, 120)
-        assert (got[sec + 2].height, got[sec + 2].width) == (120, 160)
-        assert statuses[-1]["bad_reasons"].get("unsupported_encoding") == 1
-        assert statuses[-1]["bad_reasons"].get("decode_error") == 1
-        assert spin_until(lambda: any(kv.key == "bad" and int(kv.value) >= 2 for d in diags[-3:]
-                                      for kv in d.status[0].values), 10)
-        assert (sec not in got) and ((sec + 1) not in got)
+        # re-adaptation: the adapted model serves the new warm-up and the adaptation
+        assert c.call("readapt").success
+        assert c.spin_until(lambda: c.statuses[-1]["state"] == "WARMUP", 10)
+        for f in frames[4:7]:
+            c.send_wait(f, sec)
+            sec += 1
+            assert c.status_after(len(c.statuses))["model"] == "adapted"
+        assert c.spin_until(lambda: c.statuses[-1]["state"] in ("ADAPTING", "EXPORTING", "STREAMING"), 10)
+        if c.statuses[-1]["state"] != "STREAMING":
+            c.send_wait(frames[7], sec)
+            sec += 1
+            st = c.status_after(len(c.statuses))
+            assert st["model"] == "adapted", st
+        assert c.spin_until(lambda: c.statuses[-1]["state"] == "STREAMING", 180), c.statuses[-1]
 
-        # re-adaptation on request
-        assert client.wait_for_service(timeout_sec=10)
-        fut = client.call_async(Trigger.Request())
-        assert spin_until(lambda: fut.done(), 10) and fut.result().success
-        assert spin_until(lambda: statuses[-1]["state"] == "WARMUP", 10)
-        assert node_proc.poll() is None
+        # reset during ADAPTING, then readapt: one adaptation at a time
+        assert c.call("readapt").success
+        for f in frames[8:11]:
+            c.send_wait(f, sec)
+            sec += 1
+        assert c.spin_until(lambda: c.statuses[-1]["state"] == "ADAPTING", 10), c.statuses[-1]
+        n_before = len(c.statuses)
+        assert c.call("reset").success
+        assert c.spin_until(lambda: c.statuses[-1]["state"] == "ISS", 10)
+        assert c.call("readapt").success
+        for f in frames[:3]:
+            c.send_wait(f, sec)
+            sec += 1
+        assert c.spin_until(lambda: c.statuses[-1]["state"] == "ADAPTING"
+                            and c.statuses[-1]["adaptations_running"] == 1, 60), c.statuses[-1]
+        assert max(s["adaptations_running"] for s in c.statuses[n_before:]) == 1
+        assert c.spin_until(lambda: "adaptation cancelled" in log_path.read_text(), 30)
+
+        # SIGTERM while adapting: a clean exit within 10 s
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(15)
+        assert time.monotonic() - t0 <= 10.0 and rc == 0, log_path.read_text()[-3000:]
         text = log_path.read_text()
-        assert "unsupported image encoding 'bayer_rggb8'" in text
-        assert "frame size changed" in text
+        assert "final status" in text and "Traceback" not in text
+        assert not list((tmp_path / "adapted").glob(".*.tmp")) and not list((tmp_path / "export").rglob(".export-*"))
     finally:
-        node.destroy_node()
+        if c is not None:
+            c.close()
         rclpy.shutdown()
-        node_proc.terminate()
-        try:
-            node_proc.wait(10)
-        except subprocess.TimeoutExpired:
-            node_proc.kill()
+        _stop(proc)
+
+
+def test_node_from_an_adapted_checkpoint_serves_any_size_and_encoding_and_recovers(shared, ros_env, tmp_path):
+    """adapted_checkpoint: STREAMING from the first message, no warm-up; output_resolution
+    network; mono16 input; a 1920x1080 frame (the ISS serves while the adapted model is
+    prepared for it); bad messages turn the diagnostics to WARN and good ones back to OK;
+    ~/enable pauses and resumes; ~/reset returns to the ISS model."""
+    import copy
+
+    from ditta_ros.adapt import DiTTANet
+    from ditta_ros.export import save_adapted
+    from ditta_ros.iss import load_model
+
+    model, _ = load_model(MODEL)
+    ckpt = str(tmp_path / "saved.pt")
+    save_adapted(DiTTANet(copy.deepcopy(model)), ckpt, {"model": MODEL, "frame_hw": [180, 240]})
+    proc, log_path = _start(ros_env, tmp_path, f"adapted_checkpoint:={ckpt}", "input_topic:=/camera/image_raw",
+                            "output_resolution:=network", "tau:=1")
+    rclpy.init()
+    c = None
+    try:
+        c = _Client(proc, log_path)
+        assert c.spin_until(lambda: c.pub.get_subscription_count() > 0 and c.statuses, 120), \
+            log_path.read_text()[-3000:]
+        assert c.statuses[0]["state"] == "STREAMING" and c.statuses[0]["checkpoint"] == ckpt
+        net_hw = model.preprocess.input_hw((180, 240))
+        frames = _frames(shared, 4)
+        m = c.send_wait(frames[0], 1)
+        assert (m.height, m.width) == tuple(net_hw)
+        assert c.spin_until(lambda: c.statuses[-1]["model"] == "adapted", 10)
+        # mono16 input (a grey camera)
+        grey = (frames[1].mean(axis=2) * 256).astype("<u2")
+        m = c.send_wait(grey, 2, encoding="mono16", step=240 * 2, data=grey.tobytes())
+        assert (m.height, m.width) == tuple(net_hw)
+        # bad messages: WARN while they come, OK again after good frames
+        c.send(frames[1], 3, encoding="bayer_rggb8")
+        c.send(frames[1], 4, data=frames[1].tobytes()[:1000])
+        assert c.spin_until(lambda: c.statuses[-1]["bad"] >= 2, 30), c.statuses[-1]
+        assert c.spin_until(lambda: any(d.status[0].level == b"\x01" for d in c.diags[-4:]), 10)
+        for s in range(5, 8):
+            c.send_wait(frames[s % 4], s)
+        assert c.spin_until(lambda: c.diags and c.diags[-1].status[0].level == b"\x00", 10), \
+            c.diags[-1].status[0].message
+        # a 1920x1080 frame: served at once by the ISS, the adapted model prepared meanwhile
+        import cv2
+
+        big = np.ascontiguousarray(cv2.resize(frames[2], (1920, 1080)))
+        m = c.send_wait(big, 10)
+        assert (m.height, m.width) == tuple(model.preprocess.input_hw((1080, 1920)))
+        assert c.spin_until(lambda: c.statuses[-1]["model"] == "fallback", 10)
+        assert c.spin_until(lambda: "adapted model ready for 1920x1080" in log_path.read_text(), 120)
+        c.send_wait(big, 11)
+        assert c.spin_until(lambda: c.statuses[-1]["model"] == "adapted", 10)
+        # pause and resume
+        assert c.call("enable", _setbool(), data=False).success
+        c.send(frames[0], 20)
+        c.spin_until(lambda: False, 2)
+        assert 20 not in c.got and c.statuses[-1]["paused"] == 1 and c.statuses[-1]["enabled"] is False
+        assert c.call("enable", _setbool(), data=True).success
+        c.send_wait(frames[0], 21)
+        assert c.call("reset").success
+        c.send_wait(frames[0], 22)
+        assert c.spin_until(lambda: c.statuses[-1]["model"] == "iss" and c.statuses[-1]["state"] == "ISS", 10)
+        assert c.statuses[-1]["bad_reasons"] == {"unsupported_encoding": 1, "decode_error": 1}
+    finally:
+        if c is not None:
+            c.close()
+        rclpy.shutdown()
+        _stop(proc)
+
+
+def _setbool():
+    from std_srvs.srv import SetBool
+
+    return SetBool
+
+
+@pytest.mark.parametrize("param, named, allowed", [
+    ("backend:=bogus", "'backend'", "auto | tensorrt | openvino | onnxruntime | torch"),
+    ("warmup_frames:=0", "'warmup_frames'", "an integer in [2, 10000]"),
+    ("teacher_checkpoint:=/nonexistent/sam.pt", "'teacher_checkpoint'", "an existing file"),
+])
+def test_a_bad_parameter_ends_start_up_naming_it(ros_env, tmp_path, param, named, allowed):
+    out = subprocess.run([sys.executable, "-m", "ditta_ros.node", "--ros-args", "-p", param], env=ros_env,
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    text = out.stdout + out.stderr
+    assert out.returncode == 2, text[-2000:]
+    assert f"invalid parameter {named}" in text and allowed in text and "not starting" in text, text[-2000:]
+    assert "Traceback" not in text

@@ -43,7 +43,8 @@ def test_bag_played_into_the_node_and_recorded(shared, tmp_path):
     node_proc = subprocess.Popen(
         [sys.executable, "-m", "ditta_ros.node", "--ros-args", "-p", "model:=espnetv2-s1.0-cityscapes-512x256",
          "-p", "warmup_frames:=3", "-p", "iters:=1", "-p", f"input_topic:={topic}", "-p", "compressed:=true",
-         "-p", "status_period:=0.25"], env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+         "-p", "status_period:=0.25", "-p", f"export_dir:={tmp_path}/export",
+         "-p", f"checkpoint_dir:={tmp_path}/adapted"], env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
     rec = str(tmp_path / "rec")
     recorder = subprocess.Popen([sys.executable, "-m", "ditta_ros.cli", "bag", "record", bag.SEMANTIC_TOPIC,
                                  "--out", rec, "--count", "12", "--duration", "240"], env=env,
@@ -98,7 +99,7 @@ def test_bag_played_into_the_node_and_recorded(shared, tmp_path):
         fut = readapt.call_async(Trigger.Request())
         assert spin_until(lambda: fut.done(), 10) and fut.result().success
         assert spin_until(lambda: statuses[-1]["state"] == "WARMUP", 10)
-        assert node_proc.poll() is None and "cannot decode compressed image" in log_path.read_text()
+        assert node_proc.poll() is None and "truncated JPEG" in log_path.read_text()
     finally:
         client.destroy_node()
         rclpy.shutdown()

@@ -10,26 +10,26 @@ from dataclasses import fields
 import yaml
 
 from ditta_ros.live import LiveConfig
-from ditta_ros.node import LIVE_DESCRIPTIONS, NODE_PARAMS
+from ditta_ros.params import NodeOptions, param_specs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _declared():
     out = {f.name: f.default for f in fields(LiveConfig)}
-    out.update({k: v[0] for k, v in NODE_PARAMS.items()})
+    out.update({f.name: f.default for f in fields(NodeOptions)})
     return out
 
 
 def test_params_file_matches_declared_parameters():
     with open(os.path.join(ROOT, "config", "ditta.yaml")) as f:
-        params = yaml.safe_load(f)["ditta_node"]["ros__parameters"]
+        params = yaml.safe_load(f)["/**"]["ros__parameters"]
     declared = _declared()
     assert set(params) == set(declared)
     for k, v in declared.items():
         assert type(params[k]) is type(v) and params[k] == v, (k, params[k], v)
-    assert set(LIVE_DESCRIPTIONS) == {f.name for f in fields(LiveConfig)}
-    assert all(LIVE_DESCRIPTIONS.values()) and all(d for _, d in NODE_PARAMS.values())
+    specs = param_specs()
+    assert [p.name for p in specs] == list(declared) and all(p.description for p in specs)
 
 
 def test_launch_files_parse_and_name_real_executables_and_files():
@@ -84,3 +84,37 @@ def test_colcon_build_installs_executables_launch_and_config(tmp_path):
         assert (inst / "share" / "ditta_ros" / rel).is_file(), rel
     assert (tmp_path / "install" / "ditta_ros" / "share" / "ament_index" / "resource_index" / "packages"
             / "ditta_ros").is_file()
+
+
+def test_event_callbacks_import_works_on_the_humble_module_layout(monkeypatch):
+    """Humble has ``rclpy.qos_event`` and no ``rclpy.event_handler`` (Iron and later)."""
+    import sys
+    import types
+
+    from ditta_ros.node import subscription_event_callbacks
+
+    import rclpy.event_handler
+
+    assert subscription_event_callbacks() is rclpy.event_handler.SubscriptionEventCallbacks
+    humble = types.ModuleType("rclpy.qos_event")
+
+    class SubscriptionEventCallbacks:  # stands for Humble's class
+        pass
+
+    humble.SubscriptionEventCallbacks = SubscriptionEventCallbacks
+    monkeypatch.setitem(sys.modules, "rclpy.event_handler", None)  # `import` raises ImportError
+    monkeypatch.setitem(sys.modules, "rclpy.qos_event", humble)
+    assert subscription_event_callbacks() is SubscriptionEventCallbacks
+
+
+def test_descriptors_carry_ranges_choices_and_read_only():
+    from ditta_ros.node import descriptor
+
+    specs = {p.name: p for p in param_specs()}
+    d = descriptor(specs["backend"])
+    assert d.read_only and "tensorrt" in d.additional_constraints and d.description
+    d = descriptor(specs["tau"])
+    assert d.dynamic_typing and d.floating_point_range[0].to_value == 1.0  # integers accepted for a number
+    d = descriptor(specs["warmup_frames"])
+    assert d.integer_range[0].from_value == 2 and d.read_only
+    assert not descriptor(specs["auto_readapt"]).read_only

@@ -183,6 +183,26 @@ def logits_to_frame(model: ISSModel, logits: torch.Tensor, input_hw: Sequence[in
     return out
 
 
+def plain_step(model: ISSModel, images: torch.Tensor, frame_hw: Sequence[int], encoded=None):
+    """The plain ISS step, the one place it is written: backbone, decoder, classifier and the
+    two-step resize of the logits to the frame (every front door goes through it: the
+    frame-wise runner, the warm-up of DiTTA, the streaming model and its export).
+
+    Args:
+        images: normalised network input ``[B, 3, h_in, w_in]`` (the model's preprocessing).
+        frame_hw: source frame ``(H, W)`` in pixels.
+        encoded: the backbone's outputs for ``images`` when already computed (``None``: run it).
+
+    Returns:
+        ``(encoded, features [B, D, h, w], logits [B, C, h, w], frame_logits [B, C, H, W])``,
+        float, on the model's device; gradients flow unless the caller disables them.
+    """
+    encoded = model.encode(images) if encoded is None else encoded
+    features = model.decode(encoded)
+    logits = model.classify(features)
+    return encoded, features, logits, logits_to_frame(model, logits, images.shape[2:], frame_hw)
+
+
 @dataclass
 class ModelInfo:
     """Descriptive metadata a loader attaches to a model (``model.info``)."""

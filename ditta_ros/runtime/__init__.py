@@ -181,7 +181,7 @@ def weights_digest(net, plain: bool = False) -> str:
 def streaming_backend(net, frame_hw, tau: float, requested: str = "auto", export_dir: Optional[str] = None,
                       name: Optional[str] = None, engine_cache: Optional[str] = None, fp16: bool = False,
                       openvino_device: str = "CPU", label_set: str = "", classes=(), fusion: str = "frame",
-                      openvino_precision: str = "auto"):
+                      openvino_precision: str = "auto", refit=None):
     """The runtime backend that serves a (pre-trained or adapted) network on frames of
     ``frame_hw``: one construction for the node, ``ditta eval --backend`` and the benchmarks.
 
@@ -204,6 +204,10 @@ def streaming_backend(net, frame_hw, tau: float, requested: str = "auto", export
             (the torch backend runs channels-last on the CPU).
         label_set, classes: recorded in the export metadata.
         fusion: ``frame`` | ``grid`` (:class:`~ditta_ros.streaming.StreamingDiTTA`).
+        refit: a backend serving the same model and frame size with other weights (a
+            re-adaptation): when it can swap weights in place (TensorRT's refittable
+            engines, ``swap_weights``) it is refitted from the new export and returned,
+            instead of building a new engine.
 
     Returns:
         a backend with ``step(frame, state) -> (labels, confidence, state)`` and ``describe()``.
@@ -221,6 +225,12 @@ def streaming_backend(net, frame_hw, tau: float, requested: str = "auto", export
     if requested != "torch" and (requested != "auto" or accelerated_runtime_available()):
         onnx_path = _cached_export(net, frame_hw, tau, os.path.expanduser(export_dir or DEFAULT_EXPORT_DIR), name,
                                    fp16, fusion, label_set, classes)
+
+    if refit is not None and onnx_path is not None and hasattr(refit, "swap_weights") \
+            and tuple(getattr(refit, "frame_hw", ())) == frame_hw:
+        refit.swap_weights(onnx_path)
+        log.info("refitted the %s engine with the weights of %s", getattr(refit, "name", "runtime"), onnx_path)
+        return refit
 
     def torch_model():  # built only when the chain reaches torch (its construction runs the network once)
         from ..streaming import StreamingDiTTA
@@ -246,7 +256,7 @@ def _cached_export(net, frame_hw, tau, export_dir, name, fp16, fusion, label_set
     import os
     import tempfile
 
-    from ..export import export_onnx
+    from ..export import EXPORT_FORMAT, export_onnx
 
     folder = os.path.join(export_dir, f"{name}_{frame_hw[0]}x{frame_hw[1]}")
     digest = weights_digest(net, plain=tau <= 0)
@@ -256,9 +266,11 @@ def _cached_export(net, frame_hw, tau, export_dir, name, fp16, fusion, label_set
     if os.path.isfile(onnx_path) and os.path.isfile(meta_path):
         with open(meta_path) as f:
             meta = json.load(f)
-        if meta["adaptation"].get("weights_digest") == digest and meta["precision"] == ("fp16" if fp16 else "fp32"):
+        if meta["adaptation"].get("weights_digest") == digest and meta["precision"] == ("fp16" if fp16 else "fp32") \
+                and meta.get("format") == EXPORT_FORMAT:
             log.info("reusing the export %s", onnx_path)
             return onnx_path
+        log.info("the export %s is of another version or precision: exporting again", onnx_path)
     os.makedirs(folder, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".export-", dir=folder)
     path, meta_tmp = export_onnx(net, frame_hw, tmp, name, label_set=label_set, classes=classes, tau=tau, fp16=fp16,
@@ -266,7 +278,29 @@ def _cached_export(net, frame_hw, tau, export_dir, name, fp16, fusion, label_set
     os.replace(path, onnx_path)
     os.replace(meta_tmp, meta_path)
     os.rmdir(tmp)
+    _prune_exports(folder, keep=KEEP_EXPORTS)
     return onnx_path
+
+
+#: adapted exports kept per model and frame size folder (plain ISS graphs are always kept)
+KEEP_EXPORTS = 4
+
+
+def _prune_exports(folder: str, keep: int) -> None:
+    """Remove all but the ``keep`` newest adapted exports (``tau > 0``) of ``folder``: one
+    folder per model and frame size must not fill the disk with every re-adaptation."""
+    import glob
+    import os
+
+    adapted = [p for p in glob.glob(os.path.join(folder, "ditta_*.onnx")) if "_tau0_" not in os.path.basename(p)]
+    adapted.sort(key=os.path.getmtime, reverse=True)
+    for path in adapted[keep:]:
+        for p in (path, path[:-len(".onnx")] + ".json"):
+            try:
+                os.remove(p)
+            except OSError:
+                pass
+        log.info("removed the old export %s", path)
 
 
 class SkipAddon:
