@@ -109,7 +109,7 @@ def main() -> None:
         if not spin_until(lambda: pub.get_subscription_count() > 0 and statuses, 300):
             raise RuntimeError("node not ready:\n" + open(log_path).read()[-3000:])
         t_start = time.time()
-        for i in tqdm(range(args.frames), desc="soak", unit="frame"):
+        for i in tqdm(range(args.frames), desc="soak", unit="frame", mininterval=30):
             m = Image()
             m.header.stamp.sec, m.header.stamp.nanosec = 1000 + i // 1000, (i % 1000) * 10**6
             m.header.frame_id = "camera"

@@ -72,13 +72,26 @@ def _register_symbolics(opset: int) -> None:
 
 
 def save_adapted(net: DiTTANet, path: str, info: Optional[Dict[str, object]] = None) -> None:
-    """Save an adapted network's weights (``state_dict``) and provenance to ``path``
-    (written beside it and renamed into place: never a half-written file)."""
+    """Save an adapted network's weights (``state_dict``) and provenance to ``path``: written
+    to a unique temporary file beside it and renamed into place, so a crash or a concurrent
+    save never leaves a half-written checkpoint (a failed write removes its temporary file).
+
+    Raises:
+        OSError: the folder cannot be created or written.
+    """
+    import tempfile
+
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    torch.save({"state_dict": net.state_dict(), "info": dict(info or {})}, tmp)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"state_dict": net.state_dict(), "info": dict(info or {})}, f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def load_adapted(net: DiTTANet, path: str) -> Dict[str, object]:

@@ -4,15 +4,19 @@ background, freeze and export, streaming.
 States (:class:`Phase`)::
 
     WARMUP --(warm-up window full)--> ADAPTING --(adapted)--> EXPORTING --> STREAMING
-       ^                                                                      |
-       +----------------------- readapt() / reset() --------------------------+
+       ^                                  |  (refused / failed)                 |
+       +------------ readapt() -----------+----------> ISS <--- reset() --------+
+    adapted_checkpoint: straight to STREAMING
+
 
 * WARMUP: every ``frame_stride``-th frame is kept until ``warmup_frames`` frames
   (or ``warmup_seconds`` of stream time, whichever comes first) are collected.
 * ADAPTING / EXPORTING: the teacher, the adaptation (:class:`DiTTAMethod`, the
   same code as ``ditta eval --method ditta``) and the export to the chosen
   runtime run in a worker thread; meanwhile :meth:`LivePipeline.process` returns
-  frame-wise ISS labels, so the robot is never blind and never waits.
+  frame-wise ISS labels (or the previous adaptation's), so the robot is never blind and
+  never waits. Exports and engine builds for a change of frame size also run in the
+  background; torch's frame-wise ISS serves until they are ready.
 * STREAMING: the adapted model frozen for serving (:class:`~ditta_ros.streaming.FrozenDiTTA`
   on a runtime backend) with the state carried frame to frame; it is saved to
   ``checkpoint_dir`` and an ``adapted_checkpoint`` starts here directly. A change of frame
@@ -171,9 +175,10 @@ class SceneChangeDetector:
 
 
 #: where a label image came from (``/ditta/status`` ``model``): the pre-trained model, the
-#: adapted one, or the pre-trained one standing in for an adapted model whose output was not finite
+#: adapted one, or the pre-trained one standing in for an adapted model that failed on the frame
+#: (non-finite output, a runtime error)
 SOURCES = ("iss", "adapted", "fallback")
-#: consecutive non-finite outputs of the adapted model after which it is dropped (ISS serves)
+#: consecutive failures of the adapted model after which it is dropped (ISS serves)
 NONFINITE_LIMIT = 10
 
 
@@ -269,8 +274,10 @@ class LivePipeline:
         self._generation = 0
         self._frozen = None  # FrozenDiTTA of the adapted model being served
         self._meta: Dict[str, object] = {}  # what the served adaptation's checkpoint records
-        self._preparing: Optional[Tuple[int, int]] = None
+        self._preparing: Optional[str] = None  # what the background thread prepares
         self._prep_thread: Optional[threading.Thread] = None
+        self._prep_failed = set()  # preparations that failed: not retried until readapt/reset
+        self._save_lock = threading.Lock()
         self._nonfinite = 0
         self._iss_method = None  # the pre-trained model on the serving backend (warm-up, ISS phase)
         self._last_stamp: Optional[float] = None  # stamp of the last streamed frame
@@ -341,7 +348,11 @@ class LivePipeline:
                                  f"is of {meta.get('model')}")
         frozen = self._freeze(net.eval())
         if meta.get("frame_hw"):
-            frozen.prepare(tuple(meta["frame_hw"]))
+            try:
+                frozen.prepare(tuple(meta["frame_hw"]))
+            except Exception as exc:
+                raise ParameterError("backend", self.cfg.backend, f"a runtime that can serve {path} "
+                                     f"({type(exc).__name__}: {exc})") from exc
         self._frozen, self._meta, self.checkpoint = frozen, dict(meta), path
         self.last_adapt = {"checkpoint": path, "backend": frozen.describe(),
                            **{k: meta.get(k) for k in ("created", "frame_hw", "warmup_frames")}}
@@ -370,7 +381,8 @@ class LivePipeline:
             hw = meta.get("frame_hw") or (0, 0)
             path = os.path.join(os.path.expanduser(self.cfg.checkpoint_dir),
                                 f"{model_name(self.cfg.model)}_{hw[0]}x{hw[1]}_{time.strftime('%Y%m%d-%H%M%S')}.pt")
-        save_adapted(frozen.net, path, meta)
+        with self._save_lock:
+            save_adapted(frozen.net, path, meta)
         self.checkpoint = path
         log.info("adaptation saved to %s", path)
         return path
@@ -385,6 +397,7 @@ class LivePipeline:
             self._generation += 1
             self._frames, self._preds, self._stamps, self._seen, self._t0 = [], [], [], 0, None
             self.phase, self.progress = Phase.WARMUP, 0.0
+            self.error, self._prep_failed = None, set()
         log.info("re-adaptation requested: collecting a new warm-up window%s",
                  " (the adapted model keeps serving)" if self._frozen is not None else "")
         return "warm-up started"
@@ -397,6 +410,7 @@ class LivePipeline:
                 self._stop.set()
             self._frames, self._preds, self._stamps, self._frozen, self._meta = [], [], [], None, {}
             self.phase, self.progress = Phase.ISS, 0.0
+            self.error, self.warning, self._prep_failed = None, None, set()
         log.info("reset to the pre-trained ISS model")
         return "reset to the pre-trained model"
 
@@ -415,7 +429,7 @@ class LivePipeline:
         return not any(t is not None and t.is_alive() for t in (self._worker, self._prep_thread))
 
     def wait_idle(self, timeout: float = None) -> None:
-        """Join the adaptation and re-preparation workers (tests, shutdown)."""
+        """Join the adaptation and preparation workers (tests, shutdown)."""
         for t in (self._worker, self._prep_thread):
             if t is not None:
                 t.join(timeout)
@@ -440,8 +454,7 @@ class LivePipeline:
             phase, frozen, gen = self.phase, self._frozen, self._generation
         pred, source = None, "iss"
         if frozen is not None and phase != Phase.ISS:  # STREAMING, or a re-adaptation under way
-            pred = self._stream(frozen, frame, stamp, gen)
-            source = "adapted" if pred is not None else "fallback"
+            pred, source = self._stream(frozen, frame, stamp, gen)
         if pred is None:
             pred = self._iss(frame, phase)
             if not np.isfinite(pred.confidence).all():
@@ -512,10 +525,17 @@ class LivePipeline:
                 with self._lock:
                     if gen != self._generation:
                         return
-                    self.last_adapt = self._adapt_summary(info, t0, len(frames), "iss (adaptation refused)")
-                    self.warning = f"adaptation refused by the do-no-harm guard ({reasons}); serving the ISS model"
-                    self._frozen, self._meta = None, {}
-                    self.phase, self.progress = Phase.ISS, 1.0
+                    if self._frozen is not None:  # a re-adaptation: the previous one stays
+                        self.last_adapt = self._adapt_summary(info, t0, len(frames),
+                                                              "previous adaptation (re-adaptation refused)")
+                        self.warning = (f"re-adaptation refused by the do-no-harm guard ({reasons}); the previous "
+                                        "adaptation keeps serving")
+                        self.phase = Phase.STREAMING
+                    else:
+                        self.last_adapt = self._adapt_summary(info, t0, len(frames), "iss (adaptation refused)")
+                        self.warning = f"adaptation refused by the do-no-harm guard ({reasons}); serving the ISS model"
+                        self.phase = Phase.ISS
+                    self.progress = 1.0
                 log.warning("%s", self.warning)
                 return
             with self._lock:
@@ -536,7 +556,7 @@ class LivePipeline:
                     return
                 self._frozen, self._meta, self._nonfinite = frozen, meta, 0
                 self.last_adapt = self._adapt_summary(info, t0, len(frames), frozen.describe())
-                self.warning = None
+                self.warning = self.error = None
                 self.phase, self.progress = Phase.STREAMING, 1.0
                 self.scene.reset()
             log.info("adapted in %.1f s (teacher %.1f s); streaming on %s", time.perf_counter() - t0,
@@ -572,81 +592,101 @@ class LivePipeline:
     def _iss(self, frame: np.ndarray, phase: Phase) -> Prediction:
         """The pre-trained ISS model on one frame, on the serving backend: its plain-ISS
         graph (``tau = 0``) is exported once per model and frame size and cached in
-        ``export_dir``; ``iss_backend: false``, and any frame whose size the serving models
-        are still being prepared for, use torch's frame-wise runner (never blocks)."""
-        if not self.cfg.iss_backend or self._preparing is not None:
+        ``export_dir``. The first frame size is prepared before the first label (so every
+        label comes from the serving model, as ``ditta eval --method iss-stream`` computes
+        it); after a change of frame size the new graph is prepared in the background and
+        torch's frame-wise runner serves meanwhile (as it does with ``iss_backend: false``)."""
+        if not self.cfg.iss_backend:
             return self.runner.predict(frame)
         if self._iss_method is None:
             from .baselines.iss import StreamingISS
 
             self._iss_method = StreamingISS(self.runner, self.cfg.backend, **self._backend_options())
-        return self._iss_method.predict(frame)
+        hw = tuple(frame.shape[:2])
+        if self._iss_method.ready_for(hw) or not self._iss_method.prepared:
+            return self._iss_method.predict(frame)
+        iss = self._iss_method
+        self._in_background(f"iss {hw[1]}x{hw[0]}", lambda: iss.prepare(hw))
+        return self.runner.predict(frame)
 
-    def _stream(self, frozen, frame: np.ndarray, stamp: float, gen: int) -> Optional[Prediction]:
-        """The adapted model on one frame; ``None`` when it cannot serve this frame: a new
-        frame size (prepared in the background meanwhile) or a non-finite output (counted;
-        after :data:`NONFINITE_LIMIT` in a row the adapted model is dropped)."""
+    def _stream(self, frozen, frame: np.ndarray, stamp: float, gen: int) -> Tuple[Optional[Prediction], str]:
+        """The adapted model on one frame -> ``(prediction, source)``; no prediction when it
+        cannot serve this frame: a new frame size (``"iss"``: prepared in the background
+        meanwhile), or a failure (``"fallback"``: a non-finite output or a runtime error,
+        counted; after :data:`NONFINITE_LIMIT` in a row the adapted model is dropped)."""
         hw = tuple(frame.shape[:2])
         if not frozen.ready_for(hw):
             self._prepare_async(frozen, hw, gen)
-            return None
+            return None, "iss"
         interval = None if self._last_stamp is None else stamp - self._last_stamp
         self._last_stamp = stamp
-        pred = frozen.step(frame, interval)
-        if np.isfinite(pred.confidence).all():
+        try:
+            pred = frozen.step(frame, interval)
+            problem = None if np.isfinite(pred.confidence).all() else "a non-finite output"
+        except Exception as exc:  # a runtime failure must not take every frame down with it
+            problem = f"an error ({type(exc).__name__}: {exc})"
+        if problem is None:
             self._nonfinite = 0
-            return pred
+            return pred, "adapted"
         self._nonfinite += 1
         if self._nonfinite == 1 or self._nonfinite % 100 == 0:
-            log.warning("the adapted model gave a non-finite output (%d in a row): serving the ISS model for "
-                        "this frame", self._nonfinite)
+            log.warning("the adapted model gave %s (%d in a row): serving the ISS model for this frame", problem,
+                        self._nonfinite)
         if self._nonfinite >= NONFINITE_LIMIT:
             with self._lock:
                 if gen == self._generation:
                     self._frozen, self._meta = None, {}
-                    self.warning = (f"the adapted model gave non-finite outputs on {NONFINITE_LIMIT} frames in a "
-                                    "row; serving the ISS model (readapt to try again)")
+                    self.warning = (f"the adapted model failed on {NONFINITE_LIMIT} frames in a row (last: "
+                                    f"{problem}); serving the ISS model (readapt to try again)")
                     if self.phase == Phase.STREAMING:
                         self.phase = Phase.ISS
             log.warning("%s", self.warning)
-        return None
+        return None, "fallback"
 
     def _prepare_async(self, frozen, hw: Tuple[int, int], gen: int) -> None:
         """Prepare the adapted model for a new frame size in the background (an export and,
         with TensorRT, an engine build take long); the ISS serves meanwhile."""
-        if self._preparing == hw:
-            return
-        if self._prep_thread is not None and self._prep_thread.is_alive():
-            return  # one at a time; the next frame of the new size asks again
-        log.warning("frame size changed %s -> %s: serving the ISS model while the adapted one is prepared for "
-                    "the new size", frozen.frame_hw, hw)
-        self._preparing = hw
+        def job():
+            fresh = self._freeze(frozen.net)
+            fresh.prepare(hw)
+            with self._lock:
+                if gen == self._generation and self._frozen is frozen:
+                    self._frozen = fresh
+                    self._meta = dict(self._meta, frame_hw=list(hw))
+            log.info("adapted model ready for %dx%d frames on %s", hw[1], hw[0], fresh.describe())
+
+        if self._in_background(f"adapted {hw[1]}x{hw[0]}", job):
+            log.warning("frame size changed %s -> %s: serving the ISS model while the adapted one is prepared for "
+                        "the new size", frozen.frame_hw, hw)
+
+    def _in_background(self, what: str, job: Callable[[], None]) -> bool:
+        """Run ``job`` in the preparation thread (one at a time) unless it is running or
+        ``what`` failed before (not retried until :meth:`readapt` / :meth:`reset`). True
+        when it was started."""
+        if what in self._prep_failed or (self._prep_thread is not None and self._prep_thread.is_alive()):
+            return False
 
         def work():
             try:
-                fresh = self._freeze(frozen.net)
-                fresh.prepare(hw)
-                with self._lock:
-                    if gen == self._generation and self._frozen is frozen:
-                        self._frozen = fresh
-                        self._meta = dict(self._meta, frame_hw=list(hw))
-                log.info("adapted model ready for %dx%d frames on %s", hw[1], hw[0], fresh.describe())
+                job()
             except Exception as exc:
-                log.exception("could not prepare the adapted model for %s: %s", hw, exc)
+                log.exception("could not prepare %s: %s", what, exc)
                 with self._lock:
-                    self.error = f"{type(exc).__name__}: {exc}"
+                    self._prep_failed.add(what)
+                    self.error = f"preparing {what}: {type(exc).__name__}: {exc}"
             finally:
                 self._preparing = None
 
+        self._preparing = what
         self._prep_thread = threading.Thread(target=work, name="ditta-prepare", daemon=True)
         self._prep_thread.start()
+        return True
 
     def status(self) -> Dict[str, object]:
         """JSON-ready status: phase, warm-up/adaptation progress, counters, which model made
         the last label image, adaptations running, the last saved checkpoint, last adaptation."""
         return {"state": self.phase.value, "progress": round(self.progress, 3), **asdict(self.counters),
-                "model": self.last_source, "adaptations_running": self._running,
-                "preparing": f"{self._preparing[1]}x{self._preparing[0]}" if self._preparing else None,
+                "model": self.last_source, "adaptations_running": self._running, "preparing": self._preparing,
                 "checkpoint": self.checkpoint, "last_adaptation": self.last_adapt, "error": self.error,
                 "warning": self.warning}
 
@@ -803,14 +843,18 @@ class FrameLoop:
         self.stats.update(stamp, received, time.time())
 
     def _bad(self, reason: str, exc: Exception, once: str = None) -> None:
+        """Count a bad message; warn once per ``once`` key (an unknown encoding), else for the
+        first 3 of each reason and every 100th after (a broken camera must not flood the log)."""
         c = self.counters
         c.bad += 1
-        c.bad_reasons[reason] = c.bad_reasons.get(reason, 0) + 1
+        n = c.bad_reasons[reason] = c.bad_reasons.get(reason, 0) + 1
         if once is not None:
             if once in self._warned:
                 return
             self._warned.add(once)
-        self.warn(f"skipped a message ({reason}): {exc}")
+        elif n > 3 and n % 100:
+            return
+        self.warn(f"skipped a message ({reason}, {n} so far): {exc}")
 
     def status(self) -> Dict[str, object]:
         """The pipeline's status with the output statistics and ``enabled``."""
@@ -822,11 +866,12 @@ class Health:
     problem clears once things are fine again (levels as ``diagnostic_msgs``: 0 OK, 1 WARN,
     2 ERROR).
 
-    * ERROR: images arrived in the period but none was published and some were bad; or no
+    * ERROR: images arrived in the period, none was published and some were bad; or no
       image for ``stale_seconds`` after images had arrived (stale input).
-    * WARN: bad messages in the period; the adapted model fell back to the ISS; no image yet
-      after ``stale_seconds``; output below ``min_fps`` while images arrive; paused; a
-      standing warning (guard refusal, ...) or a failed adaptation.
+    * WARN: images arrived but none was published (a stalled loop); bad messages in the
+      period; the adapted model fell back to the ISS; no image yet after ``stale_seconds``;
+      fewer than ``min_fps`` label images per second in the period while images arrive;
+      paused; a standing warning (guard refusal, ...) or error (a failed adaptation).
     """
 
     OK, WARN, ERROR = 0, 1, 2
@@ -840,26 +885,29 @@ class Health:
                ) -> Tuple[int, str]:
         """``(level, message)`` for this period from the loop's status and the time of the last image."""
         now = time.time() if now is None else now
-        prev = self._prev or {"frames_in": 0, "frames_out": 0, "bad": 0, "by_model": {"fallback": 0}}
-        self._prev = {k: (dict(status[k]) if isinstance(status[k], dict) else status[k])
-                      for k in ("frames_in", "frames_out", "bad", "by_model")}
+        prev = self._prev or {"frames_in": 0, "frames_out": 0, "bad": 0, "by_model": {"fallback": 0},
+                              "time": self._started}
+        self._prev = {"frames_in": status["frames_in"], "frames_out": status["frames_out"], "bad": status["bad"],
+                      "by_model": dict(status["by_model"]), "time": now}
         d_in, d_out = status["frames_in"] - prev["frames_in"], status["frames_out"] - prev["frames_out"]
         d_bad = status["bad"] - prev["bad"]
         d_fallback = status["by_model"]["fallback"] - prev["by_model"]["fallback"]
+        rate = d_out / max(1e-6, now - prev["time"])
         errors, warns = [], []
-        if d_in > 0 and d_out == 0 and d_bad > 0:
-            errors.append(f"{d_bad} bad messages and no output in the last period")
+        if d_in > 0 and d_out == 0:
+            (errors if d_bad > 0 else warns).append(
+                f"{d_in} images in and none out in the last period" + (f" ({d_bad} bad)" if d_bad else ""))
         if self.stale_seconds > 0:
             quiet = now - (last_in if last_in is not None else self._started)
             if quiet > self.stale_seconds:
                 (errors if last_in is not None else warns).append(
                     f"no image for {quiet:.0f} s" if last_in is not None else f"no image yet ({quiet:.0f} s)")
-        if d_bad > 0 and not errors:
+        if d_bad > 0 and d_out > 0:
             warns.append(f"{d_bad} bad messages in the last period")
         if d_fallback > 0:
             warns.append(f"adapted model fell back to the ISS on {d_fallback} frames")
-        if self.min_fps > 0 and d_in > 0 and 0 < status.get("fps", 0.0) < self.min_fps:
-            warns.append(f"output {status['fps']:.1f} fps < {self.min_fps:g}")
+        if self.min_fps > 0 and d_in > 0 and d_out > 0 and rate < self.min_fps:
+            warns.append(f"output {rate:.1f} fps < {self.min_fps:g}")
         if not status.get("enabled", True):
             warns.append("paused (~/enable false)")
         for key in ("warning", "error"):

@@ -22,7 +22,7 @@ Services: ``~/readapt``, ``~/reset``, ``~/save`` (std_srvs/Trigger) and ``~/enab
 (std_srvs/SetBool: pause or resume inference, keeping the adaptation).
 
 A bad parameter ends start-up with a message naming it (exit status 2); SIGINT and SIGTERM
-stop the adaptation in flight and exit cleanly.
+stop the adaptation in flight and exit cleanly (status 0).
 """
 
 from __future__ import annotations
@@ -186,6 +186,13 @@ class DittaNode(Node):
         return {**self.loop.status(), "input_qos": "best_effort" if self.best_effort else "reliable"}
 
     def _on_timer(self) -> None:
+        try:
+            self._publish_status()
+            self._watch_input()
+        except Exception as exc:  # a status problem must not stop the timer
+            self.get_logger().error(f"status failed: {type(exc).__name__}: {exc}")
+
+    def _publish_status(self) -> None:
         st = self.status()
         self.pub_status.publish(String(data=json.dumps(st)))
         level, message = self.health.update(st, self.loop.last_in)
@@ -202,7 +209,6 @@ class DittaNode(Node):
         d.values = [KeyValue(key=k, value=str(v)) for k, v in flat.items()]
         arr.status = [d]
         self.pub_diag.publish(arr)
-        self._watch_input()
 
     def _watch_input(self) -> None:
         """WARN, at most once per ``no_input_warn_seconds``, when no image came for that long,
@@ -283,35 +289,37 @@ class DittaNode(Node):
 
 
 def main(args=None) -> None:
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 
     rclpy.init(args=args)
+    log = rclpy.logging.get_logger("ditta_node")
     try:
         node = DittaNode()
     except ParameterError as exc:
-        rclpy.logging.get_logger("ditta_node").fatal(f"{exc}; not starting")
+        log.fatal(f"{exc}; not starting")
         rclpy.try_shutdown()
         sys.exit(2)
+    except Exception as exc:  # anything else at start-up: one clear line, not a traceback
+        log.fatal(f"start-up failed: {type(exc).__name__}: {exc}")
+        rclpy.try_shutdown()
+        sys.exit(1)
     executor = MultiThreadedExecutor(num_threads=2)
     executor.add_node(node)
     stopping = threading.Event()
 
     def spin():
-        try:
-            executor.spin()
-        except Exception:  # ExternalShutdownException on SIGINT/SIGTERM
-            pass
+        # one failing callback must not end every subscription, timer and service with it
+        while rclpy.ok() and not stopping.is_set():
+            try:
+                executor.spin_once(timeout_sec=0.5)
+            except ExternalShutdownException:
+                break
+            except Exception as exc:
+                node.get_logger().error(f"a callback failed: {type(exc).__name__}: {exc}")
 
-    # rclpy's own handlers shut the context down on SIGINT and SIGTERM (rclpy.ok() turns
-    # false); this one also ends the loop when they are not installed
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def on_term(signum, frame):
-        stopping.set()
-        if callable(previous):
-            previous(signum, frame)
-
-    signal.signal(signal.SIGTERM, on_term)
+    # SIGTERM (a launch file or systemd stopping the node) and SIGINT end the loop through
+    # `stopping`; the adaptation in flight is then stopped in node.close()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
     # Callbacks spin in a background thread; inference runs in this (main) thread, the one that loaded
     # the model: every extra thread doing torch work gets its own OpenMP pool, and with more pool threads
     # than cores libgomp stops spin-waiting, which made per-frame inference slower in a worker thread.
@@ -322,8 +330,11 @@ def main(args=None) -> None:
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        stopping.set()
         node.get_logger().info("shutting down")
         node.close()
+        spinner.join(2.0)
         executor.shutdown(timeout_sec=2.0)
         node.destroy_node()
         rclpy.try_shutdown()

@@ -260,7 +260,8 @@ class FrozenDiTTA:
             ``engine_cache``, ``fp16``, ``openvino_device``, ``openvino_precision``).
 
     One thread steps it; a re-adaptation that refits this model's engine in place
-    (``prepare(previous=this)``) waits for the step in flight (:attr:`lock`).
+    (``prepare(previous=this)``) exports first and holds :attr:`lock` only for the weight
+    swap, so this model keeps serving meanwhile.
     """
 
     def __init__(self, net: DiTTANet, tau: float = DEFAULT_TAU, backend: str = "torch", fusion: str = "frame",
@@ -292,13 +293,10 @@ class FrozenDiTTA:
         from .runtime import streaming_backend
 
         hw = (int(frame_hw[0]), int(frame_hw[1]))
-        if previous is not None and previous.frame_hw == hw and hasattr(previous.backend, "swap_weights"):
-            with previous.lock:  # not while the previous model is mid-step on that engine
-                self.backend = streaming_backend(self.net, hw, self.tau, self.requested, fusion=self.fusion,
-                                                 refit=previous.backend, **self.options)
-        else:
-            self.backend = streaming_backend(self.net, hw, self.tau, self.requested, fusion=self.fusion,
-                                             **self.options)
+        refit = previous is not None and previous.frame_hw == hw and hasattr(previous.backend, "swap_weights")
+        self.backend = streaming_backend(self.net, hw, self.tau, self.requested, fusion=self.fusion,
+                                         refit=previous.backend if refit else None,
+                                         refit_lock=previous.lock if refit else None, **self.options)
         self._gate = MotionGate(StreamingDiTTA(self.net, hw, self.tau).window_reach()) \
             if self.motion_gate and self.tau > 0 else None
         self.frame_hw, self._state = hw, None
@@ -321,13 +319,20 @@ class FrozenDiTTA:
     def step(self, frame: np.ndarray, interval: Optional[float] = None):
         """One uint8 RGB ``[H, W, 3]`` frame -> :class:`~ditta_ros.inference.Prediction`
         (prepares the backend first when the frame size is new; ``interval``: seconds since
-        the previous frame, for ``max_gap``; ``None``: unknown)."""
+        the previous frame, for ``max_gap``; ``None``: unknown).
+
+        Raises:
+            RuntimeError: the backend was left unusable by a failed refit; ValueError: a bad frame.
+        """
         from .inference import Prediction
 
         if not self.ready_for(frame.shape[:2]):
             self.prepare(frame.shape[:2])
         state = apply_gates(self._state, frame, self._gate, interval, self.max_gap)
         with self.lock:
+            unusable = getattr(self.backend, "unusable", None)
+            if unusable:
+                raise RuntimeError(f"the engine of this model is unusable ({unusable})")
             labels, conf, self._state = self.backend.step(frame, state)
         return Prediction.of(labels, conf, self.num_classes)
 

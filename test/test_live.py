@@ -93,6 +93,15 @@ def test_refused_adaptation_serves_the_iss_model_with_a_warning():
     ok = _adapted()
     assert ok.phase == Phase.STREAMING and ok.status()["warning"] is None
     assert ok.status()["last_adaptation"]["objects_dropped"] == {"impure": 2}
+    # a refused re-adaptation keeps the previous adaptation serving
+    ok.method_factory = lambda r: _FakeMethod(r, refuse=True)
+    ok.readapt()
+    for i in range(2):
+        ok.process(_frame(seed=i))
+    ok.wait_idle(60)
+    assert ok.phase == Phase.STREAMING and "previous adaptation keeps serving" in ok.status()["warning"]
+    ok.process(_frame(seed=9))
+    assert ok.last_source == "adapted"
 
 
 def test_live_config_resolves_presets_and_overrides():
@@ -139,8 +148,8 @@ def test_auto_readapt_starts_a_new_warmup_after_a_scene_change():
     from ditta_ros.inference import Prediction
 
     scene = {"cls": 0}  # the streamed labels are all one class; the scene then switches to another
-    live._stream = lambda frozen, frame, stamp, gen: Prediction(np.full(frame.shape[:2], scene["cls"], np.uint8),
-                                            np.ones(frame.shape[:2], np.float32))
+    live._stream = lambda frozen, frame, stamp, gen: (Prediction(np.full(frame.shape[:2], scene["cls"], np.uint8),
+                                                                 np.ones(frame.shape[:2], np.float32)), "adapted")
     for _ in range(4):
         live.process(_frame())
     assert live.phase == Phase.STREAMING
@@ -163,22 +172,30 @@ def test_iss_phase_and_adapted_model_serve_on_openvino_with_a_cached_export(tmp_
     runner = _runner()
     live = LivePipeline(cfg, runner, method_factory=lambda r: _FakeMethod(r))
     with caplog.at_level(logging.INFO, logger="ditta"):
-        pred, phase = live.process(_frame(seed=1), stamp=0.0)
+        pred, phase = live.process(_frame(seed=1), stamp=0.0)  # the first size: prepared before the label
     assert phase == Phase.WARMUP and "ISS model on openvino" in caplog.text
     assert (pred.labels == runner.predict(_frame(seed=1)).labels).mean() >= 0.99
     exports = sorted(p.name for p in (tmp_path / "export").rglob("*.onnx"))
     assert len(exports) == 1 and "_tau0_" in exports[0]
-    live.process(_frame(seed=2), stamp=0.1)
+    # another size: torch's frame-wise ISS serves while its graph is prepared in the background
+    small = _frame(30, 44, seed=5)
+    quick, _ = live.process(small, stamp=0.05)
+    assert live.status()["preparing"] == "iss 44x30" and np.array_equal(quick.labels, runner.predict(small).labels)
+    live.wait_idle(120)
+    assert live._iss_method.ready_for((30, 44))
+    for i in (2, 3):  # the size change restarted the warm-up window: two more frames fill it
+        live.process(_frame(seed=i), stamp=0.05 * i)
     live.wait_idle(120)
     assert live.phase == Phase.STREAMING and "openvino" in live.last_adapt["backend"]
-    assert live.process(_frame(seed=3), stamp=0.2)[1] == Phase.STREAMING
+    assert live.process(_frame(seed=3), stamp=0.2)[1] == Phase.STREAMING and live.last_source == "adapted"
     # a restart: the plain-ISS export is found and reused, nothing new is written for it
     caplog.clear()
     again = LivePipeline(cfg, runner, method_factory=lambda r: _FakeMethod(r))
     with caplog.at_level(logging.INFO, logger="ditta"):
         again.process(_frame(seed=1), stamp=0.0)
+        again.wait_idle(120)
     assert "reusing the export" in caplog.text
-    assert len([p for p in (tmp_path / "export").rglob("*.onnx") if "_tau0_" in p.name]) == 1
+    assert len([p for p in (tmp_path / "export").rglob("*.onnx") if "_tau0_" in p.name and "40x56" in p.name]) == 1
 
 
 class _SlowMethod(_FakeMethod):
@@ -254,32 +271,46 @@ def test_readapt_keeps_the_adapted_model_serving_and_warmup_predictions_reach_th
     assert live.counters.by_model["adapted"] == 2
 
 
-def test_a_saved_adaptation_restarts_in_streaming_and_checks_the_model(tmp_path):
-    from ditta_ros.params import ParameterError
-
+def test_a_saved_adaptation_restarts_in_streaming_and_checks_the_model(tmp_path, monkeypatch):
     import os
+
+    import torch
+
+    from ditta_ros.params import ParameterError
 
     live = _adapted()
     assert live.checkpoint and os.path.isfile(live.checkpoint)  # saved on reaching STREAMING
-    os.utime(live.checkpoint, (1, 1))  # older than the one saved next
-    path = live.save()
-    assert path != live.checkpoint or os.path.getmtime(path) > 1
-    cfg = LiveConfig(backend="torch", adapted_checkpoint=path)
-    again = LivePipeline(cfg, _runner(), method_factory=lambda r: _FakeMethod(r))
+    before = {k: v.clone() for k, v in live._frozen.net.state_dict().items()}
+    with torch.no_grad():  # an adaptation that differs from the weights it started from
+        for p in live._frozen.net.addon.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    path = live.save(str(tmp_path / "home" / ".cache" / "ditta" / "adapted" /
+                          "espnetv2-s2.0-cityscapes-1024x512_40x56_later.pt"))
+    again = LivePipeline(LiveConfig(backend="torch", adapted_checkpoint=path), _runner(),
+                         method_factory=lambda r: _FakeMethod(r))
     assert again.phase == Phase.STREAMING and again.checkpoint == path
-    pred, phase = again.process(_frame(seed=1))
-    assert phase == Phase.STREAMING and again.last_source == "adapted" and pred.labels.shape == (40, 56)
-    ref = live.process(_frame(seed=1))[0]
-    assert np.array_equal(pred.labels, ref.labels) or live.last_source != "adapted"
+    saved, loaded = live._frozen.net.state_dict(), again._frozen.net.state_dict()
+    assert all(torch.equal(saved[k], loaded[k]) for k in saved)
+    assert any(not torch.equal(loaded[k], before[k]) for k in loaded if k.startswith("addon."))
+    live._frozen.reset()
+    ref = live.process(_frame(seed=1), stamp=0.0)[0]
+    pred, phase = again.process(_frame(seed=1), stamp=0.0)
+    assert phase == Phase.STREAMING and again.last_source == live.last_source == "adapted"
+    assert np.array_equal(pred.labels, ref.labels) and np.allclose(pred.confidence, ref.confidence)
     latest = LivePipeline(LiveConfig(backend="torch", adapted_checkpoint="latest"),
                           _runner(), method_factory=lambda r: _FakeMethod(r))
-    assert latest.checkpoint == path
+    assert latest.checkpoint == path  # the newest of this model
     with pytest.raises(ParameterError, match="adapted_checkpoint.*an adaptation of model other"):
         LivePipeline(LiveConfig(model="other", backend="torch", adapted_checkpoint=path), _runner(),
                      method_factory=lambda r: _FakeMethod(r))
     with pytest.raises(ParameterError, match="'latest' needs a saved adaptation"):
         LivePipeline(LiveConfig(backend="torch", adapted_checkpoint="latest", checkpoint_dir=str(tmp_path / "no")),
                      _runner(), method_factory=lambda r: _FakeMethod(r))
+    # a failed write leaves neither a checkpoint nor a temporary file
+    monkeypatch.setattr(torch, "save", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        live.save(str(tmp_path / "broken.pt"))
+    assert not list(tmp_path.glob("broken.pt*")) and not list(tmp_path.glob(".broken.pt*"))
 
 
 def test_a_nan_producing_adapted_model_falls_back_to_the_iss_and_is_dropped(caplog):
@@ -339,23 +370,31 @@ def test_health_is_recomputed_each_period():
     from ditta_ros.live import Health
 
     h = Health(stale_seconds=5.0, min_fps=2.0)
+    h._started = 0.0
     st = {"state": "STREAMING", "frames_in": 0, "frames_out": 0, "bad": 0, "by_model": {"fallback": 0},
           "fps": 0.0, "enabled": True, "warning": None, "error": None, "model": None}
-    assert h.update(st, None, now=h._started + 1)[0] == Health.OK
-    assert h.update(st, None, now=h._started + 6)[0] == Health.WARN  # no image yet
+    assert h.update(st, None, now=1.0)[0] == Health.OK
+    assert h.update(st, None, now=6.0)[0] == Health.WARN  # no image yet
     st.update(frames_in=10, frames_out=10, fps=5.0)
-    assert h.update(st, 100.0, now=100.5) == (Health.OK, "STREAMING, 5.0 fps, model None")
+    assert h.update(st, 6.9, now=7.0) == (Health.OK, "STREAMING, 5.0 fps, model None")
     st.update(frames_in=20, frames_out=18, bad=2)
-    level, msg = h.update(st, 101.0, now=101.5)
+    level, msg = h.update(st, 7.9, now=8.0)
     assert level == Health.WARN and "2 bad messages" in msg
     st.update(frames_in=25, frames_out=18, bad=7)
-    assert h.update(st, 102.0, now=102.5)[0] == Health.ERROR  # images in, nothing out
+    assert h.update(st, 8.9, now=9.0)[0] == Health.ERROR  # images in, nothing out, bad ones
     st.update(frames_in=30, frames_out=23)
-    assert h.update(st, 103.0, now=103.5)[0] == Health.OK  # fine again: the error clears
-    assert h.update(st, 103.0, now=110.0)[0] == Health.ERROR  # stale input
-    st.update(frames_in=31, frames_out=24, fps=1.0)
-    level, msg = h.update(st, 110.5, now=111.0)
-    assert level == Health.WARN and "< 2" in msg
+    assert h.update(st, 9.9, now=10.0)[0] == Health.OK  # fine again: the error clears
+    st.update(frames_in=35)
+    level, msg = h.update(st, 10.4, now=10.5)
+    assert level == Health.WARN and "none out" in msg  # a stalled loop, no bad message
+    assert h.update(st, 10.4, now=20.0)[0] == Health.ERROR  # stale input
+    st.update(frames_in=37, frames_out=24)
+    level, msg = h.update(st, 20.9, now=21.0)
+    assert level == Health.WARN and "1.0 fps < 2" in msg  # this period's rate, not a stale average
+    st.update(frames_in=40, frames_out=27, error="RuntimeError: teacher weights missing")
+    assert h.update(st, 21.9, now=22.0)[0] == Health.WARN
+    st.update(frames_in=43, frames_out=30, error=None)
+    assert h.update(st, 22.9, now=23.0)[0] == Health.OK
 
 
 def test_core_logging_is_forwarded_to_another_logger():
@@ -401,16 +440,80 @@ def test_a_readaptation_refits_a_refittable_engine_instead_of_building_another(m
         def describe(self):
             return "fake refittable engine"
 
-    built, exported = [], []
-    monkeypatch.setattr(rt, "_cached_export", lambda net, hw, *a: exported.append(net) or str(tmp_path / "m.onnx"))
-    monkeypatch.setattr(rt, "select_backend", lambda *a, **k: built.append(Engine((40, 56))) or built[-1])
+    built, exported, held = [], [], []
     runner = _runner()
     first = FrozenDiTTA(DiTTANet(runner.model).eval(), 0.8, "tensorrt")
+
+    def export(net, hw, *a):
+        held.append(("export", first.lock.locked()))
+        exported.append(net)
+        return str(tmp_path / "m.onnx")
+
+    class Refittable(Engine):
+        def swap_weights(self, path):
+            held.append(("swap", first.lock.locked()))
+            super().swap_weights(path)
+
+    monkeypatch.setattr(rt, "_cached_export", export)
+    monkeypatch.setattr(rt, "select_backend", lambda *a, **k: built.append(Refittable((40, 56))) or built[-1])
     first.prepare((40, 56))
     second = FrozenDiTTA(DiTTANet(runner.model).eval(), 0.8, "tensorrt")
     second.prepare((40, 56), previous=first)
     assert len(built) == 1 and second.backend is first.backend and built[0].swapped == [str(tmp_path / "m.onnx")]
     assert exported[-1] is second.net  # the new weights were exported for the refit
+    # the export runs while the serving model may still step; only the swap waits for its step
+    assert held[-2:] == [("export", False), ("swap", True)]
     third = FrozenDiTTA(DiTTANet(runner.model).eval(), 0.8, "tensorrt")
     third.prepare((30, 44), previous=first)  # another size: a new engine
     assert len(built) == 2
+
+    class Broken(Refittable):
+        def swap_weights(self, path):
+            raise RuntimeError("refit failed")
+
+    monkeypatch.setattr(rt, "select_backend", lambda *a, **k: built.append(Broken((40, 56))) or built[-1])
+    fourth = FrozenDiTTA(DiTTANet(runner.model).eval(), 0.8, "tensorrt")
+    fourth.prepare((40, 56))
+    fifth = FrozenDiTTA(DiTTANet(runner.model).eval(), 0.8, "tensorrt")
+    fifth.prepare((40, 56), previous=fourth)  # a failed refit: a new engine, the old one marked unusable
+    assert fifth.backend is not fourth.backend and "refit failed" in fourth.backend.unusable
+    with pytest.raises(RuntimeError, match="unusable"):
+        fourth.step(_frame())
+
+
+def test_a_failing_adapted_backend_falls_back_and_a_failed_preparation_is_not_retried(caplog):
+    import logging
+
+    live = _adapted()
+    live.process(_frame(seed=1))
+    assert live.last_source == "adapted"
+
+    class Failing:
+        frame_hw = (40, 56)
+
+        def step(self, frame, state):
+            raise RuntimeError("CUDA error: an illegal memory access")
+
+        def describe(self):
+            return "failing"
+
+    live._frozen.backend = Failing()
+    pred, _ = live.process(_frame(seed=2))
+    assert live.last_source == "fallback" and pred.labels.shape == (40, 56)
+    assert live.counters.by_model["fallback"] == 1
+    # a new frame size whose preparation fails: the ISS serves, the failure is not retried every frame
+    calls = []
+
+    def broken_freeze(net):
+        calls.append(net)
+        raise RuntimeError("no engine for this size")
+
+    live._freeze = broken_freeze
+    with caplog.at_level(logging.ERROR, logger="ditta"):
+        for i in range(4):
+            pred, _ = live.process(_frame(30, 44, seed=i))
+            live.wait_idle(30)
+            assert pred.labels.shape == (30, 44) and live.last_source == "iss"
+    assert len(calls) == 1 and "adapted 44x30" in live.status()["error"]
+    live.reset()
+    assert live.status()["error"] is None and live.status()["warning"] is None  # errors clear on reset

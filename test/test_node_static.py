@@ -118,3 +118,34 @@ def test_descriptors_carry_ranges_choices_and_read_only():
     d = descriptor(specs["warmup_frames"])
     assert d.integer_range[0].from_value == 2 and d.read_only
     assert not descriptor(specs["auto_readapt"]).read_only
+
+
+def test_launch_file_takes_a_namespace_and_outputs_are_relative():
+    text = open(os.path.join(ROOT, "launch", "ditta.launch.py")).read()
+    assert 'DeclareLaunchArgument("namespace"' in text and 'namespace=LaunchConfiguration("namespace")' in text
+    node = open(os.path.join(ROOT, "ditta_ros", "node.py")).read()
+    published = re.findall(r'create_publisher\(\w+, "([^"]+)"', node)
+    assert set(published) == {"ditta/semantic", "ditta/semantic/color", "ditta/semantic/confidence", "ditta/labels",
+                              "ditta/status", "/diagnostics"}  # /diagnostics is global by convention
+
+
+def test_node_module_holds_only_ros_io():
+    """The model, mailbox, counters and statistics live in the ROS-free core."""
+    path = os.path.join(ROOT, "ditta_ros", "node.py")
+    tree = ast.parse(open(path).read(), path)
+    classes = [n.name for n in tree.body if isinstance(n, ast.ClassDef)]
+    assert classes == ["DittaNode"]
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+                for a in n.names} | {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not imported & {"torch", "Condition", "Counters", "ISSRunner", "cv2"}, imported
+    src = open(path).read()
+    assert "threading.Condition" not in src and "_mailbox" not in src and "ema" not in src.lower().split()
+
+
+def test_compare_does_not_import_the_cli():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import sys, ditta_ros.compare; print('ditta_ros.cli' in sys.modules)"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from ..inference import ISSRunner, Prediction, label_dtype
+from ..inference import ISSRunner, Prediction
 from ..protocol import Method
 
 log = logging.getLogger("ditta.iss")
@@ -49,19 +49,36 @@ class StreamingISS(Method):
         self.runner = runner
         self.backend = backend
         self.options = options
-        self._model = None
-        self._hw = None
+        self._ready = None  # (frame_hw, backend): swapped in one assignment (prepared in another thread)
 
-    def predict(self, frame: np.ndarray) -> Prediction:
+    def prepare(self, frame_hw) -> None:
+        """Export (cached) and load the plain-ISS graph for frames of ``frame_hw``.
+
+        Raises:
+            RuntimeError / ValueError: no usable backend (:func:`ditta_ros.runtime.streaming_backend`).
+        """
         from ..adapt import DiTTANet
         from ..runtime import streaming_backend
 
-        if self._model is None or self._hw != tuple(frame.shape[:2]):
-            self._hw = tuple(frame.shape[:2])
-            t0 = time.perf_counter()
-            self._model = streaming_backend(DiTTANet(self.runner.model), self._hw, 0.0, self.backend, **self.options)
-            log.info("ISS model on %s for %dx%d frames (ready in %.1f s)", self._model.describe(), self._hw[1],
-                     self._hw[0], time.perf_counter() - t0)
-        labels, conf, _ = self._model.step(frame, None)
-        return Prediction(np.asarray(labels).astype(label_dtype(self.runner.model.num_classes)),
-                          np.asarray(conf, dtype=np.float32))
+        hw = (int(frame_hw[0]), int(frame_hw[1]))
+        t0 = time.perf_counter()
+        model = streaming_backend(DiTTANet(self.runner.model), hw, 0.0, self.backend, **self.options)
+        log.info("ISS model on %s for %dx%d frames (ready in %.1f s)", model.describe(), hw[1], hw[0],
+                 time.perf_counter() - t0)
+        self._ready = (hw, model)
+
+    @property
+    def prepared(self) -> bool:
+        """True once a graph has been prepared for some frame size."""
+        return self._ready is not None
+
+    def ready_for(self, frame_hw) -> bool:
+        """True when frames of ``frame_hw`` are served without preparing first."""
+        ready = self._ready
+        return ready is not None and ready[0] == tuple(frame_hw)
+
+    def predict(self, frame: np.ndarray) -> Prediction:
+        if not self.ready_for(frame.shape[:2]):
+            self.prepare(frame.shape[:2])
+        labels, conf, _ = self._ready[1].step(frame, None)
+        return Prediction.of(labels, conf, self.runner.model.num_classes)

@@ -181,7 +181,7 @@ def weights_digest(net, plain: bool = False) -> str:
 def streaming_backend(net, frame_hw, tau: float, requested: str = "auto", export_dir: Optional[str] = None,
                       name: Optional[str] = None, engine_cache: Optional[str] = None, fp16: bool = False,
                       openvino_device: str = "CPU", label_set: str = "", classes=(), fusion: str = "frame",
-                      openvino_precision: str = "auto", refit=None):
+                      openvino_precision: str = "auto", refit=None, refit_lock=None):
     """The runtime backend that serves a (pre-trained or adapted) network on frames of
     ``frame_hw``: one construction for the node, ``ditta eval --backend`` and the benchmarks.
 
@@ -207,7 +207,11 @@ def streaming_backend(net, frame_hw, tau: float, requested: str = "auto", export
         refit: a backend serving the same model and frame size with other weights (a
             re-adaptation): when it can swap weights in place (TensorRT's refittable
             engines, ``swap_weights``) it is refitted from the new export and returned,
-            instead of building a new engine.
+            instead of building a new engine. The export runs first; only the swap holds
+            ``refit_lock`` (the serving thread's step lock). A failed refit marks ``refit``
+            unusable (``unusable`` attribute: TensorRT may have swapped part of the
+            weights) and a new engine is built.
+        refit_lock: a lock held around ``swap_weights`` (``None``: none).
 
     Returns:
         a backend with ``step(frame, state) -> (labels, confidence, state)`` and ``describe()``.
@@ -221,6 +225,9 @@ def streaming_backend(net, frame_hw, tau: float, requested: str = "auto", export
         raise ValueError(f"unknown backend {requested!r}; choose auto, {', '.join(CHAIN)}")
     frame_hw = (int(frame_hw[0]), int(frame_hw[1]))
     name = name or getattr(getattr(net.iss, "info", None), "name", None) or "model"
+    engine_root = engine_cache
+    if engine_cache:  # engines, like exports, in one folder per model and frame size
+        engine_cache = os.path.join(engine_cache, f"{name}_{frame_hw[0]}x{frame_hw[1]}")
     onnx_path = None
     if requested != "torch" and (requested != "auto" or accelerated_runtime_available()):
         onnx_path = _cached_export(net, frame_hw, tau, os.path.expanduser(export_dir or DEFAULT_EXPORT_DIR), name,
@@ -228,9 +235,16 @@ def streaming_backend(net, frame_hw, tau: float, requested: str = "auto", export
 
     if refit is not None and onnx_path is not None and hasattr(refit, "swap_weights") \
             and tuple(getattr(refit, "frame_hw", ())) == frame_hw:
-        refit.swap_weights(onnx_path)
-        log.info("refitted the %s engine with the weights of %s", getattr(refit, "name", "runtime"), onnx_path)
-        return refit
+        import contextlib
+
+        try:
+            with refit_lock if refit_lock is not None else contextlib.nullcontext():
+                refit.swap_weights(onnx_path)
+            log.info("refitted the %s engine with the weights of %s", getattr(refit, "name", "runtime"), onnx_path)
+            return refit
+        except Exception as exc:
+            refit.unusable = f"refit failed: {exc}"
+            log.warning("refitting the engine failed (%s): building a new one", exc)
 
     def torch_model():  # built only when the chain reaches torch (its construction runs the network once)
         from ..streaming import StreamingDiTTA
@@ -239,10 +253,12 @@ def streaming_backend(net, frame_hw, tau: float, requested: str = "auto", export
 
     backend = select_backend(requested, onnx_path=onnx_path, torch_model=torch_model, engine_cache=engine_cache,
                              fp16=fp16, openvino_device=openvino_device, openvino_precision=openvino_precision)
+    if engine_cache and os.path.isdir(engine_cache):
+        _prune_exports(engine_cache, KEEP_EXPORTS)
     if tau > 0 and getattr(backend, "name", None) in ("openvino", "onnxruntime"):
         # a second, plain graph for the frames where no pixel may use the previous one
         plain = streaming_backend(net, frame_hw, 0.0, backend.name, export_dir=export_dir, name=name,
-                                  engine_cache=engine_cache, fp16=fp16, openvino_device=openvino_device,
+                                  engine_cache=engine_root, fp16=fp16, openvino_device=openvino_device,
                                   label_set=label_set, classes=classes, openvino_precision=openvino_precision)
         backend = SkipAddon(backend, plain)
     return backend
@@ -269,9 +285,11 @@ def _cached_export(net, frame_hw, tau, export_dir, name, fp16, fusion, label_set
         if meta["adaptation"].get("weights_digest") == digest and meta["precision"] == ("fp16" if fp16 else "fp32") \
                 and meta.get("format") == EXPORT_FORMAT:
             log.info("reusing the export %s", onnx_path)
+            os.utime(onnx_path)  # recently used: kept by the pruning
             return onnx_path
         log.info("the export %s is of another version or precision: exporting again", onnx_path)
     os.makedirs(folder, exist_ok=True)
+    _remove_stale_temporaries(folder)
     tmp = tempfile.mkdtemp(prefix=".export-", dir=folder)
     path, meta_tmp = export_onnx(net, frame_hw, tmp, name, label_set=label_set, classes=classes, tau=tau, fp16=fp16,
                                  adaptation={"weights_digest": digest}, fusion=fusion)
@@ -282,25 +300,43 @@ def _cached_export(net, frame_hw, tau, export_dir, name, fp16, fusion, label_set
     return onnx_path
 
 
-#: adapted exports kept per model and frame size folder (plain ISS graphs are always kept)
-KEEP_EXPORTS = 4
+#: exports kept per model and frame size folder: the most recently used (a reuse touches the file)
+KEEP_EXPORTS = 8
 
 
 def _prune_exports(folder: str, keep: int) -> None:
-    """Remove all but the ``keep`` newest adapted exports (``tau > 0``) of ``folder``: one
-    folder per model and frame size must not fill the disk with every re-adaptation."""
+    """Remove all but the ``keep`` most recently used exports of ``folder`` (and TensorRT
+    engines beside them): one folder per model and frame size must not fill the disk with
+    every re-adaptation. The pre-trained model's graphs are touched at every start, so they stay."""
     import glob
     import os
 
-    adapted = [p for p in glob.glob(os.path.join(folder, "ditta_*.onnx")) if "_tau0_" not in os.path.basename(p)]
-    adapted.sort(key=os.path.getmtime, reverse=True)
-    for path in adapted[keep:]:
-        for p in (path, path[:-len(".onnx")] + ".json"):
-            try:
-                os.remove(p)
-            except OSError:
-                pass
-        log.info("removed the old export %s", path)
+    for pattern in ("ditta_*.onnx", "*.engine"):
+        paths = sorted(glob.glob(os.path.join(folder, pattern)), key=os.path.getmtime, reverse=True)
+        for path in paths[keep:]:
+            for p in (path, path[:-len(".onnx")] + ".json" if path.endswith(".onnx") else None):
+                try:
+                    if p:
+                        os.remove(p)
+                except OSError:
+                    pass
+            log.info("removed the old export %s", path)
+
+
+def _remove_stale_temporaries(folder: str, age_s: float = 3600.0) -> None:
+    """Remove ``.export-*`` folders older than ``age_s`` (an export killed mid-way; a younger one
+    may belong to another process still exporting)."""
+    import glob
+    import os
+    import shutil
+    import time
+
+    for tmp in glob.glob(os.path.join(folder, ".export-*")):
+        try:
+            if time.time() - os.path.getmtime(tmp) > age_s:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            pass
 
 
 class SkipAddon:

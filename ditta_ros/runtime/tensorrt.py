@@ -78,8 +78,10 @@ def build_engine(onnx_path: str, engine_path: str, fp16: bool, timing_cache: Opt
     if plan is None:
         raise RuntimeError(f"TensorRT engine build failed for {onnx_path}")
     if timing_cache:
-        with open(timing_cache, "wb") as f:
+        tmp_cache = f"{timing_cache}.{os.getpid()}.tmp"
+        with open(tmp_cache, "wb") as f:
             f.write(memoryview(config.get_timing_cache().serialize()))
+        os.replace(tmp_cache, timing_cache)
     tmp = engine_path + ".tmp"
     with open(tmp, "wb") as f:
         f.write(memoryview(plan))
