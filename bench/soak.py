@@ -13,7 +13,7 @@ late). The node's resident memory (``VmRSS`` of ``/proc/<pid>/status``) is sampl
   with 0 dropped and 0 bad.
 
     python bench/soak.py [--frames 10000] [--model espnetv2-s1.0-cityscapes-512x256] [--adapt]
-    # writes bench/results/soak.{json,md,png}
+    # writes bench/results/soak.{json,md,png}; --replot: only the .md and .png from the .json
 """
 
 from __future__ import annotations
@@ -62,7 +62,12 @@ def main() -> None:
     p.add_argument("--adapt", action="store_true", help="adapt on the first 10 frames (default: ISS only)")
     p.add_argument("--sample-every", type=int, default=100)
     p.add_argument("--name", default="soak")
+    p.add_argument("--replot", action="store_true", help="rewrite the .md and .png from the .json, run nothing")
     args = p.parse_args()
+    if args.replot:
+        with open(os.path.join(RESULTS, args.name + ".json")) as f:
+            report(json.load(f), args.name, RESULTS)
+        return
     os.environ.setdefault("DITTA_MODEL_MIRROR", os.path.join(SHARED, "models"))
 
     import cv2
@@ -139,38 +144,44 @@ def main() -> None:
               "frames_out": final["frames_out"], "dropped": final["dropped"], "bad": final["bad"]}
     counts["in_equals_out"] = (counts["sent"] == counts["received"] == counts["frames_in"] == counts["frames_out"]
                                and counts["dropped"] == 0 and counts["bad"] == 0)
-    payload = {"command": "python bench/soak.py " + " ".join(sys.argv[1:]), "machine": machine(),
+    payload = {"command": " ".join(["python bench/soak.py"] + sys.argv[1:]), "machine": machine(),
                "model": args.model, "backend": args.backend, "adapt": bool(args.adapt), "frame": args.size,
                "wall_seconds": round(wall, 1), "fps": round(args.frames / wall, 2), "memory": mem, "frames": counts,
                "state": final["state"], "by_model": final.get("by_model"), "samples": samples,
                "node_exit": proc.returncode}
     write_results(args.name, payload)
+    report(payload, args.name, RESULTS)
 
+
+def report(payload: dict, name: str, results: str) -> None:
+    """Write ``<name>.png`` (RSS over frames) and ``<name>.md`` from a soak result."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    samples, mem, counts, n = payload["samples"], payload["memory"], payload["frames"], payload["frames"]["sent"]
+    fig, ax = plt.subplots(figsize=(8, 3.4))
     ax.plot([s[0] for s in samples], [s[1] for s in samples], lw=1.2)
-    ax.axvspan(0, 0.1 * args.frames, color="0.9", label="warm-up (excluded)")
+    ax.axvspan(0, 0.1 * n, color="0.9", label="warm-up (excluded)")
     ax.set_xlabel("frames")
     ax.set_ylabel("node RSS (MiB)")
-    ax.set_title(f"ditta_node soak: {args.model}, {args.size}, growth {100 * mem['growth']:+.2f} %")
+    ax.set_title(f"ditta_node soak: {payload['model']}, {payload['frame']}, growth {100 * mem['growth']:+.2f} %",
+                 fontsize=10)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(os.path.join(RESULTS, args.name + ".png"), dpi=110)
+    fig.savefig(os.path.join(results, name + ".png"), dpi=110)
     m = payload["machine"]
     lines = [f"# Soak: ditta_node over real DDS ({m['cpu']}, {m['cores']} cores)", "", f"`{payload['command']}`", "",
-             f"{args.frames} frames of {args.size} (CamVid 15 Hz clip, cycled), reliable lockstep replay, model "
-             f"{args.model}, backend {args.backend}, adaptation {'on' if args.adapt else 'off (ISS)'}; "
-             f"{payload['wall_seconds']} s, {payload['fps']} fps.", "",
+             f"{n} frames of {payload['frame']} (CamVid 15 Hz clip, cycled), reliable lockstep replay, model "
+             f"{payload['model']}, backend {payload['backend']}, adaptation "
+             f"{'on' if payload['adapt'] else 'off (ISS)'}; {payload['wall_seconds']} s, {payload['fps']} fps.", "",
              f"- memory: {mem['baseline_mb']} MiB (frames 10-20 %) -> {mem['final_mb']} MiB (last 10 %), growth "
              f"{100 * mem['growth']:+.2f} % -> {'flat (< 5 %)' if mem['flat'] else 'NOT flat'}",
              f"- frames: sent {counts['sent']}, received {counts['received']}, node in/out {counts['frames_in']}/"
              f"{counts['frames_out']}, dropped {counts['dropped']}, bad {counts['bad']} -> "
-             f"{'in = out' if counts['in_equals_out'] else 'MISMATCH'}", "", f"![RSS]({args.name}.png)"]
-    with open(os.path.join(RESULTS, args.name + ".md"), "w") as f:
+             f"{'in = out' if counts['in_equals_out'] else 'MISMATCH'}", "", f"![RSS]({name}.png)"]
+    with open(os.path.join(results, name + ".md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -290,6 +290,7 @@ def _setbool():
     ("backend:=bogus", "'backend'", "auto | tensorrt | openvino | onnxruntime | torch"),
     ("warmup_frames:=0", "'warmup_frames'", "an integer in [2, 10000]"),
     ("teacher_checkpoint:=/nonexistent/sam.pt", "'teacher_checkpoint'", "an existing file"),
+    ("model:=no-such-model", "'model'", "a loadable model"),
 ])
 def test_a_bad_parameter_ends_start_up_naming_it(ros_env, tmp_path, param, named, allowed):
     out = subprocess.run([sys.executable, "-m", "ditta_ros.node", "--ros-args", "-p", param], env=ros_env,
