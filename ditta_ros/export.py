@@ -87,6 +87,9 @@ def save_adapted(net: DiTTANet, path: str, info: Optional[Dict[str, object]] = N
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save({"state_dict": net.state_dict(), "info": dict(info or {})}, f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a checkpoint is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

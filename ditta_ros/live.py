@@ -592,10 +592,11 @@ class LivePipeline:
     def _iss(self, frame: np.ndarray, phase: Phase) -> Prediction:
         """The pre-trained ISS model on one frame, on the serving backend: its plain-ISS
         graph (``tau = 0``) is exported once per model and frame size and cached in
-        ``export_dir``. The first frame size is prepared before the first label (so every
-        label comes from the serving model, as ``ditta eval --method iss-stream`` computes
-        it); after a change of frame size the new graph is prepared in the background and
-        torch's frame-wise runner serves meanwhile (as it does with ``iss_backend: false``)."""
+        ``export_dir``. At start-up (nothing served yet) the first frame size is prepared
+        before the first label, so every label comes from the serving model as ``ditta eval
+        --method iss-stream`` computes it; any later preparation (a change of frame size, a
+        reset or fallback after starting from a checkpoint) runs in the background while
+        torch's frame-wise runner serves (as it does with ``iss_backend: false``)."""
         if not self.cfg.iss_backend:
             return self.runner.predict(frame)
         if self._iss_method is None:
@@ -603,10 +604,21 @@ class LivePipeline:
 
             self._iss_method = StreamingISS(self.runner, self.cfg.backend, **self._backend_options())
         hw = tuple(frame.shape[:2])
-        if self._iss_method.ready_for(hw) or not self._iss_method.prepared:
+        if self._iss_method.ready_for(hw):
             return self._iss_method.predict(frame)
+        what = f"iss {hw[1]}x{hw[0]}"
+        starting = not self._iss_method.prepared and self._frozen is None and not any(self.counters.by_model.values())
+        if starting and what not in self._prep_failed:  # nothing served yet: serve from the first label on
+            try:
+                return self._iss_method.predict(frame)
+            except Exception as exc:
+                log.exception("could not prepare %s: %s", what, exc)
+                with self._lock:
+                    self._prep_failed.add(what)
+                    self.error = f"preparing {what}: {type(exc).__name__}: {exc}"
+                return self.runner.predict(frame)
         iss = self._iss_method
-        self._in_background(f"iss {hw[1]}x{hw[0]}", lambda: iss.prepare(hw))
+        self._in_background(what, lambda: iss.prepare(hw))
         return self.runner.predict(frame)
 
     def _stream(self, frozen, frame: np.ndarray, stamp: float, gen: int) -> Tuple[Optional[Prediction], str]:
@@ -914,7 +926,7 @@ class Health:
             if status.get(key):
                 warns.append(str(status[key]))
         level = self.ERROR if errors else self.WARN if warns else self.OK
-        head = f"{status['state']}, {status.get('fps', 0.0):.1f} fps, model {status.get('model')}"
+        head = f"{status['state']}, {rate:.1f} fps, model {status.get('model')}"
         return level, "; ".join([head] + errors + warns)
 
 

@@ -333,9 +333,9 @@ def main(args=None) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
         stopping.set()
         node.get_logger().info("shutting down")
-        node.close()
-        spinner.join(2.0)
-        executor.shutdown(timeout_sec=2.0)
+        node.close(6.0)  # with the joins below, within the 10 s a supervisor usually grants
+        spinner.join(1.0)
+        executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
         rclpy.try_shutdown()
 

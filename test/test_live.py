@@ -376,7 +376,7 @@ def test_health_is_recomputed_each_period():
     assert h.update(st, None, now=1.0)[0] == Health.OK
     assert h.update(st, None, now=6.0)[0] == Health.WARN  # no image yet
     st.update(frames_in=10, frames_out=10, fps=5.0)
-    assert h.update(st, 6.9, now=7.0) == (Health.OK, "STREAMING, 5.0 fps, model None")
+    assert h.update(st, 6.9, now=7.0) == (Health.OK, "STREAMING, 10.0 fps, model None")  # this period's rate
     st.update(frames_in=20, frames_out=18, bad=2)
     level, msg = h.update(st, 7.9, now=8.0)
     assert level == Health.WARN and "2 bad messages" in msg
@@ -480,6 +480,19 @@ def test_a_readaptation_refits_a_refittable_engine_instead_of_building_another(m
     with pytest.raises(RuntimeError, match="unusable"):
         fourth.step(_frame())
 
+    from ditta_ros.runtime.tensorrt import RefitRefused
+
+    class Refusing(Refittable):
+        def swap_weights(self, path):
+            raise RefitRefused("graph differs")
+
+    monkeypatch.setattr(rt, "select_backend", lambda *a, **k: built.append(Refusing((40, 56))) or built[-1])
+    sixth = FrozenDiTTA(DiTTANet(runner.model).eval(), 0.8, "tensorrt")
+    sixth.prepare((40, 56))
+    seventh = FrozenDiTTA(DiTTANet(runner.model).eval(), 0.8, "tensorrt")
+    seventh.prepare((40, 56), previous=sixth)  # refused before touching the engine: it keeps serving
+    assert seventh.backend is not sixth.backend and getattr(sixth.backend, "unusable", None) is None
+
 
 def test_a_failing_adapted_backend_falls_back_and_a_failed_preparation_is_not_retried(caplog):
     import logging
@@ -517,3 +530,34 @@ def test_a_failing_adapted_backend_falls_back_and_a_failed_preparation_is_not_re
     assert len(calls) == 1 and "adapted 44x30" in live.status()["error"]
     live.reset()
     assert live.status()["error"] is None and live.status()["warning"] is None  # errors clear on reset
+
+
+def test_after_a_checkpoint_start_the_iss_for_a_new_size_is_prepared_in_the_background(tmp_path):
+    """Started from a checkpoint (labels already served), a new frame size never exports on the
+    calling thread: torch's ISS answers at once, OpenVINO graphs are prepared in the background."""
+    import time
+
+    live = _adapted()
+    path = live.save(str(tmp_path / "a.pt"))
+    cfg = LiveConfig(backend="openvino", openvino_precision="f32", adapted_checkpoint=path,
+                     export_dir=str(tmp_path / "export"), engine_cache=str(tmp_path / "engines"))
+    runner = _runner()
+    again = LivePipeline(cfg, runner, method_factory=lambda r: _FakeMethod(r))
+    assert again.phase == Phase.STREAMING and again._frozen.ready_for((40, 56))
+    again.process(_frame(seed=1), stamp=0.0)
+    assert again.last_source == "adapted"
+    small = _frame(30, 44, seed=2)
+    t0 = time.perf_counter()
+    pred, _ = again.process(small, stamp=0.05)
+    quick = time.perf_counter() - t0
+    assert again.last_source == "iss" and again.status()["preparing"] == "adapted 44x30"
+    assert np.array_equal(pred.labels, runner.predict(small).labels)  # torch's frame-wise ISS
+    again.wait_idle(120)
+    again.process(small, stamp=0.1)
+    assert again.last_source == "adapted" and quick < 5.0
+    assert any("30x44" in p.name for p in (tmp_path / "export").rglob("*.onnx"))
+    again.reset()  # the ISS for this size: prepared in the background too, torch serves meanwhile
+    pred, _ = again.process(small, stamp=0.15)
+    assert again.status()["preparing"] == "iss 44x30" and np.array_equal(pred.labels, runner.predict(small).labels)
+    again.wait_idle(120)
+    assert again._iss_method.ready_for((30, 44))

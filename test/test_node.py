@@ -177,6 +177,8 @@ def test_node_in_a_namespace_adapts_saves_readapts_resets_and_stops_on_sigterm(s
             st = c.status_after(len(c.statuses))
             assert st["model"] == "adapted", st
         assert c.spin_until(lambda: c.statuses[-1]["state"] == "STREAMING", 180), c.statuses[-1]
+        assert c.spin_until(lambda: c.statuses[-1]["checkpoint"] not in (None, saved, res.message), 10)
+        assert c.statuses[-1]["warning"] is None  # the new adaptation replaced the old one (not refused)
 
         # reset during ADAPTING, then readapt: one adaptation at a time
         assert c.call("readapt").success
@@ -196,13 +198,15 @@ def test_node_in_a_namespace_adapts_saves_readapts_resets_and_stops_on_sigterm(s
         assert max(s["adaptations_running"] for s in c.statuses[n_before:]) == 1
         assert c.spin_until(lambda: "adaptation cancelled" in log_path.read_text(), 30)
 
-        # SIGTERM while adapting: a clean exit within 10 s
+        # SIGTERM while adapting: the adaptation is stopped, a clean exit within 10 s
+        assert c.statuses[-1]["state"] == "ADAPTING"
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(15)
         assert time.monotonic() - t0 <= 10.0 and rc == 0, log_path.read_text()[-3000:]
         text = log_path.read_text()
         assert "final status" in text and "shutting down" in text and "Traceback" not in text
+        assert text.count("adaptation cancelled") == 2 and "still running at shutdown" not in text
     finally:
         if c is not None:
             c.close()

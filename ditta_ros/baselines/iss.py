@@ -49,7 +49,7 @@ class StreamingISS(Method):
         self.runner = runner
         self.backend = backend
         self.options = options
-        self._ready = None  # (frame_hw, backend): swapped in one assignment (prepared in another thread)
+        self._ready = {}  # frame_hw -> backend; filled by prepare(), possibly from another thread
 
     def prepare(self, frame_hw) -> None:
         """Export (cached) and load the plain-ISS graph for frames of ``frame_hw``.
@@ -65,20 +65,24 @@ class StreamingISS(Method):
         model = streaming_backend(DiTTANet(self.runner.model), hw, 0.0, self.backend, **self.options)
         log.info("ISS model on %s for %dx%d frames (ready in %.1f s)", model.describe(), hw[1], hw[0],
                  time.perf_counter() - t0)
-        self._ready = (hw, model)
+        if len(self._ready) >= 4:  # a few sizes at most (a camera that changes size now and then)
+            self._ready.pop(next(iter(self._ready)), None)
+        self._ready[hw] = model
 
     @property
     def prepared(self) -> bool:
         """True once a graph has been prepared for some frame size."""
-        return self._ready is not None
+        return bool(self._ready)
 
     def ready_for(self, frame_hw) -> bool:
         """True when frames of ``frame_hw`` are served without preparing first."""
-        ready = self._ready
-        return ready is not None and ready[0] == tuple(frame_hw)
+        return tuple(frame_hw) in self._ready
 
     def predict(self, frame: np.ndarray) -> Prediction:
-        if not self.ready_for(frame.shape[:2]):
-            self.prepare(frame.shape[:2])
-        labels, conf, _ = self._ready[1].step(frame, None)
+        hw = tuple(frame.shape[:2])
+        model = self._ready.get(hw)
+        if model is None:
+            self.prepare(hw)
+            model = self._ready[hw]
+        labels, conf, _ = model.step(frame, None)
         return Prediction.of(labels, conf, self.runner.model.num_classes)

@@ -233,15 +233,18 @@ def streaming_backend(net, frame_hw, tau: float, requested: str = "auto", export
         onnx_path = _cached_export(net, frame_hw, tau, os.path.expanduser(export_dir or DEFAULT_EXPORT_DIR), name,
                                    fp16, fusion, label_set, classes)
 
-    if refit is not None and onnx_path is not None and hasattr(refit, "swap_weights") \
-            and tuple(getattr(refit, "frame_hw", ())) == frame_hw:
+    if refit is not None and onnx_path is not None and _same_graph(refit, onnx_path, frame_hw):
         import contextlib
+
+        from .tensorrt import RefitRefused
 
         try:
             with refit_lock if refit_lock is not None else contextlib.nullcontext():
                 refit.swap_weights(onnx_path)
             log.info("refitted the %s engine with the weights of %s", getattr(refit, "name", "runtime"), onnx_path)
             return refit
+        except RefitRefused as exc:  # the engine is untouched and keeps serving
+            log.warning("the engine refused the new weights (%s): building a new one", exc)
         except Exception as exc:
             refit.unusable = f"refit failed: {exc}"
             log.warning("refitting the engine failed (%s): building a new one", exc)
@@ -255,6 +258,8 @@ def streaming_backend(net, frame_hw, tau: float, requested: str = "auto", export
                              fp16=fp16, openvino_device=openvino_device, openvino_precision=openvino_precision)
     if engine_cache and os.path.isdir(engine_cache):
         _prune_exports(engine_cache, KEEP_EXPORTS)
+        if os.path.isdir(os.path.join(engine_cache, "openvino")):
+            _prune_exports(os.path.join(engine_cache, "openvino"), 2 * KEEP_EXPORTS, patterns=("*.blob",))
     if tau > 0 and getattr(backend, "name", None) in ("openvino", "onnxruntime"):
         # a second, plain graph for the frames where no pixel may use the previous one
         plain = streaming_backend(net, frame_hw, 0.0, backend.name, export_dir=export_dir, name=name,
@@ -304,15 +309,36 @@ def _cached_export(net, frame_hw, tau, export_dir, name, fp16, fusion, label_set
 KEEP_EXPORTS = 8
 
 
-def _prune_exports(folder: str, keep: int) -> None:
-    """Remove all but the ``keep`` most recently used exports of ``folder`` (and TensorRT
-    engines beside them): one folder per model and frame size must not fill the disk with
-    every re-adaptation. The pre-trained model's graphs are touched at every start, so they stay."""
+def _same_graph(backend, onnx_path: str, frame_hw) -> bool:
+    """True when ``backend`` can take the weights of ``onnx_path`` in place: it can swap
+    weights, serves the same frame size and, where it knows its export's metadata, the same
+    tau, fusion and precision."""
+    import json
+
+    if not hasattr(backend, "swap_weights") or tuple(getattr(backend, "frame_hw", ())) != tuple(frame_hw):
+        return False
+    meta = getattr(backend, "meta", None)
+    if not isinstance(meta, dict):
+        return True
+    with open(onnx_path[:-len(".onnx")] + ".json") as f:
+        new = json.load(f)
+    return all(meta.get(k) == new.get(k) for k in ("tau", "fusion", "precision", "frame_hw"))
+
+
+def _prune_exports(folder: str, keep: int, patterns=("ditta_*_tau0_*.onnx", "ditta_*.onnx", "*.engine")) -> None:
+    """Remove all but the ``keep`` most recently used files of each kind in ``folder`` (plain
+    ``tau = 0`` graphs, the other exports, TensorRT engines, OpenVINO blobs): one folder per
+    model and frame size must not fill the disk with every re-adaptation. A reuse touches
+    the file; a pruned graph still loaded keeps serving and is exported again at the next start."""
+    import fnmatch
     import glob
     import os
 
-    for pattern in ("ditta_*.onnx", "*.engine"):
-        paths = sorted(glob.glob(os.path.join(folder, pattern)), key=os.path.getmtime, reverse=True)
+    for pattern in patterns:
+        paths = glob.glob(os.path.join(folder, pattern))
+        if pattern == "ditta_*.onnx":  # the plain graphs are counted on their own
+            paths = [p for p in paths if not fnmatch.fnmatch(os.path.basename(p), "ditta_*_tau0_*.onnx")]
+        paths.sort(key=os.path.getmtime, reverse=True)
         for path in paths[keep:]:
             for p in (path, path[:-len(".onnx")] + ".json" if path.endswith(".onnx") else None):
                 try:

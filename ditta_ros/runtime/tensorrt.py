@@ -46,6 +46,10 @@ def _import_tensorrt():
     return trt
 
 
+class RefitRefused(RuntimeError):
+    """A refit that TensorRT refused before touching the engine (it still serves its old weights)."""
+
+
 def build_engine(onnx_path: str, engine_path: str, fp16: bool, timing_cache: Optional[str] = None,
                  workspace_gib: float = 2.0) -> str:
     """Build a refittable engine from ``onnx_path`` and write it to ``engine_path``.
@@ -118,7 +122,9 @@ class TensorRTBackend:
         key = engine_cache_key(self.meta["sha256"], trt.__version__, gpu, self.fp16)
         stem = os.path.splitext(os.path.basename(onnx_path))[0]
         self.engine_path = os.path.join(cache_dir, f"{stem}-{key}.engine")
-        if not os.path.isfile(self.engine_path):
+        if os.path.isfile(self.engine_path):
+            os.utime(self.engine_path)  # recently used: kept by the pruning of the engine folder
+        else:
             log.info("building TensorRT engine %s (%s, %s); this takes minutes once", self.engine_path, gpu,
                      "fp16" if self.fp16 else "fp32")
             build_engine(onnx_path, self.engine_path, self.fp16, os.path.join(cache_dir, "timing.cache"))
@@ -167,9 +173,16 @@ class TensorRTBackend:
 
     def swap_weights(self, onnx_path: str) -> None:
         """Refit the engine with the weights of a re-export of the same graph (e.g.
-        adapted decoder weights); raises ``RuntimeError`` when TensorRT refuses."""
+        adapted decoder weights).
+
+        Raises:
+            RefitRefused: TensorRT would not take the weights (the engine is untouched).
+            RuntimeError: the refit itself failed (the engine may hold part of the new weights).
+        """
         trt = _import_tensorrt()
         refitter = trt.Refitter(self.engine, self._logger)
         parser_refitter = trt.OnnxParserRefitter(refitter, self._logger)
-        if not parser_refitter.refit_from_file(onnx_path) or not refitter.refit_cuda_engine():
-            raise RuntimeError(f"TensorRT refit from {onnx_path} failed (graph differs from the engine's?)")
+        if not parser_refitter.refit_from_file(onnx_path):
+            raise RefitRefused(f"TensorRT refused the weights of {onnx_path} (graph differs from the engine's?)")
+        if not refitter.refit_cuda_engine():
+            raise RuntimeError(f"TensorRT refit from {onnx_path} failed")
