@@ -30,9 +30,9 @@ def time_fn(fn: Callable[[], object], warmup: int = 2, iters: int = 10) -> Dict[
     return {"median_ms": statistics.median(ts), "p95_ms": p95, "mean_ms": statistics.fmean(ts), "iters": iters}
 
 
-def rss_mb() -> float:
-    """Current resident set size (MiB), from /proc."""
-    with open("/proc/self/statm") as f:
+def rss_mb(pid="self") -> float:
+    """Current resident set size (MiB) of this process or of process ``pid``, from /proc (Linux)."""
+    with open(f"/proc/{pid}/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 

@@ -3,7 +3,7 @@
 ``ditta_node`` (a subprocess, real Fast DDS) gets ``--frames`` camera frames (the CamVid
 15 Hz clip's frames, cycled, at ``--size``) from a reliable publisher in lockstep (each
 frame waits for its label image, so a frame can only be lost, never dropped for being
-late). The node's resident memory (``VmRSS`` of ``/proc/<pid>/status``) is sampled every
+late). The node's resident memory (``/proc/<pid>/statm``) is sampled every
 ``--sample-every`` frames. The rule, fixed before the first run:
 
 * memory: growth = (median RSS over the last 10 % of the run - median RSS over frames
@@ -30,15 +30,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process in MiB (Linux ``/proc``)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
 def growth(samples, frames: int) -> dict:
     """The memory rule of the module docstring over ``[(frame, rss_mb)]``."""
     import numpy as np
@@ -51,7 +42,7 @@ def growth(samples, frames: int) -> dict:
 
 
 def main() -> None:
-    from common import DEFAULT_CLIP, RESULTS, SHARED, machine, write_results
+    from common import DEFAULT_CLIP, RESULTS, SHARED, machine, rss_mb, write_results
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clip", default=DEFAULT_CLIP)

@@ -736,6 +736,7 @@ class Mailbox:
 
     @property
     def closed(self) -> bool:
+        """True after :meth:`close`."""
         return not self._open
 
 
@@ -762,6 +763,7 @@ class FrameStats:
         self.last_out = now
 
     def as_dict(self) -> Dict[str, float]:
+        """``{fps, latency_ms, processing_ms}``, rounded, for the status."""
         return {"fps": round(self.fps, 3), "latency_ms": round(self.latency_ms, 1),
                 "processing_ms": round(self.processing_ms, 1)}
 
@@ -795,6 +797,7 @@ class FrameLoop:
 
     @property
     def counters(self) -> Counters:
+        """The pipeline's :class:`Counters` (one set for the loop and the pipeline)."""
         return self.pipeline.counters
 
     def offer(self, msg, received: Optional[float] = None) -> None:

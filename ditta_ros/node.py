@@ -183,6 +183,7 @@ class DittaNode(Node):
 
     # -- status, diagnostics, input watchdog -------------------------------------------
     def status(self):
+        """:meth:`ditta_ros.live.FrameLoop.status` plus the input QoS in use (``ditta/status`` JSON)."""
         return {**self.loop.status(), "input_qos": "best_effort" if self.best_effort else "reliable"}
 
     def _on_timer(self) -> None:

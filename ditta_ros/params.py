@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, fields
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 
 class ParameterError(ValueError):
@@ -250,8 +250,3 @@ def effective(live, node) -> Dict[str, object]:
     from dataclasses import asdict
 
     return {**asdict(live), **asdict(node)}
-
-
-def names(specs: Optional[Sequence[Param]] = None) -> List[str]:
-    """The parameter names in declaration order."""
-    return [p.name for p in (specs or param_specs())]

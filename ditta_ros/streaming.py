@@ -38,6 +38,7 @@ follows from the geometry (radius x add-on cell size); the residual limit (20 of
 
 from __future__ import annotations
 
+import threading
 from typing import Optional, Tuple
 
 import numpy as np
@@ -273,8 +274,6 @@ class FrozenDiTTA:
         self.frame_hw: Optional[Tuple[int, int]] = None
         self._gate: Optional[MotionGate] = None
         self._state = None
-        import threading
-
         self.lock = threading.Lock()  # held while stepping, and by a refit of this model's engine
 
     @property

@@ -49,3 +49,15 @@ def make_spin_until(node, proc, log_path):
         return cond()
 
     return spin_until
+
+
+def stop_process(proc, grace: float = 15.0) -> None:
+    """Terminate a subprocess still running (SIGTERM, then SIGKILL after ``grace`` s)."""
+    import subprocess
+
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -467,31 +467,29 @@ def test_a_readaptation_refits_a_refittable_engine_instead_of_building_another(m
     third.prepare((30, 44), previous=first)  # another size: a new engine
     assert len(built) == 2
 
-    class Broken(Refittable):
-        def swap_weights(self, path):
-            raise RuntimeError("refit failed")
-
-    monkeypatch.setattr(rt, "select_backend", lambda *a, **k: built.append(Broken((40, 56))) or built[-1])
-    fourth = FrozenDiTTA(DiTTANet(runner.model).eval(), 0.8, "tensorrt")
-    fourth.prepare((40, 56))
-    fifth = FrozenDiTTA(DiTTANet(runner.model).eval(), 0.8, "tensorrt")
-    fifth.prepare((40, 56), previous=fourth)  # a failed refit: a new engine, the old one marked unusable
-    assert fifth.backend is not fourth.backend and "refit failed" in fourth.backend.unusable
-    with pytest.raises(RuntimeError, match="unusable"):
-        fourth.step(_frame())
-
     from ditta_ros.runtime.tensorrt import RefitRefused
 
-    class Refusing(Refittable):
-        def swap_weights(self, path):
-            raise RefitRefused("graph differs")
+    def readapt_with(error):
+        """A serving model whose engine's refit raises ``error``, and its re-adaptation."""
 
-    monkeypatch.setattr(rt, "select_backend", lambda *a, **k: built.append(Refusing((40, 56))) or built[-1])
-    sixth = FrozenDiTTA(DiTTANet(runner.model).eval(), 0.8, "tensorrt")
-    sixth.prepare((40, 56))
-    seventh = FrozenDiTTA(DiTTANet(runner.model).eval(), 0.8, "tensorrt")
-    seventh.prepare((40, 56), previous=sixth)  # refused before touching the engine: it keeps serving
-    assert seventh.backend is not sixth.backend and getattr(sixth.backend, "unusable", None) is None
+        class Failing(Refittable):
+            def swap_weights(self, path):
+                raise error
+
+        monkeypatch.setattr(rt, "select_backend", lambda *a, **k: built.append(Failing((40, 56))) or built[-1])
+        old = FrozenDiTTA(DiTTANet(runner.model).eval(), 0.8, "tensorrt")
+        old.prepare((40, 56))
+        new = FrozenDiTTA(DiTTANet(runner.model).eval(), 0.8, "tensorrt")
+        new.prepare((40, 56), previous=old)
+        assert new.backend is not old.backend  # a new engine either way
+        return old
+
+    old = readapt_with(RuntimeError("refit failed"))  # the old engine may hold part of the weights
+    assert "refit failed" in old.backend.unusable
+    with pytest.raises(RuntimeError, match="unusable"):
+        old.step(_frame())
+    old = readapt_with(RefitRefused("graph differs"))  # refused before touching the engine: it keeps serving
+    assert getattr(old.backend, "unusable", None) is None
 
 
 def test_a_failing_adapted_backend_falls_back_and_a_failed_preparation_is_not_retried(caplog):

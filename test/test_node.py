@@ -16,7 +16,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 import rclpy  # noqa: E402  (make setup installs the ROS 2 wheels; no silent skip)
 
-from conftest import make_spin_until  # noqa: E402
+from conftest import make_spin_until, stop_process  # noqa: E402
 
 MODEL = "espnetv2-s1.0-cityscapes-512x256"
 
@@ -96,7 +96,7 @@ class _Client:
         return self.got[sec]
 
     def call(self, name, srv=None, data=None):
-        from std_srvs.srv import SetBool, Trigger
+        from std_srvs.srv import Trigger
 
         srv = srv or Trigger
         client = self.node.create_client(srv, f"{self.prefix}/ditta_node/{name}")
@@ -115,15 +115,6 @@ class _Client:
 
     def close(self):
         self.node.destroy_node()
-
-
-def _stop(proc):
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def test_node_in_a_namespace_adapts_saves_readapts_resets_and_stops_on_sigterm(shared, ros_env, tmp_path):
@@ -211,7 +202,7 @@ def test_node_in_a_namespace_adapts_saves_readapts_resets_and_stops_on_sigterm(s
         if c is not None:
             c.close()
         rclpy.shutdown()
-        _stop(proc)
+        stop_process(proc)
 
 
 def test_node_from_an_adapted_checkpoint_serves_any_size_and_encoding_and_recovers(shared, ros_env, tmp_path):
@@ -281,7 +272,7 @@ def test_node_from_an_adapted_checkpoint_serves_any_size_and_encoding_and_recove
         if c is not None:
             c.close()
         rclpy.shutdown()
-        _stop(proc)
+        stop_process(proc)
 
 
 def _setbool():

@@ -10,7 +10,7 @@ import sys
 import cv2
 import rclpy
 
-from conftest import make_spin_until
+from conftest import make_spin_until, stop_process
 
 from ditta_ros import bag
 
@@ -106,9 +106,4 @@ def test_bag_played_into_the_node_and_recorded(shared, tmp_path):
         os.environ.clear()
         os.environ.update(old)
         for proc in (node_proc, recorder):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop_process(proc, 10)

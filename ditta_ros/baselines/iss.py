@@ -79,6 +79,8 @@ class StreamingISS(Method):
         return tuple(frame_hw) in self._ready
 
     def predict(self, frame: np.ndarray) -> Prediction:
+        """uint8 RGB ``[H, W, 3]`` -> labels and Eq. 2 reliability at frame size (prepares the
+        graph for a new size first). Raises ``ValueError`` for a bad frame."""
         hw = tuple(frame.shape[:2])
         model = self._ready.get(hw)
         if model is None:
