@@ -39,5 +39,5 @@ setup(
     description="DiTTA video semantic segmentation by test-time adaptation, for ROS 2",
     license="MIT",
     python_requires=">=3.10",
-    entry_points={"console_scripts": ["ditta = ditta_ros.cli:main", "ditta_node = ditta_ros.node:main"]},
+    entry_points={"console_scripts": ["ditta = ditta_ros.tools.cli:main", "ditta_node = ditta_ros.node:main"]},
 )

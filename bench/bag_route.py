@@ -2,7 +2,7 @@
 
     ditta bag make CLIP -> ditta_node (subprocess, real DDS) -> ditta bag record -> ditta bag eval
 
-The processes are run by :func:`ditta_ros.route.run_route` (the same as ``ditta demo``
+The processes are run by :func:`ditta_ros.tools.route.run_route` (the same as ``ditta demo``
 and ``ditta compare``): the player sends the warm-up frames, pauses until the node
 streams, then sends the rest in lockstep (an unhurried replay, the node drops
 nothing; otherwise ``--rate`` x the clip's rate); the recording is scored by
@@ -41,7 +41,7 @@ def main() -> None:
     p.add_argument("--name", default=None)
     args = p.parse_args()
 
-    from ditta_ros.compare import route_eval
+    from ditta_ros.tools.compare import route_eval
     from ditta_ros.data import open_clip
 
     clip = open_clip(args.clip)

@@ -25,7 +25,7 @@ KEYS = ("mIoU", "wIoU", "mVC8", "mVC16", "fps", "adapt_seconds")
 
 def main() -> None:
     from common import RESULTS, clip_parser, machine, write_results
-    from ditta_ros.cli import main as ditta
+    from ditta_ros.tools.cli import main as ditta
 
     p = clip_parser(__doc__)
     p.add_argument("--model", default="espnetv2-s2.0-cityscapes-1024x512")

@@ -7,7 +7,7 @@
         # writes bench/results/dev_suite_<model>/{suite.json,suite.md,suite.png} (+ per-run folders)
 
 The same as ``ditta suite DATA_DIR --model M --methods ... --out bench/results/dev_suite_<model>``;
-see :mod:`ditta_ros.suite` and ``docs/dev_set_rule.md`` for the decision rule.
+see :mod:`ditta_ros.tools.suite` and ``docs/dev_set_rule.md`` for the decision rule.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ DEFAULT_METHODS = ["iss", "tent", "ditta@faithful", "ditta", "oracle"]
 
 def main() -> None:
     from common import RESULTS, SHARED, clip_parser
-    from ditta_ros.suite import run_suite
+    from ditta_ros.tools.suite import run_suite
 
     p = clip_parser(__doc__)
     p.set_defaults(clip=os.path.join(SHARED, "data"))

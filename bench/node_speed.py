@@ -1,6 +1,6 @@
 """Benchmark: the node's own speed on a real clip, per model and runtime backend.
 
-For each model and backend the demo route runs (:func:`ditta_ros.demo.run_demo`, the
+For each model and backend the demo route runs (:func:`ditta_ros.tools.demo.run_demo`, the
 same as ``ditta demo``): the labelled CamVid clip as a jpeg bag -> ``ditta_node``
 (real DDS, default parameters of ``config/ditta.yaml`` but the model and backend) ->
 recorder. The replay is lockstep (each frame waits for its label image), so the
@@ -44,7 +44,7 @@ def main() -> None:
     args = p.parse_args()
     os.environ.setdefault("DITTA_MODEL_MIRROR", os.path.join(SHARED, "models"))
 
-    from ditta_ros.demo import DemoConfig, run_demo
+    from ditta_ros.tools.demo import DemoConfig, run_demo
 
     rows = []
     for model in args.models:

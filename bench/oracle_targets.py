@@ -21,8 +21,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 def main() -> None:
     from common import RESULTS, clip_parser, machine, write_results
     from ditta_ros.data import open_clip
-    from ditta_ros.ditta import PRESETS, OracleDiTTA
-    from ditta_ros.evaluate import bridge_label_sets, evaluate_clip
+    from ditta_ros.ditta import OracleDiTTA
+    from ditta_ros.presets import PRESETS
+    from ditta_ros.tools.evaluate import bridge_label_sets, evaluate_clip
     from ditta_ros.inference import ISSRunner
     from ditta_ros.iss import load_model
     from ditta_ros.labels import load_label_map
@@ -39,7 +40,7 @@ def main() -> None:
     lmap = load_label_map(args.label_map)
     bridge = bridge_label_sets(info.label_set, clip.label_set, lmap)
     out = os.path.join(RESULTS, f"oracle_targets_{info.name}")
-    method = OracleDiTTA(ISSRunner(model), clip.label, lmap, progress=False, **PRESETS[args.preset])
+    method = OracleDiTTA(ISSRunner(model), clip.label, lmap, config=PRESETS[args.preset], progress=False)
     res = evaluate_clip(clip, method, bridge, out, args.warmup_ratio, info={"model": info.name}, overlays=0,
                         progress=False)
     keys = ("mIoU", "wIoU", "mVC8", "mVC16")

@@ -70,7 +70,7 @@ def main() -> None:
     from tqdm import tqdm
 
     from ditta_ros.resources import local_ros_env
-    from ditta_ros.route import node_command
+    from ditta_ros.tools.route import node_command
 
     w, h = (int(v) for v in args.size.split("x"))
     folder = os.path.join(args.clip, "frames")

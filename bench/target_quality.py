@@ -33,7 +33,7 @@ def main() -> None:
     from ditta_ros.labels import load_label_map
     from ditta_ros.metrics import ConfusionMatrix
     from ditta_ros.protocol import DEFAULT_WARMUP_RATIO, warmup_length
-    from ditta_ros.suite import discover_clips, method_options, parse_variant
+    from ditta_ros.tools.suite import discover_clips, method_options, parse_variant
     from ditta_ros.teacher import make_teacher
 
     p = clip_parser(__doc__)
@@ -60,8 +60,8 @@ def main() -> None:
         for tname, factory in teachers.items():
             for spec in args.configs:
                 preset, _, over = spec.partition(":")
-                cfg = method_options(parse_variant(f"ditta@{preset}" + (f":{over}" if over else "")))["target_cfg"]
-                method.teacher, method.target_cfg = factory, cfg
+                variant = parse_variant(f"ditta@{preset}" + (f":{over}" if over else ""))
+                method.teacher, method.config = factory, method_options(variant)["config"]
                 method.cache_tag = f"{info.name}|{clip.name}|quality"
                 labels, _, stats, report, secs = method.make_targets(frames, preds, rels)
                 k = lmap.target.num_classes

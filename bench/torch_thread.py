@@ -30,12 +30,12 @@ def case(model_name: str, size: str, threads: int, iters: int) -> dict:
     from common import time_fn
     from ditta_ros.adapt import DiTTANet
     from ditta_ros.iss import load_model
-    from ditta_ros.runtime import select_backend
+    from ditta_ros.runtime import RuntimeOptions, select_backend
     from ditta_ros.streaming import StreamingDiTTA
 
     torch.set_num_threads(threads)
     w, h = (int(v) for v in size.split("x"))
-    backend = select_backend("torch", torch_model=StreamingDiTTA(DiTTANet(load_model(model_name)[0]), (h, w), 0.8))
+    backend = select_backend(RuntimeOptions(backend="torch"), torch_model=StreamingDiTTA(DiTTANet(load_model(model_name)[0]), (h, w), 0.8))
     frame = (np.random.default_rng(0).random((h, w, 3)) * 255).astype(np.uint8)
     state = [None]
 

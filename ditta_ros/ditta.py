@@ -20,15 +20,15 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import torch
 
-from .adapt import FAITHFUL_ADAPT, AdaptConfig, DiTTANet, adapt
-from .addon import DEFAULT_TAU
-from .guard import GuardConfig, GuardVerdict, check
+from .adapt import DiTTANet, adapt
+from .guard import GuardVerdict, check
 from .inference import ISSRunner, Prediction
 from .iss.base import plain_step
-from .streaming import FrozenDiTTA
+from .presets import DittaConfig
 from .protocol import Method
+from .runtime import FrozenDiTTA, RuntimeOptions
 from .teacher.propagator import Propagator
-from .teacher.targets import FAITHFUL_TARGETS, TargetConfig, Targets, build_targets, cache_key, target_report
+from .teacher.targets import Targets, build_targets, cache_key, target_report
 
 log = logging.getLogger("ditta.method")
 
@@ -52,21 +52,6 @@ class _StopCheck:
     def __getattr__(self, name):
         return getattr(self._bar, name)
 
-#: named configurations: ``faithful`` = the official code's hyper-parameters, no guard, no
-#: fusion gate; ``default`` = what the decision rule of ``docs/dev_set_rule.md`` chose on the
-#: development set: gated targets, only the add-on adapted (corrected losses), the guard on,
-#: no add-on fusion for frames more than 0.2 s apart; the add-on branch's probabilities on its own grid
-#: (``fusion="grid"``, accepted by addendum 2 of that rule: the same mIoU/mVC8 on all four clips, faster)
-PRESETS: Dict[str, Dict[str, object]] = {
-    "faithful": {"target_cfg": FAITHFUL_TARGETS, "adapt_cfg": FAITHFUL_ADAPT, "tau": DEFAULT_TAU,
-                 "guard_cfg": GuardConfig(enabled=False), "motion_gate": False, "max_gap": 0.0,
-                 "fusion": "frame", "addon_stride": 0},
-    "default": {"target_cfg": TargetConfig(), "adapt_cfg": AdaptConfig(), "tau": DEFAULT_TAU,
-                "guard_cfg": GuardConfig(), "motion_gate": False, "max_gap": 0.2,
-                "fusion": "grid", "addon_stride": 0},
-}
-
-
 class DiTTAMethod(Method):
     """DiTTA under W2F.
 
@@ -74,29 +59,17 @@ class DiTTAMethod(Method):
         runner: the ISS runner (its model is the pre-trained model; never modified).
         teacher: a zero-argument factory returning a fresh :class:`Propagator` per clip
             (see :func:`ditta_ros.teacher.make_teacher`).
-        target_cfg, adapt_cfg: hyper-parameters (paper/official defaults).
-        tau: reliability threshold of the Eq. 3 fusion at inference.
+        config: the hyper-parameters (:class:`~ditta_ros.presets.DittaConfig`; ``None``: the
+            ``default`` preset): targets, adaptation, guard (a refused adaptation is not
+            served, the frozen ISS is), ``tau``, the fusion gates (``max_gap``: seconds;
+            when > 0 and :attr:`frame_interval` is known and larger, the add-on is not fused,
+            the plain, adapted branch serves), ``fusion``, ``addon_stride``.
+        runtime: where the frozen streaming model runs for the guard and the evaluation
+            (:class:`~ditta_ros.runtime.RuntimeOptions`; ``None``: torch on the CPU).
         cache_dir: if set, distillation targets are stored/reused there, keyed by
             ``cache_tag``, the warm-up length, the target config and the teacher.
         progress: tqdm progress bars for the teacher and the adaptation.
         save_adapted: if set, the adapted weights are saved there (``ditta export --adapted``).
-        guard_cfg: the do-no-harm guard (:mod:`ditta_ros.guard`); a refused adaptation
-            is not served, the frozen ISS is.
-        motion_gate: fuse the add-on only where the optical flow stays within its
-            window (:class:`~ditta_ros.streaming.MotionGate`).
-        max_gap: seconds; when > 0 and :attr:`frame_interval` is known and larger, the
-            add-on is not fused (the plain, adapted branch serves): the add-on is
-            defined and trained for consecutive video frames.
-        backend: runtime of the frozen streaming model (guard and evaluation):
-            ``torch`` (default) | ``openvino`` | ``onnxruntime`` | ``tensorrt`` | ``auto``
-            (:func:`ditta_ros.runtime.streaming_backend`).
-        export_dir: where exported graphs go (``None``: the runtime's default cache).
-        fp16: half precision on TensorRT / torch CUDA.
-        openvino_precision: ``auto`` (the device's default: bf16 on CPUs with bf16 units) | ``f32``.
-        fusion: ``frame`` (Eq. 3 at frame resolution, official) | ``grid`` (the add-on
-            branch's softmax and reliability on its own grid; :class:`StreamingDiTTA`).
-        addon_stride: pooling of the decoder grid for the add-on (0 = the model card's;
-            :class:`~ditta_ros.addon.TemporalAddon`).
         stop: a ``threading.Event``; once set, :meth:`adapt` raises
             :class:`AdaptationCancelled` at its next frame or step (the live pipeline's reset
             and shutdown).
@@ -110,30 +83,17 @@ class DiTTAMethod(Method):
 
     name = "ditta"
 
-    def __init__(self, runner: ISSRunner, teacher, target_cfg: TargetConfig = TargetConfig(),
-                 adapt_cfg: AdaptConfig = AdaptConfig(), tau: float = DEFAULT_TAU, cache_dir: Optional[str] = None,
-                 cache_tag: str = "", progress: bool = True, save_adapted: Optional[str] = None,
-                 guard_cfg: GuardConfig = GuardConfig(), motion_gate: bool = False, max_gap: float = 0.0,
-                 backend: str = "torch", export_dir: Optional[str] = None, fusion: str = "frame",
-                 addon_stride: int = 0, fp16: bool = False, openvino_precision: str = "auto", stop=None):
+    def __init__(self, runner: ISSRunner, teacher, config: Optional[DittaConfig] = None,
+                 runtime: Optional[RuntimeOptions] = None, cache_dir: Optional[str] = None, cache_tag: str = "",
+                 progress: bool = True, save_adapted: Optional[str] = None, stop=None):
         self.runner = runner
         self.teacher = teacher
-        self.target_cfg = target_cfg
-        self.adapt_cfg = adapt_cfg
-        self.tau = tau
+        self.config = config if config is not None else DittaConfig.from_preset("default")
+        self.runtime = runtime if runtime is not None else RuntimeOptions()
         self.cache_dir = cache_dir
         self.cache_tag = cache_tag
         self.progress = progress
         self.save_adapted = save_adapted
-        self.guard_cfg = guard_cfg
-        self.motion_gate = bool(motion_gate)
-        self.max_gap = float(max_gap)
-        self.backend = backend
-        self.export_dir = export_dir
-        self.fusion = fusion
-        self.addon_stride = int(addon_stride)
-        self.fp16 = bool(fp16)
-        self.openvino_precision = openvino_precision
         self.stop = stop
         self.verdict: Optional[GuardVerdict] = None
         self.net: Optional[DiTTANet] = None
@@ -197,7 +157,7 @@ class DiTTAMethod(Method):
         targets: Optional[Targets] = None
         path = None
         if self.cache_dir:
-            key = cache_key(self.cache_tag, n, asdict(self.target_cfg), getattr(self.teacher, "describe", ""))
+            key = cache_key(self.cache_tag, n, asdict(self.config.target), getattr(self.teacher, "describe", ""))
             path = os.path.join(self.cache_dir, f"targets_{key}.npz")
             if os.path.isfile(path):
                 targets = Targets.load(path)
@@ -206,7 +166,7 @@ class DiTTAMethod(Method):
         if targets is None:
             prop: Propagator = self.teacher()
             with tqdm(total=2 * n, desc="teacher", disable=not self.progress, unit="frame") as bar:
-                targets = build_targets(prop, frames, preds, rels, self.runner.model.num_classes, self.target_cfg,
+                targets = build_targets(prop, frames, preds, rels, self.runner.model.num_classes, self.config.target,
                                         _StopCheck(bar, self.stop))
             teacher_s = targets.stats.get("teacher_seconds", 0.0)
             if path:
@@ -235,9 +195,9 @@ class DiTTAMethod(Method):
                  100 * report.get("changed", 0.0), report.get("objects_kept"), report.get("objects_dropped"))
         t1 = time.perf_counter()
         self._check_stop()
-        with tqdm(total=self.adapt_cfg.iters * n, desc="adapt", disable=not self.progress, unit="step") as bar:
-            self.net, losses = adapt(DiTTANet(self.runner.model, grid_stride=self.addon_stride), encoded, input_hw,
-                                     labels, obj_maps, self.adapt_cfg, _StopCheck(bar, self.stop))
+        with tqdm(total=self.config.adapt.iters * n, desc="adapt", disable=not self.progress, unit="step") as bar:
+            self.net, losses = adapt(DiTTANet(self.runner.model, grid_stride=self.config.addon_stride), encoded,
+                                     input_hw, labels, obj_maps, self.config.adapt, _StopCheck(bar, self.stop))
         adapt_only = time.perf_counter() - t1
         self.frozen = self.freeze()
         self._check_stop()
@@ -249,23 +209,14 @@ class DiTTAMethod(Method):
                         "; ".join(self.verdict.reasons))
         self._last_warm = frames[-1]
         if self.save_adapted:
-            from .export import save_adapted
+            from .checkpoint import save_adapted
 
             save_adapted(self.net, self.save_adapted, {"warmup_frames": n, "losses": losses,
-                                                       "adapt": asdict(self.adapt_cfg)})
+                                                       "adapt": asdict(self.config.adapt)})
         return {"adapt_seconds": round(time.perf_counter() - t0, 3), "teacher_seconds": round(teacher_s, 3),
                 "tta_seconds": round(adapt_only, 3), "guard_seconds": round(guard_s, 3), "losses": losses,
                 "targets": stats, "target_report": report, "guard": self.verdict.as_dict(),
-                "hyper": {"target": asdict(self.target_cfg), "adapt": asdict(self.adapt_cfg), "tau": self.tau,
-                          "guard": asdict(self.guard_cfg), "motion_gate": self.motion_gate,
-                          "max_gap": self.max_gap,
-                          # newer options only when not their default: stored runs stay comparable
-                          **({"backend": self.backend} if self.backend != "torch" else {}),
-                          **({"fp16": True} if self.fp16 else {}),
-                          **({"openvino_precision": self.openvino_precision}
-                             if self.backend in ("openvino", "auto") else {}),
-                          **({"fusion": self.fusion} if self.fusion != "frame" else {}),
-                          **({"addon_stride": self.addon_stride} if self.addon_stride else {})}}
+                "hyper": self.config.hyper(self.runtime)}
 
     def freeze(self) -> FrozenDiTTA:
         """The adapted network frozen for serving (:class:`FrozenDiTTA`) with this method's
@@ -276,9 +227,7 @@ class DiTTAMethod(Method):
         """
         if self.net is None:
             raise RuntimeError("DiTTA predicts only after adapt()")
-        return FrozenDiTTA(self.net, self.tau, self.backend, fusion=self.fusion, motion_gate=self.motion_gate,
-                           max_gap=self.max_gap, export_dir=self.export_dir, fp16=self.fp16,
-                           openvino_precision=self.openvino_precision)
+        return FrozenDiTTA(self.net, self.config, self.runtime)
 
     def guard(self, frames: Sequence[np.ndarray], preds, rels) -> GuardVerdict:
         """Run the adapted streaming model over the warm-up frames (fresh state) and
@@ -287,7 +236,7 @@ class DiTTAMethod(Method):
         with torch.inference_mode():
             adapted = [self._step(f).labels for f in frames]
         self.frozen.reset()
-        return check(adapted, preds, rels, self.guard_cfg)
+        return check(adapted, preds, rels, self.config.guard)
 
     @property
     def refused(self) -> bool:
@@ -299,19 +248,6 @@ class DiTTAMethod(Method):
             self.frozen.reset()
         if self._last_warm is not None and not self.refused:
             self._step(self._last_warm)
-
-    def streaming_backend(self, frame_hw):
-        """The frozen streaming model on :attr:`backend` for frames of ``frame_hw``
-        (``step(frame, state) -> (labels, confidence, state)``); rebuilt when the size changes.
-
-        Raises:
-            RuntimeError: before :meth:`adapt`, or no usable backend.
-        """
-        if self.frozen is None:
-            self.frozen = self.freeze()  # raises before adapt()
-        if not self.frozen.ready_for(frame_hw):
-            self.frozen.prepare(frame_hw)
-        return self.frozen.backend
 
     def _step(self, frame: np.ndarray) -> Prediction:
         if self.frozen is None:

@@ -1,4 +1,6 @@
-"""Export of the frozen streaming model (:class:`~ditta_ros.streaming.StreamingDiTTA`) to ONNX.
+"""Export of the frozen streaming model (:class:`~ditta_ros.streaming.StreamingDiTTA`) to ONNX
+(adapted weights are saved and loaded by :mod:`ditta_ros.checkpoint`; exports are cached per
+model, frame size and weights by :mod:`ditta_ros.runtime.export_cache`).
 
 ``export_onnx`` writes ``<out>/ditta_<model>_<H>x<W>.onnx`` (legacy TorchScript
 exporter, opset 18: LayerNormalization stays one op and ``Resize`` has the
@@ -69,45 +71,6 @@ def _register_symbolics(opset: int) -> None:
     from torch.onnx import register_custom_op_symbolic
 
     register_custom_op_symbolic("aten::_upsample_bilinear2d_aa", _resize_antialias_symbolic, opset)
-
-
-def save_adapted(net: DiTTANet, path: str, info: Optional[Dict[str, object]] = None) -> None:
-    """Save an adapted network's weights (``state_dict``) and provenance to ``path``: written
-    to a unique temporary file beside it and renamed into place, so a crash or a concurrent
-    save never leaves a half-written checkpoint (a failed write removes its temporary file).
-
-    Raises:
-        OSError: the folder cannot be created or written.
-    """
-    import tempfile
-
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"state_dict": net.state_dict(), "info": dict(info or {})}, f)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a checkpoint is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def load_adapted(net: DiTTANet, path: str) -> Dict[str, object]:
-    """Load weights saved by :func:`save_adapted` into ``net`` (strict).
-
-    Raises:
-        FileNotFoundError: no such file; RuntimeError: the weights do not fit ``net``.
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"adapted checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    net.load_state_dict(ckpt["state_dict"], strict=True)
-    return ckpt.get("info", {})
 
 
 def sha256_file(path: str) -> str:

@@ -26,7 +26,6 @@ import numpy as np
 _LAYOUT = {"rgb8": (3, 1), "bgr8": (3, 1), "rgba8": (4, 1), "bgra8": (4, 1), "mono8": (1, 1), "8UC1": (1, 1),
            "mono16": (1, 2), "16UC1": (1, 2), "yuv422": (2, 1), "uyvy": (2, 1), "UYVY": (2, 1),
            "yuyv": (2, 1), "yuv422_yuy2": (2, 1), "YUYV": (2, 1), "8UC3": (3, 1)}
-SUPPORTED_ENCODINGS = tuple(_LAYOUT)
 
 
 class ImageDecodeError(ValueError):
@@ -107,6 +106,21 @@ def decode_compressed(fmt: str, data) -> np.ndarray:
     if img is None:
         raise ImageDecodeError(f"cannot decode compressed image (format {fmt!r}, {buf.size} bytes)")
     return np.ascontiguousarray(img[:, :, ::-1])
+
+
+def decode_message(msg) -> Tuple[np.ndarray, float]:
+    """A ``sensor_msgs/Image`` or ``sensor_msgs/CompressedImage`` (any object with their fields:
+    a ``format`` field marks a compressed one) -> ``(frame uint8 RGB [H, W, 3], stamp s)``, the
+    stamp from the header (``sec + nanosec * 1e-9``).
+
+    Raises:
+        UnsupportedEncoding / ImageDecodeError: as :func:`decode_image` / :func:`decode_compressed`.
+    """
+    if hasattr(msg, "format"):
+        frame = decode_compressed(msg.format, msg.data)
+    else:
+        frame = decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data, bool(msg.is_bigendian))
+    return frame, msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
 
 
 def encode_image(rgb: np.ndarray) -> Tuple[str, int, bytes]:

@@ -2,7 +2,9 @@
 
 ROS I/O only, over the ROS-free core: parameters are :mod:`ditta_ros.params`, the loop
 (mailbox, decoding, counters, statistics) is :class:`ditta_ros.live.FrameLoop`, the models
-are :class:`ditta_ros.live.LivePipeline` (the same core as ``ditta eval``)::
+are :class:`ditta_ros.live.LivePipeline` (the same core as ``ditta eval``). A frame goes one
+way: subscription callback -> ``FrameLoop.offer`` -> (inference thread) decode, pipeline,
+output size -> :meth:`DittaNode._publish`::
 
     python -m ditta_ros.node --ros-args --params-file config/ditta.yaml [-r image:=/camera/image_raw] [-r __ns:=/cam1]
 
@@ -44,7 +46,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
 
-from .imgmsg import decode_compressed, decode_image, encode_image, label_image
+from .imgmsg import encode_image, label_image
 from .live import FrameLoop, Health, LivePipeline, LogForwarder
 from .params import Param, ParameterError, effective, param_specs, resolve
 
@@ -103,7 +105,7 @@ class DittaNode(Node):
         self.pipeline = LivePipeline(self.cfg)
         self.label_set = self._label_set()
         self.num_classes = self.pipeline.runner.model.num_classes
-        self.loop = FrameLoop(self.pipeline, self._decode, self._publish, self.opts.output_resolution,
+        self.loop = FrameLoop(self.pipeline, self._publish, self.opts.output_resolution,
                               warn=self.get_logger().warning)
         self.health = Health(self.opts.no_input_warn_seconds, self.opts.min_output_fps)
 
@@ -154,13 +156,6 @@ class DittaNode(Node):
         if self.opts.qos_reliability == "auto" and not self.best_effort:
             self.get_logger().warning("the image publisher is BEST_EFFORT: switching the input to BEST_EFFORT")
             self._subscribe(True)
-
-    def _decode(self, msg):
-        if self._msg_type is Image:
-            frame = decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data, bool(msg.is_bigendian))
-        else:
-            frame = decode_compressed(msg.format, msg.data)
-        return frame, msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
 
     # -- output ------------------------------------------------------------------------
     def _publish(self, msg, labels: np.ndarray, conf: np.ndarray, source: str) -> None:

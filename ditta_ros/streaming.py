@@ -20,28 +20,14 @@ node:
 In eval mode this equals the official two-frame clip formulation (both frames
 through the backbone, add-on from frame t-1 to t), see ``test/test_streaming.py``.
 
-**Motion gate** (ours, optional: :class:`MotionGate`). The add-on can only attend
-to the ``(2r+1)^2`` window around a position of the previous frame; where the scene
-moved farther than that between the two processed frames (a sparse stream: a 1 Hz
-data set, or a CPU node that processes every 15th camera frame), the attention
-cannot find the correspondence and the fused result is wrong. The gate measures
-the motion with dense optical flow (OpenCV DIS, from the current frame to the
-previous one) and sets ``has_prev = 0`` where the displacement exceeds the
-window's reach in frame pixels (:meth:`StreamingDiTTA.window_reach`), or where
-the flow does not explain the image (the previous frame warped by the flow differs
-from the current one by more than ``max_residual`` grey levels on average over a
-9 x 9 neighbourhood of the flow grid: a flow that failed
-on a large motion reports a small one): there the plain branch serves. The reach
-follows from the geometry (radius x add-on cell size); the residual limit (20 of
-255) was fixed before any accuracy was measured.
+The fusion gates (``max_gap``, the motion gate) act on ``has_prev``: :mod:`ditta_ros.gates`;
+serving on a runtime backend: :class:`ditta_ros.runtime.serving.FrozenDiTTA`.
 """
 
 from __future__ import annotations
 
-import threading
-from typing import Optional, Tuple
+from typing import Tuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -49,10 +35,7 @@ from torch import nn
 from .adapt import DiTTANet
 from .addon import DEFAULT_TAU, fuse, normalised_reliability, reliability, softmax_entropy
 from .iss.base import logits_to_frame, plain_step
-
-STATE_NAMES = ("feat_prev", "logits_prev", "has_prev")
-#: where the add-on branch is turned into probabilities and reliability (:class:`StreamingDiTTA`)
-FUSIONS = ("frame", "grid")
+from .presets import FUSIONS
 
 
 class StreamingDiTTA(nn.Module):
@@ -188,177 +171,6 @@ class StreamingDiTTA(nn.Module):
         labels, conf, feats, logits = self(frame.to(dev), *state)
         return labels, conf, (feats, logits, torch.ones(self.frame_hw, device=dev, dtype=self.mean.dtype))
 
-
-class MotionGate:
-    """Per-pixel fusion gate from dense optical flow (see the module docstring).
-
-    Args:
-        reach: ``(reach_y, reach_x)`` in frame pixels (:meth:`StreamingDiTTA.window_reach`).
-        scale: the flow is computed on frames resized by this factor (speed), and
-            its vectors scaled back.
-        max_residual: largest grey-level difference (0..255) between the current frame
-            and the flow-warped previous one for which the flow is trusted.
-
-    ``__call__(frame)`` takes each streamed uint8 RGB ``[H, W, 3]`` frame in order and
-    returns float32 ``[H, W]``: 1 where the pixel's displacement to the previous frame
-    stays within the reach on both axes, 0 elsewhere and on the first frame.
-    """
-
-    def __init__(self, reach: Tuple[float, float], scale: float = 0.5, max_residual: float = 20.0):
-        import cv2
-
-        self.reach = (float(reach[0]), float(reach[1]))
-        self.scale = float(scale)
-        self.max_residual = float(max_residual)
-        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
-        self._prev: Optional[np.ndarray] = None
-        self.last_share = 0.0  # share of pixels allowed to fuse on the last frame
-
-    def reset(self) -> None:
-        """Forget the previous frame (a new stream)."""
-        self._prev = None
-
-    def __call__(self, frame: np.ndarray) -> np.ndarray:
-        import cv2
-
-        h, w = frame.shape[:2]
-        small = cv2.resize(frame, (max(8, round(w * self.scale)), max(8, round(h * self.scale))),
-                           interpolation=cv2.INTER_AREA)
-        gray = cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_RGB2GRAY)
-        prev, self._prev = self._prev, gray
-        if prev is None or prev.shape != gray.shape:
-            self.last_share = 0.0
-            return np.zeros((h, w), np.float32)
-        flow = self._dis.calc(gray, prev, None)  # current -> previous, in the small frame's pixels
-        gh, gw = gray.shape
-        gx, gy = np.meshgrid(np.arange(gw, dtype=np.float32), np.arange(gh, dtype=np.float32))
-        warped = cv2.remap(prev, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_LINEAR,
-                           borderMode=cv2.BORDER_REPLICATE)
-        residual = cv2.blur(np.abs(warped.astype(np.float32) - gray.astype(np.float32)), (9, 9))  # local mean
-        explained = residual <= self.max_residual
-        flow = flow / self.scale  # frame pixels
-        ok = ((np.abs(flow[..., 1]) <= self.reach[0]) & (np.abs(flow[..., 0]) <= self.reach[1])
-              & explained).astype(np.uint8)
-        mask = cv2.resize(ok, (w, h), interpolation=cv2.INTER_NEAREST).astype(np.float32)
-        self.last_share = float(mask.mean())
-        return mask
-
-
-class FrozenDiTTA:
-    """An adapted network frozen for serving, the one place a DiTTA network is frozen: the
-    streaming model on a runtime backend per frame size, its state carried frame to frame,
-    the fusion gates (motion gate, ``max_gap``) applied. :class:`~ditta_ros.ditta.DiTTAMethod`
-    (evaluation, guard) and the live pipeline (node) both serve through it.
-
-    Args:
-        net: the adapted :class:`~ditta_ros.adapt.DiTTANet` (eval mode; not modified).
-        tau: Eq. 3 threshold (0: the plain branch only).
-        backend: ``auto`` | ``tensorrt`` | ``openvino`` | ``onnxruntime`` | ``torch``.
-        fusion: ``frame`` | ``grid`` (:class:`StreamingDiTTA`).
-        motion_gate: gate the fusion with :class:`MotionGate`.
-        max_gap: seconds; frames farther apart are served by the plain branch (0: off).
-        options: further :func:`ditta_ros.runtime.streaming_backend` keywords (``export_dir``,
-            ``engine_cache``, ``fp16``, ``openvino_device``, ``openvino_precision``).
-
-    One thread steps it; a re-adaptation that refits this model's engine in place
-    (``prepare(previous=this)``) exports first and holds :attr:`lock` only for the weight
-    swap, so this model keeps serving meanwhile.
-    """
-
-    def __init__(self, net: DiTTANet, tau: float = DEFAULT_TAU, backend: str = "torch", fusion: str = "frame",
-                 motion_gate: bool = False, max_gap: float = 0.0, **options):
-        self.net = net.eval()
-        self.tau, self.requested, self.fusion = float(tau), backend, fusion
-        self.motion_gate, self.max_gap, self.options = bool(motion_gate), float(max_gap), options
-        self.backend = None
-        self.frame_hw: Optional[Tuple[int, int]] = None
-        self._gate: Optional[MotionGate] = None
-        self._state = None
-        self.lock = threading.Lock()  # held while stepping, and by a refit of this model's engine
-
-    @property
-    def num_classes(self) -> int:
-        """Classes of the label set."""
-        return self.net.iss.num_classes
-
-    def prepare(self, frame_hw, previous: Optional["FrozenDiTTA"] = None):
-        """Build the backend (export, compile; refit ``previous``'s engine where the backend
-        can, :func:`ditta_ros.runtime.streaming_backend`) and the gate for frames of
-        ``frame_hw``; a new stream starts. Returns the backend.
-
-        Raises:
-            RuntimeError / ValueError: no usable backend (as :func:`ditta_ros.runtime.select_backend`).
-        """
-        from .runtime import streaming_backend
-
-        hw = (int(frame_hw[0]), int(frame_hw[1]))
-        refit = previous is not None and previous.frame_hw == hw and hasattr(previous.backend, "swap_weights")
-        self.backend = streaming_backend(self.net, hw, self.tau, self.requested, fusion=self.fusion,
-                                         refit=previous.backend if refit else None,
-                                         refit_lock=previous.lock if refit else None, **self.options)
-        self._gate = MotionGate(StreamingDiTTA(self.net, hw, self.tau).window_reach()) \
-            if self.motion_gate and self.tau > 0 else None
-        self.frame_hw, self._state = hw, None
-        return self.backend
-
-    def ready_for(self, frame_hw) -> bool:
-        """True when the backend serves frames of ``frame_hw`` without re-preparing."""
-        return self.backend is not None and self.frame_hw == tuple(frame_hw)
-
-    def reset(self) -> None:
-        """Start a new stream (the next frame uses no previous one)."""
-        self._state = None
-        if self._gate is not None:
-            self._gate.reset()
-
-    def describe(self) -> str:
-        """The backend's description (``"unprepared"`` before :meth:`prepare`)."""
-        return self.backend.describe() if self.backend is not None else "unprepared"
-
-    def step(self, frame: np.ndarray, interval: Optional[float] = None):
-        """One uint8 RGB ``[H, W, 3]`` frame -> :class:`~ditta_ros.inference.Prediction`
-        (prepares the backend first when the frame size is new; ``interval``: seconds since
-        the previous frame, for ``max_gap``; ``None``: unknown).
-
-        Raises:
-            RuntimeError: the backend was left unusable by a failed refit; ValueError: a bad frame.
-        """
-        from .inference import Prediction
-
-        if not self.ready_for(frame.shape[:2]):
-            self.prepare(frame.shape[:2])
-        state = apply_gates(self._state, frame, self._gate, interval, self.max_gap)
-        with self.lock:
-            unusable = getattr(self.backend, "unusable", None)
-            if unusable:
-                raise RuntimeError(f"the engine of this model is unusable ({unusable})")
-            labels, conf, self._state = self.backend.step(frame, state)
-        return Prediction.of(labels, conf, self.num_classes)
-
-
-def apply_gates(state, frame: np.ndarray, gate: Optional[MotionGate], interval: Optional[float],
-                max_gap: float):
-    """The state a streaming step gets after the fusion gates: the motion ``gate``'s
-    mask (the gate sees every frame, also the first), and ``has_prev = 0`` everywhere
-    when ``max_gap > 0`` and the known frame ``interval`` (s) exceeds it. ``None`` (a
-    stream's first frame) stays ``None``."""
-    if gate is not None:
-        state = gate_state(state, gate(frame))
-    if state is not None and max_gap > 0 and interval is not None and interval > max_gap:
-        state = gate_state(state, np.zeros(frame.shape[:2], np.float32))
-    return state
-
-
-def gate_state(state, mask: np.ndarray):
-    """``state`` with its ``has_prev`` multiplied by the gate's ``mask`` (same type and device)."""
-    if state is None:
-        return None
-    hp = state[2]
-    if isinstance(hp, torch.Tensor):
-        m = torch.from_numpy(mask).to(device=hp.device, dtype=hp.dtype)
-    else:
-        m = mask.astype(np.asarray(hp).dtype)
-    return (state[0], state[1], hp * m)
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from ditta_ros import bag
+from ditta_ros.tools import bag
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -101,10 +101,10 @@ def test_play_then_record_over_dds(tmp_path):
     src = str(tmp_path / "src")
     bag.make_bag(clip_dir, src, progress=False)
     rec = str(tmp_path / "rec")
-    recorder = subprocess.Popen([sys.executable, "-m", "ditta_ros.cli", "bag", "record", bag.IMAGE_TOPIC, "--out", rec,
+    recorder = subprocess.Popen([sys.executable, "-m", "ditta_ros", "bag", "record", bag.IMAGE_TOPIC, "--out", rec,
                                  "--count", "8", "--duration", "60"], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
-    player = subprocess.run([sys.executable, "-m", "ditta_ros.cli", "bag", "play", src, "--rate", "2",
+    player = subprocess.run([sys.executable, "-m", "ditta_ros", "bag", "play", src, "--rate", "2",
                              "--topics", bag.IMAGE_TOPIC, "--wait", "30"], env=env, capture_output=True, text=True,
                             timeout=120)
     assert "published 8 messages" in player.stdout, player.stdout + player.stderr
@@ -118,7 +118,7 @@ def test_play_then_record_over_dds(tmp_path):
 def test_cli_teardown_watchdog_ends_a_hung_process():
     """After `bag play/record` report their result, a hung ROS teardown ends the process (status 1) instead
     of spinning forever; here the 'hang' is a sleep."""
-    code = ("import time, ditta_ros.cli as c; c.TEARDOWN_TIMEOUT_S = 1.0; "
+    code = ("import time, ditta_ros.tools.cli as c; c.TEARDOWN_TIMEOUT_S = 1.0; "
             "c._report_then_guard('published 3 messages'); time.sleep(60)")
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,

@@ -10,11 +10,12 @@ import cv2
 import numpy as np
 import pytest
 
-from ditta_ros import bag
-from ditta_ros.demo import DemoConfig, _clear_own, default_video, format_summary, run_demo, side_by_side
+from ditta_ros.tools import bag
+from ditta_ros.tools.demo import DemoConfig, _clear_own, default_video, format_summary, run_demo, side_by_side
 from ditta_ros.labels import get_label_set
 from ditta_ros.metrics import label_flips
-from ditta_ros.route import node_command, pick_image_topic
+from ditta_ros.runtime import RuntimeOptions
+from ditta_ros.tools.route import node_command, pick_image_topic
 
 SMALL = "espnetv2-s1.0-cityscapes-512x256"
 
@@ -139,9 +140,9 @@ def test_demo_end_to_end_over_dds(shared, tmp_path):
     # backend (OpenVINO here): the ISS as `ditta eval --method iss-stream --backend auto` runs it
     from ditta_ros.inference import ISSRunner
     from ditta_ros.iss import load_model
-    from ditta_ros.methods import make_method
+    from ditta_ros.tools.methods import make_method
 
-    iss = make_method("iss-stream", ISSRunner(load_model(SMALL)[0]), backend="auto")
+    iss = make_method("iss-stream", ISSRunner(load_model(SMALL)[0]), runtime=RuntimeOptions(backend="auto"))
     for st in sorted(frames)[:3]:
         assert (iss.predict(frames[st]).labels == labels[st]).mean() > 0.999
     # outputs a person looks at
@@ -168,7 +169,7 @@ def test_demo_missing_weights_fail_before_any_process(tmp_path, monkeypatch):
 
 def test_compare_offline_and_route_agree(shared, tmp_path):
     """`ditta compare` on 12 CamVid frames: the ROS route reproduces offline `ditta eval` (same frames scored)."""
-    from ditta_ros.compare import run_compare
+    from ditta_ros.tools.compare import run_compare
 
     clip = tmp_path / "clip"
     (clip / "frames").mkdir(parents=True)
@@ -183,7 +184,7 @@ def test_compare_offline_and_route_agree(shared, tmp_path):
     # adapt off: the node serves the plain-ISS graph on its backend (auto), i.e. `iss-stream --backend auto`
     rows = run_compare(str(clip), str(tmp_path / "cmp"), SMALL, "cityscapes19_to_camvid11", methods=["iss-stream"],
                        warmup_ratio=25, progress=False, node_params={"adapt": False},
-                       method_options={"iss-stream": {"backend": "auto"}})
+                       method_options={"iss-stream": {"runtime": RuntimeOptions(backend="auto")}})
     offline, route = rows
     assert route["frames"] == offline["frames"] == 9 and route["missing_frames"] == 0
     for k in ("mIoU", "wIoU", "mVC8", "mVC16"):  # the same model on the same backend

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import CAMVID
-from ditta_ros.cli import main
-from ditta_ros.evaluate import LabelSetMismatch, bridge_label_sets
+from ditta_ros.tools.cli import main
+from ditta_ros.tools.evaluate import LabelSetMismatch, bridge_label_sets
 from ditta_ros.labels import load_label_map
 from ditta_ros.protocol import w2f_split, warmup_length
 

@@ -1,5 +1,7 @@
 """The do-no-harm guard: label-free refusal of an adaptation that changes what the ISS is sure of."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +9,7 @@ import torch
 from ditta_ros.adapt import AdaptConfig
 from ditta_ros.ditta import DiTTAMethod
 from ditta_ros.guard import GuardConfig, check
+from ditta_ros.presets import DittaConfig
 from ditta_ros.inference import ISSRunner
 from ditta_ros.iss.espnetv2 import ESPNetv2Seg
 
@@ -62,7 +65,9 @@ def test_guard_refuses_a_broken_adaptation_and_the_iss_serves():
     frames = _frames()
     cfg = GuardConfig(conf=0.0)  # a random ISS is never confident: judge every pixel
     broken = AdaptConfig(iters=10, lr=0.05, params="decoder", bn="frozen", anchor=0.0, contrastive=False)
-    method = _BrokenTargets(runner, None, adapt_cfg=broken, tau=0.8, progress=False, guard_cfg=cfg)
+    config = DittaConfig.from_preset("default", tau=0.8)
+    config = dataclasses.replace(config, adapt=broken, guard=cfg)
+    method = _BrokenTargets(runner, None, config, progress=False)
     info = method.adapt(frames)
     assert info["guard"]["refused"] and method.refused
     assert info["guard"]["changed"] > 0.1
@@ -71,8 +76,8 @@ def test_guard_refuses_a_broken_adaptation_and_the_iss_serves():
     ref = runner.predict(frames[0])
     assert np.array_equal(out.labels, ref.labels)  # the ISS serves, not the broken model
     # the same adaptation without the guard is served, and differs from the ISS
-    unguarded = _BrokenTargets(runner, None, adapt_cfg=broken, tau=0.8, progress=False,
-                               guard_cfg=GuardConfig(enabled=False, conf=0.0))
+    unguarded = _BrokenTargets(runner, None, dataclasses.replace(config, guard=GuardConfig(enabled=False, conf=0.0)),
+                               progress=False)
     info = unguarded.adapt(frames)
     assert not unguarded.refused and info["guard"]["reasons"]
     unguarded.start_stream()

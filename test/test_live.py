@@ -105,14 +105,16 @@ def test_refused_adaptation_serves_the_iss_model_with_a_warning():
 
 
 def test_live_config_resolves_presets_and_overrides():
-    d = LiveConfig().method_configs()
-    assert d["adapt_cfg"].params == "addon" and d["guard_cfg"].enabled and d["max_gap"] == 0.2
-    f = LiveConfig(preset="faithful", iters=2, guard=True).method_configs()
-    assert f["adapt_cfg"].params == "decoder" and f["adapt_cfg"].iters == 2 and f["max_gap"] == 0.0
-    assert f["target_cfg"].candidate == "backend"
-    assert not LiveConfig(guard=False).method_configs()["guard_cfg"].enabled
+    d = LiveConfig().ditta_config()
+    assert d.adapt.params == "addon" and d.guard.enabled and d.max_gap == 0.2 and d.preset == "default"
+    f = LiveConfig(preset="faithful", iters=2, guard=True).ditta_config()
+    assert f.adapt.params == "decoder" and f.adapt.iters == 2 and f.max_gap == 0.0
+    assert f.target.candidate == "backend" and not f.guard.enabled  # guard true keeps the preset's
+    assert not LiveConfig(guard=False).ditta_config().guard.enabled
     with pytest.raises(ValueError, match="preset"):
-        LiveConfig(preset="best").method_configs()
+        LiveConfig(preset="best").ditta_config()
+    rt = LiveConfig(backend="openvino", openvino_precision="f32", torch_threads=2).runtime()
+    assert (rt.backend, rt.openvino_precision, rt.threads) == ("openvino", "f32", 2)
 
 
 def test_warmup_seconds_close_the_window_early():
@@ -148,8 +150,8 @@ def test_auto_readapt_starts_a_new_warmup_after_a_scene_change():
     from ditta_ros.inference import Prediction
 
     scene = {"cls": 0}  # the streamed labels are all one class; the scene then switches to another
-    live._stream = lambda frozen, frame, stamp, gen: (Prediction(np.full(frame.shape[:2], scene["cls"], np.uint8),
-                                                                 np.ones(frame.shape[:2], np.float32)), "adapted")
+    live.serving._adapted = lambda frozen, frame, stamp: (Prediction(np.full(frame.shape[:2], scene["cls"], np.uint8),
+                                                                     np.ones(frame.shape[:2], np.float32)), "adapted")
     for _ in range(4):
         live.process(_frame())
     assert live.phase == Phase.STREAMING
@@ -182,7 +184,7 @@ def test_iss_phase_and_adapted_model_serve_on_openvino_with_a_cached_export(tmp_
     quick, _ = live.process(small, stamp=0.05)
     assert live.status()["preparing"] == "iss 44x30" and np.array_equal(quick.labels, runner.predict(small).labels)
     live.wait_idle(120)
-    assert live._iss_method.ready_for((30, 44))
+    assert live.serving.iss.ready_for((30, 44))
     for i in (2, 3):  # the size change restarted the warm-up window: two more frames fill it
         live.process(_frame(seed=i), stamp=0.05 * i)
     live.wait_idle(120)
@@ -276,23 +278,23 @@ def test_a_saved_adaptation_restarts_in_streaming_and_checks_the_model(tmp_path,
 
     import torch
 
-    from ditta_ros.params import ParameterError
+    from ditta_ros.live import ParameterError
 
     live = _adapted()
     assert live.checkpoint and os.path.isfile(live.checkpoint)  # saved on reaching STREAMING
-    before = {k: v.clone() for k, v in live._frozen.net.state_dict().items()}
+    before = {k: v.clone() for k, v in live.serving.frozen.net.state_dict().items()}
     with torch.no_grad():  # an adaptation that differs from the weights it started from
-        for p in live._frozen.net.addon.parameters():
+        for p in live.serving.frozen.net.addon.parameters():
             p.add_(0.01 * torch.randn_like(p))
     path = live.save(str(tmp_path / "home" / ".cache" / "ditta" / "adapted" /
                           "espnetv2-s2.0-cityscapes-1024x512_40x56_later.pt"))
     again = LivePipeline(LiveConfig(backend="torch", adapted_checkpoint=path), _runner(),
                          method_factory=lambda r: _FakeMethod(r))
     assert again.phase == Phase.STREAMING and again.checkpoint == path
-    saved, loaded = live._frozen.net.state_dict(), again._frozen.net.state_dict()
+    saved, loaded = live.serving.frozen.net.state_dict(), again.serving.frozen.net.state_dict()
     assert all(torch.equal(saved[k], loaded[k]) for k in saved)
     assert any(not torch.equal(loaded[k], before[k]) for k in loaded if k.startswith("addon."))
-    live._frozen.reset()
+    live.serving.frozen.reset()
     ref = live.process(_frame(seed=1), stamp=0.0)[0]
     pred, phase = again.process(_frame(seed=1), stamp=0.0)
     assert phase == Phase.STREAMING and again.last_source == live.last_source == "adapted"
@@ -321,11 +323,12 @@ def test_a_nan_producing_adapted_model_falls_back_to_the_iss_and_is_dropped(capl
     import copy
 
     live = _adapted()
-    broken = copy.deepcopy(live._frozen.net)  # its own copy: the ISS model must stay finite
+    broken = copy.deepcopy(live.serving.frozen.net)  # its own copy: the ISS model must stay finite
     for p in broken.iss.parameters():
         p.data.fill_(float("nan"))
-    live._frozen = live._freeze(broken)
-    live._frozen.prepare((40, 56))
+    frozen = live.serving.freeze(broken)
+    frozen.prepare((40, 56))
+    live.serving.install(frozen)
     with caplog.at_level(logging.WARNING, logger="ditta"):
         for i in range(NONFINITE_LIMIT + 3):
             pred, _ = live.process(_frame(seed=i), stamp=i * 0.05)
@@ -349,8 +352,8 @@ def test_frame_loop_counts_drops_and_bad_messages_and_carries_on():
             return np.zeros((4, 4), np.float32), 0.0
         return _frame(seed=int(msg)), float(msg)
 
-    loop = FrameLoop(live, decode, lambda m, lab, conf, src: published.append((m, lab.shape, src)),
-                     output_resolution="network", warn=warned.append)
+    loop = FrameLoop(live, lambda m, lab, conf, src: published.append((m, lab.shape, src)),
+                     output_resolution="network", warn=warned.append, decode=decode)
     loop.offer("1")
     loop.offer("2")  # replaces "1", which is dropped
     assert loop.step(1.0) and not loop.step(0.05)
@@ -425,8 +428,11 @@ def test_core_logging_is_forwarded_to_another_logger():
 def test_a_readaptation_refits_a_refittable_engine_instead_of_building_another(monkeypatch, tmp_path):
     """TensorRT engines are refittable (``swap_weights``): the re-adapted weights go into the
     engine that serves the size already; no second engine is built."""
-    import ditta_ros.runtime as rt
-    from ditta_ros.streaming import FrozenDiTTA
+    import ditta_ros.runtime.serving as rt
+    from ditta_ros.presets import DittaConfig
+    from ditta_ros.runtime import FrozenDiTTA, RuntimeOptions
+
+    config, trt = DittaConfig.from_preset("default", tau=0.8), RuntimeOptions(backend="tensorrt")
 
     class Engine:
         name = "tensorrt"
@@ -442,7 +448,7 @@ def test_a_readaptation_refits_a_refittable_engine_instead_of_building_another(m
 
     built, exported, held = [], [], []
     runner = _runner()
-    first = FrozenDiTTA(DiTTANet(runner.model).eval(), 0.8, "tensorrt")
+    first = FrozenDiTTA(DiTTANet(runner.model).eval(), config, trt)
 
     def export(net, hw, *a):
         held.append(("export", first.lock.locked()))
@@ -454,16 +460,16 @@ def test_a_readaptation_refits_a_refittable_engine_instead_of_building_another(m
             held.append(("swap", first.lock.locked()))
             super().swap_weights(path)
 
-    monkeypatch.setattr(rt, "_cached_export", export)
+    monkeypatch.setattr(rt, "cached_export", export)
     monkeypatch.setattr(rt, "select_backend", lambda *a, **k: built.append(Refittable((40, 56))) or built[-1])
     first.prepare((40, 56))
-    second = FrozenDiTTA(DiTTANet(runner.model).eval(), 0.8, "tensorrt")
+    second = FrozenDiTTA(DiTTANet(runner.model).eval(), config, trt)
     second.prepare((40, 56), previous=first)
     assert len(built) == 1 and second.backend is first.backend and built[0].swapped == [str(tmp_path / "m.onnx")]
     assert exported[-1] is second.net  # the new weights were exported for the refit
     # the export runs while the serving model may still step; only the swap waits for its step
     assert held[-2:] == [("export", False), ("swap", True)]
-    third = FrozenDiTTA(DiTTANet(runner.model).eval(), 0.8, "tensorrt")
+    third = FrozenDiTTA(DiTTANet(runner.model).eval(), config, trt)
     third.prepare((30, 44), previous=first)  # another size: a new engine
     assert len(built) == 2
 
@@ -477,9 +483,9 @@ def test_a_readaptation_refits_a_refittable_engine_instead_of_building_another(m
                 raise error
 
         monkeypatch.setattr(rt, "select_backend", lambda *a, **k: built.append(Failing((40, 56))) or built[-1])
-        old = FrozenDiTTA(DiTTANet(runner.model).eval(), 0.8, "tensorrt")
+        old = FrozenDiTTA(DiTTANet(runner.model).eval(), config, trt)
         old.prepare((40, 56))
-        new = FrozenDiTTA(DiTTANet(runner.model).eval(), 0.8, "tensorrt")
+        new = FrozenDiTTA(DiTTANet(runner.model).eval(), config, trt)
         new.prepare((40, 56), previous=old)
         assert new.backend is not old.backend  # a new engine either way
         return old
@@ -508,7 +514,7 @@ def test_a_failing_adapted_backend_falls_back_and_a_failed_preparation_is_not_re
         def describe(self):
             return "failing"
 
-    live._frozen.backend = Failing()
+    live.serving.frozen.backend = Failing()
     pred, _ = live.process(_frame(seed=2))
     assert live.last_source == "fallback" and pred.labels.shape == (40, 56)
     assert live.counters.by_model["fallback"] == 1
@@ -519,7 +525,7 @@ def test_a_failing_adapted_backend_falls_back_and_a_failed_preparation_is_not_re
         calls.append(net)
         raise RuntimeError("no engine for this size")
 
-    live._freeze = broken_freeze
+    live.serving.freeze = broken_freeze
     with caplog.at_level(logging.ERROR, logger="ditta"):
         for i in range(4):
             pred, _ = live.process(_frame(30, 44, seed=i))
@@ -541,7 +547,7 @@ def test_after_a_checkpoint_start_the_iss_for_a_new_size_is_prepared_in_the_back
                      export_dir=str(tmp_path / "export"), engine_cache=str(tmp_path / "engines"))
     runner = _runner()
     again = LivePipeline(cfg, runner, method_factory=lambda r: _FakeMethod(r))
-    assert again.phase == Phase.STREAMING and again._frozen.ready_for((40, 56))
+    assert again.phase == Phase.STREAMING and again.serving.frozen.ready_for((40, 56))
     again.process(_frame(seed=1), stamp=0.0)
     assert again.last_source == "adapted"
     small = _frame(30, 44, seed=2)
@@ -558,4 +564,4 @@ def test_after_a_checkpoint_start_the_iss_for_a_new_size_is_prepared_in_the_back
     pred, _ = again.process(small, stamp=0.15)
     assert again.status()["preparing"] == "iss 44x30" and np.array_equal(pred.labels, runner.predict(small).labels)
     again.wait_idle(120)
-    assert again._iss_method.ready_for((30, 44))
+    assert again.serving.iss.ready_for((30, 44))

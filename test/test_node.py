@@ -213,7 +213,7 @@ def test_node_from_an_adapted_checkpoint_serves_any_size_and_encoding_and_recove
     import copy
 
     from ditta_ros.adapt import DiTTANet
-    from ditta_ros.export import save_adapted
+    from ditta_ros.checkpoint import save_adapted
     from ditta_ros.iss import load_model
 
     model, _ = load_model(MODEL)

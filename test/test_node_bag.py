@@ -12,7 +12,7 @@ import rclpy
 
 from conftest import make_spin_until, stop_process
 
-from ditta_ros import bag
+from ditta_ros.tools import bag
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,7 +46,7 @@ def test_bag_played_into_the_node_and_recorded(shared, tmp_path):
          "-p", "status_period:=0.25", "-p", f"export_dir:={tmp_path}/export",
          "-p", f"checkpoint_dir:={tmp_path}/adapted"], env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
     rec = str(tmp_path / "rec")
-    recorder = subprocess.Popen([sys.executable, "-m", "ditta_ros.cli", "bag", "record", bag.SEMANTIC_TOPIC,
+    recorder = subprocess.Popen([sys.executable, "-m", "ditta_ros", "bag", "record", bag.SEMANTIC_TOPIC,
                                  "--out", rec, "--count", "12", "--duration", "240"], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     old = dict(os.environ)
@@ -60,7 +60,7 @@ def test_bag_played_into_the_node_and_recorded(shared, tmp_path):
         spin_until = make_spin_until(client, node_proc, log_path)
 
         assert spin_until(lambda: statuses and statuses[-1]["state"] == "WARMUP", 120), log_path.read_text()[-2000:]
-        player = subprocess.Popen([sys.executable, "-m", "ditta_ros.cli", "bag", "play", src, "--lockstep",
+        player = subprocess.Popen([sys.executable, "-m", "ditta_ros", "bag", "play", src, "--lockstep",
                                    "--pause-after", "3", "--wait", "120"], env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True)
 

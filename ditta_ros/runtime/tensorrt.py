@@ -27,6 +27,8 @@ from typing import Optional
 
 import numpy as np
 
+from ..paths import ENGINE_CACHE
+
 log = logging.getLogger("ditta.runtime")
 
 
@@ -99,7 +101,7 @@ class TensorRTBackend:
 
     Args:
         onnx_path: the exported model; its metadata JSON beside it.
-        cache_dir: engine + timing cache folder (default ``~/.cache/ditta/engines``).
+        cache_dir: engine + timing cache folder (default :data:`ditta_ros.paths.ENGINE_CACHE`).
         fp16: build in fp16; ``None`` follows the metadata's ``precision``.
 
     Raises:
@@ -116,7 +118,7 @@ class TensorRTBackend:
             self.meta = json.load(f)
         self.fp16 = self.meta.get("precision") == "fp16" if fp16 is None else bool(fp16)
         self.frame_hw = tuple(self.meta["frame_hw"])
-        cache_dir = cache_dir or os.path.expanduser("~/.cache/ditta/engines")
+        cache_dir = cache_dir or os.path.expanduser(ENGINE_CACHE)
         os.makedirs(cache_dir, exist_ok=True)
         gpu = torch.cuda.get_device_name()
         key = engine_cache_key(self.meta["sha256"], trt.__version__, gpu, self.fp16)

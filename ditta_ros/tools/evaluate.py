@@ -1,7 +1,7 @@
 """Offline evaluation of a method on one clip (the engine behind ``ditta eval``).
 
 :func:`prepare_eval` opens the clip, the model and the label map; :func:`run_eval` builds
-the method (:func:`ditta_ros.methods.make_method`) and evaluates it: what ``ditta eval``
+the method (:func:`ditta_ros.tools.methods.make_method`) and evaluates it: what ``ditta eval``
 and ``ditta compare`` run. :func:`evaluate_clip` applies the protocol (W2F split), lets
 the method adapt on the warm-up frames, streams the evaluation frames through it, maps
 predictions to the clip's label set, accumulates the metrics and writes:
@@ -32,12 +32,12 @@ from typing import Dict, List, Mapping, Optional
 
 import numpy as np
 
-from .data import Clip
-from .inference import ISSRunner
-from .iss import ModelInfo
-from .labels import IGNORE_INDEX, LabelMap, LabelSet, get_label_set
-from .metrics import ConfusionMatrix, consistency_windows, frame_miou, video_consistency
-from .protocol import DEFAULT_WARMUP_RATIO, Method, w2f_split
+from ..data import Clip
+from ..inference import ISSRunner
+from ..iss import ModelInfo
+from ..labels import IGNORE_INDEX, LabelMap, LabelSet, get_label_set
+from ..metrics import ConfusionMatrix, consistency_windows, frame_miou, summarize
+from ..protocol import DEFAULT_WARMUP_RATIO, Method, w2f_split
 
 log = logging.getLogger("ditta.eval")
 
@@ -196,8 +196,7 @@ def evaluate_clip(clip: Clip, method: Method, bridge: LabelBridge, out_dir: str,
 
     iou = total.iou()
     result.update({
-        "mIoU": 100 * total.miou(), "wIoU": 100 * total.wiou(),
-        **{f"mVC{n}": 100 * video_consistency(preds, gts, n) for n in windows},
+        **summarize(total, preds, gts, windows),
         "pixel_accuracy": 100 * total.pixel_accuracy(),
         "fps": len(split.evaluate) / infer_s if infer_s > 0 else float("nan"),
         "stream_setup_seconds": setup_s,
@@ -245,9 +244,9 @@ def prepare_eval(clip_path: str, model: str, label_map: Optional[str] = None, ma
         FileNotFoundError: clip or weights missing; ValueError / KeyError: unknown model or
             label map, :class:`LabelSetMismatch`.
     """
-    from .data import open_clip
-    from .iss import load_model
-    from .labels import load_label_map
+    from ..data import open_clip
+    from ..iss import load_model
+    from ..labels import load_label_map
 
     clip = open_clip(clip_path, max_frames)
     net, info = load_model(model)
@@ -259,7 +258,7 @@ def prepare_eval(clip_path: str, model: str, label_map: Optional[str] = None, ma
 def run_eval(setup: EvalSetup, method: str, out_dir: str, options: Optional[Mapping[str, object]] = None,
              warmup_ratio: int = DEFAULT_WARMUP_RATIO, overlays: int = 4, progress: bool = True) -> Dict[str, object]:
     """``ditta eval``: build ``method`` around ``setup.runner`` with ``options`` (exactly the
-    :func:`~ditta_ros.methods.make_method` options it takes) and evaluate it on ``setup.clip``
+    :func:`~ditta_ros.tools.methods.make_method` options it takes) and evaluate it on ``setup.clip``
     into ``out_dir`` (:func:`evaluate_clip`). A ``ditta`` run without a ``cache_tag`` option
     keys its cached distillation targets by model, clip path, ``max_frames`` and warm-up ratio.
 
@@ -280,7 +279,7 @@ def run_eval(setup: EvalSetup, method: str, out_dir: str, options: Optional[Mapp
     log.info("%s on %s (%d frames), model %s [%s], eval label set %s, device %s", method, setup.clip.name,
              len(setup.clip), setup.info.name, setup.info.family, setup.bridge.eval_set.name, setup.runner.device)
     info = {"model": setup.info.name, "family": setup.info.family, "device": str(setup.runner.device),
-            "backend": opts.get("backend", "torch"), "label_map": setup.label_map.name if setup.label_map else None}
+            "backend": opts["runtime"].backend if "runtime" in opts else "torch", "label_map": setup.label_map.name if setup.label_map else None}
     return evaluate_clip(setup.clip, m, setup.bridge, out_dir, warmup_ratio=warmup_ratio, info=info,
                          overlays=overlays, progress=progress)
 

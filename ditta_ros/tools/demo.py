@@ -8,7 +8,7 @@
 
 The node runs with the package's ``config/ditta.yaml`` plus the few overrides the
 demo needs (model, teacher, warm-up length, export folder). The replay is
-unhurried by default (:mod:`ditta_ros.route`: pause during adaptation, lockstep
+unhurried by default (:mod:`ditta_ros.tools.route`: pause during adaptation, lockstep
 afterwards) so every frame gets a label; ``lockstep=False`` plays at the bag's
 rate and lets the node drop what it cannot keep up with, as a live camera would.
 
@@ -30,7 +30,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from .bag import SEMANTIC_TOPIC, latency_stats, make_bag, read_images, receive_times
-from .live import LiveConfig
+from ..live import LiveConfig
 
 log = logging.getLogger("ditta.demo")
 
@@ -120,10 +120,10 @@ def run_demo(cfg: DemoConfig) -> Dict[str, object]:
         RuntimeError: the node route failed (the node log path is in the message).
         ValueError: the recording holds no label image.
     """
-    from .resources import local_ros_env, share_dir
+    from ..resources import local_ros_env, share_dir
     from .route import pick_image_topic, run_route
 
-    from .iss import load_model
+    from ..iss import load_model
 
     t_start = time.monotonic()
     src = cfg.input or default_video()
@@ -185,11 +185,13 @@ def _iss_pass(cfg: DemoConfig, model, info, frames: Dict[int, np.ndarray], stamp
     comparison differs only in the adaptation and the add-on."""
     from tqdm import tqdm
 
-    from .inference import ISSRunner
-    from .labels import get_label_set
+    from ..inference import ISSRunner
+    from ..labels import get_label_set
+    from ..runtime.options import RuntimeOptions
     from .methods import make_method
 
-    iss_method = make_method("iss-stream", ISSRunner(model, cfg.device), backend=cfg.backend)
+    iss_method = make_method("iss-stream", ISSRunner(model, cfg.device),
+                             runtime=RuntimeOptions(backend=cfg.backend, device=cfg.device))
     t0 = time.perf_counter()
     iss = {s: iss_method.predict(frames[s]).labels for s in tqdm(stamps, desc="frame-wise ISS", unit="frame",
                                                                   disable=not cfg.progress)}
@@ -199,7 +201,7 @@ def _iss_pass(cfg: DemoConfig, model, info, frames: Dict[int, np.ndarray], stamp
 def _flip_table(stamps, iss, ditta, n_warm) -> List[Dict[str, object]]:
     """One row per frame that has a DiTTA label image: flips of both methods over the
     same sequence of frames (frames the node dropped are left out of both)."""
-    from .metrics import label_flips
+    from ..metrics import label_flips
 
     kept = [s for s in stamps if s in ditta]
     f_iss = label_flips([iss[s] for s in kept])

@@ -1,0 +1,108 @@
+"""Fusion gates: where the add-on may use the previous frame (``has_prev`` of the streaming
+state, :class:`~ditta_ros.streaming.StreamingDiTTA`).
+
+* ``max_gap`` (:func:`apply_gates`): frames farther apart than this many seconds are served by
+  the plain branch everywhere.
+* The motion gate (ours, optional: :class:`MotionGate`). The add-on can only attend to the ``(2r+1)^2`` window around a position of the previous frame; where the scene
+moved farther than that between the two processed frames (a sparse stream: a 1 Hz
+data set, or a CPU node that processes every 15th camera frame), the attention
+cannot find the correspondence and the fused result is wrong. The gate measures
+the motion with dense optical flow (OpenCV DIS, from the current frame to the
+previous one) and sets ``has_prev = 0`` where the displacement exceeds the
+window's reach in frame pixels (:meth:`~ditta_ros.streaming.StreamingDiTTA.window_reach`), or where
+the flow does not explain the image (the previous frame warped by the flow differs
+from the current one by more than ``max_residual`` grey levels on average over a
+9 x 9 neighbourhood of the flow grid: a flow that failed
+on a large motion reports a small one): there the plain branch serves. The reach
+follows from the geometry (radius x add-on cell size); the residual limit (20 of
+255) was fixed before any accuracy was measured.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+
+
+class MotionGate:
+    """Per-pixel fusion gate from dense optical flow (see the module docstring).
+
+    Args:
+        reach: ``(reach_y, reach_x)`` in frame pixels (:meth:`~ditta_ros.streaming.StreamingDiTTA.window_reach`).
+        scale: the flow is computed on frames resized by this factor (speed), and
+            its vectors scaled back.
+        max_residual: largest grey-level difference (0..255) between the current frame
+            and the flow-warped previous one for which the flow is trusted.
+
+    ``__call__(frame)`` takes each streamed uint8 RGB ``[H, W, 3]`` frame in order and
+    returns float32 ``[H, W]``: 1 where the pixel's displacement to the previous frame
+    stays within the reach on both axes, 0 elsewhere and on the first frame.
+    """
+
+    def __init__(self, reach: Tuple[float, float], scale: float = 0.5, max_residual: float = 20.0):
+        import cv2
+
+        self.reach = (float(reach[0]), float(reach[1]))
+        self.scale = float(scale)
+        self.max_residual = float(max_residual)
+        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
+        self._prev: Optional[np.ndarray] = None
+        self.last_share = 0.0  # share of pixels allowed to fuse on the last frame
+
+    def reset(self) -> None:
+        """Forget the previous frame (a new stream)."""
+        self._prev = None
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        import cv2
+
+        h, w = frame.shape[:2]
+        small = cv2.resize(frame, (max(8, round(w * self.scale)), max(8, round(h * self.scale))),
+                           interpolation=cv2.INTER_AREA)
+        gray = cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_RGB2GRAY)
+        prev, self._prev = self._prev, gray
+        if prev is None or prev.shape != gray.shape:
+            self.last_share = 0.0
+            return np.zeros((h, w), np.float32)
+        flow = self._dis.calc(gray, prev, None)  # current -> previous, in the small frame's pixels
+        gh, gw = gray.shape
+        gx, gy = np.meshgrid(np.arange(gw, dtype=np.float32), np.arange(gh, dtype=np.float32))
+        warped = cv2.remap(prev, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_REPLICATE)
+        residual = cv2.blur(np.abs(warped.astype(np.float32) - gray.astype(np.float32)), (9, 9))  # local mean
+        explained = residual <= self.max_residual
+        flow = flow / self.scale  # frame pixels
+        ok = ((np.abs(flow[..., 1]) <= self.reach[0]) & (np.abs(flow[..., 0]) <= self.reach[1])
+              & explained).astype(np.uint8)
+        mask = cv2.resize(ok, (w, h), interpolation=cv2.INTER_NEAREST).astype(np.float32)
+        self.last_share = float(mask.mean())
+        return mask
+
+
+
+def apply_gates(state, frame: np.ndarray, gate: Optional[MotionGate], interval: Optional[float],
+                max_gap: float):
+    """The state a streaming step gets after the fusion gates: the motion ``gate``'s
+    mask (the gate sees every frame, also the first), and ``has_prev = 0`` everywhere
+    when ``max_gap > 0`` and the known frame ``interval`` (s) exceeds it. ``None`` (a
+    stream's first frame) stays ``None``."""
+    if gate is not None:
+        state = gate_state(state, gate(frame))
+    if state is not None and max_gap > 0 and interval is not None and interval > max_gap:
+        state = gate_state(state, np.zeros(frame.shape[:2], np.float32))
+    return state
+
+
+def gate_state(state, mask: np.ndarray):
+    """``state`` with its ``has_prev`` multiplied by the gate's ``mask`` (same type and device)."""
+    if state is None:
+        return None
+    hp = state[2]
+    if isinstance(hp, torch.Tensor):
+        m = torch.from_numpy(mask).to(device=hp.device, dtype=hp.dtype)
+    else:
+        m = mask.astype(np.asarray(hp).dtype)
+    return (state[0], state[1], hp * m)
+

@@ -1,0 +1,192 @@
+"""The node's frame loop without ROS: a one-slot :class:`Mailbox` between the subscription
+callback and the inference loop, :class:`FrameLoop` (decode, the pipeline, output size,
+the publish sink, counters, rate-limited warnings) and :class:`FrameStats`."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable, Dict, Optional
+
+import cv2
+
+from ..imgmsg import ImageDecodeError, UnsupportedEncoding, decode_message
+from .phases import Counters
+from .pipeline import LivePipeline
+
+log = logging.getLogger("ditta.live")
+
+
+class Mailbox:
+    """One-slot mailbox between a callback that must never block and the inference loop:
+    the newest item replaces a waiting one (which is counted as dropped)."""
+
+    def __init__(self):
+        self._item = None
+        self._cv = threading.Condition()
+        self._open = True
+
+    def put(self, item) -> bool:
+        """Leave ``item``; True when it replaced one that was still waiting."""
+        with self._cv:
+            dropped = self._item is not None
+            self._item = item
+            self._cv.notify()
+        return dropped
+
+    def get(self, timeout: float = 0.5):
+        """The waiting item (removed), or ``None`` after ``timeout`` s or once closed."""
+        with self._cv:
+            if self._item is None and self._open:
+                self._cv.wait(timeout)
+            item, self._item = self._item, None
+            return item
+
+    def close(self) -> None:
+        """Wake the consumer; later ``get`` calls return at once."""
+        with self._cv:
+            self._open = False
+            self._cv.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return not self._open
+
+
+class FrameStats:
+    """Smoothed output figures (exponential moving averages, weight 0.1): ``fps`` of the
+    published label images, ``latency_ms`` (publish time minus the input's stamp: meaningful
+    for wall-clock stamps, not for bag replays), ``processing_ms`` (publish minus receive)."""
+
+    def __init__(self):
+        self.fps = self.latency_ms = self.processing_ms = 0.0
+        self.last_out: Optional[float] = None
+
+    @staticmethod
+    def _ema(old: float, new: float) -> float:
+        return new if old == 0 else 0.9 * old + 0.1 * new
+
+    def update(self, stamp: float, received: float, now: float) -> None:
+        """One label image published at ``now`` (s, wall clock) for an input stamped ``stamp``
+        and received at ``received``."""
+        self.latency_ms = self._ema(self.latency_ms, (now - stamp) * 1000.0)
+        self.processing_ms = self._ema(self.processing_ms, (now - received) * 1000.0)
+        if self.last_out is not None:
+            self.fps = self._ema(self.fps, 1.0 / max(1e-6, now - self.last_out))
+        self.last_out = now
+
+    def as_dict(self) -> Dict[str, float]:
+        """``{fps, latency_ms, processing_ms}``, rounded, for the status."""
+        return {"fps": round(self.fps, 3), "latency_ms": round(self.latency_ms, 1),
+                "processing_ms": round(self.processing_ms, 1)}
+
+
+class FrameLoop:
+    """The node's inference loop without ROS: a :class:`Mailbox` filled by the subscription
+    callback, decoding, the pipeline, the output size, publishing, counters and statistics.
+
+    Args:
+        pipeline: the :class:`LivePipeline`.
+        publish: the sink, ``(message, labels [h, w], confidence float32 [h, w], source) -> None``
+            (the node's publishers).
+        output_resolution: ``input`` (the frame's size) | ``network`` (the model input's).
+        warn: ``str -> None`` for the per-message warnings (the node's logger).
+        decode: ``message -> (frame uint8 [H, W, 3] RGB, stamp s)``, raising
+            :class:`~ditta_ros.imgmsg.UnsupportedEncoding` / :class:`~ditta_ros.imgmsg.ImageDecodeError`
+            (default: :func:`~ditta_ros.imgmsg.decode_message`).
+
+    The frame path runs one way: the node's callback :meth:`offer` s a message; the loop takes
+    it, decodes it, runs the pipeline, sizes the output and hands it to ``publish``.
+
+    A bad message is counted by reason and skipped; the loop never dies on one message.
+    ``enabled = False`` pauses inference (messages are counted as ``paused``); the
+    adaptation and the stream state are kept.
+    """
+
+    def __init__(self, pipeline: LivePipeline, publish: Callable, output_resolution: str = "input",
+                 warn: Callable[[str], None] = log.warning, decode: Callable = decode_message):
+        self.pipeline, self.decode, self.publish = pipeline, decode, publish
+        self.output_resolution, self.warn = output_resolution, warn
+        self.mailbox = Mailbox()
+        self.stats = FrameStats()
+        self.enabled = True
+        self.last_in: Optional[float] = None  # wall time of the last message received
+        self._warned = set()
+
+    @property
+    def counters(self) -> Counters:
+        """The pipeline's :class:`Counters` (one set for the loop and the pipeline)."""
+        return self.pipeline.counters
+
+    def offer(self, msg, received: Optional[float] = None) -> None:
+        """Subscription callback body: never blocks."""
+        received = time.time() if received is None else received
+        self.last_in = received
+        c = self.counters
+        c.frames_in += 1
+        if not self.enabled:
+            c.paused += 1
+            return
+        if self.mailbox.put((msg, received)):
+            c.dropped += 1
+
+    def run(self, alive: Callable[[], bool] = lambda: True) -> None:
+        """Take messages until :meth:`stop` or ``alive()`` turns false (checked every 0.5 s)."""
+        while not self.mailbox.closed and alive():
+            self.step(0.5)
+
+    def step(self, timeout: float = 0.5) -> bool:
+        """Handle the waiting message (waiting up to ``timeout`` s for one); a bad one is
+        counted by reason and logged. True when a message was taken."""
+        item = self.mailbox.get(timeout)
+        if item is None or self.mailbox.closed:
+            return False
+        msg, received = item
+        try:
+            self.handle(msg, received)
+        except UnsupportedEncoding as exc:
+            self._bad("unsupported_encoding", exc, once=getattr(msg, "encoding", str(exc)))
+        except ImageDecodeError as exc:
+            self._bad("decode_error", exc)
+        except ValueError as exc:
+            self._bad("bad_output", exc)
+        except Exception as exc:  # never die on one message
+            self._bad("internal_error", exc)
+        return True
+
+    def stop(self) -> None:
+        """End :meth:`run` (it returns within 0.5 s)."""
+        self.mailbox.close()
+
+    def handle(self, msg, received: float) -> None:
+        """Decode, run, resize to the output size, publish, count one message."""
+        frame, stamp = self.decode(msg)
+        pred, _ = self.pipeline.process(frame, stamp)
+        labels, conf = pred.labels, pred.confidence
+        if self.output_resolution == "network":
+            h, w = self.pipeline.runner.model.preprocess.input_hw(frame.shape[:2])
+            labels = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
+            conf = cv2.resize(conf, (w, h), interpolation=cv2.INTER_LINEAR)
+        self.publish(msg, labels, conf, self.pipeline.last_source)
+        self.counters.frames_out += 1
+        self.stats.update(stamp, received, time.time())
+
+    def _bad(self, reason: str, exc: Exception, once: str = None) -> None:
+        """Count a bad message; warn once per ``once`` key (an unknown encoding), else for the
+        first 3 of each reason and every 100th after (a broken camera must not flood the log)."""
+        c = self.counters
+        c.bad += 1
+        n = c.bad_reasons[reason] = c.bad_reasons.get(reason, 0) + 1
+        if once is not None:
+            if once in self._warned:
+                return
+            self._warned.add(once)
+        elif n > 3 and n % 100:
+            return
+        self.warn(f"skipped a message ({reason}, {n} so far): {exc}")
+
+    def status(self) -> Dict[str, object]:
+        """The pipeline's status with the output statistics and ``enabled``."""
+        return {**self.pipeline.status(), **self.stats.as_dict(), "enabled": self.enabled}

@@ -1,0 +1,204 @@
+"""Which model answers a frame in the live pipeline (:class:`Serving`):
+
+* the adapted model (:class:`~ditta_ros.runtime.FrozenDiTTA`) when there is one and it is
+  prepared for the frame's size; a new size is prepared in the background while the ISS
+  serves; a failure on a frame (a non-finite output, a runtime error) makes the ISS serve that
+  frame (``fallback``), and after :data:`NONFINITE_LIMIT` in a row the adapted model is dropped;
+* else the pre-trained ISS model on the serving backend (:class:`~ditta_ros.runtime.ServedISS`,
+  its plain graph exported once per model and frame size), or torch's frame-wise runner while
+  that graph is prepared in the background (``iss_backend: false``: always torch).
+
+One thread calls :meth:`Serving.answer` (the inference loop); :meth:`install`, :meth:`drop`
+and :meth:`reset` may come from others. At most one background preparation runs at a time;
+one that failed is not retried until :meth:`reset`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable, Dict, Optional, Tuple
+
+import numpy as np
+
+from ..inference import ISSRunner, Prediction
+from ..presets import DittaConfig
+from ..runtime import FrozenDiTTA, RuntimeOptions, ServedISS
+
+log = logging.getLogger("ditta.live")
+
+#: consecutive failures of the adapted model after which it is dropped (ISS serves)
+NONFINITE_LIMIT = 10
+
+
+class Serving:
+    """The models of the live pipeline and the choice between them (module docstring).
+
+    Args:
+        runner: torch's frame-wise ISS runner (the pre-trained model).
+        config: the DiTTA configuration the adapted models are frozen with.
+        runtime: the serving runtime.
+        iss_backend: serve the pre-trained model on ``runtime`` too (else torch's runner).
+
+    Attributes:
+        frozen: the adapted model being served (``None``: none); meta: what its checkpoint records.
+        preparing: what the background thread prepares (``None``: nothing).
+        error: the last failed preparation (``None`` after :meth:`reset`).
+        dropped: why the adapted model was last dropped (``None``: it was not).
+    """
+
+    def __init__(self, runner: ISSRunner, config: DittaConfig, runtime: RuntimeOptions, iss_backend: bool = True):
+        self.runner, self.config, self.runtime, self.iss_backend = runner, config, runtime, iss_backend
+        self.frozen: Optional[FrozenDiTTA] = None
+        self.meta: Dict[str, object] = {}
+        self.preparing: Optional[str] = None
+        self.error: Optional[str] = None
+        self.dropped: Optional[str] = None
+        self.iss: Optional[ServedISS] = None  # the pre-trained model on the serving runtime
+        self._lock = threading.Lock()
+        self._failed = set()  # preparations that failed: not retried until reset()
+        self._thread: Optional[threading.Thread] = None
+        self._nonfinite = 0
+        self._last_stamp: Optional[float] = None  # stamp of the last frame the adapted model streamed
+        self._served_any = False
+
+    def freeze(self, net) -> FrozenDiTTA:
+        """``net`` frozen for serving with this configuration and runtime."""
+        return FrozenDiTTA(net, self.config, self.runtime)
+
+    # -- the served adapted model ----------------------------------------------------------
+    def install(self, frozen: Optional[FrozenDiTTA], meta: Optional[Dict[str, object]] = None) -> None:
+        """Serve ``frozen`` (``None``: the ISS) from the next frame on."""
+        with self._lock:
+            self.frozen, self.meta, self._nonfinite = frozen, dict(meta or {}), 0
+
+    def current(self) -> Tuple[Optional[FrozenDiTTA], Dict[str, object]]:
+        """``(frozen, meta)`` as one snapshot."""
+        with self._lock:
+            return self.frozen, dict(self.meta)
+
+    def reset(self) -> None:
+        """Forget failed preparations and their error (a reset or a new warm-up)."""
+        with self._lock:
+            self._failed, self.error, self.dropped = set(), None, None
+
+    # -- per frame --------------------------------------------------------------------------
+    def answer(self, frame: np.ndarray, stamp: float, adapted: bool = True) -> Tuple[Prediction, str]:
+        """The prediction of one uint8 RGB ``[H, W, 3]`` frame and its source (``iss`` |
+        ``adapted`` | ``fallback``); ``adapted=False`` serves the ISS whatever is installed.
+
+        Raises:
+            ValueError: a non-finite output of the ISS model.
+        """
+        frozen = self.frozen
+        pred, source = None, "iss"
+        if frozen is not None and adapted:
+            pred, source = self._adapted(frozen, frame, stamp)
+        if pred is None:
+            pred = self._iss(frame)
+            if not np.isfinite(pred.confidence).all():
+                raise ValueError("non-finite confidence in the model output")
+        self._served_any = True
+        return pred, source
+
+    def _adapted(self, frozen: FrozenDiTTA, frame: np.ndarray, stamp: float) -> Tuple[Optional[Prediction], str]:
+        """The adapted model on one frame; no prediction when it cannot serve this frame: a new
+        frame size (``"iss"``: prepared in the background meanwhile) or a failure (``"fallback"``)."""
+        hw = tuple(frame.shape[:2])
+        if not frozen.ready_for(hw):
+            self._prepare_adapted(frozen, hw)
+            return None, "iss"
+        interval = None if self._last_stamp is None else stamp - self._last_stamp
+        self._last_stamp = stamp
+        try:
+            pred = frozen.step(frame, interval)
+            problem = None if np.isfinite(pred.confidence).all() else "a non-finite output"
+        except Exception as exc:  # a runtime failure must not take every frame down with it
+            problem = f"an error ({type(exc).__name__}: {exc})"
+        if problem is None:
+            self._nonfinite = 0
+            return pred, "adapted"
+        self._nonfinite += 1
+        if self._nonfinite == 1 or self._nonfinite % 100 == 0:
+            log.warning("the adapted model gave %s (%d in a row): serving the ISS model for this frame", problem,
+                        self._nonfinite)
+        if self._nonfinite >= NONFINITE_LIMIT:
+            with self._lock:
+                if self.frozen is frozen:
+                    self.frozen, self.meta = None, {}
+                    self.dropped = (f"the adapted model failed on {NONFINITE_LIMIT} frames in a row (last: "
+                                    f"{problem}); serving the ISS model (readapt to try again)")
+                    log.warning("%s", self.dropped)
+        return None, "fallback"
+
+    def _iss(self, frame: np.ndarray) -> Prediction:
+        """The pre-trained model on one frame, on the serving backend. At start-up (nothing
+        served yet) the first frame size is prepared before the first label, so every label
+        comes from the serving model as ``ditta eval --method iss-stream`` computes it; any
+        later preparation runs in the background while torch's frame-wise runner serves."""
+        if not self.iss_backend:
+            return self.runner.predict(frame)
+        if self.iss is None:
+            self.iss = ServedISS(self.runner, self.runtime)
+        hw = tuple(frame.shape[:2])
+        if self.iss.ready_for(hw):
+            return self.iss.predict(frame)
+        what = f"iss {hw[1]}x{hw[0]}"
+        starting = not self.iss.prepared and self.frozen is None and not self._served_any
+        if starting and what not in self._failed:  # nothing served yet: serve from the first label on
+            try:
+                return self.iss.predict(frame)
+            except Exception as exc:
+                self._failure(what, exc)
+                return self.runner.predict(frame)
+        iss = self.iss
+        self._in_background(what, lambda: iss.prepare(hw))
+        return self.runner.predict(frame)
+
+    # -- background preparation ------------------------------------------------------------
+    def _prepare_adapted(self, frozen: FrozenDiTTA, hw: Tuple[int, int]) -> None:
+        """Prepare the adapted model for a new frame size in the background (an export and,
+        with TensorRT, an engine build take long); the ISS serves meanwhile."""
+        def job():
+            fresh = self.freeze(frozen.net)
+            fresh.prepare(hw)
+            with self._lock:
+                if self.frozen is frozen:
+                    self.frozen = fresh
+                    self.meta = dict(self.meta, frame_hw=list(hw))
+            log.info("adapted model ready for %dx%d frames on %s", hw[1], hw[0], fresh.describe())
+
+        if self._in_background(f"adapted {hw[1]}x{hw[0]}", job):
+            log.warning("frame size changed %s -> %s: serving the ISS model while the adapted one is prepared for "
+                        "the new size", frozen.frame_hw, hw)
+
+    def _in_background(self, what: str, job: Callable[[], None]) -> bool:
+        """Run ``job`` in the preparation thread unless one runs or ``what`` failed before.
+        True when it was started."""
+        if what in self._failed or (self._thread is not None and self._thread.is_alive()):
+            return False
+
+        def work():
+            try:
+                job()
+            except Exception as exc:
+                self._failure(what, exc)
+            finally:
+                self.preparing = None
+
+        self.preparing = what
+        self._thread = threading.Thread(target=work, name="ditta-prepare", daemon=True)
+        self._thread.start()
+        return True
+
+    def _failure(self, what: str, exc: Exception) -> None:
+        log.error("could not prepare %s: %s", what, exc, exc_info=exc)
+        with self._lock:
+            self._failed.add(what)
+            self.error = f"preparing {what}: {type(exc).__name__}: {exc}"
+
+    def join(self, timeout: Optional[float] = None) -> bool:
+        """Wait up to ``timeout`` s for the preparation thread; True when none is running."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self._thread is None or not self._thread.is_alive()

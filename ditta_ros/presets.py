@@ -1,0 +1,178 @@
+"""DiTTA's hyper-parameters: one :class:`DittaConfig`, built from a named preset plus
+overrides (:meth:`DittaConfig.from_preset`) by every front door -- the node
+(:meth:`ditta_ros.live.config.LiveConfig.ditta_config`), ``ditta eval``, ``ditta suite``,
+the demo and the benchmarks -- and written back as the stored hyper-parameters of a run
+(:meth:`DittaConfig.hyper`).
+
+Presets (:data:`PRESETS`):
+
+* ``faithful`` -- the official code's hyper-parameters: targets as upstream, the decoder
+  adapted with the official losses, no guard, no fusion gate, the add-on branch at frame
+  resolution;
+* ``default`` -- what the decision rule of ``docs/dev_set_rule.md`` chose on the development
+  set: gated targets, only the add-on adapted (corrected losses), the guard on, no add-on
+  fusion for frames more than 0.2 s apart, the add-on branch's probabilities on its own
+  grid (``fusion="grid"``, addendum 2 of that rule).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+from .adapt import FAITHFUL_ADAPT, AdaptConfig
+from .addon import DEFAULT_TAU
+from .guard import GuardConfig
+from .teacher.targets import FAITHFUL_TARGETS, TargetConfig
+
+#: where the add-on branch is turned into probabilities and reliability
+#: (:class:`~ditta_ros.streaming.StreamingDiTTA`)
+FUSIONS = ("frame", "grid")
+
+
+@dataclass(frozen=True)
+class DittaConfig:
+    """Every hyper-parameter of the DiTTA method.
+
+    Attributes:
+        preset: the preset this configuration started from (:data:`PRESETS`).
+        target: distillation targets (Sec. 3.2, Eq. 4; :class:`~ditta_ros.teacher.targets.TargetConfig`).
+        adapt: test-time adaptation (Eq. 5-8; :class:`~ditta_ros.adapt.AdaptConfig`).
+        guard: the do-no-harm guard (:class:`~ditta_ros.guard.GuardConfig`).
+        tau: reliability threshold of the Eq. 3 fusion, in [0, 1] (0: the add-on is off).
+        motion_gate: fuse only where optical flow stays within the add-on's window
+            (:class:`~ditta_ros.gates.MotionGate`).
+        max_gap: seconds; frames farther apart are served by the plain branch (0: no limit).
+        fusion: ``frame`` (official) | ``grid`` (:class:`~ditta_ros.streaming.StreamingDiTTA`).
+        addon_stride: pooling of the decoder grid for the add-on (0: the model card's).
+
+    Raises:
+        ValueError: ``tau`` outside [0, 1], a negative ``max_gap`` or ``addon_stride``, an
+            unknown ``fusion``.
+    """
+
+    preset: str
+    target: TargetConfig
+    adapt: AdaptConfig
+    guard: GuardConfig
+    tau: float = DEFAULT_TAU
+    motion_gate: bool = False
+    max_gap: float = 0.0
+    fusion: str = "frame"
+    addon_stride: int = 0
+
+    def __post_init__(self):
+        if not 0.0 <= self.tau <= 1.0:
+            raise ValueError(f"tau must lie in [0, 1], got {self.tau}")
+        if self.max_gap < 0 or self.addon_stride < 0:
+            raise ValueError(f"max_gap and addon_stride must be >= 0, got {self.max_gap}, {self.addon_stride}")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+
+    @classmethod
+    def from_preset(cls, name: str = "default", **overrides) -> "DittaConfig":
+        """Preset ``name`` with ``overrides`` applied; an override of ``None`` keeps the
+        preset's value.
+
+        Override keys (:func:`override_keys`): a field of :class:`TargetConfig` or
+        :class:`AdaptConfig` (``lr``, ``iters``, ``max_track``, ...), ``guard_<field>`` of
+        :class:`GuardConfig` (``guard_enabled``, ``guard_max_changed``, ...), and ``tau``,
+        ``motion_gate``, ``max_gap``, ``fusion``, ``addon_stride``. Numbers are converted to
+        the field's type (an integer is accepted for a float).
+
+        Raises:
+            ValueError: unknown preset or key, or a value a config rejects.
+        """
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+        base = PRESETS[name]
+        groups = {"target": {}, "adapt": {}, "guard": {}}
+        scalars = {}
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            group = _KEY_GROUP.get(key)
+            if group is None:
+                raise ValueError(f"unknown DiTTA option {key!r}; options: {', '.join(override_keys())}")
+            if group == "":
+                scalars[key] = _typed(getattr(base, key), value, key)
+            else:
+                field = key[len("guard_"):] if group == "guard" else key
+                groups[group][field] = _typed(getattr(getattr(base, group), field), value, key)
+        return dataclasses.replace(base, preset=name, **scalars,
+                                   **{g: dataclasses.replace(getattr(base, g), **ch) for g, ch in groups.items() if ch})
+
+    def hyper(self, runtime=None) -> Dict[str, object]:
+        """The stored hyper-parameters of a run (``result.json`` ``hyper``; a stored suite
+        run is reused only when they match): the three configs, ``tau``, the gates, the
+        newer options only when not their default (runs stored before they existed stay
+        comparable), and ``runtime``'s :meth:`~ditta_ros.runtime.options.RuntimeOptions.hyper`."""
+        out = {"target": dataclasses.asdict(self.target), "adapt": dataclasses.asdict(self.adapt), "tau": self.tau,
+               "guard": dataclasses.asdict(self.guard), "motion_gate": self.motion_gate, "max_gap": self.max_gap}
+        if runtime is not None:
+            out.update(runtime.hyper())
+        if self.fusion != "frame":
+            out["fusion"] = self.fusion
+        if self.addon_stride:
+            out["addon_stride"] = self.addon_stride
+        return out
+
+
+def _typed(current, value, key: str):
+    """``value`` as the type of ``current`` (bool, int, float or str)."""
+    try:
+        if isinstance(current, bool):
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if isinstance(current, int) and not (isinstance(value, float) and value != int(value)):
+            return int(value)
+        return type(current)(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"DiTTA option {key!r}: {value!r} is not a {type(current).__name__}") from None
+
+
+#: the named configurations (module docstring)
+PRESETS: Dict[str, DittaConfig] = {
+    "faithful": DittaConfig("faithful", FAITHFUL_TARGETS, FAITHFUL_ADAPT, GuardConfig(enabled=False), DEFAULT_TAU,
+                            motion_gate=False, max_gap=0.0, fusion="frame", addon_stride=0),
+    "default": DittaConfig("default", TargetConfig(), AdaptConfig(), GuardConfig(), DEFAULT_TAU,
+                           motion_gate=False, max_gap=0.2, fusion="grid", addon_stride=0),
+}
+
+_SCALARS = ("tau", "motion_gate", "max_gap", "fusion", "addon_stride")
+
+
+def _key_groups() -> Dict[str, str]:
+    keys: Dict[str, str] = {k: "" for k in _SCALARS}
+    for group, cls, prefix in (("target", TargetConfig, ""), ("adapt", AdaptConfig, ""), ("guard", GuardConfig, "guard_")):
+        for f in dataclasses.fields(cls):
+            name = prefix + f.name
+            if name in keys:  # a name two configs share would be ambiguous
+                raise AssertionError(f"option {name!r} belongs to two configs")
+            keys[name] = group
+    return keys
+
+
+_KEY_GROUP = _key_groups()
+
+
+def override_keys() -> tuple:
+    """Every key :meth:`DittaConfig.from_preset` accepts."""
+    return tuple(_KEY_GROUP)
+
+
+def preset_value(name: str, key: str) -> Optional[object]:
+    """The value of override ``key`` in preset ``name`` (help texts: "preset: ...").
+
+    Raises:
+        ValueError: unknown preset or key.
+    """
+    cfg = DittaConfig.from_preset(name)
+    group = _KEY_GROUP.get(key)
+    if group is None:
+        raise ValueError(f"unknown DiTTA option {key!r}")
+    if group == "":
+        return getattr(cfg, key)
+    return getattr(getattr(cfg, group), key[len("guard_"):] if group == "guard" else key)

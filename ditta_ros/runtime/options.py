@@ -1,0 +1,78 @@
+"""How and where the frozen model runs: one :class:`RuntimeOptions` object, passed whole
+from its owner (the node's parameters, ``ditta eval`` flags, a suite variant) to the
+runtime (:func:`ditta_ros.runtime.streaming_backend`, :class:`ditta_ros.runtime.serving.FrozenDiTTA`).
+
+Adding an option touches this class, the parameter table (:mod:`ditta_ros.params`) and the
+backend that reads it; nothing in between.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Dict
+
+from ..paths import ENGINE_CACHE, EXPORT_DIR
+from .openvino import PRECISIONS
+
+#: the backends in fallback order (``auto`` walks it from the start)
+CHAIN = ("tensorrt", "openvino", "onnxruntime", "torch")
+#: what a ``backend`` option accepts
+BACKENDS = ("auto",) + CHAIN
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """Runtime of the frozen streaming model.
+
+    Attributes:
+        backend: ``auto`` | ``tensorrt`` | ``openvino`` | ``onnxruntime`` | ``torch``
+            (:func:`ditta_ros.runtime.select_backend`).
+        device: torch device of the ISS model, the adaptation and the torch backend
+            (``cpu`` | ``cuda`` | ``cuda:N`` | ``auto``).
+        threads: torch intra-op threads (0: torch's default, one per core).
+        fp16: half precision on TensorRT and torch CUDA.
+        openvino_device: OpenVINO device name (``CPU`` | ``GPU`` | ``GPU.N`` | ``NPU``).
+        openvino_precision: ``auto`` (the device's default: bf16 on CPUs with bf16 units) |
+            ``f32`` | ``bf16`` | ``f16`` (:class:`~ditta_ros.runtime.openvino.OpenVINOBackend`).
+        export_dir: folder of the exported ONNX graphs (``~`` allowed).
+        engine_cache: TensorRT engines and OpenVINO compiled models (``~`` allowed).
+
+    Raises:
+        ValueError: an unknown ``backend`` or ``openvino_precision``, or ``threads < 0``.
+    """
+
+    backend: str = "torch"
+    device: str = "cpu"
+    threads: int = 0
+    fp16: bool = False
+    openvino_device: str = "CPU"
+    openvino_precision: str = "auto"
+    export_dir: str = EXPORT_DIR
+    engine_cache: str = ENGINE_CACHE
+
+    def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}; choose {', '.join(BACKENDS)}")
+        if self.openvino_precision not in PRECISIONS:
+            raise ValueError(f"OpenVINO precision must be one of {', '.join(PRECISIONS)}, "
+                             f"got {self.openvino_precision!r}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0, got {self.threads}")
+
+    def replace(self, **changes) -> "RuntimeOptions":
+        """A copy with ``changes`` (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def hyper(self) -> Dict[str, object]:
+        """The runtime's part of a run's stored hyper-parameters (``result.json`` ``hyper``):
+        only what differs from the torch defaults, so runs stored before an option existed
+        stay comparable."""
+        out: Dict[str, object] = {}
+        if self.backend != "torch":
+            out["backend"] = self.backend
+        if self.fp16:
+            out["fp16"] = True
+        if self.backend in ("openvino", "auto"):
+            out["openvino_precision"] = self.openvino_precision
+        return out

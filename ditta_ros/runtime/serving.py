@@ -1,0 +1,294 @@
+"""Serving a network on a runtime backend: one construction for the node, ``ditta eval`` and
+the benchmarks.
+
+* :func:`streaming_backend` -- the backend that serves a (pre-trained or adapted) network on
+  frames of one size: export (cached, :mod:`.export_cache`), backend chain (:mod:`.select`),
+  refit of a serving engine in place, and :class:`SkipAddon` (the plain graph where no pixel
+  may use the previous frame);
+* :class:`FrozenDiTTA` -- an adapted network frozen for serving: a backend per frame size,
+  the state carried frame to frame, the fusion gates (:mod:`ditta_ros.gates`) applied;
+* :class:`ServedISS` -- the pre-trained model's plain graph (``tau = 0``), a backend per frame
+  size (the node's warm-up, ``adapt: false`` and fallback labels; ``ditta eval --method
+  iss-stream``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from typing import Optional, Tuple
+
+import numpy as np
+
+from ..gates import MotionGate, apply_gates
+from ..inference import Prediction
+from ..presets import DittaConfig
+from ..streaming import StreamingDiTTA
+from .export_cache import KEEP_EXPORTS, cached_export, prune_exports
+from .options import RuntimeOptions
+from .select import accelerated_runtime_available, select_backend
+
+log = logging.getLogger("ditta.runtime")
+
+
+def streaming_backend(net, frame_hw, tau: float, options: RuntimeOptions = RuntimeOptions(), name: Optional[str] = None,
+                      label_set: str = "", classes=(), fusion: str = "frame", refit=None, refit_lock=None):
+    """The runtime backend that serves a (pre-trained or adapted) network on frames of
+    ``frame_hw`` (module docstring).
+
+    The exported ONNX lives in ``<options.export_dir>/<name>_<H>x<W>/``
+    (:func:`~.export_cache.cached_export`): the plain ISS graph (``tau = 0``) of a model and
+    frame size is exported once and reused across restarts; an adapted network gets its own
+    file. No export is made when the chain ends on torch anyway (``auto`` without an
+    accelerated runtime, or ``torch``).
+
+    Args:
+        net: :class:`~ditta_ros.adapt.DiTTANet` (not modified: the export copies it).
+        frame_hw: ``(H, W)`` frame size in pixels.
+        tau: fusion threshold (0 = plain ISS branch only).
+        options: :class:`~.options.RuntimeOptions` (backend, precision, devices, cache folders;
+            the torch backend runs channels-last on the CPU).
+        name: model name used in file names and metadata (default: the ISS model's
+            ``info.name``, as :func:`ditta_ros.iss.load_model` attaches it).
+        label_set, classes: recorded in the export metadata.
+        fusion: ``frame`` | ``grid`` (:class:`~ditta_ros.streaming.StreamingDiTTA`).
+        refit: a backend serving the same model and frame size with other weights (a
+            re-adaptation): when it can swap weights in place (TensorRT's refittable
+            engines, ``swap_weights``) it is refitted from the new export and returned,
+            instead of building a new engine. The export runs first; only the swap holds
+            ``refit_lock`` (the serving thread's step lock). A failed refit marks ``refit``
+            unusable (``unusable`` attribute: TensorRT may have swapped part of the
+            weights) and a new engine is built.
+        refit_lock: a lock held around ``swap_weights`` (``None``: none).
+
+    Returns:
+        a backend with ``step(frame, state) -> (labels, confidence, state)`` and ``describe()``.
+
+    Raises:
+        RuntimeError: as :func:`~.select.select_backend`.
+    """
+    requested = options.backend
+    frame_hw = (int(frame_hw[0]), int(frame_hw[1]))
+    name = name or getattr(getattr(net.iss, "info", None), "name", None) or "model"
+    engine_root = os.path.expanduser(options.engine_cache)
+    # engines, like exports, in one folder per model and frame size
+    engine_dir = os.path.join(engine_root, f"{name}_{frame_hw[0]}x{frame_hw[1]}")
+    onnx_path = None
+    if requested != "torch" and (requested != "auto" or accelerated_runtime_available()):
+        onnx_path = cached_export(net, frame_hw, tau, options.export_dir, name, options.fp16, fusion, label_set, classes)
+    if refit is not None and onnx_path is not None and _same_graph(refit, onnx_path, frame_hw):
+        from .tensorrt import RefitRefused
+
+        try:
+            with refit_lock if refit_lock is not None else contextlib.nullcontext():
+                refit.swap_weights(onnx_path)
+            log.info("refitted the %s engine with the weights of %s", getattr(refit, "name", "runtime"), onnx_path)
+            return refit
+        except RefitRefused as exc:  # the engine is untouched and keeps serving
+            log.warning("the engine refused the new weights (%s): building a new one", exc)
+        except Exception as exc:
+            refit.unusable = f"refit failed: {exc}"
+            log.warning("refitting the engine failed (%s): building a new one", exc)
+
+    def torch_model():  # built only when the chain reaches torch (its construction runs the network once)
+        return StreamingDiTTA(net, frame_hw, tau, fusion=fusion)
+
+    backend = select_backend(options, onnx_path=onnx_path, torch_model=torch_model, engine_dir=engine_dir)
+    if os.path.isdir(engine_dir):
+        prune_exports(engine_dir, KEEP_EXPORTS)
+        if os.path.isdir(os.path.join(engine_dir, "openvino")):
+            prune_exports(os.path.join(engine_dir, "openvino"), 2 * KEEP_EXPORTS, patterns=("*.blob",))
+    if tau > 0 and getattr(backend, "name", None) in ("openvino", "onnxruntime"):
+        # a second, plain graph for the frames where no pixel may use the previous one
+        plain = streaming_backend(net, frame_hw, 0.0, options.replace(backend=backend.name), name=name,
+                                  label_set=label_set, classes=classes)
+        backend = SkipAddon(backend, plain)
+    return backend
+
+
+def _same_graph(backend, onnx_path: str, frame_hw) -> bool:
+    """True when ``backend`` can take the weights of ``onnx_path`` in place: it can swap
+    weights, serves the same frame size and, where it knows its export's metadata, the same
+    tau, fusion and precision."""
+    if not hasattr(backend, "swap_weights") or tuple(getattr(backend, "frame_hw", ())) != tuple(frame_hw):
+        return False
+    meta = getattr(backend, "meta", None)
+    if not isinstance(meta, dict):
+        return True
+    with open(onnx_path[:-len(".onnx")] + ".json") as f:
+        new = json.load(f)
+    return all(meta.get(k) == new.get(k) for k in ("tau", "fusion", "precision", "frame_hw"))
+
+
+class SkipAddon:
+    """A streaming backend that runs the plain graph (``tau = 0``, no add-on) whenever no
+    pixel of the state may use the previous frame (``has_prev`` all 0: a stream's first
+    frame, frames farther apart than ``max_gap``), and the full graph otherwise. The
+    result is the same (the fusion keeps the plain branch wherever ``has_prev = 0``); the
+    add-on's cost is only paid when it can change a label. Same interface as the backends."""
+
+    def __init__(self, full, plain):
+        self.full, self.plain = full, plain
+        self.frame_hw = full.frame_hw
+
+    def describe(self) -> str:
+        """The full graph's description."""
+        return self.full.describe()
+
+    def initial_state(self):
+        """The full graph's zero state."""
+        return self.full.initial_state()
+
+    def step(self, frame, state=None):
+        """As the wrapped backends' ``step``."""
+        if state is None or float(state[-1].max()) <= 0.5:
+            if frame.dtype != np.uint8 or frame.shape != (*self.frame_hw, 3):
+                return self.full.step(frame, state)  # the full graph raises the usual ValueError
+            return self.plain.step(frame, None)
+        return self.full.step(frame, state)
+
+
+class FrozenDiTTA:
+    """An adapted network frozen for serving, the one place a DiTTA network is frozen: the
+    streaming model on a runtime backend per frame size, its state carried frame to frame,
+    the fusion gates (motion gate, ``max_gap``: :mod:`ditta_ros.gates`) applied.
+    :class:`~ditta_ros.ditta.DiTTAMethod` (evaluation, guard) and the live pipeline (node)
+    both serve through it.
+
+    Args:
+        net: the adapted :class:`~ditta_ros.adapt.DiTTANet` (eval mode; not modified).
+        config: the :class:`~ditta_ros.presets.DittaConfig` whose ``tau`` (Eq. 3 threshold;
+            0: the plain branch only), ``fusion``, ``motion_gate`` and ``max_gap`` (seconds;
+            frames farther apart are served by the plain branch; 0: off) it serves with.
+        runtime: :class:`~.options.RuntimeOptions` (backend, precision, cache folders).
+
+    One thread steps it; a re-adaptation that refits this model's engine in place
+    (``prepare(previous=this)``) exports first and holds :attr:`lock` only for the weight
+    swap, so this model keeps serving meanwhile.
+    """
+
+    def __init__(self, net, config: DittaConfig, runtime: RuntimeOptions = RuntimeOptions()):
+        self.net = net.eval()
+        self.config, self.runtime = config, runtime
+        self.tau = float(config.tau)
+        self.backend = None
+        self.frame_hw: Optional[Tuple[int, int]] = None
+        self._gate: Optional[MotionGate] = None
+        self._state = None
+        self.lock = threading.Lock()  # held while stepping, and by a refit of this model's engine
+
+    @property
+    def num_classes(self) -> int:
+        """Classes of the label set."""
+        return self.net.iss.num_classes
+
+    def prepare(self, frame_hw, previous: Optional["FrozenDiTTA"] = None):
+        """Build the backend (export, compile; refit ``previous``'s engine where the backend
+        can, :func:`streaming_backend`) and the gate for frames of
+        ``frame_hw``; a new stream starts. Returns the backend.
+
+        Raises:
+            RuntimeError / ValueError: no usable backend (as :func:`ditta_ros.runtime.select_backend`).
+        """
+        hw = (int(frame_hw[0]), int(frame_hw[1]))
+        refit = previous is not None and previous.frame_hw == hw and hasattr(previous.backend, "swap_weights")
+        self.backend = streaming_backend(self.net, hw, self.tau, self.runtime, fusion=self.config.fusion,
+                                         refit=previous.backend if refit else None,
+                                         refit_lock=previous.lock if refit else None)
+        self._gate = MotionGate(StreamingDiTTA(self.net, hw, self.tau).window_reach()) \
+            if self.config.motion_gate and self.tau > 0 else None
+        self.frame_hw, self._state = hw, None
+        return self.backend
+
+    def ready_for(self, frame_hw) -> bool:
+        """True when the backend serves frames of ``frame_hw`` without re-preparing."""
+        return self.backend is not None and self.frame_hw == tuple(frame_hw)
+
+    def reset(self) -> None:
+        """Start a new stream (the next frame uses no previous one)."""
+        self._state = None
+        if self._gate is not None:
+            self._gate.reset()
+
+    def describe(self) -> str:
+        """The backend's description (``"unprepared"`` before :meth:`prepare`)."""
+        return self.backend.describe() if self.backend is not None else "unprepared"
+
+    def step(self, frame: np.ndarray, interval: Optional[float] = None):
+        """One uint8 RGB ``[H, W, 3]`` frame -> :class:`~ditta_ros.inference.Prediction`
+        (prepares the backend first when the frame size is new; ``interval``: seconds since
+        the previous frame, for ``max_gap``; ``None``: unknown).
+
+        Raises:
+            RuntimeError: the backend was left unusable by a failed refit; ValueError: a bad frame.
+        """
+        if not self.ready_for(frame.shape[:2]):
+            self.prepare(frame.shape[:2])
+        state = apply_gates(self._state, frame, self._gate, interval, self.config.max_gap)
+        with self.lock:
+            unusable = getattr(self.backend, "unusable", None)
+            if unusable:
+                raise RuntimeError(f"the engine of this model is unusable ({unusable})")
+            labels, conf, self._state = self.backend.step(frame, state)
+        return Prediction.of(labels, conf, self.num_classes)
+
+
+class ServedISS:
+    """The pre-trained ISS model served through its plain graph (``tau = 0``, the add-on off): the
+    same preprocessing (in-graph antialiased resize) and output path that DiTTA streams with,
+    on a runtime backend per frame size (at most four sizes kept: a camera that changes size
+    now and then). :meth:`prepare` may run in another thread than :meth:`predict`.
+
+    Args:
+        runner: the :class:`~ditta_ros.inference.ISSRunner` (its model).
+        runtime: :class:`~.options.RuntimeOptions`.
+    """
+
+    def __init__(self, runner, runtime: RuntimeOptions = RuntimeOptions()):
+        self.runner, self.runtime = runner, runtime
+        self._ready = {}  # frame_hw -> backend
+
+    def prepare(self, frame_hw) -> None:
+        """Export (cached) and load the plain-ISS graph for frames of ``frame_hw``.
+
+        Raises:
+            RuntimeError: no usable backend (:func:`streaming_backend`).
+        """
+        from ..adapt import DiTTANet
+
+        hw = (int(frame_hw[0]), int(frame_hw[1]))
+        t0 = time.perf_counter()
+        model = streaming_backend(DiTTANet(self.runner.model), hw, 0.0, self.runtime)
+        log.info("ISS model on %s for %dx%d frames (ready in %.1f s)", model.describe(), hw[1], hw[0],
+                 time.perf_counter() - t0)
+        if len(self._ready) >= 4:
+            self._ready.pop(next(iter(self._ready)), None)
+        self._ready[hw] = model
+
+    @property
+    def prepared(self) -> bool:
+        """True once a graph has been prepared for some frame size."""
+        return bool(self._ready)
+
+    def ready_for(self, frame_hw) -> bool:
+        """True when frames of ``frame_hw`` are served without preparing first."""
+        return tuple(frame_hw) in self._ready
+
+    def predict(self, frame: np.ndarray) -> Prediction:
+        """uint8 RGB ``[H, W, 3]`` -> labels and Eq. 2 reliability at frame size (prepares the
+        graph for a new size first).
+
+        Raises:
+            ValueError: a bad frame.
+        """
+        hw = tuple(frame.shape[:2])
+        model = self._ready.get(hw)
+        if model is None:
+            self.prepare(hw)
+            model = self._ready[hw]
+        labels, conf, _ = model.step(frame, None)
+        return Prediction.of(labels, conf, self.runner.model.num_classes)
