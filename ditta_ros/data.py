@@ -217,11 +217,40 @@ class VideoClip(Clip):
         return rgb
 
 
-def open_clip(path: str, max_frames: Optional[int] = None) -> Clip:
-    """Open a clip folder, a VSPW video folder or a video file.
+class StridedClip(Clip):
+    """Every ``stride``-th frame of ``clip`` (its frames 0, stride, 2 stride, ...) with their labels:
+    what a node that processes ``clip.fps / stride`` frames a second sees of the stream. ``fps`` is
+    ``clip.fps / stride`` (a frame interval of ``stride / clip.fps`` s); the name gets ``_s<stride>``.
+
+    Raises:
+        ValueError: ``stride`` < 1.
+    """
+
+    def __init__(self, clip: Clip, stride: int):
+        if int(stride) < 1:
+            raise ValueError(f"stride must be >= 1, got {stride}")
+        self.base, self.stride = clip, int(stride)
+        self.name = f"{clip.name}_s{self.stride}"
+        self.fps = clip.fps / self.stride
+        self.label_set, self.classes, self.ignore_index = clip.label_set, clip.classes, clip.ignore_index
+
+    def __len__(self):
+        return (len(self.base) + self.stride - 1) // self.stride
+
+    def frame(self, i):
+        return self.base.frame(i * self.stride)
+
+    def label(self, i):
+        return self.base.label(i * self.stride)
+
+
+def open_clip(path: str, max_frames: Optional[int] = None, stride: int = 1) -> Clip:
+    """Open a clip folder, a VSPW video folder or a video file; its first ``max_frames`` frames, then
+    every ``stride``-th of them (:class:`StridedClip`; 1: all).
 
     Raises:
         ClipError: the path does not exist or is none of the supported layouts.
+        ValueError: ``max_frames`` or ``stride`` < 1.
     """
     if not os.path.exists(path):
         raise ClipError(f"clip not found: {path}")
@@ -233,4 +262,5 @@ def open_clip(path: str, max_frames: Optional[int] = None) -> Clip:
         clip = VSPWClip(path)
     else:
         raise ClipError(f"{path} is neither a clip folder (frames/), a VSPW video (origin/) nor a video file")
-    return clip.limit(max_frames)
+    clip = clip.limit(max_frames)
+    return StridedClip(clip, stride) if int(stride) != 1 else clip

@@ -230,9 +230,12 @@ def resolve(values: Dict[str, object], check_files: bool = True):
     live = LiveConfig(**{f.name: checked[f.name] for f in fields(LiveConfig)})
     try:
         live.ditta_config()
-        live.runtime()
     except ValueError as exc:
         raise ParameterError("preset", checked["preset"], str(exc)) from exc
+    try:
+        live.runtime()
+    except ValueError as exc:
+        raise ParameterError("backend", checked["backend"], str(exc)) from exc
     node = NodeOptions(**{f.name: checked[f.name] for f in fields(NodeOptions)})
     return live, node
 

@@ -123,10 +123,12 @@ def _typed(current, value, key: str):
     """``value`` as the type of ``current`` (bool, int, float or str)."""
     try:
         if isinstance(current, bool):
-            if not isinstance(value, bool):
+            if isinstance(value, bool) or value in (0, 1):
+                return bool(value)
+            raise TypeError
+        if isinstance(current, int):
+            if isinstance(value, float) and value != int(value):
                 raise TypeError
-            return value
-        if isinstance(current, int) and not (isinstance(value, float) and value != int(value)):
             return int(value)
         return type(current)(value)
     except (TypeError, ValueError):

@@ -10,6 +10,7 @@ import pytest
 from conftest import CAMVID
 from ditta_ros.tools.cli import main
 from ditta_ros.tools.evaluate import LabelSetMismatch, bridge_label_sets
+from ditta_ros.data import open_clip
 from ditta_ros.labels import load_label_map
 from ditta_ros.protocol import w2f_split, warmup_length
 
@@ -98,3 +99,49 @@ def test_adaptive_methods_run_end_to_end(shared, tmp_path, method, frames, extra
         assert rc == 0 and json.loads((out / "result.json").read_text())["teacher_seconds"] == 0
     if method == "tent":
         assert res["losses"]["entropy_last"] > 0
+
+
+def test_stride_feeds_every_nth_frame_and_its_interval(tmp_path):
+    """``--stride 3`` on a 12-frame 15 Hz clip: the method adapts on and predicts every 3rd frame of the
+    stream (0, 3, 6, 9), warm-up included, with a frame interval of 3/15 s, and is scored on those
+    frames' labels."""
+    import cv2
+    import yaml
+
+    from ditta_ros.inference import Prediction
+    from ditta_ros.protocol import Method
+    from ditta_ros.tools.evaluate import evaluate_clip
+
+    root = tmp_path / "clip"
+    (root / "frames").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for i in range(12):
+        cv2.imwrite(str(root / "frames" / f"{i:06d}.png"), np.full((6, 8, 3), i, np.uint8))
+        cv2.imwrite(str(root / "labels" / f"{i:06d}.png"), np.full((6, 8), i % 3, np.uint8))
+    (root / "clip.yaml").write_text(yaml.safe_dump({"fps": 15, "label_set": "camvid11"}))
+
+    class Spy(Method):
+        name = "spy"
+
+        def __init__(self):
+            self.warm, self.seen = [], []
+
+        def adapt(self, frames):
+            self.warm = [int(f[0, 0, 0]) for f in frames]
+            self.interval = self.frame_interval
+            return {}
+
+        def predict(self, frame):
+            self.seen.append(int(frame[0, 0, 0]))
+            return Prediction.of(np.zeros(frame.shape[:2], np.int64), np.ones(frame.shape[:2], np.float32), 11)
+
+    clip = open_clip(str(root), stride=3)
+    assert len(clip) == 4 and clip.name == "clip_s3" and clip.fps == 5.0
+    assert all(np.array_equal(clip.label(k), open_clip(str(root)).label(3 * k)) for k in range(4))
+    spy = Spy()
+    res = evaluate_clip(clip, spy, bridge_label_sets("camvid11", "camvid11", None), str(tmp_path / "out"),
+                        warmup_ratio=50, overlays=0, progress=False)
+    assert spy.warm == [0, 3] and spy.seen == [6, 9] and spy.interval == pytest.approx(3 / 15)
+    assert res["frames"] == 4 and res["labelled_eval_frames"] == 2
+    with pytest.raises(ValueError, match="stride must be >= 1"):
+        open_clip(str(root), stride=0)

@@ -124,10 +124,11 @@ def test_presets_build_configs_from_overrides_and_refuse_typos():
     f = DittaConfig.from_preset("faithful", lr=0.01, iters=3, max_track=7, guard_enabled=True, tau=1, thin_px=None)
     assert (f.adapt.lr, f.adapt.iters, f.target.max_track, f.guard.enabled) == (0.01, 3, 7, True)
     assert f.tau == 1.0 and isinstance(f.tau, float) and f.target.thin_px == PRESETS["faithful"].target.thin_px
+    assert DittaConfig.from_preset("default", motion_gate=1, iters=3.0).motion_gate is True
     assert {"lr", "max_track", "guard_max_changed", "tau", "fusion"} <= set(override_keys())
     for bad, msg in [({"lrr": 1}, "unknown DiTTA option 'lrr'"), ({"iters": 0}, "iters must be >= 1"),
                      ({"fusion": "pixel"}, "fusion must be one of"), ({"tau": 2.0}, "tau must lie"),
-                     ({"motion_gate": "yes"}, "not a bool")]:
+                     ({"motion_gate": "yes"}, "not a bool"), ({"iters": 2.5}, "not a int")]:
         with pytest.raises(ValueError, match=msg):
             DittaConfig.from_preset("default", **bad)
     with pytest.raises(ValueError, match="unknown preset 'best'"):
@@ -183,4 +184,6 @@ def test_node_eval_and_suite_build_the_same_method_from_the_same_preset_and_over
     assert ev.runtime == suite.runtime and ev.runtime.backend == "openvino" and ev.runtime.openvino_precision == "f32"
     assert live.runtime == ev.runtime.replace(backend="openvino") and node.runtime == live.runtime.replace(backend="torch")
     assert live.serving.runtime == live.runtime and live.serving.config == node.config
+    fp16 = LivePipeline(LiveConfig(fp16=True, backend="torch"), runner)
+    assert fp16.runtime.fp16 and not fp16.make_method(runner).runtime.fp16  # the guard judges fp32 weights
     assert node.config.hyper(live.runtime) == ev.config.hyper(ev.runtime)

@@ -67,9 +67,13 @@ class LivePipeline:
                  method_factory: Optional[Callable[[ISSRunner], object]] = None):
         self.cfg = cfg
         try:  # resolved once: a bad preset or runtime fails here
-            self.config, self.runtime = cfg.ditta_config(), cfg.runtime()
+            self.config = cfg.ditta_config()
         except ValueError as exc:
             raise ParameterError("preset", cfg.preset, str(exc)) from exc
+        try:
+            self.runtime = cfg.runtime()
+        except ValueError as exc:
+            raise ParameterError("backend", cfg.backend, str(exc)) from exc
         if cfg.torch_threads > 0:
             import torch
 
@@ -137,7 +141,8 @@ class LivePipeline:
 
         if self._teacher is None:
             self._teacher = self._make_teacher()
-        return DiTTAMethod(runner, self._teacher, self.config, self.runtime.replace(backend="torch"), progress=False)
+        guard_runtime = self.runtime.replace(backend="torch", fp16=False)  # the guard judges the fp32 weights
+        return DiTTAMethod(runner, self._teacher, self.config, guard_runtime, progress=False)
 
     # -- saved adaptations -------------------------------------------------------------
     def save(self, path: Optional[str] = None) -> str:
@@ -276,6 +281,9 @@ class LivePipeline:
                 return True
 
         try:
+            if stop.is_set():  # reset while waiting for the previous one: build nothing
+                self._apply(Outcome("cancelled"), gen)
+                return
             method = self.method_factory(self.runner)
         except Exception as exc:
             log.exception("adaptation failed: %s", exc)

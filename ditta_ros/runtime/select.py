@@ -71,7 +71,7 @@ def select_backend(options: RuntimeOptions = RuntimeOptions(backend="auto"), onn
         torch_model: a :class:`~ditta_ros.streaming.StreamingDiTTA` (needed by torch), or a
             zero-argument callable returning one (built only when the chain reaches torch).
         engine_dir: TensorRT engine + timing cache folder; OpenVINO's compiled-model cache
-            goes to its ``openvino`` subfolder (``None``: ``options.engine_cache``).
+            goes to its ``openvino`` subfolder (``None``: ``options.engine_cache``; empty: no cache).
 
     Raises:
         RuntimeError: nothing in the chain is usable (lists why for each).
@@ -80,7 +80,7 @@ def select_backend(options: RuntimeOptions = RuntimeOptions(backend="auto"), onn
 
     requested = options.backend
     fp16 = options.fp16 or _metadata_fp16(onnx_path)
-    engine_cache = engine_dir or os.path.expanduser(options.engine_cache)
+    engine_cache = engine_dir or (os.path.expanduser(options.engine_cache) if options.engine_cache else None)
     chain = CHAIN if requested == "auto" else CHAIN[CHAIN.index(requested):]
     reasons = []
     for name in chain:

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..gates import MotionGate, apply_gates
 from ..inference import Prediction
+from ..paths import EXPORT_DIR
 from ..presets import DittaConfig
 from ..streaming import StreamingDiTTA
 from .export_cache import KEEP_EXPORTS, cached_export, prune_exports
@@ -74,12 +75,14 @@ def streaming_backend(net, frame_hw, tau: float, options: RuntimeOptions = Runti
     requested = options.backend
     frame_hw = (int(frame_hw[0]), int(frame_hw[1]))
     name = name or getattr(getattr(net.iss, "info", None), "name", None) or "model"
-    engine_root = os.path.expanduser(options.engine_cache)
-    # engines, like exports, in one folder per model and frame size
-    engine_dir = os.path.join(engine_root, f"{name}_{frame_hw[0]}x{frame_hw[1]}")
+    # engines, like exports, in one folder per model and frame size (an empty engine_cache: no engine cache;
+    # an empty export_dir: the default folder)
+    engine_dir = os.path.join(os.path.expanduser(options.engine_cache), f"{name}_{frame_hw[0]}x{frame_hw[1]}") \
+        if options.engine_cache else None
     onnx_path = None
     if requested != "torch" and (requested != "auto" or accelerated_runtime_available()):
-        onnx_path = cached_export(net, frame_hw, tau, options.export_dir, name, options.fp16, fusion, label_set, classes)
+        onnx_path = cached_export(net, frame_hw, tau, options.export_dir or EXPORT_DIR, name, options.fp16, fusion,
+                                  label_set, classes)
     if refit is not None and onnx_path is not None and _same_graph(refit, onnx_path, frame_hw):
         from .tensorrt import RefitRefused
 
@@ -98,7 +101,7 @@ def streaming_backend(net, frame_hw, tau: float, options: RuntimeOptions = Runti
         return StreamingDiTTA(net, frame_hw, tau, fusion=fusion)
 
     backend = select_backend(options, onnx_path=onnx_path, torch_model=torch_model, engine_dir=engine_dir)
-    if os.path.isdir(engine_dir):
+    if engine_dir and os.path.isdir(engine_dir):
         prune_exports(engine_dir, KEEP_EXPORTS)
         if os.path.isdir(os.path.join(engine_dir, "openvino")):
             prune_exports(os.path.join(engine_dir, "openvino"), 2 * KEEP_EXPORTS, patterns=("*.blob",))

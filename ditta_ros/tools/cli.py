@@ -35,7 +35,7 @@ def _cmd_eval(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    setup = prepare_eval(args.clip, args.model, args.label_map, args.max_frames, args.device)
+    setup = prepare_eval(args.clip, args.model, args.label_map, args.max_frames, args.device, args.stride)
     result = run_eval(setup, args.method, args.out, method_options(args), warmup_ratio=args.warmup_ratio,
                       overlays=args.overlays, progress=not args.no_progress)
     keys = ["method", "model", "frames", "warmup_frames", "eval_frames", "mIoU", "wIoU", "mVC8", "mVC16", "fps",
@@ -55,7 +55,7 @@ def _cmd_suite(args) -> int:
             raise ValueError(f"--label-map takes SET=MAP, got {item!r}")
         maps[k] = v
     summary = run_suite(args.data_dir, args.model, args.methods, args.out, args.warmup_ratio, maps, args.force,
-                        not args.no_progress, args.bootstrap)
+                        not args.no_progress, args.bootstrap, stride=args.stride)
     with open(os.path.join(args.out, "suite.md")) as f:
         print(f.read())
     print(f"wrote {args.out}/suite.json, suite.md, suite.png (chosen: {summary['decision']['chosen']})")
@@ -263,6 +263,9 @@ def _add_eval(sub) -> None:
     e.add_argument("--warmup-ratio", type=int, default=_default(run_eval, "warmup_ratio"),
                    help="W2F warm-up percent (100 = full-video protocol)")
     e.add_argument("--max-frames", type=int, help="keep only the first N frames of the clip")
+    e.add_argument("--stride", type=int, default=_default(prepare_eval, "stride"),
+                   help="the method sees every N-th frame, warm-up included (frame interval N/fps): a node "
+                        "processing fps/N frames a second")
     e.add_argument("--device", default=_default(prepare_eval, "device"), help="cpu | cuda | cuda:N | auto")
     e.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     e.add_argument("--backend", default=_default(RuntimeOptions, "backend"), choices=list(BACKENDS),
@@ -294,6 +297,8 @@ def _add_suite(sub) -> None:
                    help="label map for clips labelled in SET (default: <model set>_to_<SET>)")
     u.add_argument("--warmup-ratio", type=int, default=_default(run_suite, "warmup_ratio"))
     u.add_argument("--bootstrap", type=int, default=_default(run_suite, "bootstrap"), help="bootstrap resamples")
+    u.add_argument("--stride", type=int, default=_default(run_suite, "stride"),
+                   help="every clip seen at every N-th frame (as ditta eval --stride; clip names get _sN)")
     u.add_argument("--force", action="store_true", help="re-run even where a matching result.json exists")
     u.add_argument("--no-progress", action="store_true")
     u.add_argument("--out", required=True)

@@ -233,12 +233,15 @@ class EvalSetup:
     info: ModelInfo
     bridge: LabelBridge
     label_map: Optional[LabelMap]
+    stride: int = 1
 
 
 def prepare_eval(clip_path: str, model: str, label_map: Optional[str] = None, max_frames: Optional[int] = None,
-                 device: str = "cpu") -> EvalSetup:
-    """Open the clip (its first ``max_frames``), load the model onto ``device`` and the label map
-    (name or YAML file), and check that they meet (:func:`bridge_label_sets`).
+                 device: str = "cpu", stride: int = 1) -> EvalSetup:
+    """Open the clip (its first ``max_frames``, then every ``stride``-th frame, warm-up included, as a
+    node processing ``fps / stride`` frames a second sees it: :class:`~ditta_ros.data.StridedClip`),
+    load the model onto ``device`` and the label map (name or YAML file), and check that they meet
+    (:func:`bridge_label_sets`).
 
     Raises:
         FileNotFoundError: clip or weights missing; ValueError / KeyError: unknown model or
@@ -248,11 +251,11 @@ def prepare_eval(clip_path: str, model: str, label_map: Optional[str] = None, ma
     from ..iss import load_model
     from ..labels import load_label_map
 
-    clip = open_clip(clip_path, max_frames)
+    clip = open_clip(clip_path, max_frames, stride)
     net, info = load_model(model)
     lmap = load_label_map(label_map) if label_map else None
     bridge = bridge_label_sets(info.label_set, clip.label_set, lmap, clip.classes)
-    return EvalSetup(clip_path, max_frames, clip, ISSRunner(net, device=device), info, bridge, lmap)
+    return EvalSetup(clip_path, max_frames, clip, ISSRunner(net, device=device), info, bridge, lmap, stride)
 
 
 def run_eval(setup: EvalSetup, method: str, out_dir: str, options: Optional[Mapping[str, object]] = None,
@@ -274,12 +277,12 @@ def run_eval(setup: EvalSetup, method: str, out_dir: str, options: Optional[Mapp
     opts = dict(options or {})
     if method == "ditta":
         opts.setdefault("cache_tag", f"{setup.info.name}|{os.path.abspath(setup.path)}|{setup.max_frames}|"
-                                     f"{warmup_ratio}")
+                                     f"{warmup_ratio}" + (f"|s{setup.stride}" if setup.stride != 1 else ""))
     m = make_method(method, setup.runner, **opts)
     log.info("%s on %s (%d frames), model %s [%s], eval label set %s, device %s", method, setup.clip.name,
              len(setup.clip), setup.info.name, setup.info.family, setup.bridge.eval_set.name, setup.runner.device)
     info = {"model": setup.info.name, "family": setup.info.family, "device": str(setup.runner.device),
-            "backend": opts["runtime"].backend if "runtime" in opts else "torch", "label_map": setup.label_map.name if setup.label_map else None}
+            "backend": opts["runtime"].backend if "runtime" in opts else "torch", "stride": setup.stride, "label_map": setup.label_map.name if setup.label_map else None}
     return evaluate_clip(setup.clip, m, setup.bridge, out_dir, warmup_ratio=warmup_ratio, info=info,
                          overlays=overlays, progress=progress)
 

@@ -264,9 +264,10 @@ def build_method(v: Variant, runner, teachers: Dict[str, object], tent_iters: Op
 def run_suite(data_dir: str, model_name: str, specs: Sequence[str], out_dir: str,
               warmup_ratio: int = DEFAULT_WARMUP_RATIO, label_maps: Optional[Dict[str, str]] = None,
               force: bool = False, progress: bool = True, bootstrap: int = 1000,
-              tent_iters: Optional[int] = None) -> Dict[str, object]:
+              tent_iters: Optional[int] = None, stride: int = 1) -> Dict[str, object]:
     """Run the suite (module docstring) and return what ``suite.json`` holds (``tent_iters``:
-    passes of the ``tent`` variants; ``None``: TENT's default).
+    passes of the ``tent`` variants; ``None``: TENT's default; ``stride``: every clip seen at every
+    ``stride``-th frame, :class:`~ditta_ros.data.StridedClip`, its name suffixed ``_s<stride>``).
 
     Raises:
         FileNotFoundError: no clips, or missing weights; ValueError: a bad variant spec or
@@ -287,8 +288,10 @@ def run_suite(data_dir: str, model_name: str, specs: Sequence[str], out_dir: str
     teachers: Dict[str, object] = {}
     cache = os.path.join(out_dir, "cache")
     results: Dict[str, Dict[str, Dict[str, object]]] = {}
+    fps: Dict[str, float] = {}
     for path in clips:
-        clip = open_clip(path)
+        clip = open_clip(path, stride=stride)
+        fps[clip.name] = clip.fps
         map_name = (label_maps or {}).get(clip.label_set or "") or \
             (f"{info.label_set}_to_{clip.label_set}" if clip.label_set and clip.label_set != info.label_set else None)
         lmap = load_label_map(map_name) if map_name else None
@@ -314,7 +317,7 @@ def run_suite(data_dir: str, model_name: str, specs: Sequence[str], out_dir: str
                 overlays=0, progress=progress)
     summary = summarize_suite(results, out_dir, variants, bootstrap)
     summary.update(model=info.name, data_dir=os.path.abspath(data_dir), warmup_ratio=warmup_ratio)
-    fast = [c for c in results if _clip_fps(os.path.join(data_dir, c)) >= 10]
+    fast = [c for c in results if fps[c] >= 10]
     steps = {v.spec: method_options(v)["config"].adapt.iters for v in variants if v.method == "ditta"}
     summary["decision"] = choose_default({k: s for k, s in summary["variants"].items()
                                           if parse_variant(k).method == "ditta"}, fast[0] if fast else None, steps)
@@ -323,16 +326,6 @@ def run_suite(data_dir: str, model_name: str, specs: Sequence[str], out_dir: str
     write_markdown(summary, os.path.join(out_dir, "suite.md"))
     plot_deltas(summary, os.path.join(out_dir, "suite.png"))
     return summary
-
-
-def _clip_fps(path: str) -> float:
-    import yaml
-
-    try:
-        with open(os.path.join(path, "clip.yaml")) as f:
-            return float((yaml.safe_load(f) or {}).get("fps") or 0)
-    except (OSError, ValueError):
-        return 0.0
 
 
 def summarize_suite(results: Dict[str, Dict[str, Dict[str, object]]], out_dir: str, variants: Sequence[Variant],
