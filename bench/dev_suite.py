@@ -1,5 +1,6 @@
 """The development suite on the four labelled CamVid clips of ``../shared/data``
-(one 15 Hz, three 1 Hz): ISS, TENT, DiTTA with the official hyper-parameters
+(one 15 Hz, three 1 Hz; the 15 Hz clip also at strides 2 and 4, as a node processing 7.5 or 3.75
+frames a second sees it): ISS, TENT, DiTTA with the official hyper-parameters
 (``ditta@faithful``), DiTTA with the project's defaults (``ditta``) and the oracle
 (ground-truth targets through the default adaptation).
 
@@ -30,9 +31,12 @@ def main() -> None:
     p.add_argument("--model", default="espnetv2-s2.0-cityscapes-1024x512")
     p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS)
     p.add_argument("--force", action="store_true")
+    p.add_argument("--fast-strides", type=int, nargs="*", default=[2, 4],
+                   help="the video-rate clip also at these strides (a node processing every k-th frame)")
     args = p.parse_args()
     out = os.path.join(RESULTS, f"dev_suite_{args.model}")
-    summary = run_suite(args.clip, args.model, args.methods, out, force=args.force, progress=False)
+    summary = run_suite(args.clip, args.model, args.methods, out, force=args.force, progress=False,
+                        fast_strides=args.fast_strides)
     with open(os.path.join(out, "suite.md")) as f:
         print(f.read())
     print("chosen by the rule:", summary["decision"]["chosen"])

@@ -248,6 +248,15 @@ class DiTTAMethod(Method):
             self.frozen.reset()
         if self._last_warm is not None and not self.refused:
             self._step(self._last_warm)
+            self.frozen.stats = type(self.frozen.stats)()  # the seed frame is not an evaluation frame
+
+    def stream_stats(self) -> Dict[str, object]:
+        """What the evaluation stream did (:meth:`~ditta_ros.runtime.serving.StreamStats.as_dict`):
+        frames, the share of frames fused with the add-on, the mean processed-frame gap. A refused
+        adaptation serves the ISS: nothing is fused."""
+        if self.frozen is None or self.refused:
+            return {"fused_share": 0.0}
+        return self.frozen.stats.as_dict()
 
     def _step(self, frame: np.ndarray) -> Prediction:
         if self.frozen is None:

@@ -56,8 +56,12 @@ def test_phases_from_warmup_to_streaming_and_back():
     live.wait_idle(60)
     assert live.phase == Phase.STREAMING and live.last_adapt["warmup_frames"] == 3
     assert "torch" in live.last_adapt["backend"]
-    p1, ph = live.process(_frame(seed=7))
-    assert ph == Phase.STREAMING
+    st = live.status()  # frames 0.1 s apart; the adapted model has streamed nothing yet
+    assert st["frame_gap_ms"] == pytest.approx(100.0) and st["fused_share"] is None and st["streamed_frames"] == 0
+    p1, ph = live.process(_frame(seed=7), stamp=0.6)
+    assert ph == Phase.STREAMING and live.status()["fused_share"] == 0.0  # a stream's first frame is not fused
+    live.process(_frame(seed=8), stamp=0.7)
+    assert live.status()["fused_share"] == 0.5 and live.status()["streamed_frames"] == 2
     p2, _ = live.process(_frame(30, 44, seed=8))  # size change: state restarted, backend re-prepared
     assert p2.labels.shape == (30, 44)
     assert live.readapt() == "warm-up started" and live.phase == Phase.WARMUP

@@ -352,11 +352,16 @@ def test_max_gap_serves_the_plain_branch_when_frames_are_far_apart(monkeypatch):
         m.start_stream()
         for f in frames:
             m.predict(f)
+        stats.update(m.stream_stats())
         return list(seen)
 
+    stats = {}
     assert run(1.0, 0.2) == [None, 0.0, 0.0]  # 1 s apart: the add-on is not fused
+    assert stats == {"streamed_frames": 3, "fused_share": 0.0, "frame_gap_s": 1.0}  # the fused-share counter
     assert run(1 / 15, 0.2) == [None, 1.0, 1.0]  # video rate
+    assert stats["fused_share"] == pytest.approx(2 / 3, abs=1e-4) and stats["frame_gap_s"] == pytest.approx(1 / 15, abs=1e-4)
     assert run(None, 0.2) == [None, 1.0, 1.0]  # unknown interval
+    assert stats["frame_gap_s"] is None
     assert run(1.0, 0.0) == [None, 1.0, 1.0]  # no limit
 
 

@@ -82,3 +82,11 @@ def test_tiny_suite_end_to_end(shared, tmp_path):
     run_suite(str(tmp_path / "data"), "espnetv2-s1.0-cityscapes-512x256", ["iss"], str(out), progress=False,
               bootstrap=10)
     assert (out / "camvid_0016E5_15hz" / "iss" / "result.json").stat().st_mtime == mtime  # reused
+    # a video-rate clip also at a fast stride: its own rows, outside the means
+    strided = run_suite(str(tmp_path / "data"), "espnetv2-s1.0-cityscapes-512x256", ["iss"], str(out), progress=False,
+                        bootstrap=10, fast_strides=[2])
+    assert strided["clips"] == ["camvid_0016E5_15hz", "camvid_0016E5_15hz_s2"]
+    assert strided["mean_clips"] == ["camvid_0016E5_15hz"]
+    assert strided["variants"]["iss"]["mean"]["mIoU"] == pytest.approx(iss["mIoU"])
+    res = json.loads((out / "camvid_0016E5_15hz_s2" / "iss" / "result.json").read_text())
+    assert res["frames"] == 6 and res["clip"] == "camvid_0016E5_15hz_s2"

@@ -329,8 +329,9 @@ class LivePipeline:
     def status(self) -> Dict[str, object]:
         """JSON-ready status: phase, warm-up/adaptation progress, counters, which model made
         the last label image, adaptations running, what is being prepared, the last saved
-        checkpoint, the last adaptation, the standing error and warning."""
+        checkpoint, the last adaptation, the standing error and warning, the processed-frame gap and
+        the share of the adapted model's frames fused with the add-on (:meth:`Serving.stream_status`)."""
         return {"state": self.phase.value, "progress": round(self.progress, 3), **asdict(self.counters),
                 "model": self.last_source, "adaptations_running": self._running, "preparing": self.serving.preparing,
                 "checkpoint": self.checkpoint, "last_adaptation": self.last_adapt,
-                "error": self.error or self.serving.error, "warning": self.warning}
+                "error": self.error or self.serving.error, "warning": self.warning, **self.serving.stream_status()}

@@ -61,6 +61,8 @@ class Serving:
         self._nonfinite = 0
         self._last_stamp: Optional[float] = None  # stamp of the last frame the adapted model streamed
         self._served_any = False
+        self._prev_stamp: Optional[float] = None
+        self.frame_gap_s: Optional[float] = None
 
     def freeze(self, net) -> FrozenDiTTA:
         """``net`` frozen for serving with this configuration and runtime."""
@@ -99,7 +101,20 @@ class Serving:
             if not np.isfinite(pred.confidence).all():
                 raise ValueError("non-finite confidence in the model output")
         self._served_any = True
+        if self._prev_stamp is not None and stamp > self._prev_stamp:
+            gap = stamp - self._prev_stamp
+            self.frame_gap_s = gap if self.frame_gap_s is None else 0.9 * self.frame_gap_s + 0.1 * gap
+        self._prev_stamp = stamp
         return pred, source
+
+    def stream_status(self) -> Dict[str, object]:
+        """``frame_gap_ms``: the processed-frame gap (moving average, weight 0.1, of the stamp
+        differences of the frames answered, ms); ``fused_share``, ``streamed_frames``: of the adapted
+        model serving now, the share of its frames fused with the add-on (``None``: no adapted model)."""
+        frozen = self.frozen
+        stats = frozen.stats.as_dict() if frozen is not None else {"streamed_frames": 0, "fused_share": None}
+        return {"frame_gap_ms": None if self.frame_gap_s is None else round(1000 * self.frame_gap_s, 1),
+                "fused_share": stats["fused_share"], "streamed_frames": stats["streamed_frames"]}
 
     def _adapted(self, frozen: FrozenDiTTA, frame: np.ndarray, stamp: float) -> Tuple[Optional[Prediction], str]:
         """The adapted model on one frame; no prediction when it cannot serve this frame: a new

@@ -20,7 +20,8 @@ import logging
 import os
 import threading
 import time
-from typing import Optional, Tuple
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -34,6 +35,34 @@ from .options import RuntimeOptions
 from .select import accelerated_runtime_available, select_backend
 
 log = logging.getLogger("ditta.runtime")
+
+
+@dataclass
+class StreamStats:
+    """What a stream of :meth:`FrozenDiTTA.step` calls did: ``frames`` stepped, ``fused`` (frames on
+    which some pixel could use the previous frame, so the add-on ran: not the first frame of a
+    stream, not beyond ``max_gap``, not gated everywhere by the motion gate), and the known intervals
+    between consecutive frames (seconds; their sum and count)."""
+
+    frames: int = 0
+    fused: int = 0
+    gap_sum: float = 0.0
+    gaps: int = 0
+
+    def add(self, interval: Optional[float], fused: bool) -> None:
+        """Count one frame (``interval``: seconds since the previous one, ``None`` unknown)."""
+        self.frames += 1
+        self.fused += int(bool(fused))
+        if interval is not None:
+            self.gap_sum += float(interval)
+            self.gaps += 1
+
+    def as_dict(self) -> Dict[str, object]:
+        """``{"streamed_frames", "fused_share" (0..1; ``None`` before a frame), "frame_gap_s" (mean
+        processed-frame gap, s; ``None`` when unknown)}``."""
+        return {"streamed_frames": self.frames,
+                "fused_share": round(self.fused / self.frames, 4) if self.frames else None,
+                "frame_gap_s": round(self.gap_sum / self.gaps, 4) if self.gaps else None}
 
 
 def streaming_backend(net, frame_hw, tau: float, options: RuntimeOptions = RuntimeOptions(), name: Optional[str] = None,
@@ -182,6 +211,7 @@ class FrozenDiTTA:
         self.frame_hw: Optional[Tuple[int, int]] = None
         self._gate: Optional[MotionGate] = None
         self._state = None
+        self.stats = StreamStats()
         self.lock = threading.Lock()  # held while stepping, and by a refit of this model's engine
 
     @property
@@ -212,8 +242,9 @@ class FrozenDiTTA:
         return self.backend is not None and self.frame_hw == tuple(frame_hw)
 
     def reset(self) -> None:
-        """Start a new stream (the next frame uses no previous one)."""
+        """Start a new stream (the next frame uses no previous one) and new :attr:`stats`."""
         self._state = None
+        self.stats = StreamStats()
         if self._gate is not None:
             self._gate.reset()
 
@@ -232,6 +263,7 @@ class FrozenDiTTA:
         if not self.ready_for(frame.shape[:2]):
             self.prepare(frame.shape[:2])
         state = apply_gates(self._state, frame, self._gate, interval, self.config.max_gap)
+        self.stats.add(interval, self.tau > 0 and state is not None and float(state[2].max()) > 0.5)
         with self.lock:
             unusable = getattr(self.backend, "unusable", None)
             if unusable:

@@ -55,7 +55,7 @@ def _cmd_suite(args) -> int:
             raise ValueError(f"--label-map takes SET=MAP, got {item!r}")
         maps[k] = v
     summary = run_suite(args.data_dir, args.model, args.methods, args.out, args.warmup_ratio, maps, args.force,
-                        not args.no_progress, args.bootstrap, stride=args.stride)
+                        not args.no_progress, args.bootstrap, stride=args.stride, fast_strides=args.fast_strides)
     with open(os.path.join(args.out, "suite.md")) as f:
         print(f.read())
     print(f"wrote {args.out}/suite.json, suite.md, suite.png (chosen: {summary['decision']['chosen']})")
@@ -299,6 +299,9 @@ def _add_suite(sub) -> None:
     u.add_argument("--bootstrap", type=int, default=_default(run_suite, "bootstrap"), help="bootstrap resamples")
     u.add_argument("--stride", type=int, default=_default(run_suite, "stride"),
                    help="every clip seen at every N-th frame (as ditta eval --stride; clip names get _sN)")
+    u.add_argument("--fast-strides", type=int, nargs="*", default=[],
+                   help="video-rate clips (>= 10 fps) also at these strides, e.g. 2 4 (rows <clip>_s2, _s4; "
+                        "not in the means)")
     u.add_argument("--force", action="store_true", help="re-run even where a matching result.json exists")
     u.add_argument("--no-progress", action="store_true")
     u.add_argument("--out", required=True)

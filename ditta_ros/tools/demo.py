@@ -237,7 +237,7 @@ def _summary(cfg, src, made, cam, route, rec, frames, stamps, streamed, flips, n
                       "definition": "fps: label images per second of the recording over the streamed frames; "
                                     "latency: " + lat.get("definition", "-")},
         "node": {k: st.get(k) for k in ("frames_in", "frames_out", "dropped", "bad", "bad_reasons", "state",
-                                        "processing_ms", "error")},
+                                        "processing_ms", "error", "frame_gap_ms", "fused_share", "streamed_frames")},
         "published": route["published"], "recorded": route["recorded"],
         "label_flips": {"iss": mean("iss_flips"), "ditta": mean("ditta_flips"), "pairs": len(pairs),
                         "definition": "mean fraction of pixels whose label changes between consecutive streamed "
@@ -268,6 +268,9 @@ def format_summary(s: Dict[str, object]) -> str:
         f"  streaming     {st['frames']} frames at {num(st['fps'], '{:.2f}')} fps; latency median "
         f"{num(st['latency_ms_median'], '{:.0f}')} ms, p95 {num(st['latency_ms_p95'], '{:.0f}')} ms",
         f"  frames        in {n['frames_in']} / out {n['frames_out']} / dropped {n['dropped']} / bad {n['bad']}",
+        f"  fusion        processed-frame gap {num(n.get('frame_gap_ms'), '{:.0f}')} ms; add-on fused on "
+        f"{num(None if n.get('fused_share') is None else 100 * n['fused_share'], '{:.0f}')} % of the adapted model's "
+        f"frames",
         f"  label flips   frame-wise ISS {num(100 * fl['iss'], '{:.2f}')} % of pixels per frame -> DiTTA "
         f"{num(100 * fl['ditta'], '{:.2f}')} % (ISS / DiTTA = {num(ratio, '{:.2f}')}) over {fl['pairs']} "
         "consecutive streamed frame pairs",

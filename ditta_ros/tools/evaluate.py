@@ -193,6 +193,8 @@ def evaluate_clip(clip: Clip, method: Method, bridge: LabelBridge, out_dir: str,
             cv2.imwrite(os.path.join(out_dir, "overlays", f"frame_{i:06d}.png"), panel[:, :, ::-1])
     if not rows:
         raise ValueError(f"clip {clip.name} has no labelled evaluation frame")
+    if hasattr(method, "stream_stats"):  # fused share, processed-frame gap (DiTTA)
+        result.update(method.stream_stats())
 
     iou = total.iou()
     result.update({

@@ -264,10 +264,14 @@ def build_method(v: Variant, runner, teachers: Dict[str, object], tent_iters: Op
 def run_suite(data_dir: str, model_name: str, specs: Sequence[str], out_dir: str,
               warmup_ratio: int = DEFAULT_WARMUP_RATIO, label_maps: Optional[Dict[str, str]] = None,
               force: bool = False, progress: bool = True, bootstrap: int = 1000,
-              tent_iters: Optional[int] = None, stride: int = 1) -> Dict[str, object]:
+              tent_iters: Optional[int] = None, stride: int = 1, fast_strides: Sequence[int] = ()
+              ) -> Dict[str, object]:
     """Run the suite (module docstring) and return what ``suite.json`` holds (``tent_iters``:
     passes of the ``tent`` variants; ``None``: TENT's default; ``stride``: every clip seen at every
-    ``stride``-th frame, :class:`~ditta_ros.data.StridedClip`, its name suffixed ``_s<stride>``).
+    ``stride``-th frame, :class:`~ditta_ros.data.StridedClip`, its name suffixed ``_s<stride>``;
+    ``fast_strides``: video-rate clips (>= 10 fps) are also run at these strides, as a node that
+    processes every k-th camera frame sees them; their rows are tabled but the means and the
+    decision rule are over the clips at ``stride``).
 
     Raises:
         FileNotFoundError: no clips, or missing weights; ValueError: a bad variant spec or
@@ -289,8 +293,14 @@ def run_suite(data_dir: str, model_name: str, specs: Sequence[str], out_dir: str
     cache = os.path.join(out_dir, "cache")
     results: Dict[str, Dict[str, Dict[str, object]]] = {}
     fps: Dict[str, float] = {}
+    runs, base = [], []  # every clip at `stride`; video-rate clips also at the fast strides
     for path in clips:
         clip = open_clip(path, stride=stride)
+        base.append(clip.name)
+        runs.append(clip)
+        if clip.fps >= 10:
+            runs += [open_clip(path, stride=stride * k) for k in fast_strides]
+    for clip in runs:
         fps[clip.name] = clip.fps
         map_name = (label_maps or {}).get(clip.label_set or "") or \
             (f"{info.label_set}_to_{clip.label_set}" if clip.label_set and clip.label_set != info.label_set else None)
@@ -315,12 +325,13 @@ def run_suite(data_dir: str, model_name: str, specs: Sequence[str], out_dir: str
             results[clip.name][v.spec] = evaluate_clip(
                 clip, method, bridge, run_dir, warmup_ratio, info={"model": info.name, "variant": v.spec},
                 overlays=0, progress=progress)
-    summary = summarize_suite(results, out_dir, variants, bootstrap)
+    summary = summarize_suite(results, out_dir, variants, bootstrap, mean_clips=base)
     summary.update(model=info.name, data_dir=os.path.abspath(data_dir), warmup_ratio=warmup_ratio)
-    fast = [c for c in results if fps[c] >= 10]
+    fast = [c for c in base if fps[c] >= 10]
     steps = {v.spec: method_options(v)["config"].adapt.iters for v in variants if v.method == "ditta"}
-    summary["decision"] = choose_default({k: s for k, s in summary["variants"].items()
-                                          if parse_variant(k).method == "ditta"}, fast[0] if fast else None, steps)
+    on_base = {k: dict(s, per_clip={c: d for c, d in s["per_clip"].items() if c in base})
+               for k, s in summary["variants"].items() if parse_variant(k).method == "ditta"}
+    summary["decision"] = choose_default(on_base, fast[0] if fast else None, steps)
     with open(os.path.join(out_dir, "suite.json"), "w") as f:
         json.dump(summary, f, indent=2, default=float)
     write_markdown(summary, os.path.join(out_dir, "suite.md"))
@@ -329,10 +340,12 @@ def run_suite(data_dir: str, model_name: str, specs: Sequence[str], out_dir: str
 
 
 def summarize_suite(results: Dict[str, Dict[str, Dict[str, object]]], out_dir: str, variants: Sequence[Variant],
-                    bootstrap: int = 1000) -> Dict[str, object]:
-    """Per clip and variant rows with deltas vs ``iss`` and bootstrap intervals, and means."""
+                    bootstrap: int = 1000, mean_clips: Optional[Sequence[str]] = None) -> Dict[str, object]:
+    """Per clip and variant rows with deltas vs ``iss`` and bootstrap intervals, and means over
+    ``mean_clips`` (``None``: every clip)."""
     iss = next(v for v in variants if v.method == "iss")
-    out: Dict[str, object] = {"clips": list(results), "variants": {}}
+    keep = set(results if mean_clips is None else mean_clips)
+    out: Dict[str, object] = {"clips": list(results), "mean_clips": [c for c in results if c in keep], "variants": {}}
     for v in variants:
         per_clip: Dict[str, Dict[str, object]] = {}
         rows: Dict[str, Dict[str, object]] = {}
@@ -350,10 +363,11 @@ def summarize_suite(results: Dict[str, Dict[str, Dict[str, object]]], out_dir: s
                 row["dmVC8_ci95"] = paired_bootstrap(sa["vc8"], sb["vc8"], _vc_of, bootstrap)
                 per_clip[clip] = {"dmIoU": row["dmIoU"], "dmVC8": row["dmVC8"]}
             rows[clip] = row
-        mean = {k: _nanmean([r[k] for r in rows.values()]) for k in METRICS if rows}
-        if per_clip:
-            mean["dmIoU"] = float(np.mean([d["dmIoU"] for d in per_clip.values()]))
-            mean["dmVC8"] = float(np.mean([d["dmVC8"] for d in per_clip.values()]))
+        mean = {k: _nanmean([r[k] for c, r in rows.items() if c in keep]) for k in METRICS if rows}
+        deltas = [d for c, d in per_clip.items() if c in keep]
+        if deltas:
+            mean["dmIoU"] = float(np.mean([d["dmIoU"] for d in deltas]))
+            mean["dmVC8"] = float(np.mean([d["dmVC8"] for d in deltas]))
         out["variants"][v.spec] = {"rows": rows, "per_clip": per_clip, "mean": mean}
     return out
 
@@ -394,11 +408,12 @@ def write_markdown(summary: Dict[str, object], path: str) -> None:
             lines.append(f"| `{name}` | {fmt(r['mIoU'])} | {fmt(r['wIoU'])} | {fmt(r['mVC8'])} | {fmt(r['mVC16'])} | "
                          f"{dm} | {dv} | {fmt(r.get('adapt_seconds'), 0)} | {ch} | {guard} |")
         lines.append("")
-    lines += ["### mean over clips", "", "| variant | mIoU | mVC8 | ΔmIoU | ΔmVC8 | worst ΔmIoU |",
+    lines += [f"### mean over {', '.join(summary.get('mean_clips') or summary['clips'])}", "", "| variant | mIoU | mVC8 | ΔmIoU | ΔmVC8 | worst ΔmIoU |",
               "|---|---|---|---|---|---|"]
     for name, s in summary["variants"].items():
         m = s["mean"]
-        worst = min((d["dmIoU"] for d in s["per_clip"].values()), default=None)
+        keep = set(summary.get("mean_clips") or summary["clips"])
+        worst = min((d["dmIoU"] for c, d in s["per_clip"].items() if c in keep), default=None)
         lines.append(f"| `{name}` | {fmt(m.get('mIoU'))} | {fmt(m.get('mVC8'))} | {fmt(m.get('dmIoU'))} | "
                      f"{fmt(m.get('dmVC8'))} | {fmt(worst)} |")
     d = summary.get("decision")
