@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from dataclasses import asdict
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -144,8 +144,9 @@ class DiTTAMethod(Method):
                 rels.append(reliability(prob)[0].numpy())
         return encoded, tuple(x.shape[2:]), preds, rels
 
-    def make_targets(self, frames: Sequence[np.ndarray], preds, rels):
-        """Distillation targets of the warm-up frames (the teacher, cached when ``cache_dir``).
+    def make_targets(self, frames: Sequence[np.ndarray], preds, rels, target_cfg=None):
+        """Distillation targets of the warm-up frames (the teacher, cached when ``cache_dir``), built
+        with ``target_cfg`` (``None``: this method's).
 
         Returns:
             ``(labels, obj_maps, stats, report, teacher_seconds)``: per frame int64 ``[H, W]``
@@ -154,10 +155,11 @@ class DiTTAMethod(Method):
         from tqdm import tqdm
 
         n = len(frames)
+        target_cfg = self.config.target if target_cfg is None else target_cfg
         targets: Optional[Targets] = None
         path = None
         if self.cache_dir:
-            key = cache_key(self.cache_tag, n, asdict(self.config.target), getattr(self.teacher, "describe", ""))
+            key = cache_key(self.cache_tag, n, asdict(target_cfg), getattr(self.teacher, "describe", ""))
             path = os.path.join(self.cache_dir, f"targets_{key}.npz")
             if os.path.isfile(path):
                 targets = Targets.load(path)
@@ -166,7 +168,7 @@ class DiTTAMethod(Method):
         if targets is None:
             prop: Propagator = self.teacher()
             with tqdm(total=2 * n, desc="teacher", disable=not self.progress, unit="frame") as bar:
-                targets = build_targets(prop, frames, preds, rels, self.runner.model.num_classes, self.config.target,
+                targets = build_targets(prop, frames, preds, rels, self.runner.model.num_classes, target_cfg,
                                         _StopCheck(bar, self.stop))
             teacher_s = targets.stats.get("teacher_seconds", 0.0)
             if path:
@@ -182,11 +184,14 @@ class DiTTAMethod(Method):
         """Warm-up: ISS, teacher targets, adaptation, guard (``iss_preds``: the ISS predictions
         of ``frames`` when known, :meth:`iss_warmup`).
 
+        With :attr:`~ditta_ros.presets.DittaConfig.candidates`, each candidate adapts on the frames
+        not held out and one (or none) is chosen label-free (:meth:`select`).
+
         Raises:
             AdaptationCancelled: :attr:`stop` was set.
         """
-        from tqdm import tqdm
-
+        if self.config.candidates:
+            return self.select(frames, iss_preds)
         t0 = time.perf_counter()
         encoded, input_hw, preds, rels = self.iss_warmup(frames, iss_preds)
         n = len(frames)
@@ -195,9 +200,7 @@ class DiTTAMethod(Method):
                  100 * report.get("changed", 0.0), report.get("objects_kept"), report.get("objects_dropped"))
         t1 = time.perf_counter()
         self._check_stop()
-        with tqdm(total=self.config.adapt.iters * n, desc="adapt", disable=not self.progress, unit="step") as bar:
-            self.net, losses = adapt(DiTTANet(self.runner.model, grid_stride=self.config.addon_stride), encoded,
-                                     input_hw, labels, obj_maps, self.config.adapt, _StopCheck(bar, self.stop))
+        self.net, losses = self._train(self.config, encoded, input_hw, labels, obj_maps)
         adapt_only = time.perf_counter() - t1
         self.frozen = self.freeze()
         self._check_stop()
@@ -232,11 +235,79 @@ class DiTTAMethod(Method):
     def guard(self, frames: Sequence[np.ndarray], preds, rels) -> GuardVerdict:
         """Run the adapted streaming model over the warm-up frames (fresh state) and
         check it against the frozen ISS (:func:`ditta_ros.guard.check`)."""
-        self.frozen.reset()
+        return check(self._stream_labels(self.frozen, frames), preds, rels, self.config.guard)
+
+    def _stream_labels(self, frozen: FrozenDiTTA, frames: Sequence[np.ndarray]) -> List[np.ndarray]:
+        """Labels of ``frozen`` over ``frames`` streamed in order with a fresh state (then reset)."""
+        frozen.reset()
         with torch.inference_mode():
-            adapted = [self._step(f).labels for f in frames]
-        self.frozen.reset()
-        return check(adapted, preds, rels, self.config.guard)
+            labels = [frozen.step(f, self.frame_interval).labels for f in frames]
+        frozen.reset()
+        return labels
+
+    def _train(self, config: DittaConfig, encoded, input_hw, labels, obj_maps):
+        """``(net, losses)``: a fresh :class:`DiTTANet` adapted with ``config`` (Eq. 5-8)."""
+        from tqdm import tqdm
+
+        with tqdm(total=config.adapt.iters * len(labels), desc=f"adapt {config.preset}", disable=not self.progress,
+                  unit="step") as bar:
+            return adapt(DiTTANet(self.runner.model, grid_stride=config.addon_stride), encoded, input_hw, labels,
+                         obj_maps, config.adapt, _StopCheck(bar, self.stop))
+
+    def select(self, frames: Sequence[np.ndarray], iss_preds: Optional[Sequence[Prediction]] = None
+               ) -> Dict[str, object]:
+        """The warm-up with candidate adaptations (``docs/dev_set_rule.md``, addendum 4): the ISS, then
+        per candidate its targets (the teacher runs once per target configuration) and its adaptation
+        on the frames not held out, its warm-up stream, guard verdict and held-out gain; the chosen
+        candidate serves (:func:`ditta_ros.selector.choose`), or the ISS when none is admissible.
+
+        Returns:
+            as :meth:`adapt`, the chosen candidate's ``losses`` and ``guard``, plus ``selection``
+            (:func:`ditta_ros.selector.report`).
+
+        Raises:
+            AdaptationCancelled: :attr:`stop` was set.
+        """
+        from . import selector
+
+        t0 = time.perf_counter()
+        encoded, input_hw, preds, rels = self.iss_warmup(frames, iss_preds)
+        train, held = selector.holdout(len(frames))
+        targets = {}  # per target configuration: (labels, objects, stats, report)
+        teacher_s, evidence, made = 0.0, {}, {}
+        for name, cfg in self.config.candidate_configs():
+            key = repr(cfg.target)
+            if key not in targets:
+                labels, objs, stats, report, secs = self.make_targets(frames, preds, rels, cfg.target)
+                targets[key], teacher_s = (labels, objs, stats, report), teacher_s + secs
+            labels, objs = targets[key][:2]
+            self._check_stop()
+            t1 = time.perf_counter()
+            net, losses = self._train(cfg, [encoded[t] for t in train], input_hw, [labels[t] for t in train],
+                                      [objs[t] for t in train])
+            frozen = FrozenDiTTA(net, cfg, self.runtime)
+            streamed = self._stream_labels(frozen, frames)
+            verdict = check(streamed, preds, rels, self.config.guard)
+            reference = targets[repr(self.config.target)][0] if repr(self.config.target) in targets else labels
+            evidence[name] = selector.Evidence(selector.held_out_gain(streamed, reference, preds, held),
+                                               verdict.refused, round(verdict.changed, 5), verdict.reasons,
+                                               round(time.perf_counter() - t1, 3))
+            made[name] = (net, frozen, verdict, losses)
+            log.info("candidate %s: held-out gain %+.2f pt, guard %s", name, 100 * evidence[name].gain,
+                     "refused" if verdict.refused else "accepts")
+        order = [n for n, _ in self.config.candidate_configs()]
+        chosen, why = selector.choose(evidence, order)
+        log.info("selected %s", why)
+        self.net, self.frozen, self.verdict, losses = made[chosen or order[0]]
+        if chosen is None:
+            self.verdict = GuardVerdict(True, self.verdict.changed, self.verdict.lost_classes,
+                                        self.verdict.kept_per_class, [why])
+        self._last_warm = frames[-1]
+        stats, report = targets[repr(self.config.target)][2:] if repr(self.config.target) in targets else ({}, {})
+        return {"adapt_seconds": round(time.perf_counter() - t0, 3), "teacher_seconds": round(teacher_s, 3),
+                "tta_seconds": round(sum(e.seconds for e in evidence.values()), 3), "losses": losses,
+                "targets": stats, "target_report": report, "guard": self.verdict.as_dict(),
+                "selection": selector.report(chosen, why, evidence, held), "hyper": self.config.hyper(self.runtime)}
 
     @property
     def refused(self) -> bool:

@@ -12,14 +12,18 @@ Presets (:data:`PRESETS`):
 * ``default`` -- what the decision rule of ``docs/dev_set_rule.md`` chose on the development
   set: gated targets, only the add-on adapted (corrected losses), the guard on, no add-on
   fusion for frames more than 0.2 s apart, the add-on branch's probabilities on its own
-  grid (``fusion="grid"``, addendum 2 of that rule).
+  grid (``fusion="grid"``, addendum 2 of that rule);
+* ``decoder`` -- ``default`` with the decoder adapted (BatchNorm frozen, KL anchor to the ISS);
+* ``select`` -- ``default``'s serving with three candidate adaptations (``default``, ``decoder``,
+  ``faithful``), one of which, or none, is chosen label-free on held-out warm-up frames
+  (:mod:`ditta_ros.selector`, addendum 4 of the rule).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 from .adapt import FAITHFUL_ADAPT, AdaptConfig
 from .addon import DEFAULT_TAU
@@ -46,6 +50,8 @@ class DittaConfig:
         max_gap: seconds; frames farther apart are served by the plain branch (0: no limit).
         fusion: ``frame`` (official) | ``grid`` (:class:`~ditta_ros.streaming.StreamingDiTTA`).
         addon_stride: pooling of the decoder grid for the add-on (0: the model card's).
+        candidates: presets whose targets and adaptation are tried, one chosen label-free
+            (:mod:`ditta_ros.selector`); empty: this configuration's own alone.
 
     Raises:
         ValueError: ``tau`` outside [0, 1], a negative ``max_gap`` or ``addon_stride``, an
@@ -61,6 +67,7 @@ class DittaConfig:
     max_gap: float = 0.0
     fusion: str = "frame"
     addon_stride: int = 0
+    candidates: Tuple[str, ...] = ()
 
     def __post_init__(self):
         if not 0.0 <= self.tau <= 1.0:
@@ -69,6 +76,22 @@ class DittaConfig:
             raise ValueError(f"max_gap and addon_stride must be >= 0, got {self.max_gap}, {self.addon_stride}")
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+
+    def candidate_configs(self) -> List[Tuple[str, "DittaConfig"]]:
+        """``[(name, config)]`` of :attr:`candidates`: each preset's targets and adaptation with this
+        configuration's serving (``tau``, gates, ``fusion``, ``addon_stride``) and guard.
+
+        Raises:
+            ValueError: an unknown preset, or one that has candidates itself.
+        """
+        out = []
+        for name in self.candidates:
+            if name not in PRESETS or PRESETS[name].candidates:
+                raise ValueError(f"candidate {name!r} is not a preset without candidates "
+                                 f"({', '.join(n for n, p in PRESETS.items() if not p.candidates)})")
+            p = PRESETS[name]
+            out.append((name, dataclasses.replace(self, preset=name, target=p.target, adapt=p.adapt, candidates=())))
+        return out
 
     @classmethod
     def from_preset(cls, name: str = "default", **overrides) -> "DittaConfig":
@@ -116,6 +139,8 @@ class DittaConfig:
             out["fusion"] = self.fusion
         if self.addon_stride:
             out["addon_stride"] = self.addon_stride
+        if self.candidates:
+            out["candidates"] = list(self.candidates)
         return out
 
 
@@ -141,6 +166,11 @@ PRESETS: Dict[str, DittaConfig] = {
                             motion_gate=False, max_gap=0.0, fusion="frame", addon_stride=0),
     "default": DittaConfig("default", TargetConfig(), AdaptConfig(), GuardConfig(), DEFAULT_TAU,
                            motion_gate=False, max_gap=0.2, fusion="grid", addon_stride=0),
+    "decoder": DittaConfig("decoder", TargetConfig(), AdaptConfig(params="decoder"), GuardConfig(), DEFAULT_TAU,
+                           motion_gate=False, max_gap=0.2, fusion="grid", addon_stride=0),
+    "select": DittaConfig("select", TargetConfig(), AdaptConfig(), GuardConfig(), DEFAULT_TAU,
+                          motion_gate=False, max_gap=0.2, fusion="grid", addon_stride=0,
+                          candidates=("default", "decoder", "faithful")),
 }
 
 _SCALARS = ("tau", "motion_gate", "max_gap", "fusion", "addon_stride")

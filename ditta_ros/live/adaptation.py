@@ -54,6 +54,8 @@ class Outcome:
                 "warmup_frames": self.frames, "backend": backend,
                 "targets_changed": report.get("changed"), "objects_kept": report.get("objects_kept"),
                 "objects_dropped": report.get("objects_dropped"),
+                "selected": (self.info.get("selection") or {}).get("chosen", "n/a") if self.info.get("selection")
+                else None,
                 "guard": ({k: guard.get(k) for k in ("refused", "changed", "lost_classes", "reasons")}
                           if guard else None)}
 

@@ -190,6 +190,11 @@ def _row(res: Dict[str, object]) -> Dict[str, object]:
         out["guard_refused"] = res["guard"].get("refused")
         out["guard_would_refuse"] = bool(res["guard"].get("reasons"))
         out["guard_changed"] = res["guard"].get("changed")
+    if res.get("selection"):  # which candidate served (None: the ISS) and each one's held-out gain
+        sel = res["selection"]
+        out["served"] = sel["chosen"] or "iss"
+        out["gains"] = {n: c["gain"] for n, c in sel["candidates"].items()}
+    out["fused_share"] = res.get("fused_share")
     return out
 
 
@@ -387,7 +392,7 @@ def write_markdown(summary: Dict[str, object], path: str) -> None:
 
     for clip in summary["clips"]:
         lines += [f"### {clip}", "", "| variant | mIoU | wIoU | mVC8 | mVC16 | ΔmIoU [95 % CI] | ΔmVC8 [95 % CI] | "
-                  "adapt s | targets changed % | guard |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  "adapt s | targets changed % | fused % | guard |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, s in summary["variants"].items():
             r = s["rows"].get(clip)
             if r is None:
@@ -405,8 +410,12 @@ def write_markdown(summary: Dict[str, object], path: str) -> None:
                 guard = f"off, would refuse ({fmt(100 * r['guard_changed'])} %)"
             else:
                 guard = f"ok ({fmt(100 * r['guard_changed'])} %)"
+            if r.get("served"):
+                gains = ", ".join(f"{n} {100 * g:+.2f}" for n, g in r["gains"].items())
+                guard = f"served: {r['served']} (held-out gain pt: {gains})"
+            fused = fmt(100 * r["fused_share"], 0) if r.get("fused_share") is not None else "-"
             lines.append(f"| `{name}` | {fmt(r['mIoU'])} | {fmt(r['wIoU'])} | {fmt(r['mVC8'])} | {fmt(r['mVC16'])} | "
-                         f"{dm} | {dv} | {fmt(r.get('adapt_seconds'), 0)} | {ch} | {guard} |")
+                         f"{dm} | {dv} | {fmt(r.get('adapt_seconds'), 0)} | {ch} | {fused} | {guard} |")
         lines.append("")
     lines += [f"### mean over {', '.join(summary.get('mean_clips') or summary['clips'])}", "", "| variant | mIoU | mVC8 | ΔmIoU | ΔmVC8 | worst ΔmIoU |",
               "|---|---|---|---|---|---|"]

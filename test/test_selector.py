@@ -1,0 +1,77 @@
+"""Label-free choice among candidate adaptations (docs/dev_set_rule.md, addendum 4)."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from ditta_ros import selector
+from ditta_ros.selector import Evidence, choose, held_out_gain, holdout
+
+
+def test_holdout_keeps_every_third_frame_for_judging():
+    assert holdout(10) == ([0, 1, 3, 4, 6, 7, 9], [2, 5, 8])
+    assert holdout(2) == ([0, 1], [])
+    with pytest.raises(ValueError):
+        holdout(0)
+
+
+def test_held_out_gain_counts_agreement_with_the_reference_beyond_the_iss():
+    ref = [np.zeros((2, 5), np.int64)] * 3
+    iss = [np.array([[0, 0, 0, 1, 1], [0, 0, 0, 0, 0]])] * 3  # agrees on 8 of 10 pixels
+    better = [np.zeros((2, 5), np.int64)] * 3  # 10 of 10
+    assert held_out_gain(better, ref, iss, [2]) == pytest.approx(0.2)
+    assert held_out_gain(iss, ref, iss, [2]) == 0.0 and held_out_gain(better, ref, iss, []) == 0.0
+
+
+def test_a_refused_candidate_is_never_chosen_and_the_better_one_is():
+    order = ["default", "decoder", "faithful"]
+    ev = {"default": Evidence(0.0, False), "decoder": Evidence(0.01, False), "faithful": Evidence(0.2, True)}
+    assert choose(ev, order)[0] == "decoder"  # the best gain, the guard-refused one excluded
+    ev["decoder"] = Evidence(0.0005, False)  # within TIE of the best: the earlier candidate
+    assert choose(ev, order)[0] == "default"
+    ev = {"default": Evidence(-0.02, False), "faithful": Evidence(0.3, True)}
+    chosen, why = choose(ev, order)
+    assert chosen is None and "guard refused" in why and "-2.00 pt" in why
+    assert choose({"default": Evidence(selector.MIN_GAIN, False)}, order)[0] == "default"
+
+
+def test_select_never_serves_a_broken_candidate(monkeypatch):
+    """A candidate whose targets relabel everything to class 0 and whose decoder is trained hard on them
+    is refused by the guard; the other candidate (or the ISS) serves, and the report says why."""
+    from ditta_ros import presets
+    from ditta_ros.adapt import AdaptConfig
+    from ditta_ros.ditta import DiTTAMethod
+    from ditta_ros.inference import ISSRunner
+    from ditta_ros.iss.espnetv2 import ESPNetv2Seg
+    from ditta_ros.teacher.targets import TargetConfig
+
+    broken_targets = TargetConfig(thin_px=99)  # marks the broken candidate's targets
+    monkeypatch.setitem(presets.PRESETS, "broken", dataclasses.replace(
+        presets.PRESETS["default"], preset="broken", target=broken_targets,
+        adapt=AdaptConfig(iters=10, lr=0.05, params="decoder", bn="frozen", anchor=0.0, contrastive=False)))
+
+    class Teacher(DiTTAMethod):
+        def make_targets(self, frames, preds, rels, target_cfg=None):
+            broken = target_cfg == broken_targets
+            labels = [np.zeros_like(p) if broken else p.copy() for p in preds]
+            return labels, [np.ones(p.shape, np.int32) for p in preds], {}, {"changed": float(broken)}, 0.0
+
+    torch.manual_seed(0)
+    runner = ISSRunner(ESPNetv2Seg(s=0.5, num_classes=5, input_size=(64, 48)).eval())
+    frames = [np.random.default_rng(t).integers(0, 255, (40, 56, 3), dtype=np.uint8) for t in range(6)]
+    config = dataclasses.replace(presets.DittaConfig.from_preset("default", guard_conf=0.0),
+                                 candidates=("default", "broken"))
+    method = Teacher(runner, None, config, progress=False)
+    info = method.adapt(frames)
+    sel = info["selection"]
+    assert set(sel["candidates"]) == {"default", "broken"} and sel["held_out"] == [2, 5]
+    assert sel["candidates"]["broken"]["refused"] and not sel["candidates"]["broken"]["admissible"]
+    assert sel["chosen"] != "broken" and info["hyper"]["candidates"] == ["default", "broken"]
+    method.start_stream()
+    out = method.predict(frames[0])
+    if sel["chosen"] is None:
+        assert method.refused and np.array_equal(out.labels, runner.predict(frames[0]).labels)
+    else:
+        assert not method.refused and (out.labels == 0).mean() < 0.9  # not the all-zero model
