@@ -230,7 +230,7 @@ class DiTTAMethod(Method):
         """
         if self.net is None:
             raise RuntimeError("DiTTA predicts only after adapt()")
-        return FrozenDiTTA(self.net, self.config, self.runtime)
+        return FrozenDiTTA(self.net, self.config, self.runtime, trained_gap=self.frame_interval)
 
     def guard(self, frames: Sequence[np.ndarray], preds, rels) -> GuardVerdict:
         """Run the adapted streaming model over the warm-up frames (fresh state) and
@@ -285,7 +285,7 @@ class DiTTAMethod(Method):
             t1 = time.perf_counter()
             net, losses = self._train(cfg, [encoded[t] for t in train], input_hw, [labels[t] for t in train],
                                       [objs[t] for t in train])
-            frozen = FrozenDiTTA(net, cfg, self.runtime)
+            frozen = FrozenDiTTA(net, cfg, self.runtime, trained_gap=self.frame_interval)
             streamed = self._stream_labels(frozen, frames)
             verdict = check(streamed, preds, rels, self.config.guard)
             reference = targets[repr(self.config.target)][0] if repr(self.config.target) in targets else labels

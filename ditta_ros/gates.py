@@ -106,3 +106,79 @@ def gate_state(state, mask: np.ndarray):
         m = mask.astype(np.asarray(hp).dtype)
     return (state[0], state[1], hp * m)
 
+
+
+def warp_state(state, grid_flow: np.ndarray):
+    """``state`` with its previous-frame features and logits (``[1, D, gh, gw]``, ``[1, C, gh, gw]``,
+    torch or numpy) resampled at ``position + grid_flow`` (bilinear, borders replicated): the
+    content of the previous frame moved to where it is in the current one. ``grid_flow`` is float32
+    ``[gh, gw, 2]`` (x, y) in grid cells, from the current frame to the previous one; zero flow leaves
+    the state unchanged. ``has_prev`` and ``None`` (a stream's first frame) pass through."""
+    import cv2
+
+    if state is None:
+        return None
+    gh, gw = grid_flow.shape[:2]
+    gx, gy = np.meshgrid(np.arange(gw, dtype=np.float32), np.arange(gh, dtype=np.float32))
+    mx, my = gx + grid_flow[..., 0], gy + grid_flow[..., 1]
+
+    def warp(t):
+        a = t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+        hwc = np.ascontiguousarray(a[0].transpose(1, 2, 0), dtype=np.float32)
+        out = np.concatenate([cv2.remap(hwc[..., k:k + 128], mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                              .reshape(gh, gw, -1) for k in range(0, hwc.shape[2], 128)], 2)
+        out = out.transpose(2, 0, 1)[None].astype(a.dtype)
+        return torch.from_numpy(out).to(device=t.device, dtype=t.dtype) if isinstance(t, torch.Tensor) else out
+
+    return (warp(state[0]), warp(state[1]), state[2])
+
+
+class FlowWarp:
+    """Motion compensation of the streaming state (ours, ``warp: true``): dense optical flow (OpenCV
+    DIS, from the current frame to the previous one, on frames scaled by ``scale``) moves the
+    previous frame's features and logits on the add-on grid (:func:`warp_state`) so the add-on's
+    local window (Eq. 1) looks where the content went, whatever the gap between processed frames.
+    Where the flow is not forward-backward consistent (the backward flow at the forward target does
+    not return within ``max_fb`` pixels of the scaled frame) ``has_prev = 0``: the plain branch serves.
+
+    ``__call__(frame, state)`` takes each streamed uint8 RGB ``[H, W, 3]`` frame in order and the
+    state the frame would get; returns the warped, gated state (``None`` stays ``None``).
+    ``last_share``: the share of pixels left free to fuse on the last frame.
+    """
+
+    def __init__(self, scale: float = 0.5, max_fb: float = 1.0):
+        import cv2
+
+        self.scale, self.max_fb = float(scale), float(max_fb)
+        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
+        self._prev: Optional[np.ndarray] = None
+        self.last_share = 0.0
+
+    def reset(self) -> None:
+        """Forget the previous frame (a new stream)."""
+        self._prev = None
+
+    def __call__(self, frame: np.ndarray, state):
+        import cv2
+
+        h, w = frame.shape[:2]
+        small = cv2.resize(frame, (max(8, round(w * self.scale)), max(8, round(h * self.scale))),
+                           interpolation=cv2.INTER_AREA)
+        gray = cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_RGB2GRAY)
+        prev, self._prev = self._prev, gray
+        if state is None or prev is None or prev.shape != gray.shape:
+            self.last_share = 0.0
+            return state
+        fw = self._dis.calc(gray, prev, None)  # current -> previous
+        bw = self._dis.calc(prev, gray, None)  # previous -> current
+        sh, sw = gray.shape
+        gx, gy = np.meshgrid(np.arange(sw, dtype=np.float32), np.arange(sh, dtype=np.float32))
+        back = cv2.remap(bw, gx + fw[..., 0], gy + fw[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        ok = (np.linalg.norm(fw + back, axis=2) <= self.max_fb).astype(np.uint8)
+        gh, gw = np.asarray(state[0].shape)[2:]
+        grid = cv2.resize(fw, (int(gw), int(gh)), interpolation=cv2.INTER_AREA)
+        grid[..., 0] *= gw / sw
+        grid[..., 1] *= gh / sh
+        mask = cv2.resize(ok, (w, h), interpolation=cv2.INTER_NEAREST).astype(np.float32)
+        self.last_share = float(mask.mean())
+        return gate_state(warp_state(state, grid), mask)

@@ -52,6 +52,10 @@ class DittaConfig:
         addon_stride: pooling of the decoder grid for the add-on (0: the model card's).
         candidates: presets whose targets and adaptation are tried, one chosen label-free
             (:mod:`ditta_ros.selector`); empty: this configuration's own alone.
+        warp: move the previous frame's state by optical flow before the add-on attends, and fuse
+            only where the flow is forward-backward consistent (:class:`~ditta_ros.gates.FlowWarp`).
+        gap_factor: when > 0, frames farther apart than ``gap_factor`` x the frame gap the add-on
+            was trained on (the warm-up's) are served by the plain branch, instead of ``max_gap``.
 
     Raises:
         ValueError: ``tau`` outside [0, 1], a negative ``max_gap`` or ``addon_stride``, an
@@ -68,12 +72,15 @@ class DittaConfig:
     fusion: str = "frame"
     addon_stride: int = 0
     candidates: Tuple[str, ...] = ()
+    warp: bool = False
+    gap_factor: float = 0.0
 
     def __post_init__(self):
         if not 0.0 <= self.tau <= 1.0:
             raise ValueError(f"tau must lie in [0, 1], got {self.tau}")
-        if self.max_gap < 0 or self.addon_stride < 0:
-            raise ValueError(f"max_gap and addon_stride must be >= 0, got {self.max_gap}, {self.addon_stride}")
+        if self.max_gap < 0 or self.addon_stride < 0 or self.gap_factor < 0:
+            raise ValueError(f"max_gap, addon_stride and gap_factor must be >= 0, got {self.max_gap}, "
+                             f"{self.addon_stride}, {self.gap_factor}")
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
 
@@ -141,6 +148,10 @@ class DittaConfig:
             out["addon_stride"] = self.addon_stride
         if self.candidates:
             out["candidates"] = list(self.candidates)
+        if self.warp:
+            out["warp"] = True
+        if self.gap_factor:
+            out["gap_factor"] = self.gap_factor
         return out
 
 
@@ -173,7 +184,7 @@ PRESETS: Dict[str, DittaConfig] = {
                           candidates=("default", "decoder", "faithful")),
 }
 
-_SCALARS = ("tau", "motion_gate", "max_gap", "fusion", "addon_stride")
+_SCALARS = ("tau", "motion_gate", "max_gap", "fusion", "addon_stride", "warp", "gap_factor")
 
 
 def _key_groups() -> Dict[str, str]:

@@ -398,3 +398,40 @@ def test_skip_addon_runs_the_plain_graph_only_when_no_pixel_may_fuse():
     assert len(plain.calls) == 2 and len(full.calls) == 2 and b.describe() == "full"
     with pytest.raises(ValueError):
         b.step(np.zeros((2, 2, 3), np.uint8))
+
+
+def test_flow_warp_moves_the_state_with_the_scene_and_gates_inconsistent_flow():
+    """Zero flow leaves the state unchanged; a scene shifted by a whole grid cell moves the state by one
+    cell; the first frame of a stream passes through; FrozenDiTTA with ``gap_factor`` fuses up to that
+    multiple of the gap it was trained on."""
+    import cv2
+
+    from ditta_ros.gates import FlowWarp, warp_state
+
+    state = (torch.randn(1, 130, 6, 8), np.random.rand(1, 5, 6, 8).astype(np.float32), np.ones((48, 64), np.float32))
+    same = warp_state(state, np.zeros((6, 8, 2), np.float32))
+    assert torch.equal(same[0], state[0]) and np.array_equal(same[1], state[1]) and same[2] is state[2]
+    assert warp_state(None, np.zeros((6, 8, 2), np.float32)) is None
+
+    rng = np.random.default_rng(0)
+    base = cv2.GaussianBlur((rng.random((200, 300)) * 255).astype(np.float32), (0, 0), 4)
+    base = cv2.normalize(base, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+
+    def frame(dx):
+        return np.repeat(base[40:136, 40 + dx:168 + dx, None], 3, 2).copy()
+
+    warp = FlowWarp()
+    grid = (torch.arange(16 * 12, dtype=torch.float32).view(1, 1, 12, 16).repeat(1, 2, 1, 1),
+            np.zeros((1, 1, 12, 16), np.float32), torch.ones(96, 128))
+    assert warp(frame(0), grid) is grid  # the first frame: nothing to warp against
+    moved = warp(frame(8), grid)  # the scene moved 8 px left = one cell of a 12 x 16 grid on 96 x 128
+    inner = moved[0][0, 0, 3:-3, 3:-3] - grid[0][0, 0, 3:-3, 3:-3]
+    assert torch.allclose(inner, torch.ones_like(inner), atol=0.25) and warp.last_share > 0.8
+
+    from ditta_ros.presets import DittaConfig
+    from ditta_ros.runtime import FrozenDiTTA
+
+    net = _net()
+    frozen = FrozenDiTTA(net, DittaConfig.from_preset("default", gap_factor=1.5), trained_gap=0.2)
+    assert frozen.max_gap == pytest.approx(0.3)
+    assert FrozenDiTTA(net, DittaConfig.from_preset("default")).max_gap == 0.2

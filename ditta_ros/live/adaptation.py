@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional
 
+import numpy as np
+
 from ..ditta import AdaptationCancelled
 from ..runtime import FrozenDiTTA
 from .config import LiveConfig
@@ -98,7 +100,8 @@ def run_adaptation(method, batch: WarmupBatch, cfg: LiveConfig, serving: Serving
         if not exporting():
             return Outcome("cancelled", info, t0=t0, frames=n)
         hw = tuple(batch.frames[0].shape[:2])
-        frozen = _serving_model(method, serving)
+        gap = float(np.median(np.diff(batch.stamps))) if len(batch.stamps) > 1 else None
+        frozen = _serving_model(method, serving, gap)
         if frozen.ready_for(hw):
             frozen.reset()  # the guard's stream ends here
         else:
@@ -107,7 +110,7 @@ def run_adaptation(method, batch: WarmupBatch, cfg: LiveConfig, serving: Serving
                 "warmup_stamps": [round(s, 6) for s in batch.stamps], "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "tau": serving.config.tau, "preset": serving.config.preset, "fusion": serving.config.fusion,
                 "target_report": info.get("target_report"), "guard": info.get("guard"),
-                "adapt_seconds": info.get("adapt_seconds")}
+                "adapt_seconds": info.get("adapt_seconds"), "trained_gap": gap}
         log.info("adapted in %.1f s (teacher %.1f s); streaming on %s", time.perf_counter() - t0,
                  info.get("teacher_seconds") or 0.0, frozen.describe())
         return Outcome("adapted", info, frozen, meta, t0=t0, frames=n)
@@ -119,12 +122,13 @@ def run_adaptation(method, batch: WarmupBatch, cfg: LiveConfig, serving: Serving
         return Outcome("failed", error=f"{type(exc).__name__}: {exc}", t0=t0, frames=n)
 
 
-def _serving_model(method, serving: Serving) -> FrozenDiTTA:
+def _serving_model(method, serving: Serving, trained_gap: Optional[float]) -> FrozenDiTTA:
     """The adapted network frozen for the serving runtime: the method's own frozen model when it
     already runs there (the guard's), else a new freeze. The guard runs the method's model on its
     runtime (torch) before anything may touch a serving engine: a refit of a TensorRT engine
     happens only after the guard accepted."""
     own = getattr(method, "frozen", None)
     if own is not None and getattr(method, "runtime", None) == serving.runtime:
+        own.trained_gap = trained_gap  # the node's processed-frame gap, not the method's frame interval
         return own
-    return serving.freeze(method.net)
+    return serving.freeze(method.net, trained_gap)

@@ -53,7 +53,7 @@ def load_for_serving(cfg: LiveConfig, serving: Serving) -> Tuple[FrozenDiTTA, Di
     if meta.get("model") not in (None, cfg.model):
         raise ParameterError("adapted_checkpoint", path, f"an adaptation of model {cfg.model}; this one "
                              f"is of {meta.get('model')}")
-    frozen = serving.freeze(net.eval())
+    frozen = serving.freeze(net.eval(), meta.get("trained_gap"))
     if meta.get("frame_hw"):
         try:
             frozen.prepare(tuple(meta["frame_hw"]))

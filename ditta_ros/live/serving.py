@@ -64,9 +64,10 @@ class Serving:
         self._prev_stamp: Optional[float] = None
         self.frame_gap_s: Optional[float] = None
 
-    def freeze(self, net) -> FrozenDiTTA:
-        """``net`` frozen for serving with this configuration and runtime."""
-        return FrozenDiTTA(net, self.config, self.runtime)
+    def freeze(self, net, trained_gap: Optional[float] = None) -> FrozenDiTTA:
+        """``net`` frozen for serving with this configuration and runtime (``trained_gap``: seconds
+        between the warm-up frames it was adapted on)."""
+        return FrozenDiTTA(net, self.config, self.runtime, trained_gap)
 
     # -- the served adapted model ----------------------------------------------------------
     def install(self, frozen: Optional[FrozenDiTTA], meta: Optional[Dict[str, object]] = None) -> None:
@@ -175,7 +176,7 @@ class Serving:
         """Prepare the adapted model for a new frame size in the background (an export and,
         with TensorRT, an engine build take long); the ISS serves meanwhile."""
         def job():
-            fresh = self.freeze(frozen.net)
+            fresh = self.freeze(frozen.net, frozen.trained_gap)
             fresh.prepare(hw)
             with self._lock:
                 if self.frozen is frozen:

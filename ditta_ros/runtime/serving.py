@@ -25,7 +25,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from ..gates import MotionGate, apply_gates
+from ..gates import FlowWarp, MotionGate, apply_gates
 from ..inference import Prediction
 from ..paths import EXPORT_DIR
 from ..presets import DittaConfig
@@ -197,16 +197,20 @@ class FrozenDiTTA:
             0: the plain branch only), ``fusion``, ``motion_gate`` and ``max_gap`` (seconds;
             frames farther apart are served by the plain branch; 0: off) it serves with.
         runtime: :class:`~.options.RuntimeOptions` (backend, precision, cache folders).
+        trained_gap: seconds between the warm-up frames the add-on was trained on (``None``:
+            unknown); with ``config.gap_factor`` it sets the largest gap that is fused.
 
     One thread steps it; a re-adaptation that refits this model's engine in place
     (``prepare(previous=this)``) exports first and holds :attr:`lock` only for the weight
     swap, so this model keeps serving meanwhile.
     """
 
-    def __init__(self, net, config: DittaConfig, runtime: RuntimeOptions = RuntimeOptions()):
+    def __init__(self, net, config: DittaConfig, runtime: RuntimeOptions = RuntimeOptions(),
+                 trained_gap: Optional[float] = None):
         self.net = net.eval()
-        self.config, self.runtime = config, runtime
+        self.config, self.runtime, self.trained_gap = config, runtime, trained_gap
         self.tau = float(config.tau)
+        self._warp: Optional[FlowWarp] = None
         self.backend = None
         self.frame_hw: Optional[Tuple[int, int]] = None
         self._gate: Optional[MotionGate] = None
@@ -234,6 +238,7 @@ class FrozenDiTTA:
                                          refit_lock=previous.lock if refit else None)
         self._gate = MotionGate(StreamingDiTTA(self.net, hw, self.tau).window_reach()) \
             if self.config.motion_gate and self.tau > 0 else None
+        self._warp = FlowWarp() if self.config.warp and self.tau > 0 else None
         self.frame_hw, self._state = hw, None
         return self.backend
 
@@ -241,12 +246,21 @@ class FrozenDiTTA:
         """True when the backend serves frames of ``frame_hw`` without re-preparing."""
         return self.backend is not None and self.frame_hw == tuple(frame_hw)
 
+    @property
+    def max_gap(self) -> float:
+        """Seconds: frames farther apart are served by the plain branch (0: no limit):
+        ``gap_factor`` x :attr:`trained_gap` when both are set, else the configuration's ``max_gap``."""
+        if self.config.gap_factor > 0 and self.trained_gap:
+            return self.config.gap_factor * self.trained_gap
+        return self.config.max_gap
+
     def reset(self) -> None:
         """Start a new stream (the next frame uses no previous one) and new :attr:`stats`."""
         self._state = None
         self.stats = StreamStats()
-        if self._gate is not None:
-            self._gate.reset()
+        for g in (self._gate, self._warp):
+            if g is not None:
+                g.reset()
 
     def describe(self) -> str:
         """The backend's description (``"unprepared"`` before :meth:`prepare`)."""
@@ -262,7 +276,8 @@ class FrozenDiTTA:
         """
         if not self.ready_for(frame.shape[:2]):
             self.prepare(frame.shape[:2])
-        state = apply_gates(self._state, frame, self._gate, interval, self.config.max_gap)
+        state = self._state if self._warp is None else self._warp(frame, self._state)
+        state = apply_gates(state, frame, self._gate, interval, self.max_gap)
         self.stats.add(interval, self.tau > 0 and state is not None and float(state[2].max()) > 0.5)
         with self.lock:
             unusable = getattr(self.backend, "unusable", None)

@@ -31,7 +31,7 @@ def play_bag(bag: str, rate: float = 1.0, topics: Optional[Sequence[str]] = None
              reliable: bool = True, node=None, pause_after: int = 0, wait_state: str = "STREAMING",
              wait_timeout: float = 1800.0, lockstep: bool = False, lockstep_timeout: float = 60.0,
              min_subscribers: int = 1, progress: bool = False,
-             on_done: Optional[Callable[[int], None]] = None) -> int:
+             on_done: Optional[Callable[[int], None]] = None, lockstep_first: int = 0) -> int:
     """Publish the messages of ``bag`` with rclpy at ``rate`` x the recorded rate.
 
     ``clock`` also publishes ``/clock`` from the header stamps (for ``use_sim_time``).
@@ -39,7 +39,8 @@ def play_bag(bag: str, rate: float = 1.0, topics: Optional[Sequence[str]] = None
     ``wait_state`` (an unhurried replay for evaluation: the node adapts on the first
     N frames and the rest arrive once it streams). ``lockstep``: after each message
     with a header, wait (up to ``lockstep_timeout`` s) for ``/ditta/semantic`` with the
-    same stamp, so a slow node drops nothing. ``min_subscribers``: how many
+    same stamp, so a slow node drops nothing; ``lockstep_first = N``: only the first N messages
+    do (a live camera after an unhurried warm-up). ``min_subscribers``: how many
     subscribers each topic must have before playing (e.g. 2 = the node and a
     recorder; messages sent before a subscriber matched are lost to it). Waits up
     to ``wait_subscribers`` seconds for a subscriber on every topic. Returns the
@@ -81,7 +82,7 @@ def play_bag(bag: str, rate: float = 1.0, topics: Optional[Sequence[str]] = None
                 time.sleep(0.5)  # discovery is two-sided: let the subscribers match this publisher too
             status = {"state": None}
             done = set()
-            if lockstep:
+            if lockstep or lockstep_first:
                 from sensor_msgs.msg import Image
 
                 node.create_subscription(
@@ -121,7 +122,8 @@ def play_bag(bag: str, rate: float = 1.0, topics: Optional[Sequence[str]] = None
                     pubs[conn.id].publish(bytes(raw))
                     sent += 1
                     bar.update(1)
-                    if lockstep and "header" in getattr(ts.types[conn.msgtype], "__dataclass_fields__", {}):
+                    if (lockstep or sent <= lockstep_first) and \
+                            "header" in getattr(ts.types[conn.msgtype], "__dataclass_fields__", {}):
                         h = ts.deserialize_cdr(raw, conn.msgtype).header
                         stamp = int(h.stamp.sec) * 10**9 + int(h.stamp.nanosec)
                         end = time.monotonic() + lockstep_timeout

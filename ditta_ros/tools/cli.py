@@ -94,6 +94,7 @@ def _cmd_bag(args) -> int:
     elif args.bag_cmd == "play":
         n = bag_ros.play_bag(args.bag, args.rate, args.topics, args.loop, args.clock, args.wait,
                              pause_after=args.pause_after, wait_state=args.wait_state, lockstep=args.lockstep,
+                             lockstep_first=args.lockstep_first,
                              min_subscribers=args.min_subscribers, progress=args.progress,
                              on_done=lambda n: _report_then_guard(f"published {n} messages"))
     elif args.bag_cmd == "record":
@@ -217,7 +218,8 @@ def _add_demo(sub) -> None:
     d.add_argument("--max-frames", type=int, help="keep the first N frames of a video")
     d.add_argument("--topic", help="camera topic of an input bag (default: the image topic with most messages)")
     d.add_argument("--realtime", action="store_true",
-                   help="play at the bag's rate (x --rate) and let the node drop frames, as a live camera would")
+                   help="a live camera: the warm-up frames wait for their labels, the replay pauses while the node "
+                        "adapts, then plays at the bag's rate (x --rate) and the node drops what it cannot process")
     d.add_argument("--rate", type=float, default=DemoConfig.rate, help="playback speed factor with --realtime")
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=_cmd_demo)
@@ -355,6 +357,8 @@ def _add_bag(sub) -> None:
     bp.add_argument("--wait-state", default=_default(play_bag, "wait_state"))
     bp.add_argument("--min-subscribers", type=int, default=_default(play_bag, "min_subscribers"),
                     help="subscribers each topic needs before playing (e.g. 2: the node and a recorder)")
+    bp.add_argument("--lockstep-first", type=int, default=_default(play_bag, "lockstep_first"),
+                    help="only the first N frames wait for their /ditta/semantic (then the bag's rate)")
     bp.add_argument("--lockstep", action="store_true",
                     help="after each frame wait for its /ditta/semantic (no frame dropped; evaluation replay)")
     bp.add_argument("--progress", action="store_true", help="progress bar on stderr")
