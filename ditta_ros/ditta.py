@@ -11,6 +11,7 @@ previous frame and uses the plain branch only.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -273,6 +274,9 @@ class DiTTAMethod(Method):
         t0 = time.perf_counter()
         encoded, input_hw, preds, rels = self.iss_warmup(frames, iss_preds)
         train, held = selector.holdout(len(frames))
+        # the ISS on the candidates' own streaming path (plain graph): preprocessing differences cancel
+        plain = FrozenDiTTA(DiTTANet(self.runner.model), dataclasses.replace(self.config, tau=0.0), self.runtime)
+        iss_streamed = self._stream_labels(plain, frames)
         targets = {}  # per target configuration: (labels, objects, stats, report)
         teacher_s, evidence, made = 0.0, {}, {}
         for name, cfg in self.config.candidate_configs():
@@ -289,7 +293,7 @@ class DiTTAMethod(Method):
             streamed = self._stream_labels(frozen, frames)
             verdict = check(streamed, preds, rels, self.config.guard)
             reference = targets[repr(self.config.target)][0] if repr(self.config.target) in targets else labels
-            evidence[name] = selector.Evidence(selector.held_out_gain(streamed, reference, preds, held),
+            evidence[name] = selector.Evidence(selector.held_out_gain(streamed, reference, iss_streamed, held),
                                                verdict.refused, round(verdict.changed, 5), verdict.reasons,
                                                round(time.perf_counter() - t1, 3))
             made[name] = (net, frozen, verdict, losses)

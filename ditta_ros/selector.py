@@ -38,7 +38,8 @@ def holdout(n: int) -> Tuple[List[int], List[int]]:
 def held_out_gain(labels: Sequence[np.ndarray], reference: Sequence[np.ndarray], iss: Sequence[np.ndarray],
                   held: Sequence[int]) -> float:
     """Share of the held-out pixels on which ``labels`` agree with ``reference``, minus the same share
-    for ``iss`` (in [-1, 1]; 0 without held-out frames).
+    for ``iss`` (in [-1, 1]; 0 without held-out frames). ``iss`` is the pre-trained model on the
+    candidates' own streaming path, so that preprocessing differences cancel.
 
     Args:
         labels, reference, iss: per warm-up frame, ``[H, W]`` integer class ids of one size per frame.
