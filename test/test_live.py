@@ -76,7 +76,7 @@ def _adapted(**fake):
     live = LivePipeline(LiveConfig(warmup_frames=2, backend="torch"), _runner(),
                         method_factory=lambda r: _FakeMethod(r, **fake))
     for i in range(2):
-        live.process(_frame(seed=i))
+        live.process(_frame(seed=i), stamp=0.1 * i)
     live.wait_idle(60)
     return live
 
@@ -101,7 +101,7 @@ def test_refused_adaptation_serves_the_iss_model_with_a_warning():
     ok.method_factory = lambda r: _FakeMethod(r, refuse=True)
     ok.readapt()
     for i in range(2):
-        ok.process(_frame(seed=i))
+        ok.process(_frame(seed=i), stamp=10 + 0.1 * i)
     ok.wait_idle(60)
     assert ok.phase == Phase.STREAMING and "previous adaptation keeps serving" in ok.status()["warning"]
     ok.process(_frame(seed=9))
@@ -148,7 +148,7 @@ def test_auto_readapt_starts_a_new_warmup_after_a_scene_change():
                      scene_change_threshold=0.01)
     live = LivePipeline(cfg, _runner(), method_factory=lambda r: _FakeMethod(r))
     for i in range(2):
-        live.process(_frame(seed=i))
+        live.process(_frame(seed=i), stamp=0.1 * i)
     live.wait_idle(60)
     assert live.phase == Phase.STREAMING
     from ditta_ros.inference import Prediction
@@ -240,14 +240,14 @@ def test_reset_during_adapting_stops_it_and_a_readapt_never_runs_two(tmp_path):
     seconds = {"n": 30.0}
     live = LivePipeline(cfg, _runner(), method_factory=lambda r: _SlowMethod(r, seconds["n"]))
     for i in range(2):
-        live.process(_frame(seed=i))
+        live.process(_frame(seed=i), stamp=0.1 * i)
     assert live.phase == Phase.ADAPTING
     time.sleep(0.2)
     live.reset()
     assert live.phase == Phase.ISS and live.readapt() == "warm-up started"
     seconds["n"] = 0.3
     for i in range(2):
-        live.process(_frame(seed=i))
+        live.process(_frame(seed=i), stamp=0.1 * i)
     t0 = time.monotonic()
     live.wait_idle(30)
     assert time.monotonic() - t0 < 10  # the first one stopped at once instead of running its 30 s
@@ -264,7 +264,7 @@ def test_readapt_keeps_the_adapted_model_serving_and_warmup_predictions_reach_th
 
     live = LivePipeline(LiveConfig(warmup_frames=2, backend="torch", checkpoint_dir=str(tmp_path)), _runner(),
                         method_factory=factory)
-    served = [live.process(_frame(seed=i))[0] for i in range(2)]
+    served = [live.process(_frame(seed=i), stamp=0.1 * i)[0] for i in range(2)]
     live.wait_idle(60)
     assert live.last_source == "iss" and made[0].iss_preds is not None  # the ISS ran once per warm-up frame
     assert all(np.array_equal(p.labels, s.labels) for p, s in zip(made[0].iss_preds, served))
@@ -525,7 +525,7 @@ def test_a_failing_adapted_backend_falls_back_and_a_failed_preparation_is_not_re
     # a new frame size whose preparation fails: the ISS serves, the failure is not retried every frame
     calls = []
 
-    def broken_freeze(net):
+    def broken_freeze(net, trained_gap=None):
         calls.append(net)
         raise RuntimeError("no engine for this size")
 
@@ -569,3 +569,18 @@ def test_after_a_checkpoint_start_the_iss_for_a_new_size_is_prepared_in_the_back
     assert again.status()["preparing"] == "iss 44x30" and np.array_equal(pred.labels, runner.predict(small).labels)
     again.wait_idle(120)
     assert again.serving.iss.ready_for((30, 44))
+
+
+def test_an_adaptation_that_could_never_serve_is_skipped_without_the_teacher():
+    """Only the add-on adapts (default preset) and the warm-up frames are 0.5 s apart, beyond max_gap
+    (0.2 s): the add-on could never fuse, so the method is not even built; the ISS serves and says why."""
+    built = []
+    live = LivePipeline(LiveConfig(warmup_frames=3, backend="torch"), _runner(),
+                        method_factory=lambda r: built.append(r) or _FakeMethod(r))
+    for i in range(3):
+        live.process(_frame(seed=i), stamp=0.5 * i)
+    live.wait_idle(30)
+    assert live.phase == Phase.ISS and not built
+    assert "never fuses at this frame gap (0.50 s > max_gap 0.2 s)" in live.status()["warning"]
+    fast = _adapted()  # the default 0.1 s apart: adapted as usual
+    assert fast.phase == Phase.STREAMING

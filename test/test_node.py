@@ -58,6 +58,11 @@ def _start(ros_env, tmp_path, *params, ns=None):
     return proc, log_path
 
 
+def _frame_number(msg) -> int:
+    """The frame number :meth:`_Client.send` stamped (``sec / 10`` s)."""
+    return msg.header.stamp.sec * 10 + msg.header.stamp.nanosec // 100_000_000
+
+
 class _Client:
     """A test node: an image publisher and subscriptions to the node's outputs under ``prefix``."""
 
@@ -73,9 +78,9 @@ class _Client:
                                               QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
         self.got, self.color, self.statuses, self.diags = {}, {}, [], []
         self.node.create_subscription(Image, f"{prefix}/ditta/semantic",
-                                      lambda m: self.got.__setitem__(m.header.stamp.sec, m), 50)
+                                      lambda m: self.got.__setitem__(_frame_number(m), m), 50)
         self.node.create_subscription(Image, f"{prefix}/ditta/semantic/color",
-                                      lambda m: self.color.__setitem__(m.header.stamp.sec, m), 50)
+                                      lambda m: self.color.__setitem__(_frame_number(m), m), 50)
         self.node.create_subscription(String, f"{prefix}/ditta/status",
                                       lambda m: self.statuses.append(json.loads(m.data)), 200)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: self.diags.append(m), 50)
@@ -83,8 +88,11 @@ class _Client:
         self.prefix = prefix
 
     def send(self, frame, sec, encoding="rgb8", data=None, step=None):
+        """Publish frame number ``sec`` stamped ``sec / 10`` s (a 10 Hz camera)."""
         m = self.Image()
-        m.header.stamp.sec, m.header.frame_id = sec, "cam_optical"
+        m.header.stamp.sec, m.header.stamp.nanosec = divmod(int(sec), 10)
+        m.header.stamp.nanosec *= 100_000_000
+        m.header.frame_id = "cam_optical"
         m.height, m.width, m.encoding = frame.shape[0], frame.shape[1], encoding
         m.step = step if step is not None else frame.shape[1] * 3
         m.data = data if data is not None else frame.tobytes()

@@ -29,6 +29,7 @@ class Outcome:
 
     Attributes:
         kind: ``adapted`` (``frozen`` serves next) | ``refused`` (by the guard; ``reasons``) |
+            ``skipped`` (nothing it could adapt would serve: :func:`futile`; ``reasons``) |
             ``cancelled`` (its stop event was set) | ``failed`` (``error``).
         info: what the method's ``adapt`` returned (seconds, target report, guard verdict).
         frozen: the adapted model, prepared for the warm-up frame size (``adapted`` only).
@@ -62,13 +63,14 @@ class Outcome:
                           if guard else None)}
 
 
-def run_adaptation(method, batch: WarmupBatch, cfg: LiveConfig, serving: Serving, stop: threading.Event,
-                   running: Callable[[int], None], exporting: Callable[[], bool]) -> Outcome:
-    """Adapt ``method`` on ``batch`` and freeze the result for ``serving``.
+def run_adaptation(make_method: Callable[[], object], batch: WarmupBatch, cfg: LiveConfig, serving: Serving,
+                   stop: threading.Event, running: Callable[[int], None], exporting: Callable[[], bool]) -> Outcome:
+    """Build the method, adapt it on ``batch`` and freeze the result for ``serving``; nothing is
+    built when adapting could not change a served label (:func:`futile`).
 
     Args:
-        method: a :class:`~ditta_ros.ditta.DiTTAMethod` (or a stand-in with ``adapt``, ``net``,
-            ``refused``, ``stop``, ``config``).
+        make_method: returns a :class:`~ditta_ros.ditta.DiTTAMethod` (or a stand-in with ``adapt``,
+            ``net``, ``refused``, ``stop``).
         batch: the warm-up frames, their served ISS predictions and stamps.
         cfg: the live configuration (recorded in the checkpoint metadata).
         serving: where the adapted model will serve (its runtime; the model it replaces).
@@ -81,10 +83,16 @@ def run_adaptation(method, batch: WarmupBatch, cfg: LiveConfig, serving: Serving
     """
     t0 = time.perf_counter()
     n = len(batch.frames)
+    gap = float(np.median(np.diff(batch.stamps))) if len(batch.stamps) > 1 else None
     try:
         if stop.is_set():
             raise AdaptationCancelled("adaptation cancelled")
+        pointless = futile(serving.config, gap)
+        if pointless:
+            log.warning("adaptation skipped: %s", pointless)
+            return Outcome("skipped", reasons=pointless, t0=t0, frames=n)
         log.info("adapting on %d warm-up frames (%dx%d)", n, batch.frames[0].shape[1], batch.frames[0].shape[0])
+        method = make_method()
         method.stop = stop
         running(1)
         try:
@@ -100,7 +108,6 @@ def run_adaptation(method, batch: WarmupBatch, cfg: LiveConfig, serving: Serving
         if not exporting():
             return Outcome("cancelled", info, t0=t0, frames=n)
         hw = tuple(batch.frames[0].shape[:2])
-        gap = float(np.median(np.diff(batch.stamps))) if len(batch.stamps) > 1 else None
         frozen = _serving_model(method, serving, gap)
         if frozen.ready_for(hw):
             frozen.reset()  # the guard's stream ends here
@@ -120,6 +127,20 @@ def run_adaptation(method, batch: WarmupBatch, cfg: LiveConfig, serving: Serving
     except Exception as exc:  # the node must survive a failed adaptation
         log.exception("adaptation failed: %s", exc)
         return Outcome("failed", error=f"{type(exc).__name__}: {exc}", t0=t0, frames=n)
+
+
+def futile(config, gap: Optional[float]) -> Optional[str]:
+    """Why adapting could not change a served label (``None``: it could): only the add-on would adapt
+    (no candidates) and it never fuses, because ``tau`` is 0 or the frames are ``gap`` s apart,
+    beyond ``max_gap`` (without ``gap_factor``). Then the teacher need not run."""
+    if config.candidates or config.adapt.params != "addon":
+        return None
+    if config.tau <= 0:
+        return "only the add-on would adapt and tau is 0 (the add-on never fuses); serving the ISS model"
+    if gap is not None and config.gap_factor <= 0 and 0 < config.max_gap < gap:
+        return (f"only the add-on would adapt and it never fuses at this frame gap ({gap:.2f} s > max_gap "
+                f"{config.max_gap:g} s); serving the ISS model")
+    return None
 
 
 def _serving_model(method, serving: Serving, trained_gap: Optional[float]) -> FrozenDiTTA:

@@ -280,16 +280,9 @@ class LivePipeline:
                 self.phase = Phase.EXPORTING
                 return True
 
-        try:
-            if stop.is_set():  # reset while waiting for the previous one: build nothing
-                self._apply(Outcome("cancelled"), gen)
-                return
-            method = self.method_factory(self.runner)
-        except Exception as exc:
-            log.exception("adaptation failed: %s", exc)
-            outcome = Outcome("failed", error=f"{type(exc).__name__}: {exc}", frames=len(batch.frames))
-        else:
-            outcome = run_adaptation(method, batch, self.cfg, self.serving, stop, running, exporting)
+        # a reset while waiting for the previous one builds nothing (run_adaptation checks `stop` first)
+        outcome = run_adaptation(lambda: self.method_factory(self.runner), batch, self.cfg, self.serving, stop,
+                                 running, exporting)
         self._apply(outcome, gen)
 
     def _apply(self, outcome: Outcome, gen: int) -> None:
@@ -301,6 +294,11 @@ class LivePipeline:
             if outcome.kind == "failed":
                 self.error = outcome.error
                 self.phase = Phase.STREAMING if serving_adapted else Phase.ISS
+                return
+            if outcome.kind == "skipped":
+                self.last_adapt = outcome.summary("previous adaptation" if serving_adapted else "iss (skipped)")
+                self.warning = f"adaptation skipped: {outcome.reasons}"
+                self.phase, self.progress = (Phase.STREAMING if serving_adapted else Phase.ISS), 1.0
                 return
             if outcome.kind == "refused":
                 if serving_adapted:  # a re-adaptation: the previous one stays

@@ -26,12 +26,27 @@ def _msg_class(msgtype: str):
     return getattr(importlib.import_module(f"{pkg}.{kind}"), name)
 
 
+def _wait_for_state(node, status: Dict[str, object], state: str, timeout: float) -> None:
+    """Spin ``node`` until ``status["state"]`` (filled by its ``/ditta/status`` subscription) is ``state``.
+
+    Raises:
+        RuntimeError: not within ``timeout`` s.
+    """
+    import rclpy
+
+    end = time.monotonic() + timeout
+    while status["state"] != state and time.monotonic() < end:
+        rclpy.spin_once(node, timeout_sec=0.2)
+    if status["state"] != state:
+        raise RuntimeError(f"/ditta/status did not reach {state} within {timeout} s (last: {status['state']})")
+
+
 def play_bag(bag: str, rate: float = 1.0, topics: Optional[Sequence[str]] = None, loop: bool = False,
              clock: bool = False, wait_subscribers: float = 10.0,
              reliable: bool = True, node=None, pause_after: int = 0, wait_state: str = "STREAMING",
              wait_timeout: float = 1800.0, lockstep: bool = False, lockstep_timeout: float = 60.0,
              min_subscribers: int = 1, progress: bool = False,
-             on_done: Optional[Callable[[int], None]] = None, lockstep_first: int = 0) -> int:
+             on_done: Optional[Callable[[int], None]] = None, pause_on: str = "") -> int:
     """Publish the messages of ``bag`` with rclpy at ``rate`` x the recorded rate.
 
     ``clock`` also publishes ``/clock`` from the header stamps (for ``use_sim_time``).
@@ -39,8 +54,8 @@ def play_bag(bag: str, rate: float = 1.0, topics: Optional[Sequence[str]] = None
     ``wait_state`` (an unhurried replay for evaluation: the node adapts on the first
     N frames and the rest arrive once it streams). ``lockstep``: after each message
     with a header, wait (up to ``lockstep_timeout`` s) for ``/ditta/semantic`` with the
-    same stamp, so a slow node drops nothing; ``lockstep_first = N``: only the first N messages
-    do (a live camera after an unhurried warm-up). ``min_subscribers``: how many
+    same stamp, so a slow node drops nothing. ``pause_on``: pause while ``/ditta/status`` reports this
+    state until it reports ``wait_state`` (a live camera that waits while the node adapts). ``min_subscribers``: how many
     subscribers each topic must have before playing (e.g. 2 = the node and a
     recorder; messages sent before a subscriber matched are lost to it). Waits up
     to ``wait_subscribers`` seconds for a subscriber on every topic. Returns the
@@ -82,13 +97,13 @@ def play_bag(bag: str, rate: float = 1.0, topics: Optional[Sequence[str]] = None
                 time.sleep(0.5)  # discovery is two-sided: let the subscribers match this publisher too
             status = {"state": None}
             done = set()
-            if lockstep or lockstep_first:
+            if lockstep:
                 from sensor_msgs.msg import Image
 
                 node.create_subscription(
                     Image, "/ditta/semantic",
                     lambda m: done.add(int(m.header.stamp.sec) * 10**9 + int(m.header.stamp.nanosec)), 50)
-            if pause_after:
+            if pause_after or pause_on:
                 import json
 
                 from std_msgs.msg import String
@@ -98,15 +113,12 @@ def play_bag(bag: str, rate: float = 1.0, topics: Optional[Sequence[str]] = None
             while True:
                 t_bag0 = t_wall0 = None
                 for conn, t, raw in reader.messages(connections=conns):
-                    if pause_after and sent == pause_after:
+                    if pause_on:
+                        rclpy.spin_once(node, timeout_sec=0)
+                    if (pause_after and sent == pause_after) or (pause_on and status["state"] == pause_on):
                         log.info("paused after %d messages until /ditta/status reports %s", sent, wait_state)
-                        end = time.monotonic() + wait_timeout
-                        while status["state"] != wait_state and time.monotonic() < end:
-                            rclpy.spin_once(node, timeout_sec=0.2)
-                        if status["state"] != wait_state:
-                            raise RuntimeError(f"/ditta/status did not reach {wait_state} within {wait_timeout} s "
-                                               f"(last: {status['state']})")
-                        t_bag0 = None
+                        _wait_for_state(node, status, wait_state, wait_timeout)
+                        pause_on, t_bag0 = "", None  # pause once
                     if t_bag0 is None:
                         t_bag0, t_wall0 = t, time.monotonic()
                     delay = t_wall0 + (t - t_bag0) / 1e9 / rate - time.monotonic()
@@ -122,8 +134,7 @@ def play_bag(bag: str, rate: float = 1.0, topics: Optional[Sequence[str]] = None
                     pubs[conn.id].publish(bytes(raw))
                     sent += 1
                     bar.update(1)
-                    if (lockstep or sent <= lockstep_first) and \
-                            "header" in getattr(ts.types[conn.msgtype], "__dataclass_fields__", {}):
+                    if lockstep and "header" in getattr(ts.types[conn.msgtype], "__dataclass_fields__", {}):
                         h = ts.deserialize_cdr(raw, conn.msgtype).header
                         stamp = int(h.stamp.sec) * 10**9 + int(h.stamp.nanosec)
                         end = time.monotonic() + lockstep_timeout

@@ -94,7 +94,7 @@ def _cmd_bag(args) -> int:
     elif args.bag_cmd == "play":
         n = bag_ros.play_bag(args.bag, args.rate, args.topics, args.loop, args.clock, args.wait,
                              pause_after=args.pause_after, wait_state=args.wait_state, lockstep=args.lockstep,
-                             lockstep_first=args.lockstep_first,
+                             pause_on=args.pause_on,
                              min_subscribers=args.min_subscribers, progress=args.progress,
                              on_done=lambda n: _report_then_guard(f"published {n} messages"))
     elif args.bag_cmd == "record":
@@ -218,8 +218,8 @@ def _add_demo(sub) -> None:
     d.add_argument("--max-frames", type=int, help="keep the first N frames of a video")
     d.add_argument("--topic", help="camera topic of an input bag (default: the image topic with most messages)")
     d.add_argument("--realtime", action="store_true",
-                   help="a live camera: the warm-up frames wait for their labels, the replay pauses while the node "
-                        "adapts, then plays at the bag's rate (x --rate) and the node drops what it cannot process")
+                   help="a live camera: plays at the bag's rate (x --rate), the node drops what it cannot process; "
+                        "the replay pauses while the node adapts")
     d.add_argument("--rate", type=float, default=DemoConfig.rate, help="playback speed factor with --realtime")
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=_cmd_demo)
@@ -357,8 +357,8 @@ def _add_bag(sub) -> None:
     bp.add_argument("--wait-state", default=_default(play_bag, "wait_state"))
     bp.add_argument("--min-subscribers", type=int, default=_default(play_bag, "min_subscribers"),
                     help="subscribers each topic needs before playing (e.g. 2: the node and a recorder)")
-    bp.add_argument("--lockstep-first", type=int, default=_default(play_bag, "lockstep_first"),
-                    help="only the first N frames wait for their /ditta/semantic (then the bag's rate)")
+    bp.add_argument("--pause-on", default=_default(play_bag, "pause_on"),
+                    help="pause while /ditta/status reports this state (e.g. ADAPTING) until --wait-state")
     bp.add_argument("--lockstep", action="store_true",
                     help="after each frame wait for its /ditta/semantic (no frame dropped; evaluation replay)")
     bp.add_argument("--progress", action="store_true", help="progress bar on stderr")

@@ -9,10 +9,10 @@
 The node runs with the package's ``config/ditta.yaml`` plus the few overrides the
 demo needs (model, teacher, warm-up length, export folder). The replay is
 unhurried by default (:mod:`ditta_ros.tools.route`: pause during adaptation, lockstep
-afterwards) so every frame gets a label; ``lockstep=False`` (``--realtime``) is a live camera
-after an unhurried warm-up: the warm-up frames wait for their labels, the replay pauses while
-the node adapts, then plays at the bag's rate and the node drops what it cannot keep up with
-(the summary gives the processed-frame gap, the fused share and the flips on the processed frames).
+afterwards) so every frame gets a label; ``lockstep=False`` (``--realtime``) is a live camera:
+the replay plays at the bag's rate and the node drops what it cannot keep up with, warm-up
+included, and the replay pauses while the node adapts (the summary gives the processed-frame
+gap, the fused share and the flips on the processed frames).
 
 There is no ground truth in a demo video: temporal consistency is reported as
 label flips (:func:`ditta_ros.metrics.label_flips`), ISS vs DiTTA on the same frames.
@@ -156,8 +156,8 @@ def run_demo(cfg: DemoConfig) -> Dict[str, object]:
              cfg.warmup_frames, node_log)
     route = run_route(bag_in, rec, env, node_log, node_params=params,
                       params_file=os.path.join(share_dir("config"), "ditta.yaml"), image_topic=cam["topic"],
-                      pause_after=cfg.warmup_frames, lockstep=cfg.lockstep, rate=cfg.rate,
-                      lockstep_first=0 if cfg.lockstep else cfg.warmup_frames,
+                      pause_after=cfg.warmup_frames if cfg.lockstep else 0, lockstep=cfg.lockstep, rate=cfg.rate,
+                      pause_on="" if cfg.lockstep else "ADAPTING",
                       record=(SEMANTIC_TOPIC, "/ditta/status"), progress=cfg.progress)
 
     frames = read_images(bag_in, cam["topic"], skip_bad=True)

@@ -113,7 +113,7 @@ def _stop(proc: subprocess.Popen, grace: float = 30.0) -> None:
 def run_route(src_bag: str, rec_bag: str, env: Mapping[str, str], node_log: str,
               node_params: Optional[Mapping[str, object]] = None, params_file: Optional[str] = None,
               image_topic: Optional[str] = None, pause_after: int = 0, lockstep: bool = True, rate: float = 1.0,
-              lockstep_first: int = 0,
+              pause_on: str = "",
               record: Iterable[str] = (SEMANTIC_TOPIC,), record_input: bool = True, wait_subscribers: float = 180.0,
               timeout: float = 3600.0, progress: bool = False) -> Dict[str, object]:
     """Replay ``src_bag`` into a ``ditta_node`` subprocess and record its output.
@@ -129,8 +129,8 @@ def run_route(src_bag: str, rec_bag: str, env: Mapping[str, str], node_log: str,
         image_topic: camera topic of the bag (default: :func:`pick_image_topic`).
         pause_after: pause the replay after N frames until the node streams
             (use the warm-up length); 0 = no pause.
-        lockstep, rate: replay discipline (module docstring); ``lockstep_first``: only the first N
-            frames wait for their label image (the warm-up of a live-camera replay).
+        lockstep, rate: replay discipline (module docstring); ``pause_on``: pause the replay while
+            the node reports this state (``ADAPTING``: a live camera that waits for the adaptation).
         progress: show the player's progress bar and forward the node's adaptation
             log lines (``ditta.*`` loggers, warnings) to this process's log.
         record: output topics to record; ``record_input`` adds the camera topic
@@ -165,8 +165,8 @@ def run_route(src_bag: str, rec_bag: str, env: Mapping[str, str], node_log: str,
                 cmd += ["--pause-after", str(pause_after)]
             if lockstep:
                 cmd += ["--lockstep"]
-            elif lockstep_first:
-                cmd += ["--lockstep-first", str(lockstep_first)]
+            if pause_on:
+                cmd += ["--pause-on", pause_on]
             if progress:
                 cmd += ["--progress"]
             log.info("replaying %d frames of %s into ditta_node (%s)", cam["count"], cam["topic"],
