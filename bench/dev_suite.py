@@ -33,8 +33,9 @@ def main() -> None:
     p.add_argument("--force", action="store_true")
     p.add_argument("--fast-strides", type=int, nargs="*", default=[2, 4],
                    help="the video-rate clip also at these strides (a node processing every k-th frame)")
+    p.add_argument("--out", help="results folder (default: bench/results/dev_suite_<model>)")
     args = p.parse_args()
-    out = os.path.join(RESULTS, f"dev_suite_{args.model}")
+    out = args.out or os.path.join(RESULTS, f"dev_suite_{args.model}")
     summary = run_suite(args.clip, args.model, args.methods, out, force=args.force, progress=False,
                         fast_strides=args.fast_strides)
     with open(os.path.join(out, "suite.md")) as f:
