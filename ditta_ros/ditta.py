@@ -25,7 +25,7 @@ from .adapt import DiTTANet, adapt
 from .guard import GuardVerdict, check
 from .inference import ISSRunner, Prediction
 from .iss.base import plain_step
-from .presets import DittaConfig
+from .presets import DEFAULT_PRESET, DittaConfig
 from .protocol import Method
 from .runtime import FrozenDiTTA, RuntimeOptions
 from .teacher.propagator import Propagator
@@ -61,7 +61,7 @@ class DiTTAMethod(Method):
         teacher: a zero-argument factory returning a fresh :class:`Propagator` per clip
             (see :func:`ditta_ros.teacher.make_teacher`).
         config: the hyper-parameters (:class:`~ditta_ros.presets.DittaConfig`; ``None``: the
-            ``default`` preset): targets, adaptation, guard (a refused adaptation is not
+            :data:`~ditta_ros.presets.DEFAULT_PRESET`): targets, adaptation, guard (a refused adaptation is not
             served, the frozen ISS is), ``tau``, the fusion gates (``max_gap``: seconds;
             when > 0 and :attr:`frame_interval` is known and larger, the add-on is not fused,
             the plain, adapted branch serves), ``fusion``, ``addon_stride``.
@@ -89,7 +89,7 @@ class DiTTAMethod(Method):
                  progress: bool = True, save_adapted: Optional[str] = None, stop=None):
         self.runner = runner
         self.teacher = teacher
-        self.config = config if config is not None else DittaConfig.from_preset("default")
+        self.config = config if config is not None else DittaConfig.from_preset(DEFAULT_PRESET)
         self.runtime = runtime if runtime is not None else RuntimeOptions()
         self.cache_dir = cache_dir
         self.cache_tag = cache_tag

@@ -112,8 +112,9 @@ _DESCRIPTIONS = {
     "teacher": "video propagator for the distillation targets: minisam | mobilesam | sam2",
     "teacher_checkpoint": "teacher weights (required for sam2; minisam, mobilesam: registry default when empty)",
     "teacher_config": "sam2 config name (default sam2.1/sam2.1_hiera_t.yaml)",
-    "preset": "DiTTA configuration: default (chosen on the development set) | faithful (the official code's) | "
-              "decoder (default, decoder adapted) | select (default, decoder, faithful adapted, one chosen label-free)",
+    "preset": "DiTTA configuration: select (default, decoder and faithful adapted, one chosen label-free on "
+              "held-out warm-up frames, or none) | default (only the add-on adapted) | decoder (the decoder too) | "
+              "faithful (the official code's)",
     "lr": "adaptation learning rate (AdamW); 0: the preset's",
     "iters": "adaptation passes over the warm-up frames; 0: the preset's",
     "params": "adapted parameters: decoder | cls_head | addon; empty: the preset's",

