@@ -125,7 +125,8 @@ def test_clear_own_refuses_foreign_folders(tmp_path):
 def test_demo_end_to_end_over_dds(shared, tmp_path):
     """bikes.mp4 (first 12 frames) -> jpeg bag -> ditta_node subprocess -> recording -> outputs."""
     out = tmp_path / "demo"
-    s = run_demo(DemoConfig(out=str(out), model=SMALL, max_frames=12, warmup_frames=3, iters=1, progress=False))
+    s = run_demo(DemoConfig(out=str(out), model=SMALL, max_frames=12, warmup_frames=3, iters=1, progress=False,
+                            node_params={"preset": "default"}))  # the demo's mechanics: one candidate
     assert s["node"]["frames_in"] == 12 and s["node"]["frames_out"] == 12
     assert s["node"]["dropped"] == 0 and s["node"]["bad"] == 0 and s["node"]["state"] == "STREAMING"
     assert s["streaming"]["frames"] == 9 and s["streaming"]["fps"] > 0
@@ -156,7 +157,8 @@ def test_demo_end_to_end_over_dds(shared, tmp_path):
     text = format_summary(s)
     assert "adaptation" in text and "label flips" in text and str(out / "labels_bag") in text
     # idempotent: a second run replaces its own bags
-    s2 = run_demo(DemoConfig(out=str(out), model=SMALL, max_frames=6, warmup_frames=2, iters=1, progress=False))
+    s2 = run_demo(DemoConfig(out=str(out), model=SMALL, max_frames=6, warmup_frames=2, iters=1, progress=False,
+                             node_params={"preset": "default"}))
     assert s2["node"]["frames_out"] == 6
 
 

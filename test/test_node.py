@@ -47,7 +47,9 @@ def _frames(shared, n, hw=(180, 240)):
 
 def _start(ros_env, tmp_path, *params, ns=None):
     log_path = tmp_path / "node.log"
+    # preset default (one candidate, the add-on): these tests are about the node's mechanics
     cmd = [sys.executable, "-m", "ditta_ros.node", "--ros-args", "-p", f"model:={MODEL}", "-p", "backend:=torch",
+           "-p", "preset:=default",
            "-p", "status_period:=0.25", "-p", f"export_dir:={tmp_path}/export",
            "-p", f"checkpoint_dir:={tmp_path}/adapted"]
     for p in params:

@@ -42,7 +42,7 @@ def test_bag_played_into_the_node_and_recorded(shared, tmp_path):
     log_path = tmp_path / "node.log"
     node_proc = subprocess.Popen(
         [sys.executable, "-m", "ditta_ros.node", "--ros-args", "-p", "model:=espnetv2-s1.0-cityscapes-512x256",
-         "-p", "warmup_frames:=3", "-p", "iters:=1", "-p", f"input_topic:={topic}", "-p", "compressed:=true",
+         "-p", "warmup_frames:=3", "-p", "iters:=1", "-p", "preset:=default", "-p", f"input_topic:={topic}", "-p", "compressed:=true",
          "-p", "status_period:=0.25", "-p", f"export_dir:={tmp_path}/export",
          "-p", f"checkpoint_dir:={tmp_path}/adapted"], env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
     rec = str(tmp_path / "rec")

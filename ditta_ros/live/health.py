@@ -79,8 +79,15 @@ class LogForwarder(logging.Handler):
             if record.exc_info:
                 msg += "\n" + logging.Formatter().formatException(record.exc_info)
             level = record.levelno
-            fn = (self.target.error if level >= logging.ERROR else self.target.warning if level >= logging.WARNING
-                  else self.target.info if level >= logging.INFO else self.target.debug)
-            fn(msg)
+            # one call site per severity: rclpy's logger refuses two severities from one call site
+            # ("Logger severity cannot be changed between calls")
+            if level >= logging.ERROR:
+                self.target.error(msg)
+            elif level >= logging.WARNING:
+                self.target.warning(msg)
+            elif level >= logging.INFO:
+                self.target.info(msg)
+            else:
+                self.target.debug(msg)
         except Exception:  # logging must never raise into the caller
             self.handleError(record)

@@ -27,17 +27,18 @@ def _msg_class(msgtype: str):
 
 
 def _wait_for_state(node, status: Dict[str, object], state: str, timeout: float) -> None:
-    """Spin ``node`` until ``status["state"]`` (filled by its ``/ditta/status`` subscription) is ``state``.
+    """Spin ``node`` until ``status["state"]`` (filled by its ``/ditta/status`` subscription) is ``state``,
+    or ``ISS`` (the adaptation was refused, skipped or failed: the node serves the ISS model).
 
     Raises:
-        RuntimeError: not within ``timeout`` s.
+        RuntimeError: neither within ``timeout`` s.
     """
     import rclpy
 
     end = time.monotonic() + timeout
-    while status["state"] != state and time.monotonic() < end:
+    while status["state"] not in (state, "ISS") and time.monotonic() < end:
         rclpy.spin_once(node, timeout_sec=0.2)
-    if status["state"] != state:
+    if status["state"] not in (state, "ISS"):
         raise RuntimeError(f"/ditta/status did not reach {state} within {timeout} s (last: {status['state']})")
 
 
