@@ -109,8 +109,10 @@ def test_refused_adaptation_serves_the_iss_model_with_a_warning():
 
 
 def test_live_config_resolves_presets_and_overrides():
-    d = LiveConfig().ditta_config()
+    d = LiveConfig(preset="default").ditta_config()
     assert d.adapt.params == "addon" and d.guard.enabled and d.max_gap == 0.2 and d.preset == "default"
+    sel = LiveConfig().ditta_config()  # the default preset: three candidates, one chosen label-free
+    assert sel.preset == "select" and sel.candidates == ("default", "decoder", "faithful")
     f = LiveConfig(preset="faithful", iters=2, guard=True).ditta_config()
     assert f.adapt.params == "decoder" and f.adapt.iters == 2 and f.max_gap == 0.0
     assert f.target.candidate == "backend" and not f.guard.enabled  # guard true keeps the preset's
@@ -575,7 +577,7 @@ def test_an_adaptation_that_could_never_serve_is_skipped_without_the_teacher():
     """Only the add-on adapts (default preset) and the warm-up frames are 0.5 s apart, beyond max_gap
     (0.2 s): the add-on could never fuse, so the method is not even built; the ISS serves and says why."""
     built = []
-    live = LivePipeline(LiveConfig(warmup_frames=3, backend="torch"), _runner(),
+    live = LivePipeline(LiveConfig(warmup_frames=3, backend="torch", preset="default"), _runner(),
                         method_factory=lambda r: built.append(r) or _FakeMethod(r))
     for i in range(3):
         live.process(_frame(seed=i), stamp=0.5 * i)
