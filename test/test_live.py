@@ -23,8 +23,10 @@ class _FakeMethod:
         self.runner, self.fail, self.net, self.refused = runner, fail, None, False
         self.refuse = refuse
 
+    frame_interval = None
+
     def adapt(self, frames, iss_preds=None):
-        self.iss_preds = iss_preds
+        self.iss_preds, self.interval = iss_preds, self.frame_interval
         if self.fail:
             raise RuntimeError("teacher weights missing")
         self.net = DiTTANet(self.runner.model).eval()
@@ -269,6 +271,7 @@ def test_readapt_keeps_the_adapted_model_serving_and_warmup_predictions_reach_th
     served = [live.process(_frame(seed=i), stamp=0.1 * i)[0] for i in range(2)]
     live.wait_idle(60)
     assert live.last_source == "iss" and made[0].iss_preds is not None  # the ISS ran once per warm-up frame
+    assert made[0].interval == pytest.approx(0.1)  # the method streams the warm-up at the gap it was taken
     assert all(np.array_equal(p.labels, s.labels) for p, s in zip(made[0].iss_preds, served))
     assert live.phase == Phase.STREAMING and live.checkpoint and live.checkpoint.startswith(str(tmp_path))
     live.process(_frame(seed=3))

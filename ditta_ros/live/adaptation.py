@@ -94,6 +94,8 @@ def run_adaptation(make_method: Callable[[], object], batch: WarmupBatch, cfg: L
         log.info("adapting on %d warm-up frames (%dx%d)", n, batch.frames[0].shape[1], batch.frames[0].shape[0])
         method = make_method()
         method.stop = stop
+        if gap is not None and hasattr(method, "frame_interval"):
+            method.frame_interval = gap  # the guard and the candidates stream the warm-up at the gap it was taken
         running(1)
         try:
             info = method.adapt(batch.frames, iss_preds=batch.preds) if batch.preds is not None \
