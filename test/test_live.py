@@ -571,7 +571,10 @@ def test_after_a_checkpoint_start_the_iss_for_a_new_size_is_prepared_in_the_back
     assert any("30x44" in p.name for p in (tmp_path / "export").rglob("*.onnx"))
     again.reset()  # the ISS for this size: prepared in the background too, torch serves meanwhile
     pred, _ = again.process(small, stamp=0.15)
-    assert again.status()["preparing"] == "iss 44x30" and np.array_equal(pred.labels, runner.predict(small).labels)
+    # torch's ISS answered at once; the graph is prepared in the background (quick when the plain graph of this
+    # size was exported with the adapted one: it may be done already)
+    assert again.status()["preparing"] in ("iss 44x30", None)
+    assert np.array_equal(pred.labels, runner.predict(small).labels)
     again.wait_idle(120)
     assert again.serving.iss.ready_for((30, 44))
 

@@ -252,7 +252,8 @@ def test_node_from_an_adapted_checkpoint_serves_any_size_and_encoding_and_recove
         assert c.spin_until(lambda: c.statuses[-1]["bad"] >= 1, 30), c.statuses[-1]
         c.send(frames[1], 4, data=frames[1].tobytes()[:1000])
         assert c.spin_until(lambda: c.statuses[-1]["bad"] >= 2, 30), c.statuses[-1]
-        assert c.spin_until(lambda: any(d.status[0].level == b"\x01" for d in c.diags[-4:]), 10)
+        # WARN (bad messages beside good output) or ERROR (a period with bad messages and no output), by timing
+        assert c.spin_until(lambda: any(d.status[0].level in (b"\x01", b"\x02") for d in c.diags[-4:]), 10)
         for s in range(5, 8):
             c.send_wait(frames[s % 4], s)
         assert c.spin_until(lambda: c.diags and c.diags[-1].status[0].level == b"\x00", 10), \
