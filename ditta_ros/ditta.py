@@ -11,7 +11,6 @@ previous frame and uses the plain branch only.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
@@ -27,7 +26,8 @@ from .inference import ISSRunner, Prediction
 from .iss.base import plain_step
 from .presets import DEFAULT_PRESET, DittaConfig
 from .protocol import Method
-from .runtime import FrozenDiTTA, RuntimeOptions
+from .runtime import FrozenDiTTA, RuntimeOptions, ServedISS
+from .runtime.serving import StreamStats
 from .teacher.propagator import Propagator
 from .teacher.targets import Targets, build_targets, cache_key, target_report
 
@@ -275,16 +275,18 @@ class DiTTAMethod(Method):
         encoded, input_hw, preds, rels = self.iss_warmup(frames, iss_preds)
         train, held = selector.holdout(len(frames))
         # the ISS on the candidates' own streaming path (plain graph): preprocessing differences cancel
-        plain = FrozenDiTTA(DiTTANet(self.runner.model), dataclasses.replace(self.config, tau=0.0), self.runtime)
-        iss_streamed = self._stream_labels(plain, frames)
-        targets = {}  # per target configuration: (labels, objects, stats, report)
+        served_iss = ServedISS(self.runner, self.runtime)
+        iss_streamed = [served_iss.predict(f).labels for f in frames]
+        candidates = self.config.candidate_configs()
+        targets = {}  # per target configuration: (labels, objects, stats, report); the reference first
         teacher_s, evidence, made = 0.0, {}, {}
-        for name, cfg in self.config.candidate_configs():
-            key = repr(cfg.target)
-            if key not in targets:
+        for cfg in [self.config] + [c for _, c in candidates]:
+            if repr(cfg.target) not in targets:
                 labels, objs, stats, report, secs = self.make_targets(frames, preds, rels, cfg.target)
-                targets[key], teacher_s = (labels, objs, stats, report), teacher_s + secs
-            labels, objs = targets[key][:2]
+                targets[repr(cfg.target)], teacher_s = (labels, objs, stats, report), teacher_s + secs
+        reference, _, stats, report = targets[repr(self.config.target)]
+        for name, cfg in candidates:
+            labels, objs = targets[repr(cfg.target)][:2]
             self._check_stop()
             t1 = time.perf_counter()
             net, losses = self._train(cfg, [encoded[t] for t in train], input_hw, [labels[t] for t in train],
@@ -292,14 +294,13 @@ class DiTTAMethod(Method):
             frozen = FrozenDiTTA(net, cfg, self.runtime, trained_gap=self.frame_interval)
             streamed = self._stream_labels(frozen, frames)
             verdict = check(streamed, preds, rels, self.config.guard)
-            reference = targets[repr(self.config.target)][0] if repr(self.config.target) in targets else labels
             evidence[name] = selector.Evidence(selector.held_out_gain(streamed, reference, iss_streamed, held),
                                                verdict.refused, round(verdict.changed, 5), verdict.reasons,
                                                round(time.perf_counter() - t1, 3))
             made[name] = (net, frozen, verdict, losses)
             log.info("candidate %s: held-out gain %+.2f pt, guard %s", name, 100 * evidence[name].gain,
                      "refused" if verdict.refused else "accepts")
-        order = [n for n, _ in self.config.candidate_configs()]
+        order = [n for n, _ in candidates]
         chosen, why = selector.choose(evidence, order)
         log.info("selected %s", why)
         self.net, self.frozen, self.verdict, losses = made[chosen or order[0]]
@@ -307,7 +308,6 @@ class DiTTAMethod(Method):
             self.verdict = GuardVerdict(True, self.verdict.changed, self.verdict.lost_classes,
                                         self.verdict.kept_per_class, [why])
         self._last_warm = frames[-1]
-        stats, report = targets[repr(self.config.target)][2:] if repr(self.config.target) in targets else ({}, {})
         return {"adapt_seconds": round(time.perf_counter() - t0, 3), "teacher_seconds": round(teacher_s, 3),
                 "tta_seconds": round(sum(e.seconds for e in evidence.values()), 3), "losses": losses,
                 "targets": stats, "target_report": report, "guard": self.verdict.as_dict(),
@@ -323,7 +323,7 @@ class DiTTAMethod(Method):
             self.frozen.reset()
         if self._last_warm is not None and not self.refused:
             self._step(self._last_warm)
-            self.frozen.stats = type(self.frozen.stats)()  # the seed frame is not an evaluation frame
+            self.frozen.stats = StreamStats()  # the seed frame is not an evaluation frame
 
     def stream_stats(self) -> Dict[str, object]:
         """What the evaluation stream did (:meth:`~ditta_ros.runtime.serving.StreamStats.as_dict`):

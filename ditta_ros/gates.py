@@ -20,13 +20,52 @@ follows from the geometry (radius x add-on cell size); the residual limit (20 of
 
 from __future__ import annotations
 
+import functools
 from typing import Optional, Tuple
 
 import numpy as np
 import torch
 
 
-class MotionGate:
+@functools.lru_cache(maxsize=8)
+def _pixel_grid(h: int, w: int) -> Tuple[np.ndarray, np.ndarray]:
+    """``(x, y)`` float32 ``[h, w]`` pixel coordinates (cached per size: every frame needs them)."""
+    return np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+
+
+class _FlowTracker:
+    """The part both flow-based gates share: each frame scaled by ``scale`` and made grey, the
+    previous one kept, OpenCV DIS optical flow between them."""
+
+    def __init__(self, scale: float):
+        import cv2
+
+        self.scale = float(scale)
+        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
+        self._prev: Optional[np.ndarray] = None
+        self.last_share = 0.0  # share of pixels allowed to fuse on the last frame
+
+    def reset(self) -> None:
+        """Forget the previous frame (a new stream)."""
+        self._prev = None
+
+    def _advance(self, frame: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """``(grey, previous grey)`` of the scaled frame; the previous is ``None`` on a stream's first
+        frame or after a change of size."""
+        import cv2
+
+        h, w = frame.shape[:2]
+        small = cv2.resize(frame, (max(8, round(w * self.scale)), max(8, round(h * self.scale))),
+                           interpolation=cv2.INTER_AREA)
+        gray = cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_RGB2GRAY)
+        prev, self._prev = self._prev, gray
+        if prev is None or prev.shape != gray.shape:
+            self.last_share = 0.0
+            return gray, None
+        return gray, prev
+
+
+class MotionGate(_FlowTracker):
     """Per-pixel fusion gate from dense optical flow (see the module docstring).
 
     Args:
@@ -42,33 +81,19 @@ class MotionGate:
     """
 
     def __init__(self, reach: Tuple[float, float], scale: float = 0.5, max_residual: float = 20.0):
-        import cv2
-
+        super().__init__(scale)
         self.reach = (float(reach[0]), float(reach[1]))
-        self.scale = float(scale)
         self.max_residual = float(max_residual)
-        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
-        self._prev: Optional[np.ndarray] = None
-        self.last_share = 0.0  # share of pixels allowed to fuse on the last frame
-
-    def reset(self) -> None:
-        """Forget the previous frame (a new stream)."""
-        self._prev = None
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
         import cv2
 
         h, w = frame.shape[:2]
-        small = cv2.resize(frame, (max(8, round(w * self.scale)), max(8, round(h * self.scale))),
-                           interpolation=cv2.INTER_AREA)
-        gray = cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_RGB2GRAY)
-        prev, self._prev = self._prev, gray
-        if prev is None or prev.shape != gray.shape:
-            self.last_share = 0.0
+        gray, prev = self._advance(frame)
+        if prev is None:
             return np.zeros((h, w), np.float32)
         flow = self._dis.calc(gray, prev, None)  # current -> previous, in the small frame's pixels
-        gh, gw = gray.shape
-        gx, gy = np.meshgrid(np.arange(gw, dtype=np.float32), np.arange(gh, dtype=np.float32))
+        gx, gy = _pixel_grid(*gray.shape)
         warped = cv2.remap(prev, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_REPLICATE)
         residual = cv2.blur(np.abs(warped.astype(np.float32) - gray.astype(np.float32)), (9, 9))  # local mean
@@ -79,7 +104,6 @@ class MotionGate:
         mask = cv2.resize(ok, (w, h), interpolation=cv2.INTER_NEAREST).astype(np.float32)
         self.last_share = float(mask.mean())
         return mask
-
 
 
 def apply_gates(state, frame: np.ndarray, gate: Optional[MotionGate], interval: Optional[float],
@@ -119,7 +143,7 @@ def warp_state(state, grid_flow: np.ndarray):
     if state is None:
         return None
     gh, gw = grid_flow.shape[:2]
-    gx, gy = np.meshgrid(np.arange(gw, dtype=np.float32), np.arange(gh, dtype=np.float32))
+    gx, gy = _pixel_grid(gh, gw)
     mx, my = gx + grid_flow[..., 0], gy + grid_flow[..., 1]
 
     def warp(t):
@@ -133,7 +157,7 @@ def warp_state(state, grid_flow: np.ndarray):
     return (warp(state[0]), warp(state[1]), state[2])
 
 
-class FlowWarp:
+class FlowWarp(_FlowTracker):
     """Motion compensation of the streaming state (ours, ``warp: true``): dense optical flow (OpenCV
     DIS, from the current frame to the previous one, on frames scaled by ``scale``) moves the
     previous frame's features and logits on the add-on grid (:func:`warp_state`) so the add-on's
@@ -147,35 +171,24 @@ class FlowWarp:
     """
 
     def __init__(self, scale: float = 0.5, max_fb: float = 1.0):
-        import cv2
-
-        self.scale, self.max_fb = float(scale), float(max_fb)
-        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
-        self._prev: Optional[np.ndarray] = None
-        self.last_share = 0.0
-
-    def reset(self) -> None:
-        """Forget the previous frame (a new stream)."""
-        self._prev = None
+        super().__init__(scale)
+        self.max_fb = float(max_fb)
 
     def __call__(self, frame: np.ndarray, state):
         import cv2
 
         h, w = frame.shape[:2]
-        small = cv2.resize(frame, (max(8, round(w * self.scale)), max(8, round(h * self.scale))),
-                           interpolation=cv2.INTER_AREA)
-        gray = cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_RGB2GRAY)
-        prev, self._prev = self._prev, gray
-        if state is None or prev is None or prev.shape != gray.shape:
+        gray, prev = self._advance(frame)
+        if state is None or prev is None:
             self.last_share = 0.0
             return state
         fw = self._dis.calc(gray, prev, None)  # current -> previous
         bw = self._dis.calc(prev, gray, None)  # previous -> current
         sh, sw = gray.shape
-        gx, gy = np.meshgrid(np.arange(sw, dtype=np.float32), np.arange(sh, dtype=np.float32))
+        gx, gy = _pixel_grid(sh, sw)
         back = cv2.remap(bw, gx + fw[..., 0], gy + fw[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         ok = (np.linalg.norm(fw + back, axis=2) <= self.max_fb).astype(np.uint8)
-        gh, gw = np.asarray(state[0].shape)[2:]
+        gh, gw = state[0].shape[2:]
         grid = cv2.resize(fw, (int(gw), int(gh)), interpolation=cv2.INTER_AREA)
         grid[..., 0] *= gw / sw
         grid[..., 1] *= gh / sh

@@ -230,14 +230,7 @@ def resolve(values: Dict[str, object], check_files: bool = True):
         if ckpt and ckpt != "latest" and not os.path.isfile(os.path.expanduser(ckpt)):
             raise ParameterError("adapted_checkpoint", ckpt, "an existing .pt saved by the node, 'latest' or empty")
     live = LiveConfig(**{f.name: checked[f.name] for f in fields(LiveConfig)})
-    try:
-        live.ditta_config()
-    except ValueError as exc:
-        raise ParameterError("preset", checked["preset"], str(exc)) from exc
-    try:
-        live.runtime()
-    except ValueError as exc:
-        raise ParameterError("backend", checked["backend"], str(exc)) from exc
+    live.resolved()
     node = NodeOptions(**{f.name: checked[f.name] for f in fields(NodeOptions)})
     return live, node
 

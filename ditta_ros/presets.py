@@ -87,6 +87,14 @@ class DittaConfig:
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
 
+    def fusion_limit(self, trained_gap: Optional[float] = None) -> float:
+        """Seconds: frames farther apart are served by the plain branch (0: no limit):
+        ``gap_factor`` x ``trained_gap`` (the frame gap the add-on was trained on) when both are set,
+        else ``max_gap``."""
+        if self.gap_factor > 0 and trained_gap:
+            return self.gap_factor * trained_gap
+        return self.max_gap
+
     def candidate_configs(self) -> List[Tuple[str, "DittaConfig"]]:
         """``[(name, config)]`` of :attr:`candidates`: each preset's targets and adaptation with this
         configuration's target and adaptation overrides (:attr:`changes`), serving (``tau``, gates,

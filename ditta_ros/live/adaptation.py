@@ -57,8 +57,7 @@ class Outcome:
                 "warmup_frames": self.frames, "backend": backend,
                 "targets_changed": report.get("changed"), "objects_kept": report.get("objects_kept"),
                 "objects_dropped": report.get("objects_dropped"),
-                "selected": (self.info.get("selection") or {}).get("chosen", "n/a") if self.info.get("selection")
-                else None,
+                "selected": self.info["selection"]["chosen"] if self.info.get("selection") else None,
                 "guard": ({k: guard.get(k) for k in ("refused", "changed", "lost_classes", "reasons")}
                           if guard else None)}
 
@@ -111,9 +110,7 @@ def run_adaptation(make_method: Callable[[], object], batch: WarmupBatch, cfg: L
             return Outcome("cancelled", info, t0=t0, frames=n)
         hw = tuple(batch.frames[0].shape[:2])
         frozen = _serving_model(method, serving, gap)
-        if frozen.ready_for(hw):
-            frozen.reset()  # the guard's stream ends here
-        else:
+        if not frozen.ready_for(hw):  # the method's own model is ready and reset after its guard
             frozen.prepare(hw, previous=serving.frozen)
         meta = {"model": cfg.model, "frame_hw": list(hw), "warmup_frames": n,
                 "warmup_stamps": [round(s, 6) for s in batch.stamps], "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -139,9 +136,10 @@ def futile(config, gap: Optional[float]) -> Optional[str]:
         return None
     if config.tau <= 0:
         return "only the add-on would adapt and tau is 0 (the add-on never fuses); serving the ISS model"
-    if gap is not None and config.gap_factor <= 0 and 0 < config.max_gap < gap:
+    limit = config.fusion_limit(gap)
+    if gap is not None and 0 < limit < gap:
         return (f"only the add-on would adapt and it never fuses at this frame gap ({gap:.2f} s > max_gap "
-                f"{config.max_gap:g} s); serving the ISS model")
+                f"{limit:g} s); serving the ISS model")
     return None
 
 
@@ -152,6 +150,5 @@ def _serving_model(method, serving: Serving, trained_gap: Optional[float]) -> Fr
     happens only after the guard accepted."""
     own = getattr(method, "frozen", None)
     if own is not None and getattr(method, "runtime", None) == serving.runtime:
-        own.trained_gap = trained_gap  # the node's processed-frame gap, not the method's frame interval
-        return own
+        return own  # frozen with the method's frame_interval, set to the warm-up gap above
     return serving.freeze(method.net, trained_gap)

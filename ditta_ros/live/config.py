@@ -6,6 +6,7 @@ loaded) and the parameter table raise."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Tuple
 
 from ..addon import DEFAULT_TAU
 from ..paths import CHECKPOINT_DIR, ENGINE_CACHE, EXPORT_DIR
@@ -78,6 +79,22 @@ class LiveConfig:
         return DittaConfig.from_preset(self.preset, lr=self.lr or None, iters=self.iters or None,
                                        params=self.params or None, loss_mode=self.loss_mode or None,
                                        guard_enabled=None if self.guard else False, tau=self.tau)
+
+    def resolved(self) -> Tuple[DittaConfig, RuntimeOptions]:
+        """``(ditta_config(), runtime())``, checked once at start-up.
+
+        Raises:
+            ParameterError: naming ``preset`` (a preset or override the configs reject) or ``backend``
+                (a runtime they reject).
+        """
+        try:
+            config = self.ditta_config()
+        except ValueError as exc:
+            raise ParameterError("preset", self.preset, str(exc)) from exc
+        try:
+            return config, self.runtime()
+        except ValueError as exc:
+            raise ParameterError("backend", self.backend, str(exc)) from exc
 
     def runtime(self) -> RuntimeOptions:
         """Where the frozen models run (:class:`~ditta_ros.runtime.options.RuntimeOptions`).

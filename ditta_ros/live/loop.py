@@ -12,7 +12,7 @@ from typing import Callable, Dict, Optional
 import cv2
 
 from ..imgmsg import ImageDecodeError, UnsupportedEncoding, decode_message
-from .phases import Counters
+from .phases import Counters, ema
 from .pipeline import LivePipeline
 
 log = logging.getLogger("ditta.live")
@@ -64,17 +64,14 @@ class FrameStats:
         self.fps = self.latency_ms = self.processing_ms = 0.0
         self.last_out: Optional[float] = None
 
-    @staticmethod
-    def _ema(old: float, new: float) -> float:
-        return new if old == 0 else 0.9 * old + 0.1 * new
 
     def update(self, stamp: float, received: float, now: float) -> None:
         """One label image published at ``now`` (s, wall clock) for an input stamped ``stamp``
         and received at ``received``."""
-        self.latency_ms = self._ema(self.latency_ms, (now - stamp) * 1000.0)
-        self.processing_ms = self._ema(self.processing_ms, (now - received) * 1000.0)
+        self.latency_ms = ema(self.latency_ms, (now - stamp) * 1000.0)
+        self.processing_ms = ema(self.processing_ms, (now - received) * 1000.0)
         if self.last_out is not None:
-            self.fps = self._ema(self.fps, 1.0 / max(1e-6, now - self.last_out))
+            self.fps = ema(self.fps, 1.0 / max(1e-6, now - self.last_out))
         self.last_out = now
 
     def as_dict(self) -> Dict[str, float]:

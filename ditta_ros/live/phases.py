@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Dict
+from typing import Dict, Optional
 
 
 class Phase(str, Enum):
@@ -22,6 +22,11 @@ class Phase(str, Enum):
 #: adapted one, or the pre-trained one standing in for an adapted model that failed on the frame
 #: (non-finite output, a runtime error)
 SOURCES = ("iss", "adapted", "fallback")
+
+
+def ema(old: Optional[float], new: float, weight: float = 0.1) -> float:
+    """Exponential moving average of a status figure: ``new`` when there is no ``old`` (``None`` or 0)."""
+    return new if not old else (1 - weight) * old + weight * new
 
 
 @dataclass

@@ -66,14 +66,7 @@ class LivePipeline:
     def __init__(self, cfg: LiveConfig, runner: Optional[ISSRunner] = None,
                  method_factory: Optional[Callable[[ISSRunner], object]] = None):
         self.cfg = cfg
-        try:  # resolved once: a bad preset or runtime fails here
-            self.config = cfg.ditta_config()
-        except ValueError as exc:
-            raise ParameterError("preset", cfg.preset, str(exc)) from exc
-        try:
-            self.runtime = cfg.runtime()
-        except ValueError as exc:
-            raise ParameterError("backend", cfg.backend, str(exc)) from exc
+        self.config, self.runtime = cfg.resolved()  # a bad preset or runtime fails here
         if cfg.torch_threads > 0:
             import torch
 

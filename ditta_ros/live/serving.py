@@ -24,6 +24,8 @@ import numpy as np
 from ..inference import ISSRunner, Prediction
 from ..presets import DittaConfig
 from ..runtime import FrozenDiTTA, RuntimeOptions, ServedISS
+from ..runtime.serving import StreamStats
+from .phases import ema
 
 log = logging.getLogger("ditta.live")
 
@@ -103,8 +105,7 @@ class Serving:
                 raise ValueError("non-finite confidence in the model output")
         self._served_any = True
         if self._prev_stamp is not None and stamp > self._prev_stamp:
-            gap = stamp - self._prev_stamp
-            self.frame_gap_s = gap if self.frame_gap_s is None else 0.9 * self.frame_gap_s + 0.1 * gap
+            self.frame_gap_s = ema(self.frame_gap_s, stamp - self._prev_stamp)
         self._prev_stamp = stamp
         return pred, source
 
@@ -113,7 +114,7 @@ class Serving:
         differences of the frames answered, ms); ``fused_share``, ``streamed_frames``: of the adapted
         model serving now, the share of its frames fused with the add-on (``None``: no adapted model)."""
         frozen = self.frozen
-        stats = frozen.stats.as_dict() if frozen is not None else {"streamed_frames": 0, "fused_share": None}
+        stats = (frozen.stats if frozen is not None else StreamStats()).as_dict()
         return {"frame_gap_ms": None if self.frame_gap_s is None else round(1000 * self.frame_gap_s, 1),
                 "fused_share": stats["fused_share"], "streamed_frames": stats["streamed_frames"]}
 

@@ -248,11 +248,9 @@ class FrozenDiTTA:
 
     @property
     def max_gap(self) -> float:
-        """Seconds: frames farther apart are served by the plain branch (0: no limit):
-        ``gap_factor`` x :attr:`trained_gap` when both are set, else the configuration's ``max_gap``."""
-        if self.config.gap_factor > 0 and self.trained_gap:
-            return self.config.gap_factor * self.trained_gap
-        return self.config.max_gap
+        """Seconds: frames farther apart are served by the plain branch (0: no limit;
+        :meth:`~ditta_ros.presets.DittaConfig.fusion_limit` of :attr:`trained_gap`)."""
+        return self.config.fusion_limit(self.trained_gap)
 
     def reset(self) -> None:
         """Start a new stream (the next frame uses no previous one) and new :attr:`stats`."""

@@ -71,7 +71,7 @@ def add_method_flags(e) -> None:
     """The teacher and adaptation flags of ``ditta eval`` (``None``: the preset's value)."""
     from ..adapt import BN_MODES, LOSS_MODES, PARAM_GROUPS
     from ..baselines.tent import TENT
-    from ..presets import DEFAULT_PRESET, PRESETS, preset_value
+    from ..presets import DEFAULT_PRESET, FUSIONS, PRESETS, preset_value
     from ..teacher import TEACHERS, make_teacher
     from ..teacher.sam_image import PROMPT_MODES
     from ..teacher.targets import CANDIDATE_RULES
@@ -114,7 +114,7 @@ def add_method_flags(e) -> None:
     a.add_argument("--no-guard", action="store_true", help="serve the adapted model even if the guard refuses it")
     a.add_argument("--tau", type=float,
                    help=f"reliability threshold of the fusion (Eq. 3; preset: {preset('tau')})")
-    a.add_argument("--fusion", choices=["frame", "grid"],
+    a.add_argument("--fusion", choices=list(FUSIONS),
                    help="add-on branch probabilities at frame resolution (official) or on its grid (preset)")
     a.add_argument("--addon-stride", type=int, help="add-on pooling of the decoder grid (0 = model card; preset)")
     a.add_argument("--motion-gate", choices=["on", "off"],

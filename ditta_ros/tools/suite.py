@@ -417,12 +417,12 @@ def write_markdown(summary: Dict[str, object], path: str) -> None:
             lines.append(f"| `{name}` | {fmt(r['mIoU'])} | {fmt(r['wIoU'])} | {fmt(r['mVC8'])} | {fmt(r['mVC16'])} | "
                          f"{dm} | {dv} | {fmt(r.get('adapt_seconds'), 0)} | {ch} | {fused} | {guard} |")
         lines.append("")
-    lines += [f"### mean over {', '.join(summary.get('mean_clips') or summary['clips'])}", "", "| variant | mIoU | mVC8 | ΔmIoU | ΔmVC8 | worst ΔmIoU |",
+    mean_clips = summary.get("mean_clips") or summary["clips"]
+    lines += [f"### mean over {', '.join(mean_clips)}", "", "| variant | mIoU | mVC8 | ΔmIoU | ΔmVC8 | worst ΔmIoU |",
               "|---|---|---|---|---|---|"]
     for name, s in summary["variants"].items():
         m = s["mean"]
-        keep = set(summary.get("mean_clips") or summary["clips"])
-        worst = min((d["dmIoU"] for c, d in s["per_clip"].items() if c in keep), default=None)
+        worst = min((d["dmIoU"] for c, d in s["per_clip"].items() if c in mean_clips), default=None)
         lines.append(f"| `{name}` | {fmt(m.get('mIoU'))} | {fmt(m.get('mVC8'))} | {fmt(m.get('dmIoU'))} | "
                      f"{fmt(m.get('dmVC8'))} | {fmt(worst)} |")
     d = summary.get("decision")
