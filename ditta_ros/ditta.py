@@ -375,7 +375,9 @@ class OracleDiTTA(DiTTAMethod):
                 if label_map.lut[src] != UNMAPPED:
                     self.inverse[label_map.lut[src]] = src
 
-    def make_targets(self, frames, preds, rels):
+    def make_targets(self, frames, preds, rels, target_cfg=None):
+        """The ground truth in place of the teacher's targets (``target_cfg`` has nothing to configure
+        here: every candidate of a selecting preset gets the same oracle targets)."""
         from .baselines.zs_refine import components
 
         labels, objs = [], []

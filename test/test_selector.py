@@ -75,3 +75,14 @@ def test_select_never_serves_a_broken_candidate(monkeypatch):
         assert method.refused and np.array_equal(out.labels, runner.predict(frames[0]).labels)
     else:
         assert not method.refused and (out.labels == 0).mean() < 0.9  # not the all-zero model
+
+
+def test_the_oracle_takes_every_candidates_target_configuration():
+    """OracleDiTTA's ground-truth targets stand in for each candidate's (a selecting preset passes a
+    target configuration per candidate)."""
+    import inspect
+
+    from ditta_ros.ditta import DiTTAMethod, OracleDiTTA
+
+    assert list(inspect.signature(OracleDiTTA.make_targets).parameters) == \
+        list(inspect.signature(DiTTAMethod.make_targets).parameters)
