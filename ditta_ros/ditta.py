@@ -247,8 +247,15 @@ class DiTTAMethod(Method):
         return labels
 
     def _train(self, config: DittaConfig, encoded, input_hw, labels, obj_maps):
-        """``(net, losses)``: a fresh :class:`DiTTANet` adapted with ``config`` (Eq. 5-8)."""
+        """``(net, losses)``: a fresh :class:`DiTTANet` adapted with ``config`` (Eq. 5-8); not trained
+        (empty ``losses``) when nothing it would train is served
+        (:attr:`~ditta_ros.presets.DittaConfig.trains_nothing_served`)."""
         from tqdm import tqdm
+
+        if config.trains_nothing_served:
+            log.info("%s: only the add-on would adapt and the served graph does not use it: nothing to train",
+                     config.preset)
+            return DiTTANet(self.runner.model, grid_stride=config.addon_stride).eval(), {}
 
         with tqdm(total=config.adapt.iters * len(labels), desc=f"adapt {config.preset}", disable=not self.progress,
                   unit="step") as bar:

@@ -102,7 +102,7 @@ def export_onnx(net: DiTTANet, frame_hw: Tuple[int, int], out_dir: str, name: st
             ONNX would not run on the CPU execution provider).
         antialias: PIL-like antialiased input resize (``Resize antialias=1``);
             ``False`` for runtimes without it.
-        fusion: ``frame`` | ``grid`` (:class:`~ditta_ros.streaming.StreamingDiTTA`).
+        fusion: ``frame`` | ``grid`` | ``flow`` (:class:`~ditta_ros.streaming.StreamingDiTTA`).
 
     Returns:
         ``(onnx_path, metadata_path)``; the stem is ``ditta_<name>_<H>x<W>``.

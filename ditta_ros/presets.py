@@ -14,9 +14,11 @@ Presets (:data:`PRESETS`):
   fusion for frames more than 0.2 s apart, the add-on branch's probabilities on its own
   grid (``fusion="grid"``, addendum 2 of that rule);
 * ``decoder`` -- ``default`` with the decoder adapted (BatchNorm frozen, KL anchor to the ISS);
-* ``select`` -- ``default``'s serving with three candidate adaptations (``default``, ``decoder``,
-  ``faithful``), one of which, or none, is chosen label-free on held-out warm-up frames
-  (:mod:`ditta_ros.selector`, addendum 4 of the rule).
+* ``select`` -- three candidate adaptations (``default``, ``decoder``, ``faithful``), one of which, or
+  none, is chosen label-free on held-out warm-up frames (:mod:`ditta_ros.selector`, addendum 4 of the
+  rule), served with the flow branch (``fusion="flow"``: the Eq. 3 fusion with the previous frame's
+  plain logits moved by optical flow as its temporal branch, addendum 7), ``max_gap`` 0.2 s; its
+  add-on-only candidate then trains nothing and is the ISS with the flow branch.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from .teacher.targets import FAITHFUL_TARGETS, TargetConfig
 
 #: where the add-on branch is turned into probabilities and reliability
 #: (:class:`~ditta_ros.streaming.StreamingDiTTA`)
-FUSIONS = ("frame", "grid")
+FUSIONS = ("frame", "grid", "flow")
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,9 @@ class DittaConfig:
         motion_gate: fuse only where optical flow stays within the add-on's window
             (:class:`~ditta_ros.gates.MotionGate`).
         max_gap: seconds; frames farther apart are served by the plain branch (0: no limit).
-        fusion: ``frame`` (official) | ``grid`` (:class:`~ditta_ros.streaming.StreamingDiTTA`).
+        fusion: ``frame`` (official) | ``grid`` | ``flow`` (the temporal branch is the previous frame's
+            plain logits moved by optical flow, no attention; implies the warp:
+            :class:`~ditta_ros.streaming.StreamingDiTTA`).
         addon_stride: pooling of the decoder grid for the add-on (0: the model card's).
         candidates: presets whose targets and adaptation are tried, one chosen label-free
             (:mod:`ditta_ros.selector`); empty: this configuration's own alone.
@@ -94,6 +98,18 @@ class DittaConfig:
         if self.gap_factor > 0 and trained_gap:
             return self.gap_factor * trained_gap
         return self.max_gap
+
+    @property
+    def trains_nothing_served(self) -> bool:
+        """True when only the add-on would adapt and the served graph never uses it (``tau`` 0, or
+        ``fusion="flow"``, whose temporal branch is the moved previous logits): nothing to train."""
+        return self.adapt.params == "addon" and (self.tau <= 0 or self.fusion == "flow")
+
+    @property
+    def warps(self) -> bool:
+        """True when the previous frame's state is moved by optical flow before the temporal branch
+        (``warp``, or ``fusion="flow"``, whose branch is the moved state itself)."""
+        return self.warp or self.fusion == "flow"
 
     def candidate_configs(self) -> List[Tuple[str, "DittaConfig"]]:
         """``[(name, config)]`` of :attr:`candidates`: each preset's targets and adaptation with this
@@ -187,7 +203,8 @@ def _typed(current, value, key: str):
 
 #: the preset the node and ``ditta eval`` use unless told otherwise: chosen by the decision rule of
 #: ``docs/dev_set_rule.md`` on the development suite of issue 19 (``select``: worst-clip ΔmIoU -0.1 against
-#: ``default``'s -0.8; ``bench/results/dev_suite_espnetv2-s2.0-cityscapes-1024x512/``)
+#: ``default``'s -0.8; with the flow branch, addendum 7, mean ΔmIoU +0.6 against +0.1;
+#: ``bench/results/dev_suite_espnetv2-s2.0-cityscapes-1024x512/``)
 DEFAULT_PRESET = "select"
 
 #: the named configurations (module docstring)
@@ -199,7 +216,7 @@ PRESETS: Dict[str, DittaConfig] = {
     "decoder": DittaConfig("decoder", TargetConfig(), AdaptConfig(params="decoder"), GuardConfig(), DEFAULT_TAU,
                            motion_gate=False, max_gap=0.2, fusion="grid", addon_stride=0),
     "select": DittaConfig("select", TargetConfig(), AdaptConfig(), GuardConfig(), DEFAULT_TAU,
-                          motion_gate=False, max_gap=0.2, fusion="grid", addon_stride=0,
+                          motion_gate=False, max_gap=0.2, fusion="flow", addon_stride=0,
                           candidates=("default", "decoder", "faithful")),
 }
 

@@ -52,7 +52,9 @@ class StreamingDiTTA(nn.Module):
             computed: ``"frame"`` (the paper's and official code's: its logits resized
             to the frame like the plain branch's, two-step) or ``"grid"`` (ours, cheaper:
             on the add-on's own grid, then probabilities and reliability resized to the
-            frame in one bilinear step; the plain branch and Eq. 3 are unchanged).
+            frame in one bilinear step; the plain branch and Eq. 3 are unchanged) or ``"flow"``
+            (ours: as ``"grid"`` with the previous frame's plain logits as the temporal branch, no
+            attention; the caller moves them by optical flow first, :class:`~ditta_ros.gates.FlowWarp`).
 
     ``forward(image, feat_prev, logits_prev, has_prev)``:
         image: uint8 ``[H, W, 3]`` RGB; feat_prev: float ``[1, D, gh, gw]`` and
@@ -140,8 +142,9 @@ class StreamingDiTTA(nn.Module):
                 prob_addon, ent_addon = softmax_entropy(logits_to_frame(self.iss, addon, self.input_hw,
                                                                         self.frame_hw))
                 rel_addon = normalised_reliability(ent_addon)
-            else:
-                prob_addon, ent_addon = softmax_entropy(addon_net.attend(feats_g, feat_prev, logits_prev))
+            else:  # grid: the add-on on its own grid; flow: the previous plain logits, moved by the caller
+                grid_logits = logits_prev if self.fusion == "flow" else addon_net.attend(feats_g, feat_prev, logits_prev)
+                prob_addon, ent_addon = softmax_entropy(grid_logits)
                 rel_addon = normalised_reliability(ent_addon)
                 prob_addon = F.interpolate(prob_addon, size=self.frame_hw, mode="bilinear", align_corners=False)
                 rel_addon = F.interpolate(rel_addon.unsqueeze(1), size=self.frame_hw, mode="bilinear",

@@ -74,7 +74,7 @@ def test_label_bridges():
 
 
 @pytest.mark.parametrize("method,frames,extra", [
-    ("ditta", 6, ["--warmup-ratio", "34", "--iters", "1", "--backend", "openvino"]),
+    ("ditta", 6, ["--warmup-ratio", "34", "--iters", "1", "--backend", "openvino", "--preset", "default"]),
     ("tent", 5, ["--warmup-ratio", "40", "--iters", "1"]),
     ("zs-refine", 4, ["--warmup-ratio", "25"]),
 ])
@@ -88,7 +88,7 @@ def test_adaptive_methods_run_end_to_end(shared, tmp_path, method, frames, extra
     assert res["method"] == method and 20 < res["mIoU"] < 95 and res["fps"] > 0
     if method == "ditta":
         assert res["targets"]["objects"] > 0 and 0 < res["targets"]["covered_fraction"] <= 1
-        # the default adapts the add-on alone: its distillation term is the loss that trains
+        # preset default adapts the add-on alone: its distillation term is the loss that trains
         assert res["teacher_seconds"] > 0 and {"distill_addon", "total"} <= set(res["losses"])
         # guard and evaluation streamed on the chosen runtime
         assert res["backend"] == "openvino" and res["hyper"]["backend"] == "openvino"

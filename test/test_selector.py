@@ -86,3 +86,37 @@ def test_the_oracle_takes_every_candidates_target_configuration():
 
     assert list(inspect.signature(OracleDiTTA.make_targets).parameters) == \
         list(inspect.signature(DiTTAMethod.make_targets).parameters)
+
+
+def test_an_addon_only_candidate_trains_nothing_under_the_flow_branch():
+    """``fusion="flow"`` serves the moved previous logits, not the add-on: an add-on-only adaptation
+    trains nothing (fresh add-on, no losses) and the served model warps the state; a decoder adaptation
+    still trains."""
+    from ditta_ros.adapt import DiTTANet
+    from ditta_ros.ditta import DiTTAMethod
+    from ditta_ros.inference import ISSRunner
+    from ditta_ros.iss.espnetv2 import ESPNetv2Seg
+    from ditta_ros.presets import DittaConfig
+
+    flow = DittaConfig.from_preset("default", fusion="flow")
+    assert flow.trains_nothing_served and flow.warps and DittaConfig.from_preset("default", tau=0).trains_nothing_served
+    assert not DittaConfig.from_preset("decoder", fusion="flow").trains_nothing_served
+    assert not DittaConfig.from_preset("default").trains_nothing_served and not DittaConfig.from_preset("default").warps
+
+    class Teacher(DiTTAMethod):
+        def make_targets(self, frames, preds, rels, target_cfg=None):
+            return [p.copy() for p in preds], [np.ones(p.shape, np.int32) for p in preds], {}, {"changed": 0.0}, 0.0
+
+    torch.manual_seed(0)
+    runner = ISSRunner(ESPNetv2Seg(s=0.5, num_classes=5, input_size=(64, 48)).eval())
+    frames = [np.random.default_rng(t).integers(0, 255, (40, 56, 3), dtype=np.uint8) for t in range(4)]
+    fresh = DiTTANet(runner.model).addon.state_dict()
+    for cfg, trains in ((flow, False), (DittaConfig.from_preset("decoder", fusion="flow", iters=2), True)):
+        method = Teacher(runner, None, cfg, progress=False)
+        info = method.adapt(frames)
+        assert bool(info["losses"]) == trains
+        if not trains:  # the add-on is the fresh one
+            assert all(torch.equal(v, fresh[k]) for k, v in method.net.addon.state_dict().items())
+        method.start_stream()
+        method.predict(frames[1])
+        assert method.frozen._warp is not None and info["hyper"]["fusion"] == "flow"

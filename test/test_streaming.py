@@ -85,7 +85,8 @@ def test_preprocessing_matches_the_iss_reference_within_one_grey_level():
         assert ((ours - ref) * std * 255).abs().max() <= 1.0 + 1e-3
 
 
-@pytest.mark.parametrize("hw,fusion", [((40, 56), "frame"), ((100, 130), "frame"), ((100, 130), "grid")])
+@pytest.mark.parametrize("hw,fusion", [((40, 56), "frame"), ((100, 130), "frame"), ((100, 130), "grid"),
+                                       ((100, 130), "flow")])
 def test_onnx_export_matches_torch_over_a_sequence(tmp_path, hw, fusion):
     import onnxruntime as ort
 
@@ -100,8 +101,8 @@ def test_onnx_export_matches_torch_over_a_sequence(tmp_path, hw, fusion):
     agree = []
     for f in _frames(5, *hw):
         labels_t, _, state_t = model.step(f, state_t)
-        out = sess.run(None, {"image": f, "feat_prev": state_o[0], "logits_prev": state_o[1],
-                              "has_prev": state_o[2]})
+        feed = {"image": f, "feat_prev": state_o[0], "logits_prev": state_o[1], "has_prev": state_o[2]}
+        out = sess.run(None, {i.name: feed[i.name] for i in sess.get_inputs()})  # flow: no feat_prev
         assert np.abs(out[3] - state_t[1].numpy()).max() <= 1e-4
         agree.append((out[0] == labels_t.numpy()).mean())
         state_o = [out[2], out[3], np.ones(hw, np.float32)]
@@ -134,6 +135,38 @@ def test_grid_fusion_is_eq3_with_the_addon_branch_on_its_grid():
     assert (labels == other).float().mean() >= 0.9
     with pytest.raises(ValueError, match="fusion"):
         StreamingDiTTA(net, hw, fusion="pixels")
+
+
+def test_flow_fusion_is_eq3_with_the_moved_previous_logits_as_the_temporal_branch():
+    """``fusion="flow"``: the temporal branch is the previous frame's plain logits on the add-on grid
+    (as the caller passes them, i.e. already moved by the flow), no attention; the add-on's weights do
+    not matter; ``has_prev = 0`` gives the plain branch exactly; the same frame twice keeps its labels."""
+    import torch.nn.functional as F
+
+    from ditta_ros.addon import normalised_reliability, softmax_entropy
+
+    net = _net()
+    hw = (100, 130)
+    frames = _frames(2, *hw)
+    flow = StreamingDiTTA(net, hw, fusion="flow")
+    _, _, state = flow.step(frames[0])
+    with torch.no_grad():
+        labels, conf, _, _ = flow(torch.from_numpy(frames[1]), *state)
+        x = flow.preprocess(torch.from_numpy(frames[1]))
+        p = torch.softmax(logits_to_frame(net.iss, net.iss.classify(net.iss.decode(net.iss.encode(x))),
+                                          flow.input_hw, hw), 1)
+        pa, ea = softmax_entropy(state[1])
+        ra = F.interpolate(normalised_reliability(ea)[:, None], size=hw, mode="bilinear", align_corners=False)[:, 0]
+        ref, _ = fuse(p, F.interpolate(pa, size=hw, mode="bilinear", align_corners=False), flow.tau, None, ra)
+        assert torch.equal(labels, ref[0].argmax(0))
+        for prm in net.addon.parameters():  # the add-on plays no part
+            prm.add_(torch.randn_like(prm))
+        assert torch.equal(flow(torch.from_numpy(frames[1]), *state)[0], labels)
+        plain = flow(torch.from_numpy(frames[1]), state[0], state[1], torch.zeros(hw))[0]
+        assert torch.equal(plain, p[0].argmax(0))
+        _, _, s1 = flow.step(frames[1])
+        again = flow(torch.from_numpy(frames[1]), *s1)[0]
+    assert (again == plain).float().mean() >= 0.999
 
 
 def test_export_rejects_an_opset_without_antialiased_resize(tmp_path):
@@ -435,3 +468,22 @@ def test_flow_warp_moves_the_state_with_the_scene_and_gates_inconsistent_flow():
     frozen = FrozenDiTTA(net, DittaConfig.from_preset("default", gap_factor=1.5), trained_gap=0.2)
     assert frozen.max_gap == pytest.approx(0.3)
     assert FrozenDiTTA(net, DittaConfig.from_preset("default")).max_gap == 0.2
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_flow_branch_serves_alike_on_torch_and_the_exported_graph(tmp_path, backend):
+    """``fusion="flow"`` through :class:`FrozenDiTTA`: the exported graph has no ``feat_prev`` input
+    (the exporter drops what the branch does not use), the state is still warped, and the labels
+    of a moving sequence match the torch path's."""
+    from ditta_ros.presets import DittaConfig
+    from ditta_ros.runtime import FrozenDiTTA, RuntimeOptions
+
+    pytest.importorskip(backend)
+    net, cfg = _net(), DittaConfig.from_preset("default", fusion="flow")
+    served = FrozenDiTTA(net, cfg, RuntimeOptions(backend=backend, export_dir=str(tmp_path)))
+    ref = FrozenDiTTA(net, cfg, RuntimeOptions(backend="torch"))
+    for f in _frames(4, 100, 130):
+        a, b = served.step(f, 0.1), ref.step(f, 0.1)
+        assert (a.labels == b.labels).mean() >= 0.999
+    assert served.stats.fused == ref.stats.fused == 3 and served._warp is not None
+    assert backend in served.describe()

@@ -58,7 +58,7 @@ def cached_export(net, frame_hw, tau: float, export_dir: str, name: str, fp16: b
     export_dir = os.path.expanduser(export_dir)
     folder = os.path.join(export_dir, f"{name}_{frame_hw[0]}x{frame_hw[1]}")
     digest = weights_digest(net, plain=tau <= 0)
-    stem = f"ditta_{name}_{frame_hw[0]}x{frame_hw[1]}_tau{tau:g}{'_grid' if tau > 0 and fusion == 'grid' else ''}" \
+    stem = f"ditta_{name}_{frame_hw[0]}x{frame_hw[1]}_tau{tau:g}{'_' + fusion if tau > 0 and fusion != 'frame' else ''}" \
            f"_{digest}"
     onnx_path, meta_path = (os.path.join(folder, stem + ext) for ext in (".onnx", ".json"))
     if os.path.isfile(onnx_path) and os.path.isfile(meta_path):

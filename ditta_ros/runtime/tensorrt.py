@@ -152,9 +152,10 @@ class TensorRTBackend:
 
     def initial_state(self):
         """Zero state on the GPU (``has_prev = 0``)."""
-        t = self._torch
-        return (t.zeros_like(self.buffers["feat_prev"]), t.zeros_like(self.buffers["logits_prev"]),
-                t.zeros_like(self.buffers["has_prev"]))
+        t, b = self._torch, self.buffers
+        # shaped like the next state (the graph's outputs): a graph that does not use an input has none
+        return (t.zeros_like(b["feat"]), t.zeros_like(b["logits"]),
+                t.zeros(self.frame_hw, dtype=torch_float(t, b), device="cuda"))
 
     def step(self, frame: np.ndarray, state=None):
         """``(labels int64 [H,W], confidence float32 [H,W], state)`` (numpy outputs;
@@ -167,9 +168,11 @@ class TensorRTBackend:
         with self._torch.cuda.stream(self.stream):
             b["image"].copy_(self._torch.from_numpy(np.ascontiguousarray(frame)), non_blocking=True)
             for name, value in zip(("feat_prev", "logits_prev", "has_prev"), state):
-                b[name].copy_(value, non_blocking=True)
+                if name in b:  # the exporter drops the inputs a graph does not use (tau = 0: all three)
+                    b[name].copy_(value, non_blocking=True)
             self.context.execute_async_v3(self.stream.cuda_stream)
-            new_state = (b["feat"].clone(), b["logits"].clone(), self._torch.ones_like(b["has_prev"]))
+            new_state = (b["feat"].clone(), b["logits"].clone(),
+                         self._torch.ones(self.frame_hw, dtype=torch_float(self._torch, b), device="cuda"))
         self.stream.synchronize()
         return b["labels"].cpu().numpy(), b["confidence"].float().cpu().numpy(), new_state
 
@@ -188,3 +191,8 @@ class TensorRTBackend:
             raise RefitRefused(f"TensorRT refused the weights of {onnx_path} (graph differs from the engine's?)")
         if not refitter.refit_cuda_engine():
             raise RuntimeError(f"TensorRT refit from {onnx_path} failed")
+
+
+def torch_float(torch, buffers):
+    """The dtype of ``has_prev``: the graph's input's where it has one, else float32."""
+    return buffers["has_prev"].dtype if "has_prev" in buffers else torch.float32

@@ -271,7 +271,7 @@ def format_summary(s: Dict[str, object]) -> str:
         f"  streaming     {st['frames']} frames at {num(st['fps'], '{:.2f}')} fps; latency median "
         f"{num(st['latency_ms_median'], '{:.0f}')} ms, p95 {num(st['latency_ms_p95'], '{:.0f}')} ms",
         f"  frames        in {n['frames_in']} / out {n['frames_out']} / dropped {n['dropped']} / bad {n['bad']}",
-        f"  fusion        processed-frame gap {num(n.get('frame_gap_ms'), '{:.0f}')} ms; add-on fused on "
+        f"  fusion        processed-frame gap {num(n.get('frame_gap_ms'), '{:.0f}')} ms; temporal branch (add-on or flow) fused on "
         f"{num(None if n.get('fused_share') is None else 100 * n['fused_share'], '{:.0f}')} % of the adapted model's "
         f"frames",
         f"  label flips   frame-wise ISS {num(100 * fl['iss'], '{:.2f}')} % of pixels per frame -> DiTTA "
