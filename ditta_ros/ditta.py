@@ -180,19 +180,21 @@ class DiTTAMethod(Method):
         stats = {k: v for k, v in targets.stats.items() if k != "teacher_seconds"}
         return labels, targets.obj_maps, stats, report, teacher_s
 
-    def adapt(self, frames: Sequence[np.ndarray], iss_preds: Optional[Sequence[Prediction]] = None
-              ) -> Dict[str, object]:
+    def adapt(self, frames: Sequence[np.ndarray], iss_preds: Optional[Sequence[Prediction]] = None,
+              incumbent: Optional[DiTTANet] = None) -> Dict[str, object]:
         """Warm-up: ISS, teacher targets, adaptation, guard (``iss_preds``: the ISS predictions
         of ``frames`` when known, :meth:`iss_warmup`).
 
         With :attr:`~ditta_ros.presets.DittaConfig.candidates`, each candidate adapts on the frames
-        not held out and one (or none) is chosen label-free (:meth:`select`).
+        not held out and one (or none) is chosen label-free (:meth:`select`); ``incumbent`` (the
+        network serving now, a re-adaptation) is judged beside them there. Without candidates it is
+        not used.
 
         Raises:
             AdaptationCancelled: :attr:`stop` was set.
         """
         if self.config.candidates:
-            return self.select(frames, iss_preds)
+            return self.select(frames, iss_preds, incumbent)
         t0 = time.perf_counter()
         encoded, input_hw, preds, rels = self.iss_warmup(frames, iss_preds)
         n = len(frames)
@@ -262,12 +264,17 @@ class DiTTAMethod(Method):
             return adapt(DiTTANet(self.runner.model, grid_stride=config.addon_stride), encoded, input_hw, labels,
                          obj_maps, config.adapt, _StopCheck(bar, self.stop))
 
-    def select(self, frames: Sequence[np.ndarray], iss_preds: Optional[Sequence[Prediction]] = None
-               ) -> Dict[str, object]:
+    def select(self, frames: Sequence[np.ndarray], iss_preds: Optional[Sequence[Prediction]] = None,
+               incumbent: Optional[DiTTANet] = None) -> Dict[str, object]:
         """The warm-up with candidate adaptations (``docs/dev_set_rule.md``, addendum 4): the ISS, then
         per candidate its targets (the teacher runs once per target configuration) and its adaptation
         on the frames not held out, its warm-up stream, guard verdict and held-out gain; the chosen
         candidate serves (:func:`ditta_ros.selector.choose`), or the ISS when none is admissible.
+
+        ``incumbent`` (a re-adaptation: the adapted network serving now, trained on earlier frames) is
+        judged the same way on these frames, with no training, as the candidate
+        :data:`~ditta_ros.selector.INCUMBENT` placed first (ties keep it): the serving model stays
+        until a better one passes, and gives way to the ISS when it is no longer admissible.
 
         Returns:
             as :meth:`adapt`, the chosen candidate's ``losses`` and ``guard``, plus ``selection``
@@ -308,6 +315,19 @@ class DiTTAMethod(Method):
             log.info("candidate %s: held-out gain %+.2f pt, guard %s", name, 100 * evidence[name].gain,
                      "refused" if verdict.refused else "accepts")
         order = [n for n, _ in candidates]
+        if incumbent is not None:
+            t1 = time.perf_counter()
+            frozen = FrozenDiTTA(incumbent.eval(), self.config, self.runtime, trained_gap=self.frame_interval)
+            streamed = self._stream_labels(frozen, frames)  # its own torch copy: the serving one keeps serving
+            verdict = check(streamed, preds, rels, self.config.guard)
+            name = selector.INCUMBENT
+            evidence[name] = selector.Evidence(selector.held_out_gain(streamed, reference, iss_streamed, held),
+                                               verdict.refused, round(verdict.changed, 5), verdict.reasons,
+                                               round(time.perf_counter() - t1, 3))
+            made[name] = (incumbent, frozen, verdict, {})
+            order = [name] + order
+            log.info("serving model: held-out gain %+.2f pt, guard %s", 100 * evidence[name].gain,
+                     "refused" if verdict.refused else "accepts")
         chosen, why = selector.choose(evidence, order)
         log.info("selected %s", why)
         self.net, self.frozen, self.verdict, losses = made[chosen or order[0]]

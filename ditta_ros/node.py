@@ -260,7 +260,7 @@ class DittaNode(Node):
         except ParameterError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
         for name, value in new.items():
-            if name in ("auto_readapt", "scene_change_threshold"):
+            if name in ("auto_readapt", "scene_change_threshold", "readapt_period"):
                 setattr(self.cfg, name, value)
                 self.pipeline.scene.threshold = self.cfg.scene_change_threshold
             elif name == "no_input_warn_seconds":

@@ -132,6 +132,8 @@ _DESCRIPTIONS = {
     "auto_readapt": "re-adapt automatically on a sustained scene change (class-histogram shift); off by default",
     "scene_change_threshold": "total-variation distance (0..1) of the class histogram that counts as a change",
     "scene_change_frames": "frames for the reference histogram and for how long a change must last",
+    "readapt_period": "seconds of stream time between re-adaptations (0: off); the serving model is judged beside "
+                      "the new candidates (select) and keeps serving unless one is better",
     "input_topic": "camera image topic, relative to the node's namespace (remap it or set it here)",
     "compressed": "subscribe sensor_msgs/CompressedImage instead of sensor_msgs/Image",
     "qos_reliability": "input QoS: reliable | best_effort | auto (reliable, switches to best_effort "
@@ -164,6 +166,7 @@ _RULES: Dict[str, Dict[str, object]] = {
     "auto_readapt": {"runtime": True},
     "scene_change_threshold": {"low": 0.0, "high": 1.0, "runtime": True},
     "scene_change_frames": {"low": 1, "high": 100000},
+    "readapt_period": {"low": 0.0, "runtime": True},
     "qos_reliability": {"choices": ("auto", "reliable", "best_effort")},
     "qos_depth": {"low": 1, "high": 1000},
     "output_resolution": {"choices": ("input", "network")},

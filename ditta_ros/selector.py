@@ -20,6 +20,9 @@ HOLDOUT_EVERY = 3
 MIN_GAIN = -0.005
 #: gains within this of the best (0.1 percentage points) are a tie: the earlier candidate wins
 TIE = 0.001
+#: the name of the model serving now when a re-adaptation judges it beside the new candidates (first
+#: in the order: a tie keeps it)
+INCUMBENT = "serving"
 
 
 def holdout(n: int) -> Tuple[List[int], List[int]]:

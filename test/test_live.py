@@ -592,3 +592,59 @@ def test_an_adaptation_that_could_never_serve_is_skipped_without_the_teacher():
     assert "never fuses at this frame gap (0.50 s > max_gap 0.2 s)" in live.status()["warning"]
     fast = _adapted()  # the default 0.1 s apart: adapted as usual
     assert fast.phase == Phase.STREAMING
+
+
+class _SelectingFake(_FakeMethod):
+    """A selecting method: on a re-adaptation it is handed the serving network and reports a choice."""
+
+    choice = "default"
+
+    def adapt(self, frames, iss_preds=None, incumbent=None):
+        info = super().adapt(frames, iss_preds)
+        self.incumbent = incumbent
+        cands = {"default": {}} if incumbent is None else {"serving": {}, "default": {}}
+        self.refused = self.choice is None
+        info["selection"] = {"chosen": self.choice, "why": f"{self.choice} chosen", "candidates": cands}
+        if self.choice == "serving":
+            self.net = incumbent
+        return info
+
+
+def test_a_readaptation_judges_the_serving_model_and_readapt_period_starts_it():
+    """``readapt_period`` starts a re-adaptation after that many seconds of stream time; the method gets the
+    serving network; "serving" chosen keeps the same model serving (not re-installed, not saved again);
+    no admissible candidate, the serving one included, returns to the ISS; a reset disarms the period."""
+    made = []
+
+    def factory(r):
+        made.append(_SelectingFake(r))
+        return made[-1]
+
+    live = LivePipeline(LiveConfig(warmup_frames=2, backend="torch", checkpoint_dir="", readapt_period=1.0), _runner(),
+                        method_factory=factory)
+    t = [0.0]
+
+    def step(n=1):
+        for _ in range(n):
+            live.process(_frame(seed=int(t[0] * 10)), stamp=t[0])
+            t[0] += 0.25
+            live.wait_idle(60)
+
+    step(2)
+    assert live.phase == Phase.STREAMING and made[0].incumbent is None
+    first = live.serving.frozen
+    step(4)  # 0.75 s of stream time since the first served frame: not yet
+    assert live.phase == Phase.STREAMING and len(made) == 1
+    step(1)  # 1.0 s: a new warm-up starts
+    assert live.phase == Phase.WARMUP
+    _SelectingFake.choice = "serving"
+    step(2)
+    assert made[1].incumbent is first.net and live.phase == Phase.STREAMING and live.serving.frozen is first
+    assert live.status()["last_adaptation"]["backend"].startswith("previous adaptation (kept")
+    _SelectingFake.choice = None
+    step(7)  # 1 s after the first served frame a warm-up starts; its two frames follow
+    assert len(made) == 3 and live.phase == Phase.ISS and live.serving.frozen is None  # the serving one failed too
+    _SelectingFake.choice = "default"
+    live.reset()
+    step(8)
+    assert len(made) == 3 and live.phase == Phase.ISS  # no period after a reset

@@ -46,6 +46,7 @@ def test_a_bad_value_names_the_parameter_and_what_it_accepts(values, name, allow
 
 def test_only_a_few_parameters_change_at_run_time():
     runtime = {p.name for p in param_specs() if p.runtime}
-    assert runtime == {"auto_readapt", "scene_change_threshold", "no_input_warn_seconds", "min_output_fps"}
+    assert runtime == {"auto_readapt", "scene_change_threshold", "readapt_period", "no_input_warn_seconds",
+                       "min_output_fps"}
     assert not changeable("backend") and changeable("auto_readapt")
     assert resolve({"adapted_checkpoint": "latest"})[0].adapted_checkpoint == "latest"  # resolved at load

@@ -93,9 +93,6 @@ def test_an_addon_only_candidate_trains_nothing_under_the_flow_branch():
     trains nothing (fresh add-on, no losses) and the served model warps the state; a decoder adaptation
     still trains."""
     from ditta_ros.adapt import DiTTANet
-    from ditta_ros.ditta import DiTTAMethod
-    from ditta_ros.inference import ISSRunner
-    from ditta_ros.iss.espnetv2 import ESPNetv2Seg
     from ditta_ros.presets import DittaConfig
 
     flow = DittaConfig.from_preset("default", fusion="flow")
@@ -103,13 +100,7 @@ def test_an_addon_only_candidate_trains_nothing_under_the_flow_branch():
     assert not DittaConfig.from_preset("decoder", fusion="flow").trains_nothing_served
     assert not DittaConfig.from_preset("default").trains_nothing_served and not DittaConfig.from_preset("default").warps
 
-    class Teacher(DiTTAMethod):
-        def make_targets(self, frames, preds, rels, target_cfg=None):
-            return [p.copy() for p in preds], [np.ones(p.shape, np.int32) for p in preds], {}, {"changed": 0.0}, 0.0
-
-    torch.manual_seed(0)
-    runner = ISSRunner(ESPNetv2Seg(s=0.5, num_classes=5, input_size=(64, 48)).eval())
-    frames = [np.random.default_rng(t).integers(0, 255, (40, 56, 3), dtype=np.uint8) for t in range(4)]
+    Teacher, (runner, frames) = _targets_are_the_iss(), _tiny(4)
     fresh = DiTTANet(runner.model).addon.state_dict()
     for cfg, trains in ((flow, False), (DittaConfig.from_preset("decoder", fusion="flow", iters=2), True)):
         method = Teacher(runner, None, cfg, progress=False)
@@ -120,3 +111,51 @@ def test_an_addon_only_candidate_trains_nothing_under_the_flow_branch():
         method.start_stream()
         method.predict(frames[1])
         assert method.frozen._warp is not None and info["hyper"]["fusion"] == "flow"
+
+
+def test_a_readaptation_keeps_the_serving_model_unless_a_candidate_beats_it():
+    """The serving model (``incumbent``) is judged on the new warm-up beside the candidates, first in the
+    order: equal evidence keeps it; a broken one (every weight negated: the guard refuses it) gives way."""
+    from ditta_ros.adapt import DiTTANet
+    from ditta_ros.presets import DittaConfig
+
+    Teacher, (runner, frames) = _targets_are_the_iss(), _tiny(6)
+    # tau 0: the add-on-only candidate trains nothing and equals a fresh network, as the incumbent below
+    config = dataclasses.replace(DittaConfig.from_preset("default", tau=0.0, guard_conf=0.0), candidates=("default",))
+    same = DiTTANet(runner.model).eval()
+    info = Teacher(runner, None, config, progress=False).adapt(frames, incumbent=same)
+    sel = info["selection"]
+    assert list(sel["candidates"]) == ["default", selector.INCUMBENT] and sel["chosen"] == selector.INCUMBENT
+    assert sel["candidates"][selector.INCUMBENT]["gain"] == sel["candidates"]["default"]["gain"]
+
+    import copy
+
+    broken_iss = copy.deepcopy(runner.model)
+    with torch.no_grad():
+        for p in broken_iss.parameters():  # every weight negated
+            p.mul_(-1.0)
+    method = Teacher(runner, None, config, progress=False)
+    sel = method.adapt(frames, incumbent=DiTTANet(broken_iss).eval())["selection"]
+    assert sel["candidates"][selector.INCUMBENT]["refused"] and sel["chosen"] == "default"
+    assert method.net is not None and method.net.iss is runner.model
+
+
+def _targets_are_the_iss():
+    """A DiTTAMethod whose distillation targets are the ISS's own labels (no teacher)."""
+    from ditta_ros.ditta import DiTTAMethod
+
+    class SameAsISS(DiTTAMethod):
+        def make_targets(self, frames, preds, rels, target_cfg=None):
+            return [p.copy() for p in preds], [np.ones(p.shape, np.int32) for p in preds], {}, {"changed": 0.0}, 0.0
+
+    return SameAsISS
+
+
+def _tiny(n):
+    """``(runner, frames)``: a small random ESPNetv2 and ``n`` random 40x56 frames."""
+    from ditta_ros.inference import ISSRunner
+    from ditta_ros.iss.espnetv2 import ESPNetv2Seg
+
+    torch.manual_seed(0)
+    runner = ISSRunner(ESPNetv2Seg(s=0.5, num_classes=5, input_size=(64, 48)).eval())
+    return runner, [np.random.default_rng(t).integers(0, 255, (40, 56, 3), dtype=np.uint8) for t in range(n)]

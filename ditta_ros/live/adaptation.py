@@ -6,6 +6,7 @@ result is an :class:`Outcome` that the pipeline applies; nothing here touches th
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 import time
@@ -16,6 +17,7 @@ import numpy as np
 
 from ..ditta import AdaptationCancelled
 from ..runtime import FrozenDiTTA
+from ..selector import INCUMBENT
 from .config import LiveConfig
 from .serving import Serving
 from .warmup import WarmupBatch
@@ -28,7 +30,9 @@ class Outcome:
     """What an adaptation ended with.
 
     Attributes:
-        kind: ``adapted`` (``frozen`` serves next) | ``refused`` (by the guard; ``reasons``) |
+        kind: ``adapted`` (``frozen`` serves next) | ``kept`` (a re-adaptation's selector judged the
+            serving model best on the new warm-up: it keeps serving) | ``refused`` (by the guard or the
+            selector; ``reasons``; ``incumbent_judged``: the serving model was among those refused) |
             ``skipped`` (nothing it could adapt would serve: :func:`futile`; ``reasons``) |
             ``cancelled`` (its stop event was set) | ``failed`` (``error``).
         info: what the method's ``adapt`` returned (seconds, target report, guard verdict).
@@ -46,6 +50,7 @@ class Outcome:
     reasons: str = ""
     t0: float = 0.0
     frames: int = 0
+    incumbent_judged: bool = False
 
     def summary(self, backend: str) -> Dict[str, object]:
         """The ``last_adaptation`` status entry: seconds, warm-up frames, backend, the
@@ -95,17 +100,23 @@ def run_adaptation(make_method: Callable[[], object], batch: WarmupBatch, cfg: L
         method.stop = stop
         if gap is not None and hasattr(method, "frame_interval"):
             method.frame_interval = gap  # the guard and the candidates stream the warm-up at the gap it was taken
+        kw = {} if batch.preds is None else {"iss_preds": batch.preds}
+        if serving.frozen is not None and "incumbent" in inspect.signature(method.adapt).parameters:
+            kw["incumbent"] = serving.frozen.net  # a re-adaptation: the serving model is judged too
         running(1)
         try:
-            info = method.adapt(batch.frames, iss_preds=batch.preds) if batch.preds is not None \
-                else method.adapt(batch.frames)
+            info = method.adapt(batch.frames, **kw)
         finally:
             running(-1)
         if stop.is_set():
             raise AdaptationCancelled("adaptation cancelled")
+        judged = INCUMBENT in ((info.get("selection") or {}).get("candidates") or {})
         if getattr(method, "refused", False):
             reasons = "; ".join(info.get("guard", {}).get("reasons", [])) or "guard"
-            return Outcome("refused", info, reasons=reasons, t0=t0, frames=n)
+            return Outcome("refused", info, reasons=reasons, t0=t0, frames=n, incumbent_judged=judged)
+        if judged and info["selection"]["chosen"] == INCUMBENT:
+            log.info("re-adaptation: the serving model is still the best on the new warm-up; it keeps serving")
+            return Outcome("kept", info, reasons=info["selection"]["why"], t0=t0, frames=n)
         if not exporting():
             return Outcome("cancelled", info, t0=t0, frames=n)
         hw = tuple(batch.frames[0].shape[:2])

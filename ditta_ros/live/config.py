@@ -68,6 +68,7 @@ class LiveConfig:
     auto_readapt: bool = False
     scene_change_threshold: float = 0.35
     scene_change_frames: int = 30
+    readapt_period: float = 0.0
 
     def ditta_config(self) -> DittaConfig:
         """The DiTTA hyper-parameters: the preset with this config's overrides

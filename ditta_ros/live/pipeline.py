@@ -18,7 +18,11 @@ States (:class:`~.phases.Phase`)::
 During a re-adaptation (:meth:`LivePipeline.readapt`) the adapted model keeps serving until the
 new one is ready. ``adapt=False`` keeps the pre-trained ISS model (also what :meth:`reset`
 returns to). Which model made each label image is :attr:`LivePipeline.last_source`.
-``auto_readapt`` starts a new warm-up on a sustained scene change (:class:`~.scene.SceneChangeDetector`).
+``auto_readapt`` starts a new warm-up on a sustained scene change (:class:`~.scene.SceneChangeDetector`);
+``readapt_period`` every that many seconds of stream time after the last adaptation ended (also after
+one that was refused or skipped, not after :meth:`reset`). A re-adaptation with a selecting preset
+judges the serving model beside the new candidates: it keeps serving unless one is better
+(:meth:`~ditta_ros.ditta.DiTTAMethod.select`).
 """
 
 from __future__ import annotations
@@ -94,6 +98,8 @@ class LivePipeline:
         self._stop: Optional[threading.Event] = None  # the adaptation in flight's
         self._running = 0  # adaptations inside method.adapt (status: adaptations_running)
         self._generation = 0
+        self._period_start: Optional[float] = None  # stream time the readapt_period counts from
+        self._period_armed = False  # an adaptation ended (not a reset): the period may start a new one
         self._save_lock = threading.Lock()
         self.scene = SceneChangeDetector(runner.model.num_classes, cfg.scene_change_threshold,
                                          cfg.scene_change_frames)
@@ -163,6 +169,7 @@ class LivePipeline:
             self._generation += 1
             self.window.clear()
             self.phase, self.progress, self.error = Phase.WARMUP, 0.0, None
+            self._period_armed, self._period_start = False, None
         self.serving.reset()
         log.info("re-adaptation requested: collecting a new warm-up window%s",
                  " (the adapted model keeps serving)" if self.serving.frozen is not None else "")
@@ -177,6 +184,7 @@ class LivePipeline:
             self.window.clear()
             self.serving.install(None)
             self.phase, self.progress = Phase.ISS, 0.0
+            self._period_armed, self._period_start = False, None
             self.error, self.warning = None, None
         self.serving.reset()
         log.info("reset to the pre-trained ISS model")
@@ -233,12 +241,25 @@ class LivePipeline:
                         self._start_adaptation(batch)
         self.last_source = source
         self.counters.by_model[source] += 1
+        self._periodic(phase, stamp)
         if phase == Phase.STREAMING and source == "adapted" and self.cfg.auto_readapt \
                 and self.scene.update(pred.labels):
             log.warning("scene change: class histogram moved %.2f (TV distance) from the adapted scene for %d "
                         "frames; re-adapting", self.scene.distance, self.cfg.scene_change_frames)
             self.readapt()
         return pred, phase
+
+    def _periodic(self, phase: Phase, stamp: float) -> None:
+        """Start a re-adaptation once ``readapt_period`` s of stream time passed since the first frame
+        served after the last adaptation ended."""
+        if self.cfg.readapt_period <= 0 or not self._period_armed or phase not in (Phase.STREAMING, Phase.ISS):
+            return
+        if self._period_start is None:
+            self._period_start = stamp
+        elif stamp - self._period_start >= self.cfg.readapt_period:
+            log.info("re-adapting: %.0f s of stream time since the last adaptation (readapt_period)",
+                     stamp - self._period_start)
+            self.readapt()
 
     def _adapted_dropped(self) -> None:
         """The adapted model failed too often and was dropped: the ISS serves."""
@@ -283,6 +304,7 @@ class LivePipeline:
         with self._lock:
             if gen != self._generation or outcome.kind == "cancelled":
                 return
+            self._period_armed, self._period_start = True, None
             serving_adapted = self.serving.frozen is not None
             if outcome.kind == "failed":
                 self.error = outcome.error
@@ -293,15 +315,22 @@ class LivePipeline:
                 self.warning = f"adaptation skipped: {outcome.reasons}"
                 self.phase, self.progress = (Phase.STREAMING if serving_adapted else Phase.ISS), 1.0
                 return
+            if outcome.kind == "kept":
+                self.last_adapt = outcome.summary("previous adaptation (kept: still the best on the new warm-up)")
+                self.warning = None
+                self.phase, self.progress = Phase.STREAMING, 1.0
+                self.scene.reset()
+                return
             if outcome.kind == "refused":
-                if serving_adapted:  # a re-adaptation: the previous one stays
+                if serving_adapted and not outcome.incumbent_judged:  # a re-adaptation: the previous one stays
                     self.last_adapt = outcome.summary("previous adaptation (re-adaptation refused)")
                     self.warning = (f"re-adaptation refused by the do-no-harm guard ({outcome.reasons}); the "
                                     "previous adaptation keeps serving")
                     self.phase = Phase.STREAMING
-                else:
+                else:  # a first adaptation, or a serving model the selector no longer admits
                     self.last_adapt = outcome.summary("iss (adaptation refused)")
                     self.warning = f"adaptation refused by the do-no-harm guard ({outcome.reasons}); serving the ISS model"
+                    self.serving.install(None)
                     self.phase = Phase.ISS
                 self.progress = 1.0
                 log.warning("%s", self.warning)
