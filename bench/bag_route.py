@@ -45,10 +45,11 @@ def main() -> None:
     from ditta_ros.data import open_clip
 
     clip = open_clip(args.clip)
+    name = args.name or f"bag_route_{clip.name}"
     with tempfile.TemporaryDirectory() as tmp:
         row = route_eval(args.clip, os.path.join(tmp, "route"), args.model, args.label_map, args.warmup_ratio,
                          rate=args.rate)
-        shutil.copy(os.path.join(tmp, "route", "node.log"), os.path.join(RESULTS, f"bag_route_{clip.name}.node.log"))
+        shutil.copy(os.path.join(tmp, "route", "node.log"), os.path.join(RESULTS, f"{name}.node.log"))
     res, last, n_warm, sent, wall = row, row["node"], row["warmup_frames"], row["published"], row["wall_seconds"]
     offline = json.load(open(args.offline)) if os.path.isfile(args.offline) else {}
     keys = ("mIoU", "wIoU", "mVC8", "mVC16")
@@ -61,7 +62,6 @@ def main() -> None:
         "offline_result": os.path.relpath(args.offline, ROOT), "machine": machine(),
         "command": "python bench/bag_route.py " + " ".join(sys.argv[1:]),
     }
-    name = args.name or f"bag_route_{clip.name}"
     write_results(name, payload)
     lat = payload["node_latency_ms"] or {}
     lines = [f"# ROS route vs offline `ditta eval` ({clip.name}, {args.model})", "",
