@@ -51,16 +51,19 @@ def run_case(script: str, args: List[str]) -> Dict[str, object]:
 def machine() -> Dict[str, object]:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+    from ditta_ros.tools.machine import cpu_flags, cpu_model
+
+    return {"host": platform.node(), "cpu": cpu_model(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(),
+            "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def describe_machine(m: Dict[str, object]) -> str:
+    """``"<cpu>, <n> cores, <ISA flags>"`` for a results file's heading (:func:`machine`'s dict)."""
+    flags = m.get("cpu_flags")
+    return f"{m['cpu']}, {m['cores']} cores, " + ("flags " + " ".join(flags) if flags else "no AVX2/AVX-512 flags seen")
 
 
 def write_results(name: str, payload: Dict[str, object]) -> str:

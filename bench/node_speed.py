@@ -34,7 +34,7 @@ MODELS = ["espnetv2-s2.0-cityscapes-1024x512", "espnetv2-s2.0-cityscapes-512x256
 
 
 def main() -> None:
-    from common import DEFAULT_CLIP, RESULTS, SHARED, machine, write_results
+    from common import DEFAULT_CLIP, RESULTS, SHARED, describe_machine, machine, write_results
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clip", default=DEFAULT_CLIP)
@@ -65,7 +65,7 @@ def main() -> None:
                "command": "python bench/node_speed.py " + " ".join(sys.argv[1:])}
     write_results(args.name, payload)
     m = payload["machine"]
-    lines = [f"# Node speed on {payload['clip']} ({m['cpu']}, {m['cores']} cores)", "", f"`{payload['command']}`", "",
+    lines = [f"# Node speed on {payload['clip']} ({describe_machine(m)})", "", f"`{payload['command']}`", "",
              "Lockstep replay over real DDS (each frame waits for its label image); warm-up 10 frames, default "
              "parameters otherwise.", "",
              "| model | backend | frame | stream fps | node fps | latency median / p95 ms | warm-up to streaming s | "

@@ -42,7 +42,7 @@ def growth(samples, frames: int) -> dict:
 
 
 def main() -> None:
-    from common import DEFAULT_CLIP, RESULTS, SHARED, machine, rss_mb, write_results
+    from common import DEFAULT_CLIP, RESULTS, SHARED, describe_machine, machine, rss_mb, write_results
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clip", default=DEFAULT_CLIP)
@@ -163,7 +163,7 @@ def report(payload: dict, name: str, results: str) -> None:
     fig.tight_layout()
     fig.savefig(os.path.join(results, name + ".png"), dpi=110)
     m = payload["machine"]
-    lines = [f"# Soak: ditta_node over real DDS ({m['cpu']}, {m['cores']} cores)", "", f"`{payload['command']}`", "",
+    lines = [f"# Soak: ditta_node over real DDS ({describe_machine(m)})", "", f"`{payload['command']}`", "",
              f"{n} frames of {payload['frame']} (CamVid 15 Hz clip, cycled), reliable lockstep replay, model "
              f"{payload['model']}, backend {payload['backend']}, adaptation "
              f"{'on' if payload['adapt'] else 'off (ISS)'}; {payload['wall_seconds']} s, {payload['fps']} fps.", "",

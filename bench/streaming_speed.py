@@ -182,7 +182,7 @@ def interleaved(size: str, iters: int, model_name: str, frame_path: str) -> dict
 
 
 def _run_interleaved(args) -> None:
-    from common import RESULTS, machine, write_results
+    from common import RESULTS, describe_machine, machine, write_results
 
     import subprocess
 
@@ -196,7 +196,7 @@ def _run_interleaved(args) -> None:
     payload = {"model": args.model, "machine": machine(), "runs": runs, "command": cmd}
     write_results(args.name + "_interleaved", payload)
     m = payload["machine"]
-    lines = [f"# Streaming speed, interleaved ({args.model}; {m['cpu']}, {m['cores']} cores)", "", f"`{cmd}`", "",
+    lines = [f"# Streaming speed, interleaved ({args.model}; {describe_machine(m)})", "", f"`{cmd}`", "",
              "All cases of a frame size in one process, one step of each per round, median over "
              f"{args.iters} rounds; every pixel may use the previous frame (the add-on's worst case). "
              "`openvino`: its default precision (bf16 on this CPU); `openvino-f32`: float32.", "",
@@ -244,7 +244,7 @@ def _plot(rows, path):
 
 
 def main() -> None:
-    from common import DEFAULT_CLIP, RESULTS, SHARED, machine, run_case, write_results
+    from common import DEFAULT_CLIP, RESULTS, SHARED, describe_machine, machine, run_case, write_results
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--case", nargs=9, metavar="ARG", help=argparse.SUPPRESS)
@@ -310,7 +310,7 @@ def main() -> None:
                "ditta_speedup_over_torch": speedup,
                "command": "python bench/streaming_speed.py " + " ".join(sys.argv[1:])}
     write_results(args.name, payload)
-    lines = [f"# Streaming speed ({args.model}; {payload['machine']['cpu']}, {payload['machine']['cores']} cores"
+    lines = [f"# Streaming speed ({args.model}; {describe_machine(payload['machine'])}"
              f"{', ' + payload['machine']['cuda'] if payload['machine']['cuda'] else ''})", "",
              f"`{payload['command']}`", "",
              "| frame | case | backend | device | median ms | p95 ms | fps | extra peak MiB | swap: export s + session s |",

@@ -90,8 +90,9 @@ def test_adaptive_methods_run_end_to_end(shared, tmp_path, method, frames, extra
         assert res["targets"]["objects"] > 0 and 0 < res["targets"]["covered_fraction"] <= 1
         # preset default adapts the add-on alone: its distillation term is the loss that trains
         assert res["teacher_seconds"] > 0 and {"distill_addon", "total"} <= set(res["losses"])
-        # guard and evaluation streamed on the chosen runtime
+        # guard and evaluation streamed on the chosen runtime; the machine beside the speed figures
         assert res["backend"] == "openvino" and res["hyper"]["backend"] == "openvino"
+        assert isinstance(res["cpu_flags"], list) and res["cpu"]
         # a second run reuses the cached distillation targets: no teacher time
         rc = main(["eval", CAMVID, "--model", "espnetv2-s1.0-cityscapes-512x256", "--label-map",
                    "cityscapes19_to_camvid11", "--method", method, "--max-frames", str(frames), "--no-progress",
@@ -145,3 +146,16 @@ def test_stride_feeds_every_nth_frame_and_its_interval(tmp_path):
     assert res["frames"] == 4 and res["labelled_eval_frames"] == 2
     with pytest.raises(ValueError, match="stride must be >= 1"):
         open_clip(str(root), stride=0)
+
+
+def test_cpu_flags_name_the_extensions_that_decide_inference_speed(tmp_path):
+    """The machine record beside speed figures: the model name and the ISA extensions present, in a
+    fixed order; nothing where the file has no flags line (or is missing)."""
+    from ditta_ros.tools.machine import ISA_FLAGS, cpu_flags, cpu_model
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Example CPU @ 2.0GHz\n"
+                    "flags\t\t: fpu sse2 avx512_bf16 avx2 fma amx_tile\nprocessor\t: 1\nflags\t\t: fpu\n")
+    assert cpu_flags(str(info)) == ["avx2", "fma", "avx512_bf16"] and cpu_model(str(info)) == "Example CPU @ 2.0GHz"
+    assert cpu_flags(str(tmp_path / "missing")) == [] and cpu_model(str(tmp_path / "missing"))
+    assert set(cpu_flags()) <= set(ISA_FLAGS)

@@ -38,6 +38,7 @@ from ..iss import ModelInfo
 from ..labels import IGNORE_INDEX, LabelMap, LabelSet, get_label_set
 from ..metrics import ConfusionMatrix, consistency_windows, frame_miou, summarize
 from ..protocol import DEFAULT_WARMUP_RATIO, Method, w2f_split
+from .machine import cpu_flags, cpu_model
 
 log = logging.getLogger("ditta.eval")
 
@@ -207,7 +208,7 @@ def evaluate_clip(clip: Clip, method: Method, bridge: LabelBridge, out_dir: str,
         "label_set": bridge.eval_set.name,
         "per_class_iou": {name: (None if np.isnan(v) else 100 * float(v))
                           for name, v in zip(bridge.eval_set.classes, iou)},
-        "host": platform.node(), "cpu_threads": _threads(),
+        "host": platform.node(), "cpu_threads": _threads(), "cpu": cpu_model(), "cpu_flags": cpu_flags(),
     })
     with open(os.path.join(out_dir, "result.json"), "w") as f:
         json.dump(_jsonable(result), f, indent=2)
