@@ -11,6 +11,7 @@ previous frame and uses the plain branch only.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -257,7 +258,7 @@ class DiTTAMethod(Method):
         if config.trains_nothing_served:
             log.info("%s: only the add-on would adapt and the served graph does not use it: nothing to train",
                      config.preset)
-            return DiTTANet(self.runner.model, grid_stride=config.addon_stride).eval(), {}
+            return DiTTANet(copy.deepcopy(self.runner.model), grid_stride=config.addon_stride).eval(), {}
 
         with tqdm(total=config.adapt.iters * len(labels), desc=f"adapt {config.preset}", disable=not self.progress,
                   unit="step") as bar:
@@ -317,8 +318,10 @@ class DiTTAMethod(Method):
         order = [n for n, _ in candidates]
         if incumbent is not None:
             t1 = time.perf_counter()
-            frozen = FrozenDiTTA(incumbent.eval(), self.config, self.runtime, trained_gap=self.frame_interval)
-            streamed = self._stream_labels(frozen, frames)  # its own torch copy: the serving one keeps serving
+            # judged on a copy in this method's dtype and device: the serving one keeps serving, untouched
+            judge = copy.deepcopy(incumbent).float().to(next(self.runner.model.parameters()).device).eval()
+            frozen = FrozenDiTTA(judge, self.config, self.runtime, trained_gap=self.frame_interval)
+            streamed = self._stream_labels(frozen, frames)
             verdict = check(streamed, preds, rels, self.config.guard)
             name = selector.INCUMBENT
             evidence[name] = selector.Evidence(selector.held_out_gain(streamed, reference, iss_streamed, held),
@@ -354,7 +357,7 @@ class DiTTAMethod(Method):
 
     def stream_stats(self) -> Dict[str, object]:
         """What the evaluation stream did (:meth:`~ditta_ros.runtime.serving.StreamStats.as_dict`):
-        frames, the share of frames fused with the add-on, the mean processed-frame gap. A refused
+        frames, the share of frames fused with the temporal branch (add-on or flow), the mean processed-frame gap. A refused
         adaptation serves the ISS: nothing is fused."""
         if self.frozen is None or self.refused:
             return {"fused_share": 0.0}

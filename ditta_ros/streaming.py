@@ -44,7 +44,7 @@ class StreamingDiTTA(nn.Module):
     Args:
         net: the (adapted or pre-trained) :class:`DiTTANet`, put in eval mode.
         frame_hw: ``(H, W)`` of the incoming frames (the output resolution).
-        tau: fusion threshold (Eq. 3); ``0`` disables the add-on branch.
+        tau: fusion threshold (Eq. 3); ``0`` disables the temporal (add-on or flow) branch.
         antialias: PIL-like antialiased input resize (default). ``False`` gives a
             plain bilinear resize, for runtimes without ONNX ``Resize`` antialiasing
             (some TensorRT versions); slightly different inputs when downscaling.

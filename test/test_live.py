@@ -311,6 +311,12 @@ def test_a_saved_adaptation_restarts_in_streaming_and_checks_the_model(tmp_path,
     latest = LivePipeline(LiveConfig(backend="torch", adapted_checkpoint="latest"),
                           _runner(), method_factory=lambda r: _FakeMethod(r))
     assert latest.checkpoint == path  # the newest of this model
+    # made under `select` (the flow branch): served with it under a preset of another fusion too
+    assert live.serving.frozen.config.fusion == "flow"
+    other = LivePipeline(LiveConfig(backend="torch", preset="default", adapted_checkpoint=path), _runner(),
+                         method_factory=lambda r: _FakeMethod(r))
+    assert other.config.fusion == "grid" and other.serving.frozen.config.fusion == "flow"
+    assert other.process(_frame(seed=1), stamp=0.0)[0].labels.tolist() == ref.labels.tolist()
     with pytest.raises(ParameterError, match="adapted_checkpoint.*an adaptation of model other"):
         LivePipeline(LiveConfig(model="other", backend="torch", adapted_checkpoint=path), _runner(),
                      method_factory=lambda r: _FakeMethod(r))

@@ -485,5 +485,10 @@ def test_flow_branch_serves_alike_on_torch_and_the_exported_graph(tmp_path, back
     for f in _frames(4, 100, 130):
         a, b = served.step(f, 0.1), ref.step(f, 0.1)
         assert (a.labels == b.labels).mean() >= 0.999
+    if backend == "onnxruntime":  # the graph takes the moved logits, not the features
+        import onnxruntime as ort
+
+        onnx = next(tmp_path.rglob("*_flow_*.onnx"))
+        assert {i.name for i in ort.InferenceSession(str(onnx)).get_inputs()} == {"image", "logits_prev", "has_prev"}
     assert served.stats.fused == ref.stats.fused == 3 and served._warp is not None
     assert backend in served.describe()

@@ -101,8 +101,9 @@ def run_adaptation(make_method: Callable[[], object], batch: WarmupBatch, cfg: L
         if gap is not None and hasattr(method, "frame_interval"):
             method.frame_interval = gap  # the guard and the candidates stream the warm-up at the gap it was taken
         kw = {} if batch.preds is None else {"iss_preds": batch.preds}
-        if serving.frozen is not None and "incumbent" in inspect.signature(method.adapt).parameters:
-            kw["incumbent"] = serving.frozen.net  # a re-adaptation: the serving model is judged too
+        serving_now = serving.frozen  # once: another thread may drop it
+        if serving_now is not None and "incumbent" in inspect.signature(method.adapt).parameters:
+            kw["incumbent"] = serving_now.net  # a re-adaptation: the serving model is judged too
         running(1)
         try:
             info = method.adapt(batch.frames, **kw)
@@ -125,7 +126,7 @@ def run_adaptation(make_method: Callable[[], object], batch: WarmupBatch, cfg: L
             frozen.prepare(hw, previous=serving.frozen)
         meta = {"model": cfg.model, "frame_hw": list(hw), "warmup_frames": n,
                 "warmup_stamps": [round(s, 6) for s in batch.stamps], "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "tau": serving.config.tau, "preset": serving.config.preset, "fusion": serving.config.fusion,
+                "tau": serving.config.tau, "preset": serving.config.preset, "fusion": frozen.config.fusion,
                 "target_report": info.get("target_report"), "guard": info.get("guard"),
                 "adapt_seconds": info.get("adapt_seconds"), "trained_gap": gap}
         log.info("adapted in %.1f s (teacher %.1f s); streaming on %s", time.perf_counter() - t0,

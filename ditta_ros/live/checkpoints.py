@@ -53,7 +53,11 @@ def load_for_serving(cfg: LiveConfig, serving: Serving) -> Tuple[FrozenDiTTA, Di
     if meta.get("model") not in (None, cfg.model):
         raise ParameterError("adapted_checkpoint", path, f"an adaptation of model {cfg.model}; this one "
                              f"is of {meta.get('model')}")
-    frozen = serving.freeze(net.eval(), meta.get("trained_gap"))
+    fusion = meta.get("fusion")
+    if fusion is not None and fusion != serving.config.fusion:
+        log.warning("the saved adaptation was made for fusion %r; it serves with it (the preset's is %r)", fusion,
+                    serving.config.fusion)
+    frozen = serving.freeze(net.eval(), meta.get("trained_gap"), fusion)
     if meta.get("frame_hw"):
         try:
             frozen.prepare(tuple(meta["frame_hw"]))

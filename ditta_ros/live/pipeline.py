@@ -110,6 +110,7 @@ class LivePipeline:
             self.last_adapt = {"checkpoint": path, "backend": frozen.describe(),
                                **{k: meta.get(k) for k in ("created", "frame_hw", "warmup_frames")}}
             self.phase, self.progress = Phase.STREAMING, 1.0
+            self._period_armed = True  # a saved adaptation ended too: readapt_period counts from here
 
     # -- construction of the adaptation, the same as the CLI's ---------------------
     def _load_runner(self) -> ISSRunner:
@@ -316,9 +317,13 @@ class LivePipeline:
                 self.phase, self.progress = (Phase.STREAMING if serving_adapted else Phase.ISS), 1.0
                 return
             if outcome.kind == "kept":
-                self.last_adapt = outcome.summary("previous adaptation (kept: still the best on the new warm-up)")
-                self.warning = None
-                self.phase, self.progress = Phase.STREAMING, 1.0
+                if serving_adapted:
+                    self.last_adapt = outcome.summary("previous adaptation (kept: still the best on the new warm-up)")
+                    self.warning, self.phase = None, Phase.STREAMING
+                else:  # it was dropped (failures) while the re-adaptation ran: the ISS serves
+                    self.last_adapt = outcome.summary("iss (the kept adaptation was dropped meanwhile)")
+                    self.phase = Phase.ISS
+                self.progress = 1.0
                 self.scene.reset()
                 return
             if outcome.kind == "refused":
@@ -330,6 +335,10 @@ class LivePipeline:
                 else:  # a first adaptation, or a serving model the selector no longer admits
                     self.last_adapt = outcome.summary("iss (adaptation refused)")
                     self.warning = f"adaptation refused by the do-no-harm guard ({outcome.reasons}); serving the ISS model"
+                    if serving_adapted:  # the selector judged the serving model too and refused it
+                        self.warning = (f"re-adaptation: no candidate admissible, the serving model included "
+                                        f"({outcome.reasons}); serving the ISS model")
+                        self.checkpoint = None
                     self.serving.install(None)
                     self.phase = Phase.ISS
                 self.progress = 1.0
@@ -350,7 +359,7 @@ class LivePipeline:
         """JSON-ready status: phase, warm-up/adaptation progress, counters, which model made
         the last label image, adaptations running, what is being prepared, the last saved
         checkpoint, the last adaptation, the standing error and warning, the processed-frame gap and
-        the share of the adapted model's frames fused with the add-on (:meth:`Serving.stream_status`)."""
+        the share of the adapted model's frames fused with the temporal branch (add-on or flow) (:meth:`Serving.stream_status`)."""
         return {"state": self.phase.value, "progress": round(self.progress, 3), **asdict(self.counters),
                 "model": self.last_source, "adaptations_running": self._running, "preparing": self.serving.preparing,
                 "checkpoint": self.checkpoint, "last_adaptation": self.last_adapt,

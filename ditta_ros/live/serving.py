@@ -15,6 +15,7 @@ one that failed is not retried until :meth:`reset`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from typing import Callable, Dict, Optional, Tuple
@@ -66,10 +67,12 @@ class Serving:
         self._prev_stamp: Optional[float] = None
         self.frame_gap_s: Optional[float] = None
 
-    def freeze(self, net, trained_gap: Optional[float] = None) -> FrozenDiTTA:
+    def freeze(self, net, trained_gap: Optional[float] = None, fusion: Optional[str] = None) -> FrozenDiTTA:
         """``net`` frozen for serving with this configuration and runtime (``trained_gap``: seconds
-        between the warm-up frames it was adapted on)."""
-        return FrozenDiTTA(net, self.config, self.runtime, trained_gap)
+        between the warm-up frames it was adapted on; ``fusion``: the temporal branch it was adapted
+        for, when not this configuration's: a saved adaptation's)."""
+        config = self.config if fusion in (None, self.config.fusion) else dataclasses.replace(self.config, fusion=fusion)
+        return FrozenDiTTA(net, config, self.runtime, trained_gap)
 
     # -- the served adapted model ----------------------------------------------------------
     def install(self, frozen: Optional[FrozenDiTTA], meta: Optional[Dict[str, object]] = None) -> None:
@@ -112,7 +115,8 @@ class Serving:
     def stream_status(self) -> Dict[str, object]:
         """``frame_gap_ms``: the processed-frame gap (moving average, weight 0.1, of the stamp
         differences of the frames answered, ms); ``fused_share``, ``streamed_frames``: of the adapted
-        model serving now, the share of its frames fused with the add-on (``None``: no adapted model)."""
+        model serving now, the share of its frames fused with the temporal branch (add-on or flow;
+        ``None``: no adapted model)."""
         frozen = self.frozen
         stats = (frozen.stats if frozen is not None else StreamStats()).as_dict()
         return {"frame_gap_ms": None if self.frame_gap_s is None else round(1000 * self.frame_gap_s, 1),

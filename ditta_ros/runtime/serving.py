@@ -40,7 +40,7 @@ log = logging.getLogger("ditta.runtime")
 @dataclass
 class StreamStats:
     """What a stream of :meth:`FrozenDiTTA.step` calls did: ``frames`` stepped, ``fused`` (frames on
-    which some pixel could use the previous frame, so the add-on ran: not the first frame of a
+    which some pixel could use the previous frame, so the temporal branch ran: not the first frame of a
     stream, not beyond ``max_gap``, not gated everywhere by the motion gate), and the known intervals
     between consecutive frames (seconds; their sum and count)."""
 

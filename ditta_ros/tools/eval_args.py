@@ -115,7 +115,8 @@ def add_method_flags(e) -> None:
     a.add_argument("--tau", type=float,
                    help=f"reliability threshold of the fusion (Eq. 3; preset: {preset('tau')})")
     a.add_argument("--fusion", choices=list(FUSIONS),
-                   help="add-on branch probabilities at frame resolution (official) or on its grid (preset)")
+                   help="temporal branch: the add-on's probabilities at frame resolution (frame, official) or on "
+                        "its grid (grid), or the previous frame's logits moved by optical flow (flow) (preset)")
     a.add_argument("--addon-stride", type=int, help="add-on pooling of the decoder grid (0 = model card; preset)")
     a.add_argument("--motion-gate", choices=["on", "off"],
                    help="fuse the add-on only where the optical flow stays within its window (preset)")
