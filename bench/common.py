@@ -63,6 +63,8 @@ def machine() -> Dict[str, object]:
 def describe_machine(m: Dict[str, object]) -> str:
     """``"<cpu>, <n> cores, <ISA flags>"`` for a results file's heading (:func:`machine`'s dict)."""
     flags = m.get("cpu_flags")
+    if flags is None:  # a results file from before the flags were recorded
+        return f"{m['cpu']}, {m['cores']} cores, ISA flags not recorded"
     return f"{m['cpu']}, {m['cores']} cores, " + ("flags " + " ".join(flags) if flags else "no AVX2/AVX-512 flags seen")
 
 

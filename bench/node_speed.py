@@ -18,6 +18,13 @@ streaming rate is what the node sustains, not what the bag offers. Reported:
 
     python bench/node_speed.py [--clip CLIP] [--models M ...] [--backends torch openvino]
     # writes bench/results/node_speed.{json,md}
+    python bench/node_speed.py --suggest [--camera-hz 30] [--results bench/results/node_speed.json]
+    # which model and backend keep a camera's processed frames within max_gap, from those numbers
+
+The suggestion takes the processed-frame gap a live camera would see as the longer of the camera's
+frame interval and the node's processing time per frame (a node drops what arrives while it is busy),
+and compares it with the default preset's ``max_gap``: within it, the temporal branch is fused.
+Measure on the robot's own machine first: the numbers depend on its CPU (flags in the results file).
 """
 
 from __future__ import annotations
@@ -41,7 +48,16 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=MODELS)
     p.add_argument("--backends", nargs="+", default=["torch", "openvino"])
     p.add_argument("--name", default="node_speed")
+    p.add_argument("--suggest", action="store_true", help="only read the results file and suggest a model")
+    p.add_argument("--camera-hz", type=float, default=30.0)
+    p.add_argument("--results", default=None, help="results file for --suggest (default: RESULTS/<name>.json)")
     args = p.parse_args()
+    if args.suggest:
+        import json
+
+        with open(args.results or os.path.join(RESULTS, args.name + ".json")) as f:
+            print("\n".join(suggest(json.load(f), args.camera_hz)))
+        return
     os.environ.setdefault("DITTA_MODEL_MIRROR", os.path.join(SHARED, "models"))
 
     from ditta_ros.tools.demo import DemoConfig, run_demo
@@ -80,6 +96,33 @@ def main() -> None:
     with open(os.path.join(RESULTS, args.name + ".md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def suggest(payload, camera_hz: float):
+    """Lines telling which measured model/backend keeps the processed-frame gap of a ``camera_hz``
+    camera within the default preset's ``max_gap`` (module docstring); ``payload``: a results file of
+    this benchmark."""
+    from common import describe_machine
+    from ditta_ros.presets import DEFAULT_PRESET, DittaConfig
+
+    limit = DittaConfig.from_preset(DEFAULT_PRESET).max_gap
+    m = payload["machine"]
+    lines = [f"measured on {describe_machine(m)} ({m.get('date')}); camera {camera_hz:g} Hz, "
+             f"max_gap {limit:g} s (preset {DEFAULT_PRESET})"]
+    fits = []
+    for r in payload["rows"]:
+        ms = (r.get("node") or {}).get("processing_ms")
+        if not ms:
+            continue
+        gap = max(1.0 / camera_hz, ms / 1000.0)
+        ok = limit <= 0 or gap <= limit
+        fits += [r] if ok else []
+        lines.append(f"  {r['model']} on {r['backend_used'].split(',')[0]}: {ms:.0f} ms per frame -> processed frames "
+                     f"{gap:.3f} s apart: {'fused' if ok else 'beyond max_gap, not fused'}")
+    best = min(fits, key=lambda r: r["node"]["processing_ms"], default=None)
+    lines.append(f"suggested: model {best['model']} with backend {best['backend']}" if best is not None else
+                 "suggested: none keeps up; use a smaller model, a GPU, or accept the ISS between fused frames")
+    return lines
 
 
 if __name__ == "__main__":
