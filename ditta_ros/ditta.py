@@ -307,30 +307,17 @@ class DiTTAMethod(Method):
             net, losses = self._train(cfg, [encoded[t] for t in train], input_hw, [labels[t] for t in train],
                                       [objs[t] for t in train])
             frozen = FrozenDiTTA(net, cfg, self.runtime, trained_gap=self.frame_interval)
-            streamed = self._stream_labels(frozen, frames)
-            verdict = check(streamed, preds, rels, self.config.guard)
-            evidence[name] = selector.Evidence(selector.held_out_gain(streamed, reference, iss_streamed, held),
-                                               verdict.refused, round(verdict.changed, 5), verdict.reasons,
-                                               round(time.perf_counter() - t1, 3))
+            evidence[name], verdict = self._judge(name, frozen, frames, preds, rels, reference, iss_streamed, held, t1)
             made[name] = (net, frozen, verdict, losses)
-            log.info("candidate %s: held-out gain %+.2f pt, guard %s", name, 100 * evidence[name].gain,
-                     "refused" if verdict.refused else "accepts")
         order = [n for n, _ in candidates]
         if incumbent is not None:
-            t1 = time.perf_counter()
+            t1, name = time.perf_counter(), selector.INCUMBENT
             # judged on a copy in this method's dtype and device: the serving one keeps serving, untouched
             judge = copy.deepcopy(incumbent).float().to(next(self.runner.model.parameters()).device).eval()
             frozen = FrozenDiTTA(judge, self.config, self.runtime, trained_gap=self.frame_interval)
-            streamed = self._stream_labels(frozen, frames)
-            verdict = check(streamed, preds, rels, self.config.guard)
-            name = selector.INCUMBENT
-            evidence[name] = selector.Evidence(selector.held_out_gain(streamed, reference, iss_streamed, held),
-                                               verdict.refused, round(verdict.changed, 5), verdict.reasons,
-                                               round(time.perf_counter() - t1, 3))
+            evidence[name], verdict = self._judge(name, frozen, frames, preds, rels, reference, iss_streamed, held, t1)
             made[name] = (incumbent, frozen, verdict, {})
             order = [name] + order
-            log.info("serving model: held-out gain %+.2f pt, guard %s", 100 * evidence[name].gain,
-                     "refused" if verdict.refused else "accepts")
         chosen, why = selector.choose(evidence, order)
         log.info("selected %s", why)
         self.net, self.frozen, self.verdict, losses = made[chosen or order[0]]
@@ -342,6 +329,20 @@ class DiTTAMethod(Method):
                 "tta_seconds": round(sum(e.seconds for e in evidence.values()), 3), "losses": losses,
                 "targets": stats, "target_report": report, "guard": self.verdict.as_dict(),
                 "selection": selector.report(chosen, why, evidence, held), "hyper": self.config.hyper(self.runtime)}
+
+    def _judge(self, name: str, frozen: FrozenDiTTA, frames, preds, rels, reference, iss_streamed, held, t0: float):
+        """``(Evidence, GuardVerdict)`` of one candidate of :meth:`select`: ``frozen`` streamed over the
+        warm-up frames, the guard's verdict against the ISS ``preds``/``rels`` and the held-out gain
+        against ``reference`` beyond ``iss_streamed`` (seconds counted from ``t0``)."""
+        from . import selector
+
+        streamed = self._stream_labels(frozen, frames)
+        verdict = check(streamed, preds, rels, self.config.guard)
+        ev = selector.Evidence(selector.held_out_gain(streamed, reference, iss_streamed, held), verdict.refused,
+                               round(verdict.changed, 5), verdict.reasons, round(time.perf_counter() - t0, 3))
+        log.info("candidate %s: held-out gain %+.2f pt, guard %s", name, 100 * ev.gain,
+                 "refused" if verdict.refused else "accepts")
+        return ev, verdict
 
     @property
     def refused(self) -> bool:

@@ -32,8 +32,8 @@ from .addon import DEFAULT_TAU
 from .guard import GuardConfig
 from .teacher.targets import FAITHFUL_TARGETS, TargetConfig
 
-#: where the add-on branch is turned into probabilities and reliability
-#: (:class:`~ditta_ros.streaming.StreamingDiTTA`)
+#: the temporal branch of the Eq. 3 fusion: the add-on's probabilities at frame resolution or on its grid,
+#: or the previous frame's logits moved by optical flow (:class:`~ditta_ros.streaming.StreamingDiTTA`)
 FUSIONS = ("frame", "grid", "flow")
 
 

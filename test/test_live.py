@@ -25,7 +25,7 @@ class _FakeMethod:
 
     frame_interval = None
 
-    def adapt(self, frames, iss_preds=None):
+    def adapt(self, frames, iss_preds=None, incumbent=None):
         self.iss_preds, self.interval = iss_preds, self.frame_interval
         if self.fail:
             raise RuntimeError("teacher weights missing")
@@ -218,7 +218,7 @@ class _SlowMethod(_FakeMethod):
         super().__init__(runner)
         self.seconds, self.stop = seconds, None
 
-    def adapt(self, frames, iss_preds=None):
+    def adapt(self, frames, iss_preds=None, incumbent=None):
         import time
 
         from ditta_ros.ditta import AdaptationCancelled

@@ -6,7 +6,6 @@ result is an :class:`Outcome` that the pipeline applies; nothing here touches th
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
 import time
@@ -73,8 +72,8 @@ def run_adaptation(make_method: Callable[[], object], batch: WarmupBatch, cfg: L
     built when adapting could not change a served label (:func:`futile`).
 
     Args:
-        make_method: returns a :class:`~ditta_ros.ditta.DiTTAMethod` (or a stand-in with ``adapt``,
-            ``net``, ``refused``, ``stop``).
+        make_method: returns a :class:`~ditta_ros.ditta.DiTTAMethod` (or a stand-in with
+            ``adapt(frames, iss_preds=None, incumbent=None)``, ``net``, ``refused``, ``stop``).
         batch: the warm-up frames, their served ISS predictions and stamps.
         cfg: the live configuration (recorded in the checkpoint metadata).
         serving: where the adapted model will serve (its runtime; the model it replaces).
@@ -102,8 +101,8 @@ def run_adaptation(make_method: Callable[[], object], batch: WarmupBatch, cfg: L
             method.frame_interval = gap  # the guard and the candidates stream the warm-up at the gap it was taken
         kw = {} if batch.preds is None else {"iss_preds": batch.preds}
         serving_now = serving.frozen  # once: another thread may drop it
-        if serving_now is not None and "incumbent" in inspect.signature(method.adapt).parameters:
-            kw["incumbent"] = serving_now.net  # a re-adaptation: the serving model is judged too
+        if serving_now is not None:
+            kw["incumbent"] = serving_now.net  # a re-adaptation: a selecting method judges the serving model too
         running(1)
         try:
             info = method.adapt(batch.frames, **kw)

@@ -334,10 +334,10 @@ class LivePipeline:
                     self.phase = Phase.STREAMING
                 else:  # a first adaptation, or a serving model the selector no longer admits
                     self.last_adapt = outcome.summary("iss (adaptation refused)")
-                    self.warning = f"adaptation refused by the do-no-harm guard ({outcome.reasons}); serving the ISS model"
+                    self.warning = (f"re-adaptation: no candidate admissible, the serving model included "
+                                    f"({outcome.reasons}); serving the ISS model") if serving_adapted else \
+                        f"adaptation refused by the do-no-harm guard ({outcome.reasons}); serving the ISS model"
                     if serving_adapted:  # the selector judged the serving model too and refused it
-                        self.warning = (f"re-adaptation: no candidate admissible, the serving model included "
-                                        f"({outcome.reasons}); serving the ISS model")
                         self.checkpoint = None
                     self.serving.install(None)
                     self.phase = Phase.ISS

@@ -155,7 +155,7 @@ class TensorRTBackend:
         t, b = self._torch, self.buffers
         # shaped like the next state (the graph's outputs): a graph that does not use an input has none
         return (t.zeros_like(b["feat"]), t.zeros_like(b["logits"]),
-                t.zeros(self.frame_hw, dtype=torch_float(t, b), device="cuda"))
+                t.zeros(self.frame_hw, dtype=_has_prev_dtype(t, b), device="cuda"))
 
     def step(self, frame: np.ndarray, state=None):
         """``(labels int64 [H,W], confidence float32 [H,W], state)`` (numpy outputs;
@@ -172,7 +172,7 @@ class TensorRTBackend:
                     b[name].copy_(value, non_blocking=True)
             self.context.execute_async_v3(self.stream.cuda_stream)
             new_state = (b["feat"].clone(), b["logits"].clone(),
-                         self._torch.ones(self.frame_hw, dtype=torch_float(self._torch, b), device="cuda"))
+                         self._torch.ones(self.frame_hw, dtype=_has_prev_dtype(self._torch, b), device="cuda"))
         self.stream.synchronize()
         return b["labels"].cpu().numpy(), b["confidence"].float().cpu().numpy(), new_state
 
@@ -193,6 +193,6 @@ class TensorRTBackend:
             raise RuntimeError(f"TensorRT refit from {onnx_path} failed")
 
 
-def torch_float(torch, buffers):
+def _has_prev_dtype(torch, buffers):
     """The dtype of ``has_prev``: the graph's input's where it has one, else float32."""
     return buffers["has_prev"].dtype if "has_prev" in buffers else torch.float32
