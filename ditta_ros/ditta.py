@@ -270,7 +270,9 @@ class DiTTAMethod(Method):
         """The warm-up with candidate adaptations (``docs/dev_set_rule.md``, addendum 4): the ISS, then
         per candidate its targets (the teacher runs once per target configuration) and its adaptation
         on the frames not held out, its warm-up stream, guard verdict and held-out gain; the chosen
-        candidate serves (:func:`ditta_ros.selector.choose`), or the ISS when none is admissible.
+        candidate serves (:func:`ditta_ros.selector.choose`), or the ISS when none is admissible. With the
+        flow branch a candidate is judged on its plain branch and served with the flow branch
+        (:attr:`~ditta_ros.presets.DittaConfig.judged`, addendum 8).
 
         ``incumbent`` (a re-adaptation: the adapted network serving now, trained on earlier frames) is
         judged the same way on these frames, with no training, as the candidate
@@ -306,21 +308,23 @@ class DiTTAMethod(Method):
             t1 = time.perf_counter()
             net, losses = self._train(cfg, [encoded[t] for t in train], input_hw, [labels[t] for t in train],
                                       [objs[t] for t in train])
-            frozen = FrozenDiTTA(net, cfg, self.runtime, trained_gap=self.frame_interval)
+            frozen = FrozenDiTTA(net, cfg.judged, self.runtime, trained_gap=self.frame_interval)
             evidence[name], verdict = self._judge(name, frozen, frames, preds, rels, reference, iss_streamed, held, t1)
-            made[name] = (net, frozen, verdict, losses)
+            made[name] = (net, net, cfg, frozen, verdict, losses)
         order = [n for n, _ in candidates]
         if incumbent is not None:
             t1, name = time.perf_counter(), selector.INCUMBENT
             # judged on a copy in this method's dtype and device: the serving one keeps serving, untouched
             judge = copy.deepcopy(incumbent).float().to(next(self.runner.model.parameters()).device).eval()
-            frozen = FrozenDiTTA(judge, self.config, self.runtime, trained_gap=self.frame_interval)
+            frozen = FrozenDiTTA(judge, self.config.judged, self.runtime, trained_gap=self.frame_interval)
             evidence[name], verdict = self._judge(name, frozen, frames, preds, rels, reference, iss_streamed, held, t1)
-            made[name] = (incumbent, frozen, verdict, {})
+            made[name] = (incumbent, judge, self.config, frozen, verdict, {})
             order = [name] + order
         chosen, why = selector.choose(evidence, order)
         log.info("selected %s", why)
-        self.net, self.frozen, self.verdict, losses = made[chosen or order[0]]
+        self.net, judged_net, cfg, self.frozen, self.verdict, losses = made[chosen or order[0]]
+        if cfg.judged is not cfg:  # judged on its plain branch: it serves with the (unadapted) flow branch
+            self.frozen = FrozenDiTTA(judged_net, cfg, self.runtime, trained_gap=self.frame_interval)
         if chosen is None:
             self.verdict = GuardVerdict(True, self.verdict.changed, self.verdict.lost_classes,
                                         self.verdict.kept_per_class, [why])

@@ -111,6 +111,14 @@ class DittaConfig:
         (``warp``, or ``fusion="flow"``, whose branch is the moved state itself)."""
         return self.warp or self.fusion == "flow"
 
+    @property
+    def judged(self) -> "DittaConfig":
+        """The configuration a candidate of the selector is judged with (``docs/dev_set_rule.md``,
+        addendum 8): with ``fusion="flow"`` its plain, adapted branch (``tau`` 0), since the flow branch is
+        not adapted and serves on top of whichever candidate is chosen, the ISS included; else this
+        configuration itself (the add-on is part of what each candidate adapts)."""
+        return dataclasses.replace(self, tau=0.0) if self.fusion == "flow" else self
+
     def candidate_configs(self) -> List[Tuple[str, "DittaConfig"]]:
         """``[(name, config)]`` of :attr:`candidates`: each preset's targets and adaptation with this
         configuration's target and adaptation overrides (:attr:`changes`), serving (``tau``, gates,

@@ -113,6 +113,37 @@ def test_an_addon_only_candidate_trains_nothing_under_the_flow_branch():
         assert method.frozen._warp is not None and info["hyper"]["fusion"] == "flow"
 
 
+def test_under_the_flow_branch_candidates_are_judged_plain_and_the_chosen_one_serves_with_it(monkeypatch):
+    """Addendum 8: the flow branch is not adapted, so each candidate (and the serving model of a
+    re-adaptation) is judged on its plain branch (``tau`` 0); the chosen one serves with the flow branch.
+    The add-on-only candidate is then the ISS: its held-out gain is 0 exactly."""
+    from ditta_ros.adapt import DiTTANet
+    from ditta_ros.ditta import DiTTAMethod
+    from ditta_ros.presets import DittaConfig
+
+    judged = []
+    real = DiTTAMethod._judge
+
+    def spy(self, name, frozen, *a, **kw):
+        judged.append((name, frozen.tau, frozen._warp))
+        return real(self, name, frozen, *a, **kw)
+
+    monkeypatch.setattr(DiTTAMethod, "_judge", spy)
+    Teacher, (runner, frames) = _targets_are_the_iss(), _tiny(6)
+    config = dataclasses.replace(DittaConfig.from_preset("default", fusion="flow", guard_conf=0.0),
+                                 candidates=("default",))
+    assert config.judged.tau == 0.0 and config.tau > 0 and DittaConfig.from_preset("default").judged.tau > 0
+    method = Teacher(runner, None, config, progress=False)
+    info = method.adapt(frames, incumbent=DiTTANet(runner.model).eval())
+    sel = info["selection"]
+    assert [n for n, _, _ in judged] == ["default", selector.INCUMBENT]
+    assert all(tau == 0.0 and warp is None for _, tau, warp in judged)
+    assert sel["candidates"]["default"]["gain"] == 0.0 and sel["chosen"] is not None
+    method.start_stream()
+    method.predict(frames[1])
+    assert method.frozen.tau == config.tau and method.frozen._warp is not None  # served with the flow branch
+
+
 def test_a_readaptation_keeps_the_serving_model_unless_a_candidate_beats_it():
     """The serving model (``incumbent``) is judged on the new warm-up beside the candidates, first in the
     order: equal evidence keeps it; a broken one (every weight negated: the guard refuses it) gives way."""
