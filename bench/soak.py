@@ -12,7 +12,11 @@ late). The node's resident memory (``/proc/<pid>/statm``) is sampled every
 * frames: frames sent = label images received = the node's ``frames_in`` = ``frames_out``,
   with 0 dropped and 0 bad.
 
-    python bench/soak.py [--frames 10000] [--model espnetv2-s1.0-cityscapes-512x256] [--adapt]
+``--adapt``: the node adapts on its first warm-up window and ``--readapts`` more times (``~/readapt``
+called at evenly spaced frames; the adapted model serves each new warm-up and adaptation); the
+adaptations that finished, the node's standing error and any traceback in its log are reported too.
+
+    python bench/soak.py [--frames 10000] [--model espnetv2-s1.0-cityscapes-512x256] [--adapt --readapts 3]
     # writes bench/results/soak.{json,md,png}; --replot: only the .md and .png from the .json
 """
 
@@ -51,6 +55,8 @@ def main() -> None:
     p.add_argument("--backend", default="auto")
     p.add_argument("--size", default="480x360", help="WxH of the published frames")
     p.add_argument("--adapt", action="store_true", help="adapt on the first 10 frames (default: ISS only)")
+    p.add_argument("--readapts", type=int, default=3, help="with --adapt: ~/readapt calls, evenly spaced")
+    p.add_argument("--preset", default="", help="the node's preset (default: the node's own)")
     p.add_argument("--sample-every", type=int, default=100)
     p.add_argument("--name", default="soak")
     p.add_argument("--replot", action="store_true", help="rewrite the .md and .png from the .json, run nothing")
@@ -81,7 +87,9 @@ def main() -> None:
     os.environ.update(env)
     params = {"model": args.model, "backend": args.backend, "adapt": bool(args.adapt), "status_period": 1.0,
               "input_topic": "/camera/image_raw", "export_dir": os.path.join(tmp, "export"),
-              "checkpoint_dir": os.path.join(tmp, "adapted"), "publish_color": False}
+              "checkpoint_dir": os.path.join(tmp, "adapted"), "publish_color": False, "lazy": False}
+    if args.preset:
+        params["preset"] = args.preset
     log_path = os.path.join(tmp, "node.log")
     proc = subprocess.Popen(node_command(params), env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
     rclpy.init()
@@ -91,6 +99,11 @@ def main() -> None:
                                                                          + m.header.stamp.nanosec), 50)
     node.create_subscription(String, "/ditta/status", lambda m: statuses.append(json.loads(m.data)), 50)
     pub = node.create_publisher(Image, "/camera/image_raw", QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+    from std_srvs.srv import Trigger
+
+    readapt = node.create_client(Trigger, "/ditta_node/readapt")
+    readapt_at = {(j + 1) * args.frames // (args.readapts + 1) for j in range(args.readapts)} if args.adapt else set()
+    calls = []
 
     def spin_until(cond, timeout):
         end = time.monotonic() + timeout
@@ -113,6 +126,10 @@ def main() -> None:
             m.height, m.width, m.encoding, m.step = h, w, "rgb8", w * 3
             m.data = f.tobytes()
             key = m.header.stamp.sec * 10**9 + m.header.stamp.nanosec
+            if i in readapt_at:
+                fut = readapt.call_async(Trigger.Request())
+                spin_until(lambda: fut.done(), 30)
+                calls.append({"frame": i, "reply": fut.result().message if fut.done() else "no reply"})
             pub.publish(m)
             if not spin_until(lambda: key in got, 300 if args.adapt and i < 20 else 60):
                 lost += 1
@@ -130,6 +147,8 @@ def main() -> None:
             proc.wait(20)
         except subprocess.TimeoutExpired:
             proc.kill()
+    text = open(log_path).read()
+    adaptations = {json.dumps(s["last_adaptation"], sort_keys=True) for s in statuses if s.get("last_adaptation")}
     mem = growth(samples, args.frames)
     counts = {"sent": args.frames, "received": len(got), "lost": lost, "frames_in": final["frames_in"],
               "frames_out": final["frames_out"], "dropped": final["dropped"], "bad": final["bad"]}
@@ -139,7 +158,9 @@ def main() -> None:
                "model": args.model, "backend": args.backend, "adapt": bool(args.adapt), "frame": args.size,
                "wall_seconds": round(wall, 1), "fps": round(args.frames / wall, 2), "memory": mem, "frames": counts,
                "state": final["state"], "by_model": final.get("by_model"), "samples": samples,
-               "node_exit": proc.returncode}
+               "node_exit": proc.returncode, "preset": args.preset or "the node's default",
+               "readapt_calls": calls, "adaptations_finished": len(adaptations),
+               "node_error": final.get("error"), "tracebacks_in_log": text.count("Traceback")}
     write_results(args.name, payload)
     report(payload, args.name, RESULTS)
 
@@ -147,6 +168,7 @@ def main() -> None:
 def report(payload: dict, name: str, results: str) -> None:
     """Write ``<name>.png`` (RSS over frames) and ``<name>.md`` from a soak result."""
     import matplotlib
+    from common import describe_machine
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -171,7 +193,15 @@ def report(payload: dict, name: str, results: str) -> None:
              f"{100 * mem['growth']:+.2f} % -> {'flat (< 5 %)' if mem['flat'] else 'NOT flat'}",
              f"- frames: sent {counts['sent']}, received {counts['received']}, node in/out {counts['frames_in']}/"
              f"{counts['frames_out']}, dropped {counts['dropped']}, bad {counts['bad']} -> "
-             f"{'in = out' if counts['in_equals_out'] else 'MISMATCH'}", "", f"![RSS]({name}.png)"]
+             f"{'in = out' if counts['in_equals_out'] else 'MISMATCH'}"]
+    if payload.get("adapt"):
+        lines += [f"- adaptation (preset {payload.get('preset')}): {len(payload['readapt_calls'])} `~/readapt` calls "
+                  f"(frames {', '.join(str(c['frame']) for c in payload['readapt_calls'])}; replies: "
+                  f"{'; '.join(sorted({c['reply'] for c in payload['readapt_calls']}))}), "
+                  f"{payload['adaptations_finished']} adaptations finished in all, node error "
+                  f"{payload['node_error']!r}, tracebacks in the node log: {payload['tracebacks_in_log']}, final state "
+                  f"{payload['state']}, label images by model {payload['by_model']}"]
+    lines += ["", f"![RSS]({name}.png)"]
     with open(os.path.join(results, name + ".md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -5,12 +5,17 @@ messages and tests:
 
 * :func:`decode_image` -- ``sensor_msgs/Image`` fields -> uint8 RGB ``[H, W, 3]``,
   honouring ``step`` (row padding) and ``is_bigendian``. Encodings: rgb8, bgr8,
-  rgba8, bgra8, mono8, mono16 / 16UC1 (scaled to 8 bit by >> 8), yuv422 / uyvy /
+  rgba8, bgra8, mono8, mono16 / 16UC1 (scaled to 8 bit by a fixed shift, or by the bit depth each
+  frame uses, :func:`mono16_depth_shift`: 12-bit data by >> 4), yuv422 / uyvy /
   UYVY, yuyv / yuv422_yuy2 / YUYV (YUV 4:2:2 as OpenCV's converters read it).
 * :func:`decode_compressed` -- ``sensor_msgs/CompressedImage`` (jpeg, png, ...)
   via ``cv2.imdecode``.
 * :func:`label_image` -- class ids -> (encoding, step, bytes) of a mono8 label
   image (mono16 when the label set has more than 255 classes; 255 = ignore).
+* :func:`compress` -- an image -> the ``format`` and ``data`` of a ``sensor_msgs/CompressedImage``
+  (JPEG or PNG, as image_transport's ``compressed`` plugin names them).
+* :func:`scale_camera_info` -- a ``sensor_msgs/CameraInfo`` resized to the label image
+  (intrinsics scaled as image_proc's resize node does).
 
 Errors are :class:`ImageDecodeError` (bad data) or :class:`UnsupportedEncoding`,
 never a crash of the caller's loop.
@@ -36,8 +41,10 @@ class UnsupportedEncoding(ImageDecodeError):
     """An encoding this converter does not read."""
 
 
-def decode_image(encoding: str, height: int, width: int, step: int, data, is_bigendian: bool = False) -> np.ndarray:
-    """``sensor_msgs/Image`` fields -> uint8 RGB ``[height, width, 3]`` (a copy).
+def decode_image(encoding: str, height: int, width: int, step: int, data, is_bigendian: bool = False,
+                 mono16_shift: int = -1) -> np.ndarray:
+    """``sensor_msgs/Image`` fields -> uint8 RGB ``[height, width, 3]`` (a copy). 16-bit grey is shifted
+    right by ``mono16_shift`` bits (0-8), or by :func:`mono16_depth_shift` of each frame when it is -1.
 
     Raises:
         UnsupportedEncoding: unknown ``encoding`` (the message names it).
@@ -62,7 +69,8 @@ def decode_image(encoding: str, height: int, width: int, step: int, data, is_big
     rows = buf[:step * height].reshape(height, step)[:, :row]
     if bpc == 2:
         px = rows.copy().view(">u2" if is_bigendian else "<u2").reshape(height, width)
-        gray = (px >> 8).astype(np.uint8)
+        shift = mono16_depth_shift(px) if mono16_shift < 0 else int(mono16_shift)
+        gray = np.minimum(px >> shift, 255).astype(np.uint8)
         return np.repeat(gray[:, :, None], 3, axis=2)
     img = np.ascontiguousarray(rows).reshape(height, width, ch)
     if encoding in ("rgb8", "8UC3"):
@@ -79,6 +87,15 @@ def decode_image(encoding: str, height: int, width: int, step: int, data, is_big
         raise ImageDecodeError(f"YUV 4:2:2 needs an even width, got {width}")
     code = cv2.COLOR_YUV2RGB_UYVY if encoding in ("yuv422", "uyvy", "UYVY") else cv2.COLOR_YUV2RGB_YUYV
     return cv2.cvtColor(img, code)
+
+
+def mono16_depth_shift(px: np.ndarray) -> int:
+    """Right shift that brings 16-bit grey ``px`` to 8 bits by the bit depth its largest value uses
+    (0-255: 0; a 12-bit camera, values up to 4095: 4; full 16-bit range: 8). A power of two rather than
+    the frame's maximum, so the scale only changes when a frame's maximum crosses one (a dark scene, a
+    hot pixel); the node's ``mono16_shift`` parameter fixes it for a camera of known bit depth."""
+    top = int(px.max()) if px.size else 0
+    return max(0, top.bit_length() - 8)
 
 
 def decode_compressed(fmt: str, data) -> np.ndarray:
@@ -108,7 +125,7 @@ def decode_compressed(fmt: str, data) -> np.ndarray:
     return np.ascontiguousarray(img[:, :, ::-1])
 
 
-def decode_message(msg) -> Tuple[np.ndarray, float]:
+def decode_message(msg, mono16_shift: int = -1) -> Tuple[np.ndarray, float]:
     """A ``sensor_msgs/Image`` or ``sensor_msgs/CompressedImage`` (any object with their fields:
     a ``format`` field marks a compressed one) -> ``(frame uint8 RGB [H, W, 3], stamp s)``, the
     stamp from the header (``sec + nanosec * 1e-9``).
@@ -119,7 +136,8 @@ def decode_message(msg) -> Tuple[np.ndarray, float]:
     if hasattr(msg, "format"):
         frame = decode_compressed(msg.format, msg.data)
     else:
-        frame = decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data, bool(msg.is_bigendian))
+        frame = decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data, bool(msg.is_bigendian),
+                             mono16_shift)
     return frame, msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
 
 
@@ -143,3 +161,62 @@ def label_image(labels: np.ndarray, num_classes: int) -> Tuple[str, int, bytes]:
         return "mono8", arr.shape[1], arr.tobytes()
     arr = np.ascontiguousarray(labels, dtype="<u2")
     return "mono16", arr.shape[1] * 2, arr.tobytes()
+
+
+def compress(image: np.ndarray, fmt: str = "jpeg", quality: int = 90) -> Tuple[str, bytes]:
+    """An image -> ``(format, data)`` of a ``sensor_msgs/CompressedImage``, with the ``format``
+    string image_transport's ``compressed`` plugin writes (``"rgb8; jpeg compressed bgr8"``,
+    ``"mono8; png compressed mono8"``), so its subscribers and Foxglove decode it.
+
+    Args:
+        image: uint8 RGB ``[H, W, 3]`` (JPEG or PNG) or uint8 / uint16 ``[H, W]`` (PNG, lossless:
+            a label image).
+        fmt: ``jpeg`` | ``png``.
+        quality: JPEG quality in [1, 100].
+
+    Raises:
+        ValueError: another format, a JPEG of a single-channel image, or a failed encoding.
+    """
+    import cv2
+
+    if fmt not in ("jpeg", "png"):
+        raise ValueError(f"format must be jpeg or png, got {fmt!r}")
+    colour = image.ndim == 3
+    if fmt == "jpeg" and not colour:
+        raise ValueError("JPEG is for the colour image; label images are sent as PNG (lossless)")
+    data = np.ascontiguousarray(image[:, :, ::-1]) if colour else np.ascontiguousarray(image)
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if fmt == "jpeg" else [cv2.IMWRITE_PNG_COMPRESSION, 1]
+    ok, buf = cv2.imencode("." + ("jpg" if fmt == "jpeg" else "png"), data, params)
+    if not ok:
+        raise ValueError(f"{fmt} encoding failed for an image of shape {image.shape}")
+    raw = "rgb8" if colour else ("mono16" if image.dtype == np.uint16 else "mono8")
+    return f"{raw}; {fmt} compressed {'bgr8' if colour else raw}", buf.tobytes()
+
+
+def scale_camera_info(info, height: int, width: int):
+    """A ``sensor_msgs/CameraInfo`` (any object with its fields) for an image of ``height`` x ``width``
+    made from the camera's: a deep copy with ``height``/``width`` set and, when the camera's size is
+    known (non-zero) and differs, ``K`` (``fx, cx, fy, cy``), ``P`` (``fx', cx', Tx, fy', cy', Ty``) and the
+    ROI scaled by ``sx = width / info.width``, ``sy = height / info.height``, as image_proc's resize node
+    scales them (it takes the factors from the image, which has the camera_info's size unless the camera
+    bins; distortion, ``R`` and binning are kept). The header is the caller's to set.
+
+    Raises:
+        ValueError: ``height`` or ``width`` below 1.
+    """
+    import copy
+
+    if height < 1 or width < 1:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    out = copy.deepcopy(info)
+    if info.width and info.height and (info.width, info.height) != (width, height):
+        sx, sy = width / float(info.width), height / float(info.height)
+        k, p = [float(v) for v in info.k], [float(v) for v in info.p]
+        k[0], k[2], k[4], k[5] = k[0] * sx, k[2] * sx, k[4] * sy, k[5] * sy
+        p[0], p[2], p[3], p[5], p[6], p[7] = p[0] * sx, p[2] * sx, p[3] * sx, p[5] * sy, p[6] * sy, p[7] * sy
+        out.k, out.p = k, p
+        roi = out.roi
+        roi.x_offset, roi.width = int(round(roi.x_offset * sx)), int(round(roi.width * sx))
+        roi.y_offset, roi.height = int(round(roi.y_offset * sy)), int(round(roi.height * sy))
+    out.height, out.width = int(height), int(width)
+    return out

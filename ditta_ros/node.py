@@ -8,17 +8,31 @@ output size -> :meth:`DittaNode._publish`::
 
     python -m ditta_ros.node --ros-args --params-file config/ditta.yaml [-r image:=/camera/image_raw] [-r __ns:=/cam1]
 
-Subscribes ``input_topic`` (sensor_msgs/Image, or CompressedImage when ``compressed``);
-publishes, relative to the node's namespace and each with the input's header copied unchanged:
+Subscribes ``input_topic`` (sensor_msgs/Image, or CompressedImage when ``compressed``) and the
+camera's ``camera_info`` beside it (image_transport's convention: ``/cam/image_raw`` ->
+``/cam/camera_info``; optional); publishes, relative to the node's namespace and each with the
+input's header copied unchanged (image_transport's layout: a base topic per image, its
+``/compressed`` sub-topic beside it):
 
-* ``ditta/semantic`` sensor_msgs/Image mono8 class ids (255 = ignore; mono16 above 255 classes)
-* ``ditta/semantic/color`` rgb8 palette rendering (``publish_color``)
-* ``ditta/semantic/confidence`` mono8 0-255 reliability (``publish_confidence``)
+* ``ditta/semantic`` sensor_msgs/Image mono8 class ids (255 = ignore; mono16 above 255 classes);
+  ``ditta/semantic/compressed`` the same as a lossless PNG (encoded only while subscribed)
+* ``ditta/semantic_color`` rgb8 palette rendering and ``ditta/semantic_color/compressed`` JPEG
+  (``publish_color``, ``jpeg_quality``; the JPEG only while subscribed)
+* ``ditta/confidence`` mono8 0-255 reliability (``publish_confidence``)
+* ``ditta/camera_info`` sensor_msgs/CameraInfo of the label image (its header and size; the
+  intrinsics scaled for ``output_resolution: network``), once the camera's has come
+* ``ditta/processing_time_ms`` and ``ditta/latency_ms`` std_msgs/Float32 per label image (the loop's
+  processing, receive to publish; steady clock, so right under ``use_sim_time``), for rqt_plot
 * ``ditta/labels`` std_msgs/String JSON (label set, ids, names, palette), transient-local
 * ``ditta/status`` std_msgs/String JSON (:meth:`ditta_ros.live.FrameLoop.status`: state, progress,
   counters, which model made the last label image, fps, latency, checkpoint, last adaptation)
 * ``/diagnostics`` diagnostic_msgs/DiagnosticArray, one status named after the node, its level
   recomputed every period (:class:`ditta_ros.live.Health`)
+
+Status and diagnostics run on a steady-clock timer (they keep coming while ``/clock`` is paused).
+With ``lazy`` (default), after the warm-up no frame is decoded or inferred while nobody subscribes to
+an output (``idle`` in the status; the input subscription stays); the next frame after a subscriber
+appears is answered. A warm-up always runs; scene-change detection sees no idle frame.
 
 Services: ``~/readapt``, ``~/reset``, ``~/save`` (std_srvs/Trigger) and ``~/enable``
 (std_srvs/SetBool: pause or resume inference, keeping the adaptation).
@@ -29,6 +43,7 @@ stop the adaptation in flight and exit cleanly (status 0).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import signal
@@ -40,13 +55,14 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CompressedImage, Image
-from std_msgs.msg import String
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import Float32, String
 from std_srvs.srv import SetBool, Trigger
 
-from .imgmsg import encode_image, label_image
+from .imgmsg import compress, decode_message, encode_image, label_image, scale_camera_info
 from .live import FrameLoop, Health, LivePipeline, LogForwarder
 from .params import Param, ParameterError, effective, param_specs, resolve
 
@@ -106,13 +122,25 @@ class DittaNode(Node):
         self.label_set = self._label_set()
         self.num_classes = self.pipeline.runner.model.num_classes
         self.loop = FrameLoop(self.pipeline, self._publish, self.opts.output_resolution,
-                              warn=self.get_logger().warning)
+                              warn=self.get_logger().warning, wanted=self._wanted if self.opts.lazy else None,
+                              timing=self._publish_timing,
+                              decode=functools.partial(decode_message, mono16_shift=self.opts.mono16_shift))
         self.health = Health(self.opts.no_input_warn_seconds, self.opts.min_output_fps)
 
         self.pub_sem = self.create_publisher(Image, "ditta/semantic", 5)
-        self.pub_color = self.create_publisher(Image, "ditta/semantic/color", 5) if self.opts.publish_color else None
-        self.pub_conf = (self.create_publisher(Image, "ditta/semantic/confidence", 5)
-                         if self.opts.publish_confidence else None)
+        self.pub_sem_png = self.create_publisher(CompressedImage, "ditta/semantic/compressed", 5)
+        self.pub_color = self.pub_color_jpeg = self.pub_conf = None
+        if self.opts.publish_color:
+            self.pub_color = self.create_publisher(Image, "ditta/semantic_color", 5)
+            self.pub_color_jpeg = self.create_publisher(CompressedImage, "ditta/semantic_color/compressed", 5)
+        if self.opts.publish_confidence:
+            self.pub_conf = self.create_publisher(Image, "ditta/confidence", 5)
+        self.pub_info = self.create_publisher(CameraInfo, "ditta/camera_info", 5)
+        self.pub_processing = self.create_publisher(Float32, "ditta/processing_time_ms", 5)
+        self.pub_latency = self.create_publisher(Float32, "ditta/latency_ms", 5)
+        #: what lazy processing watches: a subscriber on any of these wants label images
+        self.outputs = [p for p in (self.pub_sem, self.pub_sem_png, self.pub_color, self.pub_color_jpeg, self.pub_conf,
+                                    self.pub_info, self.pub_processing, self.pub_latency) if p is not None]
         latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                              reliability=ReliabilityPolicy.RELIABLE)
         self.pub_labels = self.create_publisher(String, "ditta/labels", latched)
@@ -129,9 +157,15 @@ class DittaNode(Node):
         self._event_cbs = subscription_event_callbacks()(incompatible_qos=self._on_incompatible_qos)
         self.sub = None
         self._subscribe(self.opts.qos_reliability == "best_effort")
-        self._started = time.time()
-        self._last_quiet_warn = 0.0
-        self.create_timer(self.opts.status_period, self._on_timer)
+        self.camera_info = None  # the camera's last sensor_msgs/CameraInfo
+        # best effort takes both reliable and best-effort publishers (camera drivers use either)
+        self.sub_info = self.create_subscription(CameraInfo, self._camera_info_topic(),
+                                                 self._on_camera_info,
+                                                 QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT))
+        self._started = time.monotonic()
+        self._last_quiet_warn = -float("inf")
+        # the steady clock: status and diagnostics keep coming while a paused /clock stops ROS time
+        self.create_timer(self.opts.status_period, self._on_timer, clock=Clock(clock_type=ClockType.STEADY_TIME))
         self.get_logger().info(f"ready: {self.sub.topic_name} ({self._msg_type.__name__}) -> "
                                f"{self.pub_sem.topic_name}; state {self.pipeline.phase.value}")
 
@@ -152,20 +186,58 @@ class DittaNode(Node):
                                             lambda msg: self.loop.offer(msg), qos, event_callbacks=self._event_cbs)
         self.best_effort = best_effort
 
+    def _camera_info_topic(self) -> str:
+        """``camera_info`` beside the input's base topic (image_transport's convention:
+        ``/cam/image_raw`` and ``/cam/image_raw/compressed`` -> ``/cam/camera_info``)."""
+        base = self.sub.topic_name
+        if self.opts.compressed and base.endswith("/compressed"):
+            base = base[:-len("/compressed")]
+        parent = base.rsplit("/", 1)[0]
+        return f"{parent}/camera_info"
+
+    def _on_camera_info(self, msg) -> None:
+        self.camera_info = msg
+
     def _on_incompatible_qos(self, event) -> None:
         if self.opts.qos_reliability == "auto" and not self.best_effort:
             self.get_logger().warning("the image publisher is BEST_EFFORT: switching the input to BEST_EFFORT")
             self._subscribe(True)
 
     # -- output ------------------------------------------------------------------------
+    def _wanted(self) -> bool:
+        """True when any output topic has a subscriber (lazy processing)."""
+        return any(p.get_subscription_count() > 0 for p in self.outputs)
+
     def _publish(self, msg, labels: np.ndarray, conf: np.ndarray, source: str) -> None:
-        self.pub_sem.publish(self._image(msg.header, *label_image(labels, self.num_classes), labels.shape))
-        if self.pub_color is not None:
-            self.pub_color.publish(self._image(msg.header, *encode_image(self.label_set.colorize(labels)),
-                                               labels.shape))
+        header = msg.header
+        encoding, step, data = label_image(labels, self.num_classes)
+        self.pub_sem.publish(self._image(header, encoding, step, data, labels.shape))
+        if self.pub_sem_png.get_subscription_count() > 0:
+            ids = np.ascontiguousarray(labels, dtype=np.uint8 if encoding == "mono8" else np.uint16)
+            self.pub_sem_png.publish(self._compressed(header, *compress(ids, "png")))
+        if self.pub_color is not None and (self.pub_color.get_subscription_count() > 0
+                                           or self.pub_color_jpeg.get_subscription_count() > 0):
+            rgb = self.label_set.colorize(labels)
+            self.pub_color.publish(self._image(header, *encode_image(rgb), labels.shape))
+            if self.pub_color_jpeg.get_subscription_count() > 0:
+                self.pub_color_jpeg.publish(self._compressed(header, *compress(rgb, "jpeg", self.opts.jpeg_quality)))
         if self.pub_conf is not None:
             c8 = np.clip(conf * 255.0 + 0.5, 0, 255).astype(np.uint8)
-            self.pub_conf.publish(self._image(msg.header, "mono8", c8.shape[1], c8.tobytes(), c8.shape))
+            self.pub_conf.publish(self._image(header, "mono8", c8.shape[1], c8.tobytes(), c8.shape))
+        if self.camera_info is not None:
+            info = scale_camera_info(self.camera_info, labels.shape[0], labels.shape[1])
+            info.header = header
+            self.pub_info.publish(info)
+
+    def _publish_timing(self, processing_ms: float, latency_ms: float) -> None:
+        self.pub_processing.publish(Float32(data=float(processing_ms)))
+        self.pub_latency.publish(Float32(data=float(latency_ms)))
+
+    @staticmethod
+    def _compressed(header, fmt: str, data: bytes) -> CompressedImage:
+        out = CompressedImage()
+        out.header, out.format, out.data = header, fmt, data
+        return out
 
     @staticmethod
     def _image(header, encoding, step, data, shape) -> Image:
@@ -210,7 +282,7 @@ class DittaNode(Node):
         """WARN, at most once per ``no_input_warn_seconds``, when no image came for that long,
         listing the publishers seen on the input topic (type, QoS)."""
         limit = self.opts.no_input_warn_seconds
-        now = time.time()
+        now = time.monotonic()
         quiet = now - (self.loop.last_in or self._started)
         if limit <= 0 or quiet < limit or now - self._last_quiet_warn < limit:
             return

@@ -32,16 +32,19 @@ class NodeOptions:
     """The ROS layer's own parameters (topics, QoS, outputs, diagnostics).
 
     Units: seconds for ``status_period`` and ``no_input_warn_seconds``; frames per second
-    for ``min_output_fps``.
+    for ``min_output_fps``; ``jpeg_quality`` in [1, 100].
     """
 
     input_topic: str = "image"
     compressed: bool = False
+    mono16_shift: int = -1
     qos_reliability: str = "auto"
     qos_depth: int = 5
     output_resolution: str = "input"
     publish_color: bool = True
     publish_confidence: bool = False
+    jpeg_quality: int = 90
+    lazy: bool = True
     status_period: float = 1.0
     no_input_warn_seconds: float = 5.0
     min_output_fps: float = 0.0
@@ -136,12 +139,17 @@ _DESCRIPTIONS = {
                       "the new candidates (select) and keeps serving unless one is better",
     "input_topic": "camera image topic, relative to the node's namespace (remap it or set it here)",
     "compressed": "subscribe sensor_msgs/CompressedImage instead of sensor_msgs/Image",
+    "mono16_shift": "right shift of mono16/16UC1 input to 8 bits (4: a 12-bit camera); -1: by the bit depth each "
+                    "frame's largest value uses",
     "qos_reliability": "input QoS: reliable | best_effort | auto (reliable, switches to best_effort "
                        "when the publisher is best-effort)",
     "qos_depth": "input QoS history depth",
     "output_resolution": "label image size: input (the camera's) | network (the model input)",
-    "publish_color": "publish ditta/semantic/color (rgb8 palette rendering)",
-    "publish_confidence": "publish ditta/semantic/confidence (mono8 reliability 0-255)",
+    "publish_color": "publish ditta/semantic_color (rgb8 palette rendering) and ditta/semantic_color/compressed "
+                     "(JPEG, encoded only while subscribed)",
+    "publish_confidence": "publish ditta/confidence (mono8 reliability 0-255)",
+    "jpeg_quality": "JPEG quality of ditta/semantic_color/compressed (1-100)",
+    "lazy": "after the warm-up, process no frame while nobody subscribes to an output (counted as idle)",
     "status_period": "seconds between ditta/status and /diagnostics messages",
     "no_input_warn_seconds": "WARN (with the publishers seen on the input topic) when no image came for this "
                              "long; 0: never",
@@ -169,7 +177,9 @@ _RULES: Dict[str, Dict[str, object]] = {
     "readapt_period": {"low": 0.0, "runtime": True},
     "qos_reliability": {"choices": ("auto", "reliable", "best_effort")},
     "qos_depth": {"low": 1, "high": 1000},
+    "mono16_shift": {"low": -1, "high": 8},
     "output_resolution": {"choices": ("input", "network")},
+    "jpeg_quality": {"low": 1, "high": 100},
     "status_period": {"low": 0.01, "high": 3600.0},
     "no_input_warn_seconds": {"low": 0.0, "runtime": True},
     "min_output_fps": {"low": 0.0, "runtime": True},

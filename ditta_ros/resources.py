@@ -35,6 +35,34 @@ def share_dir(sub: str) -> str:
     raise FileNotFoundError(f"ditta_ros data folder {sub!r} not found; looked in: " + ", ".join(candidates))
 
 
+#: distros whose Fast DDS (2.x) reads ``FASTRTPS_DEFAULT_PROFILES_FILE``; Kilted and later (Fast DDS 3) read
+#: ``FASTDDS_DEFAULT_PROFILES_FILE`` and warn that the old name is deprecated when it is set
+FAST_DDS_2_DISTROS = ("humble", "iron", "jazzy")
+
+
+def profile_variables(env=None) -> tuple:
+    """The environment variables that point Fast DDS at a profile file on this ROS 2 install: always
+    ``FASTDDS_DEFAULT_PROFILES_FILE``, plus ``FASTRTPS_DEFAULT_PROFILES_FILE`` for Fast DDS 2 (Jazzy,
+    Humble). Fast DDS's own PyPI wheel in this environment decides (``ros-fastrtps``: Fast DDS 2;
+    ``ros-fastdds``: Fast DDS 3); without either (a system ROS), ``$ROS_DISTRO``. The one place that tells the
+    distros apart."""
+    from importlib import metadata
+
+    env = os.environ if env is None else env
+    old = None
+    for wheel, is_old in (("ros-fastrtps", True), ("ros-fastdds", False)):
+        try:
+            metadata.version(wheel)
+            old = is_old
+            break
+        except metadata.PackageNotFoundError:
+            pass
+    if old is None:
+        old = env.get("ROS_DISTRO", "").lower() in FAST_DDS_2_DISTROS
+    return ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE") if old else \
+        ("FASTDDS_DEFAULT_PROFILES_FILE",)
+
+
 def local_ros_env(log_dir: str, domain_id: int = None, base=None, pythonpath: str = None) -> dict:
     """Environment for ROS 2 processes on one machine (tests, benchmarks, demos).
 
@@ -43,7 +71,8 @@ def local_ros_env(log_dir: str, domain_id: int = None, base=None, pythonpath: st
     interpreter's prefix when unset, discovery limited to localhost, ``ROS_DOMAIN_ID``
     (random in 1..100 unless given, so parallel runs do not see each other),
     ``ROS_LOG_DIR`` = ``log_dir``, and the package's Fast DDS profile
-    (``config/fastdds_shm.xml``, 16 MiB shared memory for camera-sized images).
+    (``config/fastdds_shm.xml``, 16 MiB shared memory for camera-sized images) under the names this
+    distro's Fast DDS reads (:func:`profile_variables`).
     ``pythonpath`` is prepended to ``PYTHONPATH`` (e.g. a source checkout).
 
     Raises:
@@ -56,7 +85,7 @@ def local_ros_env(log_dir: str, domain_id: int = None, base=None, pythonpath: st
     env.setdefault("AMENT_PREFIX_PATH", sys.prefix)
     env.update(ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_LOG_DIR=str(log_dir),
                ROS_DOMAIN_ID=str(domain_id if domain_id is not None else random.randint(1, 100)),
-               FASTDDS_DEFAULT_PROFILES_FILE=profile)
+               **{name: profile for name in profile_variables(env)})
     if pythonpath:
         env["PYTHONPATH"] = pythonpath + os.pathsep + env.get("PYTHONPATH", "")
     return env

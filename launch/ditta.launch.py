@@ -15,6 +15,8 @@ from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from ditta_ros.resources import profile_variables
+
 
 def generate_launch_description():
     share = get_package_share_directory("ditta_ros")
@@ -24,8 +26,8 @@ def generate_launch_description():
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its outputs"),
         DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "ditta.yaml"),
                               description="ditta_node parameter file"),
-        SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", profile),
-        SetEnvironmentVariable("FASTRTPS_DEFAULT_PROFILES_FILE", profile),
+        # the profile under the name(s) this distro's Fast DDS reads (FASTRTPS_... too on Jazzy and Humble)
+        *[SetEnvironmentVariable(name, profile) for name in profile_variables()],
         Node(package="ditta_ros", executable="ditta_node", name="ditta_node", output="screen",
              namespace=LaunchConfiguration("namespace"), parameters=[LaunchConfiguration("params_file")],
              remappings=[("image", LaunchConfiguration("image"))]),

@@ -384,6 +384,38 @@ def test_frame_loop_counts_drops_and_bad_messages_and_carries_on():
     assert live.counters.paused == 1
 
 
+def test_lazy_loop_processes_nothing_unwatched_after_the_warm_up_and_reports_timing():
+    """``wanted`` false: outside the warm-up a message is neither decoded nor inferred, only counted as
+    idle; the first message after a subscriber appears is answered. In the warm-up frames are still
+    taken (the adaptation needs them). ``timing`` gets the steady-clock processing and latency."""
+    from ditta_ros.live import FrameLoop, LiveConfig, LivePipeline
+    from ditta_ros.live.phases import Phase
+
+    live = LivePipeline(LiveConfig(adapt=False, backend="torch", iss_backend=False), _runner())
+    decoded, published, timings, watched = [], [], [], [False]
+
+    def decode(msg):
+        decoded.append(msg)
+        return _frame(seed=int(msg)), float(msg)
+
+    loop = FrameLoop(live, lambda m, lab, conf, src: published.append(m), decode=decode,
+                     wanted=lambda: watched[0], timing=lambda p, l: timings.append((p, l)))
+    assert live.phase == Phase.ISS
+    for msg in ("1", "2"):
+        loop.offer(msg)
+        assert loop.step(1.0)
+    assert decoded == [] and published == [] and live.counters.idle == 2 and live.counters.frames_out == 0
+    watched[0] = True
+    loop.offer("3")
+    assert loop.step(1.0) and published == ["3"] and live.counters.idle == 2
+    assert len(timings) == 1 and 0 < timings[0][0] <= timings[0][1]  # processing within receive-to-publish
+    assert loop.status()["processing_ms"] > 0 and "idle" in loop.status()
+    watched[0] = False
+    live.phase = Phase.WARMUP  # the warm-up still runs unwatched
+    loop.offer("4")
+    assert loop.step(1.0) and decoded[-1] == "4" and published[-1] == "4" and live.counters.idle == 2
+
+
 def test_health_is_recomputed_each_period():
     from ditta_ros.live import Health
 
@@ -413,6 +445,9 @@ def test_health_is_recomputed_each_period():
     assert h.update(st, 21.9, now=22.0)[0] == Health.WARN
     st.update(frames_in=43, frames_out=30, error=None)
     assert h.update(st, 22.9, now=23.0)[0] == Health.OK
+    st.update(frames_in=53, idle=10)  # nobody subscribes: unprocessed images are neither in nor out
+    level, msg = h.update(st, 23.9, now=24.0)
+    assert level == Health.OK and "no subscriber: 10 images not processed" in msg
 
 
 def test_core_logging_is_forwarded_to_another_logger():
@@ -654,3 +689,29 @@ def test_a_readaptation_judges_the_serving_model_and_readapt_period_starts_it():
     live.reset()
     step(8)
     assert len(made) == 3 and live.phase == Phase.ISS  # no period after a reset
+
+
+def test_the_heap_freed_by_an_adaptation_goes_back_to_the_os():
+    """``release_heap`` after each adaptation: on glibc it runs ``malloc_trim``; memory a worker thread
+    freed (as the teacher and the training do) is returned, so the resident size drops."""
+    import threading
+
+    from ditta_ros.live.pipeline import release_heap
+
+    def rss_mb():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096 / 2**20
+
+    kept = []
+
+    def churn():  # ~240 MB of small blocks in this thread's arena; a few survive (as a model's tensors do)
+        blocks = [bytearray(4096) for _ in range(60_000)]
+        kept.extend(blocks[::1000])
+        del blocks
+
+    t = threading.Thread(target=churn)
+    t.start()
+    t.join()
+    before = rss_mb()
+    assert release_heap() is True  # this machine's libc is glibc
+    assert before - rss_mb() > 100, (before, rss_mb())  # glibc had kept the freed blocks

@@ -81,7 +81,7 @@ class _Client:
         self.got, self.color, self.statuses, self.diags = {}, {}, [], []
         self.node.create_subscription(Image, f"{prefix}/ditta/semantic",
                                       lambda m: self.got.__setitem__(_frame_number(m), m), 50)
-        self.node.create_subscription(Image, f"{prefix}/ditta/semantic/color",
+        self.node.create_subscription(Image, f"{prefix}/ditta/semantic_color",
                                       lambda m: self.color.__setitem__(_frame_number(m), m), 50)
         self.node.create_subscription(String, f"{prefix}/ditta/status",
                                       lambda m: self.statuses.append(json.loads(m.data)), 200)

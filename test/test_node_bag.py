@@ -28,7 +28,7 @@ def _small_clip(shared, root, n=12, hw=(180, 240)):
 
 def test_bag_played_into_the_node_and_recorded(shared, tmp_path):
     from diagnostic_msgs.msg import DiagnosticArray
-    from sensor_msgs.msg import CompressedImage
+    from sensor_msgs.msg import CompressedImage, Image
     from std_msgs.msg import String
     from std_srvs.srv import Trigger
 
@@ -85,13 +85,18 @@ def test_bag_played_into_the_node_and_recorded(shared, tmp_path):
         assert sorted(labels) == sorted(stamps) and frame_ids == {"camera"}
         assert all(lab.shape == (180, 240) and lab.max() < 19 for lab in labels.values())
 
-        # a corrupt JPEG: logged, counted, skipped; the node carries on
+        # a corrupt JPEG: logged, counted, skipped; the node carries on. The recorder has ended: without a
+        # subscriber to an output the node would not even decode it (lazy), so this client takes the labels
+        n_idle = statuses[-1]["idle"]
+        client.create_subscription(Image, "/ditta/semantic", lambda m: None, 5)
         pub = client.create_publisher(CompressedImage, topic, 10)
         assert spin_until(lambda: pub.get_subscription_count() > 0, 20)
+        spin_until(lambda: False, 1.0)  # the node's side of discovery
         bad = CompressedImage()
         bad.format, bad.data = "jpeg", b"\xff\xd8\xff\xe0" + bytes(200)
         pub.publish(bad)
         assert spin_until(lambda: statuses[-1]["bad_reasons"].get("decode_error") == 1, 30), statuses[-1]
+        assert statuses[-1]["idle"] == n_idle
         assert spin_until(lambda: any(kv.key == "bad_decode_error" and kv.value == "1"
                                       for d in diags[-3:] for kv in d.status[0].values), 10)
         readapt = client.create_client(Trigger, "/ditta_node/readapt")

@@ -51,6 +51,63 @@ def test_launch_files_parse_and_name_real_executables_and_files():
         assert 'package="ditta_ros"' in text
 
 
+def test_replay_launch_runs_the_installed_script_with_arguments_the_cli_takes():
+    """replay.launch.py's player and recorder: this package's ``ditta`` script from
+    ``<prefix>/lib/ditta_ros`` (not on PATH after colcon; setup.cfg installs scripts there), command lines
+    the CLI parses, /ditta/status recorded, the player waiting for both subscribers and pausing while the
+    node adapts; the node not lazy (it answers every frame even before it sees the recorder)."""
+    from ditta_ros.tools.cli import build_parser
+
+    assert "install_scripts=$base/lib/ditta_ros" in open(os.path.join(ROOT, "setup.cfg")).read()
+    assert '"ditta = ditta_ros.tools.cli:main"' in open(os.path.join(ROOT, "setup.py")).read()
+    path = os.path.join(ROOT, "launch", "replay.launch.py")
+    text = open(path).read()
+    assert 'ditta = PathJoinSubstitution([FindPackagePrefix("ditta_ros"), "lib", "ditta_ros", "ditta"])' in text
+    assert '"lazy": False' in text
+    tree = ast.parse(text, path)
+    defaults = {c.args[0].value: next((k.value.value for k in c.keywords if k.arg == "default_value"
+                                       and isinstance(k.value, ast.Constant)), "X")
+                for c in ast.walk(tree) if isinstance(c, ast.Call) and getattr(c.func, "id", "") == "DeclareLaunchArgument"}
+    cmds = []
+    for call in ast.walk(tree):
+        if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "ExecuteProcess":
+            items = next(k.value for k in call.keywords if k.arg == "cmd").elts
+            assert ast.unparse(items[0]) == "ditta"
+            cmds.append([i.value if isinstance(i, ast.Constant) else defaults[i.args[0].value] for i in items[1:]])
+    assert len(cmds) == 2
+    args = {c[1]: build_parser().parse_args(c) for c in cmds}
+    assert "/ditta/status" in args["record"].topics and "/ditta/semantic" in args["record"].topics
+    play = args["play"]
+    assert play.min_subscribers == 2 and play.pause_on == "ADAPTING" and play.wait_state == "STREAMING"
+    for name in ("ditta.launch.py", "replay.launch.py"):
+        launch = open(os.path.join(ROOT, "launch", name)).read()
+        assert "SetEnvironmentVariable(name, profile) for name in profile_variables()" in launch
+
+
+def test_the_fast_dds_profile_goes_under_the_names_each_distro_reads(monkeypatch):
+    """Jazzy/Humble (Fast DDS 2) read FASTRTPS_DEFAULT_PROFILES_FILE, Kilted (Fast DDS 3) reads
+    FASTDDS_... and warns about the old name. This environment's Fast DDS wheel decides (checked against
+    its rclpy: 7.x is Jazzy); a system ROS without the wheels is told by $ROS_DISTRO."""
+    from importlib import metadata
+
+    from ditta_ros.resources import local_ros_env, profile_variables
+
+    jazzy_wheels = metadata.version("ros-rclpy").startswith("7.")
+    both = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
+    assert profile_variables({}) == (both if jazzy_wheels else both[:1])
+    assert profile_variables({"ROS_DISTRO": "humble" if not jazzy_wheels else "kilted"}) == profile_variables({})
+    env = local_ros_env("/tmp/log", base={"PATH": "/usr/bin"})
+    assert env["FASTDDS_DEFAULT_PROFILES_FILE"].endswith("fastdds_shm.xml")
+    assert ("FASTRTPS_DEFAULT_PROFILES_FILE" in env) == jazzy_wheels
+
+    def no_wheel(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "version", no_wheel)  # a system ROS: the distro it sourced
+    assert profile_variables({"ROS_DISTRO": "jazzy"}) == both and profile_variables({"ROS_DISTRO": "humble"}) == both
+    assert profile_variables({"ROS_DISTRO": "kilted"}) == both[:1] and profile_variables({}) == both[:1]
+
+
 def test_package_xml_declares_imported_ros_packages():
     with open(os.path.join(ROOT, "package.xml")) as f:
         xml = f.read()
@@ -125,8 +182,12 @@ def test_launch_file_takes_a_namespace_and_outputs_are_relative():
     assert 'DeclareLaunchArgument("namespace"' in text and 'namespace=LaunchConfiguration("namespace")' in text
     node = open(os.path.join(ROOT, "ditta_ros", "node.py")).read()
     published = re.findall(r'create_publisher\(\w+, "([^"]+)"', node)
-    assert set(published) == {"ditta/semantic", "ditta/semantic/color", "ditta/semantic/confidence", "ditta/labels",
-                              "ditta/status", "/diagnostics"}  # /diagnostics is global by convention
+    # image_transport's layout: one base topic per image, its /compressed beside it; /diagnostics is global
+    assert set(published) == {"ditta/semantic", "ditta/semantic/compressed", "ditta/semantic_color",
+                              "ditta/semantic_color/compressed", "ditta/confidence", "ditta/camera_info",
+                              "ditta/processing_time_ms", "ditta/latency_ms", "ditta/labels", "ditta/status",
+                              "/diagnostics"}
+    assert not any(t.startswith("ditta/semantic/") and t != "ditta/semantic/compressed" for t in published)
 
 
 def test_node_module_holds_only_ros_io():

@@ -12,7 +12,7 @@ from typing import Callable, Dict, Optional
 import cv2
 
 from ..imgmsg import ImageDecodeError, UnsupportedEncoding, decode_message
-from .phases import Counters, ema
+from .phases import Counters, Phase, ema
 from .pipeline import LivePipeline
 
 log = logging.getLogger("ditta.live")
@@ -56,20 +56,24 @@ class Mailbox:
 
 
 class FrameStats:
-    """Smoothed output figures (exponential moving averages, weight 0.1): ``fps`` of the
-    published label images, ``latency_ms`` (publish time minus the input's stamp: meaningful
-    for wall-clock stamps, not for bag replays), ``processing_ms`` (publish minus receive)."""
+    """Output figures, all on the steady clock (``time.monotonic``: right under ``use_sim_time``
+    and bag replays, unlike header stamps): smoothed (exponential moving averages, weight 0.1)
+    ``fps`` of the published label images, ``latency_ms`` (receive to publish: waiting in the
+    mailbox included) and ``processing_ms`` (the loop taking the message to publish: decode,
+    inference, output); ``last_latency_ms`` and ``last_processing_ms`` are the last frame's."""
 
     def __init__(self):
         self.fps = self.latency_ms = self.processing_ms = 0.0
+        self.last_latency_ms = self.last_processing_ms = 0.0
         self.last_out: Optional[float] = None
 
-
-    def update(self, stamp: float, received: float, now: float) -> None:
-        """One label image published at ``now`` (s, wall clock) for an input stamped ``stamp``
-        and received at ``received``."""
-        self.latency_ms = ema(self.latency_ms, (now - stamp) * 1000.0)
-        self.processing_ms = ema(self.processing_ms, (now - received) * 1000.0)
+    def update(self, received: float, started: float, now: float) -> None:
+        """One label image published at ``now`` for a message received at ``received`` and taken
+        by the loop at ``started`` (seconds of ``time.monotonic``)."""
+        self.last_latency_ms = (now - received) * 1000.0
+        self.last_processing_ms = (now - started) * 1000.0
+        self.latency_ms = ema(self.latency_ms, self.last_latency_ms)
+        self.processing_ms = ema(self.processing_ms, self.last_processing_ms)
         if self.last_out is not None:
             self.fps = ema(self.fps, 1.0 / max(1e-6, now - self.last_out))
         self.last_out = now
@@ -93,23 +97,32 @@ class FrameLoop:
         decode: ``message -> (frame uint8 [H, W, 3] RGB, stamp s)``, raising
             :class:`~ditta_ros.imgmsg.UnsupportedEncoding` / :class:`~ditta_ros.imgmsg.ImageDecodeError`
             (default: :func:`~ditta_ros.imgmsg.decode_message`).
+        wanted: ``() -> bool``, whether anyone takes the outputs (the node: a subscriber on one of
+            them); when it is false outside the warm-up the message is not decoded nor inferred,
+            only counted as ``idle`` (Autoware's lazy subscription). ``None``: always wanted.
+        timing: ``(processing_ms, latency_ms) -> None``, called after each published label image
+            (the node's numeric timing topics).
 
     The frame path runs one way: the node's callback :meth:`offer` s a message; the loop takes
     it, decodes it, runs the pipeline, sizes the output and hands it to ``publish``.
 
-    A bad message is counted by reason and skipped; the loop never dies on one message.
+    A bad message is counted by reason and skipped; the loop never dies on one message. Times are
+    on the steady clock (``time.monotonic``): ``last_in`` too.
     ``enabled = False`` pauses inference (messages are counted as ``paused``); the
     adaptation and the stream state are kept.
     """
 
     def __init__(self, pipeline: LivePipeline, publish: Callable, output_resolution: str = "input",
-                 warn: Callable[[str], None] = log.warning, decode: Callable = decode_message):
+                 warn: Callable[[str], None] = log.warning, decode: Callable = decode_message,
+                 wanted: Optional[Callable[[], bool]] = None,
+                 timing: Optional[Callable[[float, float], None]] = None):
         self.pipeline, self.decode, self.publish = pipeline, decode, publish
         self.output_resolution, self.warn = output_resolution, warn
+        self.wanted, self.timing = wanted, timing
         self.mailbox = Mailbox()
         self.stats = FrameStats()
         self.enabled = True
-        self.last_in: Optional[float] = None  # wall time of the last message received
+        self.last_in: Optional[float] = None  # steady-clock time of the last message received
         self._warned = set()
 
     @property
@@ -119,7 +132,7 @@ class FrameLoop:
 
     def offer(self, msg, received: Optional[float] = None) -> None:
         """Subscription callback body: never blocks."""
-        received = time.time() if received is None else received
+        received = time.monotonic() if received is None else received
         self.last_in = received
         c = self.counters
         c.frames_in += 1
@@ -141,6 +154,9 @@ class FrameLoop:
         if item is None or self.mailbox.closed:
             return False
         msg, received = item
+        if self.wanted is not None and self.pipeline.phase != Phase.WARMUP and not self.wanted():
+            self.counters.idle += 1  # nobody takes the outputs: no decoding, no inference
+            return True
         try:
             self.handle(msg, received)
         except UnsupportedEncoding as exc:
@@ -158,7 +174,9 @@ class FrameLoop:
         self.mailbox.close()
 
     def handle(self, msg, received: float) -> None:
-        """Decode, run, resize to the output size, publish, count one message."""
+        """Decode, run, resize to the output size, publish, count one message (``received``:
+        ``time.monotonic`` seconds)."""
+        started = time.monotonic()
         frame, stamp = self.decode(msg)
         pred, _ = self.pipeline.process(frame, stamp)
         labels, conf = pred.labels, pred.confidence
@@ -168,7 +186,9 @@ class FrameLoop:
             conf = cv2.resize(conf, (w, h), interpolation=cv2.INTER_LINEAR)
         self.publish(msg, labels, conf, self.pipeline.last_source)
         self.counters.frames_out += 1
-        self.stats.update(stamp, received, time.time())
+        self.stats.update(received, started, time.monotonic())
+        if self.timing is not None:
+            self.timing(self.stats.last_processing_ms, self.stats.last_latency_ms)
 
     def _bad(self, reason: str, exc: Exception, once: str = None) -> None:
         """Count a bad message; warn once per ``once`` key (an unknown encoding), else for the

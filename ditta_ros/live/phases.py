@@ -32,7 +32,8 @@ def ema(old: Optional[float], new: float, weight: float = 0.1) -> float:
 @dataclass
 class Counters:
     """Frame counters for status and diagnostics: received, published, dropped while
-    busy, paused (received while inference was disabled), bad (with a count per reason:
+    busy, paused (received while inference was disabled), idle (received after the warm-up while
+    nobody subscribed to an output: not processed), bad (with a count per reason:
     unsupported_encoding, decode_error, bad_output, internal_error) and the label images
     per model that made them (:data:`SOURCES`)."""
 
@@ -40,6 +41,7 @@ class Counters:
     frames_out: int = 0
     dropped: int = 0
     paused: int = 0
+    idle: int = 0
     bad: int = 0
     bad_reasons: Dict[str, int] = field(default_factory=dict)
     by_model: Dict[str, int] = field(default_factory=lambda: {s: 0 for s in SOURCES})

@@ -6,7 +6,9 @@ File names: ``ditta_<model>_<H>x<W>_tau<tau>[_grid]_<digest>.onnx`` (+ ``.json``
 ``digest`` = :func:`weights_digest`. A plain ISS graph (``tau = 0``) is keyed by the ISS weights
 only, so a network whose add-on alone was adapted shares the pre-trained model's plain graph.
 Every write goes to a temporary folder first and is renamed into place: a crash mid-export never
-leaves a half-written model behind.
+leaves a half-written model behind, and a failed write (a full disk) leaves the cached files as they
+were. A cached graph whose bytes no longer match the sha256 its metadata recorded (a corrupt file)
+is exported again.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import time
 
 import numpy as np
 
-from ..export import EXPORT_FORMAT, export_onnx
+from ..export import EXPORT_FORMAT, export_onnx, sha256_file
 
 log = logging.getLogger("ditta.runtime")
 
@@ -62,22 +64,35 @@ def cached_export(net, frame_hw, tau: float, export_dir: str, name: str, fp16: b
            f"_{digest}"
     onnx_path, meta_path = (os.path.join(folder, stem + ext) for ext in (".onnx", ".json"))
     if os.path.isfile(onnx_path) and os.path.isfile(meta_path):
-        with open(meta_path) as f:
-            meta = json.load(f)
+        try:
+            with open(meta_path) as f:
+                meta = json.load(f)
+            meta["adaptation"], meta["precision"]
+        except (ValueError, KeyError, TypeError) as exc:  # a corrupt metadata file: export again
+            log.warning("the metadata of the cached export %s is unreadable (%s): exporting again", onnx_path, exc)
+            meta = {"adaptation": {}, "precision": None}
         if meta["adaptation"].get("weights_digest") == digest and meta["precision"] == ("fp16" if fp16 else "fp32") \
                 and meta.get("format") == EXPORT_FORMAT:
-            log.info("reusing the export %s", onnx_path)
-            os.utime(onnx_path)  # recently used: kept by the pruning
-            return onnx_path
-        log.info("the export %s is of another version or precision: exporting again", onnx_path)
+            if sha256_file(onnx_path) == meta.get("sha256"):
+                log.info("reusing the export %s", onnx_path)
+                os.utime(onnx_path)  # recently used: kept by the pruning
+                return onnx_path
+            log.warning("the cached export %s does not match its recorded sha256 (a corrupt file): exporting again",
+                        onnx_path)
+        else:
+            log.info("the export %s is of another version or precision: exporting again", onnx_path)
     os.makedirs(folder, exist_ok=True)
     remove_stale_temporaries(folder)
     tmp = tempfile.mkdtemp(prefix=".export-", dir=folder)
-    path, meta_tmp = export_onnx(net, frame_hw, tmp, name, label_set=label_set, classes=classes, tau=tau, fp16=fp16,
-                                 adaptation={"weights_digest": digest}, fusion=fusion)
-    os.replace(path, onnx_path)
-    os.replace(meta_tmp, meta_path)
-    os.rmdir(tmp)
+    try:
+        path, meta_tmp = export_onnx(net, frame_hw, tmp, name, label_set=label_set, classes=classes, tau=tau,
+                                     fp16=fp16, adaptation={"weights_digest": digest}, fusion=fusion)
+        # the graph first, then its metadata: a crash between the two leaves a graph without a matching
+        # sha256 in its metadata, which the check above exports again
+        os.replace(path, onnx_path)
+        os.replace(meta_tmp, meta_path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     prune_exports(folder, keep=KEEP_EXPORTS)
     return onnx_path
 

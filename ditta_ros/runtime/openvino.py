@@ -13,9 +13,10 @@ shared with the rest of the robot's software.
   with torch's on 99.1-99.9 % of the pixels and the development set loses nothing:
   addendum 3 of ``docs/dev_set_rule.md``), f32 on other CPUs, f16 on GPU/NPU;
   ``f32`` gives torch's labels (>= 99.9 %, ``test/test_streaming.py``).
-* Compiled-model cache: ``<engine_cache>/openvino`` (OpenVINO's ``CACHE_DIR``: a
+* Compiled-model cache: ``<engine_cache>/openvino/<export stem>`` (OpenVINO's ``CACHE_DIR``: a
   blob per model content, device and configuration, the analogue of the TensorRT
-  engine key), so a restart with the same export skips compilation.
+  engine key), so a restart with the same export skips compilation. A blob OpenVINO cannot
+  import clears the cache and the model is compiled anew (:func:`clear_cache`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,35 @@ from .exported import ExportedGraph
 log = logging.getLogger("ditta.runtime")
 
 PRECISIONS = ("auto", "f32", "bf16", "f16")
+
+
+def clear_cache(cache: str) -> None:
+    """Remove the files in ``cache``, one exported graph's folder: OpenVINO's compiled blobs and their
+    temporaries."""
+    import glob
+
+    for path in glob.glob(os.path.join(cache, "*")):
+        if os.path.isfile(path):
+            try:
+                os.remove(path)
+            except OSError:
+                pass
+
+
+def prune_cache(root: str, keep: int) -> None:
+    """Keep the ``keep`` most recently used per-graph folders of the compiled-model cache ``root``
+    (``<engine_cache>/openvino``; a backend touches its folder when it loads), remove the others and any
+    blob left directly in ``root`` by an older version."""
+    import shutil
+
+    entries = [os.path.join(root, n) for n in os.listdir(root)] if os.path.isdir(root) else []
+    for path in entries:
+        if os.path.isfile(path) and path.endswith(".blob"):
+            os.remove(path)
+    folders = sorted((p for p in entries if os.path.isdir(p)), key=os.path.getmtime, reverse=True)
+    for path in folders[keep:]:
+        shutil.rmtree(path, ignore_errors=True)
+        log.info("removed the old OpenVINO cache %s", path)
 
 
 def openvino_devices():
@@ -73,9 +103,11 @@ class OpenVINOBackend(ExportedGraph):
         if device != "AUTO" and not any(d == device or d.startswith(device + ".") or device.startswith(d)
                                         for d in present):
             raise RuntimeError(f"OpenVINO device {device!r} not present; available: {', '.join(present) or 'none'}")
-        if cache_dir:
-            cache = os.path.join(os.path.expanduser(cache_dir), "openvino")
+        if cache_dir:  # one folder per exported graph: clearing it touches no other model's blobs
+            stem = os.path.splitext(os.path.basename(onnx_path))[0]
+            cache = os.path.join(os.path.expanduser(cache_dir), "openvino", stem)
             os.makedirs(cache, exist_ok=True)
+            os.utime(cache)  # recently used: kept by prune_cache
             core.set_property({"CACHE_DIR": cache})
         config = {"PERFORMANCE_HINT": "LATENCY"}
         if precision != "auto":
@@ -83,7 +115,17 @@ class OpenVINOBackend(ExportedGraph):
         if device.startswith("CPU") and threads > 0:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.device = device
-        self.compiled = core.compile_model(onnx_path, device, config)
+        try:
+            self.compiled = core.compile_model(onnx_path, device, config)
+        except RuntimeError as exc:
+            if not cache_dir:
+                raise
+            # a cached blob OpenVINO cannot import (a corrupt file, a crash while it was written): drop this
+            # graph's blobs and compile anew, which writes a fresh one; a second failure is not the cache's
+            log.warning("OpenVINO could not use its compiled-model cache %s (%s): compiling anew", cache,
+                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            clear_cache(cache)
+            self.compiled = core.compile_model(onnx_path, device, config)
         self.request = self.compiled.create_infer_request()
         try:  # what the device actually runs in (bf16 where the CPU has it, else f32)
             self.precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT")).replace("<Type: '", "") \

@@ -132,8 +132,10 @@ def streaming_backend(net, frame_hw, tau: float, options: RuntimeOptions = Runti
     backend = select_backend(options, onnx_path=onnx_path, torch_model=torch_model, engine_dir=engine_dir)
     if engine_dir and os.path.isdir(engine_dir):
         prune_exports(engine_dir, KEEP_EXPORTS)
-        if os.path.isdir(os.path.join(engine_dir, "openvino")):
-            prune_exports(os.path.join(engine_dir, "openvino"), 2 * KEEP_EXPORTS, patterns=("*.blob",))
+        if getattr(backend, "name", None) == "openvino":
+            from .openvino import prune_cache
+
+            prune_cache(os.path.join(engine_dir, "openvino"), 2 * KEEP_EXPORTS)
     if tau > 0 and getattr(backend, "name", None) in ("openvino", "onnxruntime"):
         # a second, plain graph for the frames where no pixel may use the previous one
         plain = streaming_backend(net, frame_hw, 0.0, options.replace(backend=backend.name), name=name,
