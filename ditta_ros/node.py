@@ -158,6 +158,7 @@ class DittaNode(Node):
         self.sub = None
         self._subscribe(self.opts.qos_reliability == "best_effort")
         self.camera_info = None  # the camera's last sensor_msgs/CameraInfo
+        self._info_scaled = None  # (that camera_info, label size, its scaled copy)
         # best effort takes both reliable and best-effort publishers (camera drivers use either)
         self.sub_info = self.create_subscription(CameraInfo, self._camera_info_topic(),
                                                  self._on_camera_info,
@@ -225,7 +226,10 @@ class DittaNode(Node):
             c8 = np.clip(conf * 255.0 + 0.5, 0, 255).astype(np.uint8)
             self.pub_conf.publish(self._image(header, "mono8", c8.shape[1], c8.tobytes(), c8.shape))
         if self.camera_info is not None:
-            info = scale_camera_info(self.camera_info, labels.shape[0], labels.shape[1])
+            cam, cached = self.camera_info, self._info_scaled
+            if cached is None or cached[0] is not cam or cached[1] != labels.shape:  # once per camera_info and size
+                cached = self._info_scaled = (cam, labels.shape, scale_camera_info(cam, *labels.shape))
+            info = cached[2]
             info.header = header
             self.pub_info.publish(info)
 

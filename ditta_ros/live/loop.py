@@ -99,7 +99,7 @@ class FrameLoop:
             (default: :func:`~ditta_ros.imgmsg.decode_message`).
         wanted: ``() -> bool``, whether anyone takes the outputs (the node: a subscriber on one of
             them); when it is false outside the warm-up the message is not decoded nor inferred,
-            only counted as ``idle`` (Autoware's lazy subscription). ``None``: always wanted.
+            only counted as ``idle`` (the message is still received). ``None``: always wanted.
         timing: ``(processing_ms, latency_ms) -> None``, called after each published label image
             (the node's numeric timing topics).
 
