@@ -129,6 +129,8 @@ _DESCRIPTIONS = {
     "openvino_precision": "OpenVINO precision: auto (the device's default: bf16 on CPUs with bf16 units) | f32 | bf16 "
                           "| f16",
     "iss_backend": "serve the pre-trained model (warm-up, adapt false, fallback) on the backend too (else torch)",
+    "wait_for_backend": "hold the first label until the backend's graph for the frame size is exported and compiled "
+                        "(evaluation: every label from it); false: torch's frame-wise ISS answers meanwhile",
     "fp16": "half precision on TensorRT and torch CUDA",
     "export_dir": "folder of the exported ONNX (one folder per model and frame size; reused across restarts)",
     "engine_cache": "TensorRT engine and timing cache folder; OpenVINO compiled-model cache (openvino/)",

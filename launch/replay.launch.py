@@ -2,7 +2,8 @@
 
     ros2 launch ditta_ros replay.launch.py bag:=camvid_bag out:=camvid_out [rate:=0.2]
 
-Starts the node (``lazy: false``: every frame is answered even before it sees the recorder), `ditta bag
+Starts the node (``lazy: false``: every frame is answered even before it sees the recorder;
+``wait_for_backend: true``: every label from the serving graph, as offline evaluation scores it), `ditta bag
 record` of the input, /ditta/semantic and /ditta/status, and `ditta bag play` on the bag, which waits for both
 subscribers (node and recorder) and pauses while the node adapts until it streams. `ditta` is this package's
 script in `<prefix>/lib/ditta_ros/` (not on PATH after a colcon build; built with the venv's Python it runs
@@ -33,7 +34,8 @@ def generate_launch_description():
         # the profile under the name(s) this distro's Fast DDS reads (FASTRTPS_... too on Jazzy and Humble)
         *[SetEnvironmentVariable(name, profile) for name in profile_variables()],
         Node(package="ditta_ros", executable="ditta_node", name="ditta_node", output="screen",
-             parameters=[LaunchConfiguration("params_file"), {"input_topic": "/camera/image_raw", "lazy": False}]),
+             parameters=[LaunchConfiguration("params_file"), {"input_topic": "/camera/image_raw", "lazy": False,
+                                                                 "wait_for_backend": True}]),
         ExecuteProcess(cmd=[ditta, "bag", "record", "/camera/image_raw", "/ditta/semantic", "/ditta/status",
                             "--out", LaunchConfiguration("out"), "--idle-timeout", "30"], output="screen"),
         # waits for the node and the recorder (2 subscribers); pauses while the node adapts, until STREAMING

@@ -172,18 +172,20 @@ def test_auto_readapt_starts_a_new_warmup_after_a_scene_change():
 
 
 def test_iss_phase_and_adapted_model_serve_on_openvino_with_a_cached_export(tmp_path, caplog):
-    """backend openvino: the warm-up labels come from the plain-ISS graph on OpenVINO (equal to
-    the torch ISS on >= 99 % of pixels), exported once per model and frame size; a restarted
-    pipeline reuses that export; the adapted model streams on OpenVINO too."""
+    """backend openvino, ``wait_for_backend``: the warm-up labels come from the plain-ISS graph on
+    OpenVINO from the first one on (equal to the torch ISS on >= 99 % of pixels), exported once per
+    model and frame size; a restarted pipeline reuses that export; the adapted model streams on
+    OpenVINO too."""
     import logging
 
     cfg = LiveConfig(warmup_frames=2, backend="openvino", export_dir=str(tmp_path / "export"),
-                     engine_cache=str(tmp_path / "engines"), openvino_precision="f32")
+                     engine_cache=str(tmp_path / "engines"), openvino_precision="f32", wait_for_backend=True)
     runner = _runner()
     live = LivePipeline(cfg, runner, method_factory=lambda r: _FakeMethod(r))
     with caplog.at_level(logging.INFO, logger="ditta"):
         pred, phase = live.process(_frame(seed=1), stamp=0.0)  # the first size: prepared before the label
     assert phase == Phase.WARMUP and "ISS model on openvino" in caplog.text
+    assert live.status()["iss_runtime"] == "backend"
     assert (pred.labels == runner.predict(_frame(seed=1)).labels).mean() >= 0.99
     exports = sorted(p.name for p in (tmp_path / "export").rglob("*.onnx"))
     assert len(exports) == 1 and "_tau0_" in exports[0]
@@ -206,6 +208,41 @@ def test_iss_phase_and_adapted_model_serve_on_openvino_with_a_cached_export(tmp_
         again.wait_idle(120)
     assert "reusing the export" in caplog.text
     assert len([p for p in (tmp_path / "export").rglob("*.onnx") if "_tau0_" in p.name and "40x56" in p.name]) == 1
+
+
+def test_the_first_frame_is_answered_by_torch_while_the_graph_compiles(tmp_path, monkeypatch):
+    """By default (``wait_for_backend`` false) a camera's first frames are answered at once by torch's
+    frame-wise ISS while the serving graph is exported and compiled in the background (held here until
+    released, so the order is certain); once it is ready the graph answers."""
+    import threading
+
+    from ditta_ros.runtime import ServedISS
+
+    release, entered = threading.Event(), threading.Event()
+    prepare = ServedISS.prepare
+
+    def held(self, frame_hw):
+        entered.set()
+        assert release.wait(120)
+        prepare(self, frame_hw)
+
+    monkeypatch.setattr(ServedISS, "prepare", held)
+    cfg = LiveConfig(adapt=False, backend="onnxruntime", export_dir=str(tmp_path / "export"),
+                     engine_cache=str(tmp_path / "engines"))
+    runner = _runner()
+    live = LivePipeline(cfg, runner)
+    for i in range(3):  # answered while the graph is held in preparation
+        frame = _frame(seed=i)
+        pred, phase = live.process(frame, stamp=0.1 * i)
+        assert phase == Phase.ISS and np.array_equal(pred.labels, runner.predict(frame).labels)
+        status = live.status()
+        assert status["iss_runtime"] == "torch" and status["preparing"] == "iss 56x40"
+    assert entered.is_set() and not live.serving.iss.prepared
+    release.set()
+    live.wait_idle(120)
+    assert live.serving.iss.ready_for((40, 56))
+    live.process(_frame(seed=4), stamp=0.4)
+    assert live.status()["iss_runtime"] == "backend" and live.status()["preparing"] is None
 
 
 class _SlowMethod(_FakeMethod):

@@ -3,6 +3,7 @@ frames in a namespace, adapt, save, re-adapt while the adapted model serves, res
 adaptation, stop on SIGTERM; start from a saved adaptation; survive bad messages; refuse bad
 parameters at start-up."""
 
+import contextlib
 import json
 import os
 import signal
@@ -127,6 +128,24 @@ class _Client:
         self.node.destroy_node()
 
 
+@contextlib.contextmanager
+def _connected(proc, log_path, **client_kw):
+    """A :class:`_Client` of the started node once the node subscribes to its camera topic and publishes
+    status; rclpy, the client and the node process are shut down afterwards."""
+    rclpy.init()
+    c = None
+    try:
+        c = _Client(proc, log_path, **client_kw)
+        assert c.spin_until(lambda: c.pub.get_subscription_count() > 0 and c.statuses, 120), \
+            log_path.read_text()[-3000:]
+        yield c
+    finally:
+        if c is not None:
+            c.close()
+        rclpy.shutdown()
+        stop_process(proc)
+
+
 def test_node_in_a_namespace_adapts_saves_readapts_resets_and_stops_on_sigterm(shared, ros_env, tmp_path):
     """/cam1: outputs under /cam1/ditta/...; the adaptation is saved on reaching STREAMING and
     by ~/save; during ~/readapt the adapted model keeps serving; ~/reset during ADAPTING stops
@@ -134,12 +153,7 @@ def test_node_in_a_namespace_adapts_saves_readapts_resets_and_stops_on_sigterm(s
     cleanly within 10 s. Integers for doubles (warmup_seconds:=30) are accepted."""
     proc, log_path = _start(ros_env, tmp_path, "warmup_frames:=3", "iters:=1", "input_topic:=image",
                             "warmup_seconds:=30", "no_input_warn_seconds:=1", ns="/cam1")
-    rclpy.init()
-    c = None
-    try:
-        c = _Client(proc, log_path, prefix="/cam1", image_topic="/cam1/image")
-        assert c.spin_until(lambda: c.pub.get_subscription_count() > 0 and c.statuses, 120), \
-            log_path.read_text()[-3000:]
+    with _connected(proc, log_path, prefix="/cam1", image_topic="/cam1/image") as c:
         assert c.statuses[-1]["state"] == "WARMUP"
         # no image yet: the node names the publishers it sees on its input topic
         assert c.spin_until(lambda: "ditta_test_client type sensor_msgs/msg/Image reliable" in log_path.read_text(),
@@ -208,11 +222,6 @@ def test_node_in_a_namespace_adapts_saves_readapts_resets_and_stops_on_sigterm(s
         text = log_path.read_text()
         assert "final status" in text and "shutting down" in text and "Traceback" not in text
         assert text.count("adaptation cancelled") == 2 and "still running at shutdown" not in text
-    finally:
-        if c is not None:
-            c.close()
-        rclpy.shutdown()
-        stop_process(proc)
 
 
 def test_node_from_an_adapted_checkpoint_serves_any_size_and_encoding_and_recovers(shared, ros_env, tmp_path):
@@ -231,12 +240,7 @@ def test_node_from_an_adapted_checkpoint_serves_any_size_and_encoding_and_recove
     save_adapted(DiTTANet(copy.deepcopy(model)), ckpt, {"model": MODEL, "frame_hw": [180, 240]})
     proc, log_path = _start(ros_env, tmp_path, f"adapted_checkpoint:={ckpt}", "input_topic:=/camera/image_raw",
                             "output_resolution:=network", "tau:=1")
-    rclpy.init()
-    c = None
-    try:
-        c = _Client(proc, log_path)
-        assert c.spin_until(lambda: c.pub.get_subscription_count() > 0 and c.statuses, 120), \
-            log_path.read_text()[-3000:]
+    with _connected(proc, log_path) as c:
         assert c.statuses[0]["state"] == "STREAMING" and c.statuses[0]["checkpoint"] == ckpt
         net_hw = model.preprocess.input_hw((180, 240))
         frames = _frames(shared, 4)
@@ -279,11 +283,25 @@ def test_node_from_an_adapted_checkpoint_serves_any_size_and_encoding_and_recove
         c.send_wait(frames[0], 22)
         assert c.spin_until(lambda: c.statuses[-1]["model"] == "iss" and c.statuses[-1]["state"] == "ISS", 10)
         assert c.statuses[-1]["bad_reasons"] == {"unsupported_encoding": 1, "decode_error": 1}
-    finally:
-        if c is not None:
-            c.close()
-        rclpy.shutdown()
-        stop_process(proc)
+
+
+def test_the_first_frame_is_answered_while_the_graph_is_exported_and_compiled(shared, ros_env, tmp_path):
+    """A fresh node on OpenVINO with an empty export folder: the camera's first frame gets its label from
+    torch's frame-wise ISS without waiting for the plain-ISS graph's export and compile (``iss_runtime``
+    torch, that graph ``preparing``); once it is compiled the graph answers (``iss_runtime`` backend)."""
+    proc, log_path = _start(ros_env, tmp_path, "adapt:=false", "backend:=openvino", "input_topic:=/camera/image_raw",
+                            f"engine_cache:={tmp_path}/engines")
+    with _connected(proc, log_path) as c:
+        frames = _frames(shared, 2)
+        c.send_wait(frames[0], 1)
+        n = len(c.statuses)
+        first = c.status_after(n)  # published after the first label image
+        assert first["frames_out"] >= 1 and first["iss_runtime"] == "torch", first
+        assert "ISS model on openvino" not in log_path.read_text()  # the graph was not ready for that label
+        assert c.spin_until(lambda: "ISS model on openvino" in log_path.read_text(), 120), log_path.read_text()[-3000:]
+        c.send_wait(frames[1], 2)
+        assert c.spin_until(lambda: c.statuses[-1]["frames_out"] >= 2, 10)
+        assert c.statuses[-1]["iss_runtime"] == "backend" and c.statuses[-1]["preparing"] is None, c.statuses[-1]
 
 
 def _setbool():

@@ -33,7 +33,9 @@ class LiveConfig:
     Units: seconds of stream time (header stamps) for ``warmup_seconds``; frames
     otherwise. The runtime fields (``backend`` .. ``engine_cache``, ``device``,
     ``torch_threads``) make :meth:`runtime`; ``iss_backend`` serves the pre-trained model
-    (warm-up, adaptation off, fallback) on that runtime too. ``preset`` names the DiTTA
+    (warm-up, adaptation off, fallback) on that runtime too; ``wait_for_backend`` holds the first
+    label until that runtime's graph is ready for the frame size (evaluation routes: every label
+    from the serving graph), else torch's frame-wise ISS answers meanwhile. ``preset`` names the DiTTA
     configuration (:data:`ditta_ros.presets.PRESETS`); ``lr``, ``iters``, ``params``,
     ``loss_mode`` override it when set (0 / empty = the preset's) and ``guard: false`` turns
     its do-no-harm guard off: :meth:`ditta_config`.
@@ -62,6 +64,7 @@ class LiveConfig:
     openvino_device: str = "CPU"
     openvino_precision: str = "auto"
     iss_backend: bool = True
+    wait_for_backend: bool = False
     fp16: bool = False
     export_dir: str = EXPORT_DIR
     engine_cache: str = ENGINE_CACHE

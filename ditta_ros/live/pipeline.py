@@ -105,7 +105,7 @@ class LivePipeline:
         if method_factory is None and cfg.adapt:
             self._teacher = self._make_teacher()  # weights resolved now: a missing file fails at start-up
         self.method_factory = method_factory or self.make_method
-        self.serving = Serving(runner, self.config, self.runtime, cfg.iss_backend)
+        self.serving = Serving(runner, self.config, self.runtime, cfg.iss_backend, cfg.wait_for_backend)
         self.window = WarmupWindow(cfg.warmup_frames, cfg.warmup_seconds, cfg.frame_stride)
         self.counters = Counters()
         self.phase = Phase.WARMUP if cfg.adapt else Phase.ISS
@@ -381,10 +381,12 @@ class LivePipeline:
 
     def status(self) -> Dict[str, object]:
         """JSON-ready status: phase, warm-up/adaptation progress, counters, which model made
-        the last label image, adaptations running, what is being prepared, the last saved
+        the last label image (and what ran the ISS model last: ``iss_runtime``), adaptations running,
+        what is being prepared, the last saved
         checkpoint, the last adaptation, the standing error and warning, the processed-frame gap and
         the share of the adapted model's frames fused with the temporal branch (add-on or flow) (:meth:`Serving.stream_status`)."""
         return {"state": self.phase.value, "progress": round(self.progress, 3), **asdict(self.counters),
-                "model": self.last_source, "adaptations_running": self._running, "preparing": self.serving.preparing,
+                "model": self.last_source, "iss_runtime": self.serving.iss_runtime,
+                "adaptations_running": self._running, "preparing": self.serving.preparing,
                 "checkpoint": self.checkpoint, "last_adaptation": self.last_adapt,
                 "error": self.error or self.serving.error, "warning": self.warning, **self.serving.stream_status()}

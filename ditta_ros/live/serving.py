@@ -6,7 +6,10 @@
   frame (``fallback``), and after :data:`NONFINITE_LIMIT` in a row the adapted model is dropped;
 * else the pre-trained ISS model on the serving backend (:class:`~ditta_ros.runtime.ServedISS`,
   its plain graph exported once per model and frame size), or torch's frame-wise runner while
-  that graph is prepared in the background (``iss_backend: false``: always torch).
+  that graph is prepared in the background, the first frame size included: a camera's first
+  frames are answered at once, not after the export and compile (``wait_for_backend``: the first
+  size is prepared before the first label, so an evaluation scores the serving graph's labels
+  only; ``iss_backend: false``: always torch). :attr:`Serving.iss_runtime` says which answered.
 
 One thread calls :meth:`Serving.answer` (the inference loop); :meth:`install`, :meth:`drop`
 and :meth:`reset` may come from others. At most one background preparation runs at a time;
@@ -42,16 +45,23 @@ class Serving:
         config: the DiTTA configuration the adapted models are frozen with.
         runtime: the serving runtime.
         iss_backend: serve the pre-trained model on ``runtime`` too (else torch's runner).
+        wait_for_backend: prepare the first frame size's graph before the first label (else torch's
+            runner answers while it is prepared in the background).
 
     Attributes:
         frozen: the adapted model being served (``None``: none); meta: what its checkpoint records.
         preparing: what the background thread prepares (``None``: nothing).
         error: the last failed preparation (``None`` after :meth:`reset`).
         dropped: why the adapted model was last dropped (``None``: it was not).
+        iss_runtime: what answered the last ISS label: ``"backend"`` (the serving graph) or ``"torch"``
+            (the frame-wise runner: ``iss_backend`` off, or the graph being prepared); ``None`` before one.
     """
 
-    def __init__(self, runner: ISSRunner, config: DittaConfig, runtime: RuntimeOptions, iss_backend: bool = True):
+    def __init__(self, runner: ISSRunner, config: DittaConfig, runtime: RuntimeOptions, iss_backend: bool = True,
+                 wait_for_backend: bool = False):
         self.runner, self.config, self.runtime, self.iss_backend = runner, config, runtime, iss_backend
+        self.wait_for_backend = wait_for_backend
+        self.iss_runtime: Optional[str] = None
         self.frozen: Optional[FrozenDiTTA] = None
         self.meta: Dict[str, object] = {}
         self.preparing: Optional[str] = None
@@ -153,27 +163,36 @@ class Serving:
         return None, "fallback"
 
     def _iss(self, frame: np.ndarray) -> Prediction:
-        """The pre-trained model on one frame, on the serving backend. At start-up (nothing
-        served yet) the first frame size is prepared before the first label, so every label
-        comes from the serving model as ``ditta eval --method iss-stream`` computes it; any
-        later preparation runs in the background while torch's frame-wise runner serves."""
+        """The pre-trained model on one frame: on the serving backend where its graph is ready for
+        the frame size, else torch's frame-wise runner while the graph is prepared in the background.
+        With ``wait_for_backend``, the first frame size is prepared before the first label instead (every
+        label then comes from the serving model, as ``ditta eval --method iss-stream`` computes it)."""
         if not self.iss_backend:
-            return self.runner.predict(frame)
+            return self._torch(frame)
         if self.iss is None:
             self.iss = ServedISS(self.runner, self.runtime)
         hw = tuple(frame.shape[:2])
         if self.iss.ready_for(hw):
+            self.iss_runtime = "backend"
             return self.iss.predict(frame)
         what = f"iss {hw[1]}x{hw[0]}"
         starting = not self.iss.prepared and self.frozen is None and not self._served_any
-        if starting and what not in self._failed:  # nothing served yet: serve from the first label on
+        if self.wait_for_backend and starting and what not in self._failed:
             try:
-                return self.iss.predict(frame)
+                pred = self.iss.predict(frame)
+                self.iss_runtime = "backend"
+                return pred
             except Exception as exc:
                 self._failure(what, exc)
-                return self.runner.predict(frame)
+                return self._torch(frame)
         iss = self.iss
-        self._in_background(what, lambda: iss.prepare(hw))
+        if self._in_background(what, lambda: iss.prepare(hw)) and starting:
+            log.info("serving the ISS model on torch while its %s graph is prepared for %dx%d frames",
+                     self.runtime.backend, hw[1], hw[0])
+        return self._torch(frame)
+
+    def _torch(self, frame: np.ndarray) -> Prediction:
+        self.iss_runtime = "torch"
         return self.runner.predict(frame)
 
     # -- background preparation ------------------------------------------------------------

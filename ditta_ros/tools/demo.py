@@ -148,6 +148,7 @@ def run_demo(cfg: DemoConfig) -> Dict[str, object]:
               "teacher": cfg.teacher, "teacher_checkpoint": cfg.teacher_checkpoint,
               "teacher_config": cfg.teacher_config, "backend": cfg.backend, "publish_color": False,
               "export_dir": os.path.join(out, "export"), "checkpoint_dir": os.path.join(out, "adapted"),
+              "wait_for_backend": cfg.lockstep,  # a live camera (realtime) is answered while the graph compiles
               **cfg.node_params}
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = local_ros_env(os.path.join(out, "ros_log"), pythonpath=package_root)

@@ -125,7 +125,8 @@ def run_route(src_bag: str, rec_bag: str, env: Mapping[str, str], node_log: str,
         node_log: file for the node's stdout/stderr (kept: the node's own account).
         node_params: ``-p`` overrides; ``input_topic`` and ``compressed`` are set
             from the bag unless given, ``lazy`` is false unless given (an evaluation answers every
-            frame, also before the node has seen the recorder's subscription).
+            frame, also before the node has seen the recorder's subscription) and ``wait_for_backend``
+            true (every label from the serving graph, as offline evaluation scores it).
         params_file: a ``--params-file`` (e.g. ``config/ditta.yaml``).
         image_topic: camera topic of the bag (default: :func:`pick_image_topic`).
         pause_after: pause the replay after N frames until the node streams
@@ -148,7 +149,8 @@ def run_route(src_bag: str, rec_bag: str, env: Mapping[str, str], node_log: str,
     if os.path.exists(rec_bag):
         raise FileExistsError(f"recording {rec_bag} exists; remove it first")
     cam = pick_image_topic(src_bag, image_topic)
-    params = {"input_topic": cam["topic"], "compressed": cam["compressed"], "lazy": False, **dict(node_params or {})}
+    params = {"input_topic": cam["topic"], "compressed": cam["compressed"], "lazy": False, "wait_for_backend": True,
+              **dict(node_params or {})}
     topics = ([cam["topic"]] if record_input else []) + [t for t in record if t != cam["topic"]]
     t0 = time.monotonic()
     with open(node_log, "w") as log_file:
