@@ -85,7 +85,7 @@ def sha256_file(path: str) -> str:
 def export_onnx(net: DiTTANet, frame_hw: Tuple[int, int], out_dir: str, name: str, label_set: str = "",
                 classes=(), tau: float = DEFAULT_TAU, adaptation: Optional[Dict[str, object]] = None,
                 opset: int = DEFAULT_OPSET, fp16: bool = False, antialias: bool = True,
-                fusion: str = "frame") -> Tuple[str, str]:
+                fusion: str = "frame", plain_logits: bool = False) -> Tuple[str, str]:
     """Export the streaming model for frames of ``frame_hw`` = (H, W).
 
     Args:
@@ -102,7 +102,9 @@ def export_onnx(net: DiTTANet, frame_hw: Tuple[int, int], out_dir: str, name: st
             ONNX would not run on the CPU execution provider).
         antialias: PIL-like antialiased input resize (``Resize antialias=1``);
             ``False`` for runtimes without it.
-        fusion: ``frame`` | ``grid`` | ``flow`` (:class:`~ditta_ros.streaming.StreamingDiTTA`).
+        fusion: ``frame`` | ``grid`` | ``flow`` | ``memory`` (:class:`~ditta_ros.streaming.StreamingDiTTA`).
+        plain_logits: a fifth output, ``plain_logits`` float32 ``[1, C, h, w]`` (the ISS logits on its own
+            grid, where the graph's stateless part ends; for splitting the graph, not for serving).
 
     Returns:
         ``(onnx_path, metadata_path)``; the stem is ``ditta_<name>_<H>x<W>``.
@@ -120,6 +122,8 @@ def export_onnx(net: DiTTANet, frame_hw: Tuple[int, int], out_dir: str, name: st
     # a copy: the caller's network keeps its device, dtype and memory layout
     net = copy.deepcopy(net).cpu().float().to(memory_format=torch.contiguous_format)
     model = StreamingDiTTA(net, frame_hw, tau, antialias=antialias, fusion=fusion)
+    model.plain_logits_output = bool(plain_logits)
+    output_names = OUTPUT_NAMES + (["plain_logits"] if plain_logits else [])
     _register_symbolics(opset)
     os.makedirs(out_dir, exist_ok=True)
     stem = f"ditta_{name}_{frame_hw[0]}x{frame_hw[1]}"
@@ -127,7 +131,7 @@ def export_onnx(net: DiTTANet, frame_hw: Tuple[int, int], out_dir: str, name: st
     example = (torch.zeros(*frame_hw, 3, dtype=torch.uint8), *model.initial_state())
     t0 = time.perf_counter()
     with torch.no_grad():
-        torch.onnx.export(model, example, path, input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
+        torch.onnx.export(model, example, path, input_names=INPUT_NAMES, output_names=output_names,
                           opset_version=opset, dynamo=False, do_constant_folding=True)
     seconds = time.perf_counter() - t0
     onnx.checker.check_model(onnx.load(path))
@@ -145,6 +149,7 @@ def export_onnx(net: DiTTANet, frame_hw: Tuple[int, int], out_dir: str, name: st
         "outputs": {"labels": ["int64", list(frame_hw)], "confidence": ["float32", list(frame_hw)],
                     "feat": ["float32", list(model.state_shapes["feat_prev"])],
                     "logits": ["float32", list(model.state_shapes["logits_prev"])]},
+        **({"extra_outputs": {"plain_logits": ["float32", list(model.plain_logits_shape)]}} if plain_logits else {}),
         "adaptation": adaptation or {"adapted": False},
         "export_seconds": round(seconds, 3), "torch": torch.__version__,
         "sha256": sha256_file(path),

@@ -33,8 +33,11 @@ from .guard import GuardConfig
 from .teacher.targets import FAITHFUL_TARGETS, TargetConfig
 
 #: the temporal branch of the Eq. 3 fusion: the add-on's probabilities at frame resolution or on its grid,
-#: or the previous frame's logits moved by optical flow (:class:`~ditta_ros.streaming.StreamingDiTTA`)
-FUSIONS = ("frame", "grid", "flow")
+#: or the previous frame's logits moved by optical flow, or a running memory of fused probabilities moved by
+#: optical flow (:class:`~ditta_ros.streaming.StreamingDiTTA`)
+FUSIONS = ("frame", "grid", "flow", "memory")
+#: the fusions whose temporal branch is the moved state itself (no add-on attention)
+FLOW_FUSIONS = ("flow", "memory")
 
 
 @dataclass(frozen=True)
@@ -51,8 +54,9 @@ class DittaConfig:
             (:class:`~ditta_ros.gates.MotionGate`).
         max_gap: seconds; frames farther apart are served by the plain branch (0: no limit).
         fusion: ``frame`` (official) | ``grid`` | ``flow`` (the temporal branch is the previous frame's
-            plain logits moved by optical flow, no attention; implies the warp:
-            :class:`~ditta_ros.streaming.StreamingDiTTA`).
+            plain logits moved by optical flow, no attention; implies the warp) | ``memory`` (as ``flow`` with a
+            running memory of fused probabilities as the temporal branch; addendum 9):
+            :class:`~ditta_ros.streaming.StreamingDiTTA`.
         addon_stride: pooling of the decoder grid for the add-on (0: the model card's).
         candidates: presets whose targets and adaptation are tried, one chosen label-free
             (:mod:`ditta_ros.selector`); empty: this configuration's own alone.
@@ -102,22 +106,22 @@ class DittaConfig:
     @property
     def trains_nothing_served(self) -> bool:
         """True when only the add-on would adapt and the served graph never uses it (``tau`` 0, or
-        ``fusion="flow"``, whose temporal branch is the moved previous logits): nothing to train."""
-        return self.adapt.params == "addon" and (self.tau <= 0 or self.fusion == "flow")
+        ``fusion`` ``flow`` or ``memory``, whose temporal branch is the moved state): nothing to train."""
+        return self.adapt.params == "addon" and (self.tau <= 0 or self.fusion in FLOW_FUSIONS)
 
     @property
     def warps(self) -> bool:
         """True when the previous frame's state is moved by optical flow before the temporal branch
-        (``warp``, or ``fusion="flow"``, whose branch is the moved state itself)."""
-        return self.warp or self.fusion == "flow"
+        (``warp``, or ``fusion`` ``flow`` or ``memory``, whose branch is the moved state itself)."""
+        return self.warp or self.fusion in FLOW_FUSIONS
 
     @property
     def judged(self) -> "DittaConfig":
         """The configuration a candidate of the selector is judged with (``docs/dev_set_rule.md``,
-        addendum 8): with ``fusion="flow"`` its plain, adapted branch (``tau`` 0), since the flow branch is
-        not adapted and serves on top of whichever candidate is chosen, the ISS included; else this
-        configuration itself (the add-on is part of what each candidate adapts)."""
-        return dataclasses.replace(self, tau=0.0) if self.fusion == "flow" else self
+        addendum 8): with ``fusion`` ``flow`` or ``memory`` its plain, adapted branch (``tau`` 0), since the
+        flow branch is not adapted and serves on top of whichever candidate is chosen, the ISS included; else
+        this configuration itself (the add-on is part of what each candidate adapts)."""
+        return dataclasses.replace(self, tau=0.0) if self.fusion in FLOW_FUSIONS else self
 
     def candidate_configs(self) -> List[Tuple[str, "DittaConfig"]]:
         """``[(name, config)]`` of :attr:`candidates`: each preset's targets and adaptation with this

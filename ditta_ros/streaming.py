@@ -35,7 +35,7 @@ from torch import nn
 from .adapt import DiTTANet
 from .addon import DEFAULT_TAU, fuse, normalised_reliability, reliability, softmax_entropy
 from .iss.base import logits_to_frame, plain_step
-from .presets import FUSIONS
+from .presets import FLOW_FUSIONS, FUSIONS
 
 
 class StreamingDiTTA(nn.Module):
@@ -54,7 +54,9 @@ class StreamingDiTTA(nn.Module):
             on the add-on's own grid, then probabilities and reliability resized to the
             frame in one bilinear step; the plain branch and Eq. 3 are unchanged) or ``"flow"``
             (ours: as ``"grid"`` with the previous frame's plain logits as the temporal branch, no
-            attention; the caller moves them by optical flow first, :class:`~ditta_ros.gates.FlowWarp`).
+            attention; the caller moves them by optical flow first, :class:`~ditta_ros.gates.FlowWarp`)
+            or ``"memory"`` (ours: as ``"flow"``, but the state carries a running memory instead of the
+            plain logits: :meth:`memory`).
 
     ``forward(image, feat_prev, logits_prev, has_prev)``:
         image: uint8 ``[H, W, 3]`` RGB; feat_prev: float ``[1, D, gh, gw]`` and
@@ -63,7 +65,10 @@ class StreamingDiTTA(nn.Module):
         previous frame of this stream may be used, 0 on the first frame and where the
         motion gate refuses it).
         Returns ``labels`` int64 ``[H, W]``, ``confidence`` float ``[H, W]`` in [0, 1],
-        ``feat`` ``[1, D, gh, gw]`` and ``logits`` ``[1, C, gh, gw]`` (the next state).
+        ``feat`` ``[1, D, gh, gw]`` and ``logits`` ``[1, C, gh, gw]`` (the next state: the plain logits
+        pooled to the grid; with ``fusion="memory"`` the log of the memory, :meth:`memory`); with
+        :attr:`plain_logits_output` set, also the plain logits on the model's own grid ``[1, C, h, w]``
+        (the point where the stateless ISS part of the graph ends: ``bench/streams_probe.py`` splits there).
     """
 
     def __init__(self, net: DiTTANet, frame_hw: Tuple[int, int], tau: float = DEFAULT_TAU,
@@ -74,6 +79,7 @@ class StreamingDiTTA(nn.Module):
         self.fusion = fusion
         self.antialias = bool(antialias)
         self.channels_last = False
+        self.plain_logits_output = False  # forward also returns the plain logits on the model's grid
         self.net = net.eval()
         self.iss = net.iss
         self.frame_hw = (int(frame_hw[0]), int(frame_hw[1]))
@@ -86,12 +92,14 @@ class StreamingDiTTA(nn.Module):
                              persistent=False)
         with torch.no_grad():
             x = torch.zeros(1, 3, *self.input_hw)
-            feats = self.net.addon.pool(self.iss.decode(self.iss.encode(x)))
+            decoded = self.iss.decode(self.iss.encode(x))
+            feats = self.net.addon.pool(decoded)
         # the state is the previous frame's features and plain logits on the add-on grid (pooled once,
         # when they are made: a quarter of the decoder grid's size to carry for ESPNetv2)
         self.state_shapes = {"feat_prev": tuple(feats.shape),
                              "logits_prev": (1, self.iss.num_classes, *feats.shape[2:]),
                              "has_prev": self.frame_hw}
+        self.plain_logits_shape = (1, self.iss.num_classes, *decoded.shape[2:])  # the model's own grid
         self.eval()  # frozen; also what torch.onnx.export restores after exporting
 
     def initial_state(self):
@@ -136,14 +144,17 @@ class StreamingDiTTA(nn.Module):
         # frames farther apart than max_gap): the result is the plain branch's either way
         addon_net = self.net.addon
         feats_g, logits_g = addon_net.pool(feats), addon_net.pool(logits)  # the next state
+        if self.tau > 0 and self.fusion == "memory":  # the next state: log-probabilities on every frame
+            logits_g = self.memory(logits_g, logits_prev, has_prev)
         if self.tau > 0 and (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or bool(has_prev.max() > 0.5)):
             if self.fusion == "frame":
                 addon = addon_net.attend(feats_g, feat_prev, logits_prev, out_hw=feats.shape[2:])
                 prob_addon, ent_addon = softmax_entropy(logits_to_frame(self.iss, addon, self.input_hw,
                                                                         self.frame_hw))
                 rel_addon = normalised_reliability(ent_addon)
-            else:  # grid: the add-on on its own grid; flow: the previous plain logits, moved by the caller
-                grid_logits = logits_prev if self.fusion == "flow" else addon_net.attend(feats_g, feat_prev, logits_prev)
+            else:  # grid: the add-on on its own grid; flow / memory: the previous plain logits / memory, moved
+                grid_logits = logits_prev if self.fusion in FLOW_FUSIONS else addon_net.attend(feats_g, feat_prev,
+                                                                                                logits_prev)
                 prob_addon, ent_addon = softmax_entropy(grid_logits)
                 rel_addon = normalised_reliability(ent_addon)
                 prob_addon = F.interpolate(prob_addon, size=self.frame_hw, mode="bilinear", align_corners=False)
@@ -151,7 +162,32 @@ class StreamingDiTTA(nn.Module):
                                           align_corners=False).squeeze(1)
             fused, _ = fuse(prob, prob_addon, self.tau, rel, rel_addon)
             prob = torch.where(has_prev.view(1, 1, *self.frame_hw) > 0.5, fused, prob)
+        if self.plain_logits_output:
+            return prob[0].argmax(0), rel[0], feats_g, logits_g, logits
         return prob[0].argmax(0), rel[0], feats_g, logits_g
+
+    def memory(self, logits_g: torch.Tensor, memory_prev: torch.Tensor, has_prev: torch.Tensor) -> torch.Tensor:
+        """The running memory of ``fusion="memory"`` (``docs/dev_set_rule.md``, addendum 9), on the add-on grid:
+        the Eq. 3 fusion (this model's ``tau``, Eq. 2 reliabilities of each side) of this frame's plain
+        probabilities with the previous memory, already moved by optical flow; where ``has_prev`` is 0 (a
+        stream's first frame, beyond ``max_gap``, flow not forward-backward consistent) this frame's plain
+        probabilities alone.
+
+        Args:
+            logits_g: this frame's plain logits on the grid, float ``[1, C, gh, gw]``.
+            memory_prev: the previous memory as log-probabilities, float ``[1, C, gh, gw]``.
+            has_prev: float ``[H, W]`` at frame size, 1 where the previous frame may be used.
+
+        Returns:
+            the memory as log-probabilities ``[1, C, gh, gw]`` (floored at ``1e-6`` before the log), what
+            the next frame's temporal branch takes as its logits (a softmax gives the memory back).
+        """
+        prob, ent = softmax_entropy(logits_g)
+        prob_mem, ent_mem = softmax_entropy(memory_prev)
+        fused, _ = fuse(prob, prob_mem, self.tau, normalised_reliability(ent), normalised_reliability(ent_mem))
+        keep = F.interpolate(has_prev.view(1, 1, *self.frame_hw), size=tuple(logits_g.shape[2:]), mode="bilinear",
+                             align_corners=False) > 0.5
+        return torch.log(torch.where(keep, fused, prob).clamp_min(1e-6))
 
     @torch.no_grad()
     def step(self, frame, state=None):

@@ -86,7 +86,7 @@ def test_preprocessing_matches_the_iss_reference_within_one_grey_level():
 
 
 @pytest.mark.parametrize("hw,fusion", [((40, 56), "frame"), ((100, 130), "frame"), ((100, 130), "grid"),
-                                       ((100, 130), "flow")])
+                                       ((100, 130), "flow"), ((100, 130), "memory")])
 def test_onnx_export_matches_torch_over_a_sequence(tmp_path, hw, fusion):
     import onnxruntime as ort
 
@@ -167,6 +167,46 @@ def test_flow_fusion_is_eq3_with_the_moved_previous_logits_as_the_temporal_branc
         _, _, s1 = flow.step(frames[1])
         again = flow(torch.from_numpy(frames[1]), *s1)[0]
     assert (again == plain).float().mean() >= 0.999
+
+
+def test_memory_fusion_carries_the_eq3_fusion_of_the_plain_branch_and_the_moved_memory():
+    """``fusion="memory"`` (addendum 9): the frame's labels are fused exactly as with ``flow`` from the same
+    state; the next state is the log of the Eq. 3 fusion, on the grid, of this frame's plain probabilities
+    with the previous memory; where ``has_prev`` is 0 (everywhere here) it is this frame's plain grid
+    probabilities; a memory equal to them is a fixed point."""
+    from ditta_ros.addon import normalised_reliability, softmax_entropy
+
+    net = _net()
+    hw = (100, 130)
+    frames = _frames(3, *hw)
+    flow, memory = StreamingDiTTA(net, hw, fusion="flow"), StreamingDiTTA(net, hw, fusion="memory")
+    _, _, s0 = memory.step(frames[0])
+    _, _, s0_flow = flow.step(frames[0])
+    # the first frame: the memory is the plain branch (as log-probabilities)
+    assert torch.allclose(s0[1].softmax(1), s0_flow[1].softmax(1), atol=1e-6)
+    with torch.no_grad():
+        out_m = memory(torch.from_numpy(frames[1]), *s0)
+        out_f = flow(torch.from_numpy(frames[1]), *s0)
+        assert torch.equal(out_m[0], out_f[0]) and torch.equal(out_m[1], out_f[1])
+        plain_g = out_f[3]  # this frame's plain logits on the grid
+        p, e = softmax_entropy(plain_g)
+        # a previous memory unlike this frame: sure of class 0 on the right half, of class 1 on the left
+        prev = torch.full_like(p, 0.02)
+        gw = p.shape[3]
+        prev[:, 0, :, gw // 2:], prev[:, 1, :, : gw // 2] = 0.9, 0.9
+        prev = torch.log(prev / prev.sum(1, keepdim=True))
+        pm, em = softmax_entropy(prev)
+        ref, _ = fuse(p, pm, memory.tau, normalised_reliability(e), normalised_reliability(em))
+        out = memory(torch.from_numpy(frames[1]), s0[0], prev, torch.ones(hw))[3]
+        assert torch.allclose(out, torch.log(ref.clamp_min(1e-6)), atol=1e-5)
+        assert not torch.allclose(out.softmax(1), p, atol=1e-2)  # the memory is not the plain branch
+        half = torch.ones(hw)
+        half[:, : hw[1] // 2] = 0  # no previous frame on the left half: the plain branch there
+        mixed = memory(torch.from_numpy(frames[1]), s0[0], prev, half)[3].softmax(1)
+        assert torch.allclose(mixed[..., : gw // 2 - 1], p[..., : gw // 2 - 1], atol=1e-5)
+        assert torch.allclose(mixed[..., gw // 2 + 1:], ref[..., gw // 2 + 1:], atol=1e-5)
+        fixed = memory(torch.from_numpy(frames[1]), s0[0], torch.log(p), torch.ones(hw))[3]
+        assert torch.allclose(fixed.softmax(1), p, atol=1e-5)
 
 
 def test_export_rejects_an_opset_without_antialiased_resize(tmp_path):
@@ -470,16 +510,16 @@ def test_flow_warp_moves_the_state_with_the_scene_and_gates_inconsistent_flow():
     assert FrozenDiTTA(net, DittaConfig.from_preset("default")).max_gap == 0.2
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
-def test_flow_branch_serves_alike_on_torch_and_the_exported_graph(tmp_path, backend):
-    """``fusion="flow"`` through :class:`FrozenDiTTA`: the exported graph has no ``feat_prev`` input
-    (the exporter drops what the branch does not use), the state is still warped, and the labels
+@pytest.mark.parametrize("backend,fusion", [("onnxruntime", "flow"), ("openvino", "flow"), ("openvino", "memory")])
+def test_flow_branch_serves_alike_on_torch_and_the_exported_graph(tmp_path, backend, fusion):
+    """``fusion="flow"`` (and ``memory``) through :class:`FrozenDiTTA`: the exported graph has no ``feat_prev``
+    input (the exporter drops what the branch does not use), the state is still warped, and the labels
     of a moving sequence match the torch path's."""
     from ditta_ros.presets import DittaConfig
     from ditta_ros.runtime import FrozenDiTTA, RuntimeOptions
 
     pytest.importorskip(backend)
-    net, cfg = _net(), DittaConfig.from_preset("default", fusion="flow")
+    net, cfg = _net(), DittaConfig.from_preset("default", fusion=fusion)
     served = FrozenDiTTA(net, cfg, RuntimeOptions(backend=backend, export_dir=str(tmp_path)))
     ref = FrozenDiTTA(net, cfg, RuntimeOptions(backend="torch"))
     for f in _frames(4, 100, 130):
@@ -492,3 +532,33 @@ def test_flow_branch_serves_alike_on_torch_and_the_exported_graph(tmp_path, back
         assert {i.name for i in ort.InferenceSession(str(onnx)).get_inputs()} == {"image", "logits_prev", "has_prev"}
     assert served.stats.fused == ref.stats.fused == 3 and served._warp is not None
     assert backend in served.describe()
+
+
+def test_the_graph_split_for_parallel_streams_computes_what_the_whole_graph_does(tmp_path):
+    """``bench/streams_probe.py`` cuts the served flow graph where the ISS logits leave the classifier: the
+    stateless part on two OpenVINO streams and the fusion part in frame order give the whole graph's labels on
+    every frame of a moving sequence (f32), and the stateless part takes the image alone."""
+    import json
+    import os
+    import sys
+
+    import openvino as ov
+
+    from ditta_ros.export import export_onnx
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+    from streams_probe import run_flow_single, run_flow_split, split_graph
+
+    hw = (100, 130)
+    net = _net()
+    path, meta = export_onnx(net, hw, str(tmp_path), "tiny", fusion="flow", plain_logits=True)
+    assert "plain_logits" in json.load(open(meta))["extra_outputs"]
+    stateless, fusion = split_graph(path)
+    assert [p.get_friendly_name() for p in stateless.get_parameters()] == ["image"]
+    core, f32 = ov.Core(), {"INFERENCE_PRECISION_HINT": "f32"}
+    whole = core.compile_model(path, "CPU", {"PERFORMANCE_HINT": "LATENCY", **f32})
+    parts = (core.compile_model(stateless, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": "2", **f32}),
+             core.compile_model(fusion, "CPU", {"PERFORMANCE_HINT": "LATENCY", **f32}))
+    frames = _frames(6, *hw)
+    a, b = run_flow_single(whole, frames, hw), run_flow_split(*parts, frames, hw)
+    assert len(a) == len(b) == 6 and all(np.array_equal(x, y) for x, y in zip(a, b))

@@ -116,7 +116,8 @@ def add_method_flags(e) -> None:
                    help=f"reliability threshold of the fusion (Eq. 3; preset: {preset('tau')})")
     a.add_argument("--fusion", choices=list(FUSIONS),
                    help="temporal branch: the add-on's probabilities at frame resolution (frame, official) or on "
-                        "its grid (grid), or the previous frame's logits moved by optical flow (flow) (preset)")
+                        "its grid (grid), or the previous frame's logits moved by optical flow (flow), or a running "
+                        "memory of fused probabilities moved by optical flow (memory) (preset)")
     a.add_argument("--addon-stride", type=int, help="add-on pooling of the decoder grid (0 = model card; preset)")
     a.add_argument("--motion-gate", choices=["on", "off"],
                    help="fuse the add-on only where the optical flow stays within its window (preset)")

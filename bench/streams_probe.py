@@ -1,0 +1,249 @@
+"""Benchmark: does running the stateless part of the served graph on two OpenVINO streams pay on this CPU?
+(issue 20, item 1). The ISS part of every served graph (backbone, decoder, classifier) needs nothing from the
+previous frame; only the temporal branch and the fusion do. So frame t+1's ISS part may run while frame t is
+fused, on a second OpenVINO stream. Whether that raises the frames per second depends on the CPU: two streams
+of one thread each against one request on two threads.
+
+Variants, on the first frames of a clip, interleaved round by round so that load on the machine hits them alike:
+
+* ``plain, 1 request``: the plain-ISS graph (the warm-up's and ``adapt: false``'s), one synchronous request
+  with OpenVINO's LATENCY hint: today's serving path;
+* ``plain, 2 streams``: the same graph, THROUGHPUT hint with 2 streams, two requests in flight (no state, so
+  this is the ceiling of what streams give);
+* ``flow, 1 request``: the served graph of the ``select`` preset (the flow branch, :class:`~ditta_ros.gates.FlowWarp`
+  moving the state), frame by frame: today's serving path;
+* ``flow split, 2 streams``: that graph cut where the ISS logits leave the classifier (OpenVINO graph surgery on
+  one export, so both parts compute exactly what the whole graph does): the stateless part on 2 streams with up
+  to 3 frames in flight, the flow warp and the fusion part in frame order on one request.
+
+Per variant: frames per second (wall time over the frames), and label agreement with its 1-request
+counterpart (share of identical frames and of identical pixels).
+
+Rule fixed before the first run: the node gets the pipelined path only where ``flow split, 2 streams`` reaches
+at least 1.3x the frames per second of ``flow, 1 request`` with identical labels on every frame; otherwise the
+measured reason is recorded here and the node keeps one request.
+
+    python bench/streams_probe.py [CLIP] [--model M] [--frames 40] [--rounds 3]
+    # writes bench/results/streams_probe_<model>.{json,md}
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+#: the rule fixed before the first run (module docstring)
+MIN_SPEEDUP = 1.3
+#: frames in flight in the split pipeline (two on the streams while one is fused)
+DEPTH = 3
+
+
+def split_graph(onnx_path: str):
+    """``(stateless, fusion)`` OpenVINO models cut from an export made with ``plain_logits=True``:
+    ``stateless``: ``image`` -> ``plain_logits``, ``feat``, ``logits`` (the next state); ``fusion``: the
+    export's other inputs and a ``plain_logits`` parameter -> ``labels``, ``confidence``."""
+    import openvino as ov
+
+    core = ov.Core()
+
+    def parts(model):
+        results = {o.get_any_name(): r for o, r in zip(model.outputs, model.get_results())}
+        params = {p.get_friendly_name(): p for p in model.get_parameters()}
+        return results, params
+
+    whole = core.read_model(onnx_path)
+    results, params = parts(whole)
+    stateless = ov.Model([results["plain_logits"], results["feat"], results["logits"]], [params["image"]],
+                         "stateless")
+    whole = core.read_model(onnx_path)  # a second copy to rewire
+    results, params = parts(whole)
+    src = results["plain_logits"].input_value(0)
+    cut = ov.opset13.parameter(src.get_partial_shape(), src.get_element_type(), name="plain_logits")
+    for target in list(src.get_target_inputs()):
+        if target.get_node().get_type_name() != "Result":
+            target.replace_source_output(cut.output(0))
+    fusion = ov.Model([results["labels"], results["confidence"]],
+                      [cut] + [p for n, p in params.items() if n != "image"], "fusion")
+    return stateless, fusion
+
+
+def _state_feed(state, names, shapes, hw):
+    """The fusion part's state inputs from a FlowWarp state (``None``: a stream's first frame, zeros)."""
+    import numpy as np
+
+    if state is None:
+        return {n: np.zeros(shapes[n], np.float32) for n in names}
+    by_name = {"feat_prev": state[0], "logits_prev": state[1], "has_prev": state[2]}
+    return {n: np.ascontiguousarray(by_name[n], np.float32) for n in names}
+
+
+def run_flow_single(compiled, frames, hw):
+    """Today's path: the whole flow graph, frame by frame, the state moved by the flow."""
+    import numpy as np
+
+    from ditta_ros.gates import FlowWarp
+
+    names = [i.get_any_name() for i in compiled.inputs if i.get_any_name() != "image"]
+    shapes = {i.get_any_name(): tuple(i.shape) for i in compiled.inputs}
+    request, warp, state, out = compiled.create_infer_request(), FlowWarp(), None, []
+    for f in frames:
+        moved = warp(f, state)
+        res = request.infer({"image": f, **_state_feed(moved, names, shapes, hw)})
+        out.append(np.array(res["labels"]))
+        state = (np.array(res["feat"]), np.array(res["logits"]), np.ones(hw, np.float32))
+    return out
+
+
+def run_flow_split(stateless, fusion, frames, hw):
+    """The pipelined path: the stateless part of up to :data:`DEPTH` frames in flight on the streams, the
+    flow warp and the fusion part in frame order."""
+    import numpy as np
+    import openvino as ov
+
+    from ditta_ros.gates import FlowWarp
+
+    names = [i.get_any_name() for i in fusion.inputs if i.get_any_name() != "plain_logits"]
+    shapes = {i.get_any_name(): tuple(i.shape) for i in fusion.inputs}
+    done = {}
+    queue = ov.AsyncInferQueue(stateless, 2)
+    queue.set_callback(lambda req, k: done.__setitem__(k, tuple(np.array(req.get_tensor(n).data)
+                                                                for n in ("plain_logits", "feat", "logits"))))
+    request, warp, state, out = fusion.create_infer_request(), FlowWarp(), None, []
+
+    def finish(k):
+        nonlocal state
+        while k not in done:
+            time.sleep(0.0005)
+        plain, feat, logits = done.pop(k)
+        moved = warp(frames[k], state)
+        res = request.infer({"plain_logits": plain, **_state_feed(moved, names, shapes, hw)})
+        out.append(np.array(res["labels"]))
+        state = (feat, logits, np.ones(hw, np.float32))
+
+    for k, f in enumerate(frames):
+        queue.start_async({"image": f}, k)
+        if k >= DEPTH - 1:
+            finish(k - DEPTH + 1)
+    for k in range(max(0, len(frames) - DEPTH + 1), len(frames)):
+        finish(k)
+    queue.wait_all()
+    return out
+
+
+def run_plain(compiled, frames, streams):
+    """The plain graph over the frames: one synchronous request, or ``streams`` requests in flight."""
+    import numpy as np
+    import openvino as ov
+
+    if streams == 1:
+        request = compiled.create_infer_request()
+        return [np.array(request.infer({"image": f})["labels"]) for f in frames]
+    out = {}
+    queue = ov.AsyncInferQueue(compiled, streams)
+    queue.set_callback(lambda req, k: out.__setitem__(k, np.array(req.get_tensor("labels").data)))
+    for k, f in enumerate(frames):
+        queue.start_async({"image": f}, k)
+    queue.wait_all()
+    return [out[k] for k in range(len(frames))]
+
+
+def main() -> None:
+    import numpy as np
+    import openvino as ov
+
+    from common import DEFAULT_CLIP, RESULTS, clip_parser, describe_machine, machine, write_results
+    from ditta_ros.adapt import DiTTANet
+    from ditta_ros.data import open_clip
+    from ditta_ros.export import export_onnx
+    from ditta_ros.iss import load_model
+    from ditta_ros.presets import DittaConfig
+
+    p = clip_parser(__doc__)
+    p.set_defaults(clip=DEFAULT_CLIP)
+    p.add_argument("--model", default="espnetv2-s2.0-cityscapes-1024x512")
+    p.add_argument("--frames", type=int, default=40)
+    p.add_argument("--rounds", type=int, default=3)
+    args = p.parse_args()
+
+    clip = open_clip(args.clip)
+    frames = [np.ascontiguousarray(clip.frame(i)) for i in range(min(len(clip), args.frames))]
+    hw = frames[0].shape[:2]
+    model, info = load_model(args.model)
+    cfg = DittaConfig.from_preset("select")
+    core = ov.Core()
+    latency, throughput = {"PERFORMANCE_HINT": "LATENCY"}, {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": "2"}
+    with tempfile.TemporaryDirectory() as tmp:
+        plain_path, _ = export_onnx(DiTTANet(model), hw, os.path.join(tmp, "plain"), info.name, tau=0.0)
+        flow_path, _ = export_onnx(DiTTANet(model), hw, os.path.join(tmp, "flow"), info.name, tau=cfg.tau,
+                                   fusion=cfg.fusion, plain_logits=True)
+        stateless, fusion = split_graph(flow_path)
+        compiled = {"plain": core.compile_model(plain_path, "CPU", latency),
+                    "plain2": core.compile_model(plain_path, "CPU", throughput),
+                    "flow": core.compile_model(flow_path, "CPU", latency),
+                    "stateless2": core.compile_model(stateless, "CPU", throughput),
+                    "fusion": core.compile_model(fusion, "CPU", latency)}
+    precision = str(compiled["plain"].get_property("INFERENCE_PRECISION_HINT")).replace("<Type: '", "").rstrip("'>")
+    variants = {
+        "plain, 1 request": lambda: run_plain(compiled["plain"], frames, 1),
+        "plain, 2 streams": lambda: run_plain(compiled["plain2"], frames, 2),
+        "flow, 1 request": lambda: run_flow_single(compiled["flow"], frames, hw),
+        "flow split, 2 streams": lambda: run_flow_split(compiled["stateless2"], compiled["fusion"], frames, hw),
+    }
+    reference = {"plain, 2 streams": "plain, 1 request", "flow split, 2 streams": "flow, 1 request"}
+    for run in variants.values():  # warm-up (first-inference allocations)
+        run()
+    seconds = {k: [] for k in variants}
+    labels = {}
+    for _ in range(args.rounds):
+        for k, run in variants.items():
+            t0 = time.perf_counter()
+            labels[k] = run()
+            seconds[k].append(time.perf_counter() - t0)
+    rows = []
+    for k in variants:
+        fps = len(frames) / float(np.median(seconds[k]))
+        row = {"variant": k, "fps": round(fps, 2)}
+        ref = reference.get(k)
+        if ref:
+            same = [bool(np.array_equal(a, b)) for a, b in zip(labels[k], labels[ref])]
+            row.update(identical_frames=int(sum(same)),
+                       pixel_agreement=round(float(np.mean([(a == b).mean() for a, b in zip(labels[k], labels[ref])])), 6))
+        rows.append(row)
+    fps = {r["variant"]: r["fps"] for r in rows}
+    for r in rows:
+        ref = reference.get(r["variant"])
+        r["speedup"] = round(r["fps"] / fps[ref], 3) if ref else 1.0
+    split = next(r for r in rows if r["variant"] == "flow split, 2 streams")
+    passed = split["speedup"] >= MIN_SPEEDUP and split["identical_frames"] == len(frames)
+    m = machine()
+    cmd = "python bench/streams_probe.py " + " ".join(sys.argv[1:])
+    payload = {"model": args.model, "clip": clip.name, "frame_hw": list(hw), "frames": len(frames),
+               "rounds": args.rounds, "precision": precision, "depth": DEPTH, "rule": {"min_speedup": MIN_SPEEDUP},
+               "passed": passed, "rows": rows, "machine": m, "command": cmd}
+    name = f"streams_probe_{args.model}"
+    write_results(name, payload)
+    lines = [f"# Two OpenVINO streams for the stateless part: {args.model} ({describe_machine(m)})", "",
+             f"`{cmd}`", "",
+             f"{clip.name}, first {len(frames)} frames ({hw[1]}x{hw[0]}); OpenVINO CPU, precision {precision}; "
+             f"median of {args.rounds} interleaved rounds. Agreement: with the 1-request variant of the same graph.",
+             "", "| variant | frames/s | speed-up | identical frames | pixel agreement |", "|---|---|---|---|---|"]
+    for r in rows:
+        agree = (f"{r['identical_frames']}/{len(frames)} | {100 * r['pixel_agreement']:.4f} %"
+                 if "identical_frames" in r else "- | -")
+        lines.append(f"| {r['variant']} | {r['fps']:.2f} | {r['speedup']:.2f}x | {agree} |")
+    lines += ["", f"Rule fixed beforehand: the node gets the pipelined path where `flow split, 2 streams` reaches "
+              f"{MIN_SPEEDUP}x `flow, 1 request` with identical labels on every frame. "
+              + ("Passed on this CPU." if passed else
+                 f"Not passed on this CPU ({split['speedup']:.2f}x): the node keeps one request.")]
+    with open(os.path.join(RESULTS, name + ".md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
