@@ -23,8 +23,8 @@ Rule fixed before the first run: the node gets the pipelined path only where ``f
 at least 1.3x the frames per second of ``flow, 1 request`` with identical labels on every frame; otherwise the
 measured reason is recorded here and the node keeps one request.
 
-    python bench/streams_probe.py [CLIP] [--model M] [--frames 40] [--rounds 3]
-    # writes bench/results/streams_probe_<model>.{json,md}
+    python bench/streams_probe.py [CLIP] [--model M] [--frames 40] [--rounds 3] [--precision f32]
+    # writes bench/results/streams_probe_<model>[_f32].{json,md}
 """
 
 from __future__ import annotations
@@ -168,6 +168,9 @@ def main() -> None:
     p.add_argument("--model", default="espnetv2-s2.0-cityscapes-1024x512")
     p.add_argument("--frames", type=int, default=40)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--precision", choices=["auto", "f32"], default="auto",
+                   help="OpenVINO inference precision: the CPU's own choice (bf16 where it has bf16 units) or f32, "
+                        "what a CPU without bf16 units (AVX2 only) runs")
     args = p.parse_args()
 
     clip = open_clip(args.clip)
@@ -176,7 +179,9 @@ def main() -> None:
     model, info = load_model(args.model)
     cfg = DittaConfig.from_preset("select")
     core = ov.Core()
-    latency, throughput = {"PERFORMANCE_HINT": "LATENCY"}, {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": "2"}
+    forced = {} if args.precision == "auto" else {"INFERENCE_PRECISION_HINT": args.precision}
+    latency = {"PERFORMANCE_HINT": "LATENCY", **forced}
+    throughput = {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": "2", **forced}
     with tempfile.TemporaryDirectory() as tmp:
         plain_path, _ = export_onnx(DiTTANet(model), hw, os.path.join(tmp, "plain"), info.name, tau=0.0)
         flow_path, _ = export_onnx(DiTTANet(model), hw, os.path.join(tmp, "flow"), info.name, tau=cfg.tau,
@@ -225,7 +230,7 @@ def main() -> None:
     payload = {"model": args.model, "clip": clip.name, "frame_hw": list(hw), "frames": len(frames),
                "rounds": args.rounds, "precision": precision, "depth": DEPTH, "rule": {"min_speedup": MIN_SPEEDUP},
                "passed": passed, "rows": rows, "machine": m, "command": cmd}
-    name = f"streams_probe_{args.model}"
+    name = f"streams_probe_{args.model}" + ("" if args.precision == "auto" else f"_{args.precision}")
     write_results(name, payload)
     lines = [f"# Two OpenVINO streams for the stateless part: {args.model} ({describe_machine(m)})", "",
              f"`{cmd}`", "",
