@@ -76,6 +76,16 @@ def write_results(name: str, payload: Dict[str, object]) -> str:
     return path
 
 
+def write_markdown(name: str, lines: List[str]) -> str:
+    """Write ``lines`` as ``RESULTS/<name>.md``, print them, and return the path."""
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, name + ".md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return path
+
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.path.join(HERE, "..", "..", "shared")
 DEFAULT_CLIP = os.path.join(SHARED, "data", "camvid_0016E5_15hz")

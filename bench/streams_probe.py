@@ -156,7 +156,7 @@ def main() -> None:
     import numpy as np
     import openvino as ov
 
-    from common import DEFAULT_CLIP, RESULTS, clip_parser, describe_machine, machine, write_results
+    from common import DEFAULT_CLIP, clip_parser, describe_machine, machine, write_markdown, write_results
     from ditta_ros.adapt import DiTTANet
     from ditta_ros.data import open_clip
     from ditta_ros.export import export_onnx
@@ -245,9 +245,7 @@ def main() -> None:
               f"{MIN_SPEEDUP}x `flow, 1 request` with identical labels on every frame. "
               + ("Passed on this CPU." if passed else
                  f"Not passed on this CPU ({split['speedup']:.2f}x): the node keeps one request.")]
-    with open(os.path.join(RESULTS, name + ".md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_markdown(name, lines)
 
 
 if __name__ == "__main__":

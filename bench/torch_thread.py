@@ -52,7 +52,7 @@ def case(model_name: str, size: str, threads: int, iters: int) -> dict:
 
 
 def main() -> None:
-    from common import RESULTS, machine, run_case, write_results
+    from common import machine, run_case, write_markdown, write_results
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="espnetv2-s2.0-cityscapes-1024x512")
@@ -77,9 +77,7 @@ def main() -> None:
         a, b = r["main"], r["second_thread"]
         md.append(f"| {r['threads']} | {a['median_ms']:.0f} ({a['p95_ms']:.0f}) | {b['median_ms']:.0f} "
                   f"({b['p95_ms']:.0f}) | {b['median_ms'] / a['median_ms']:.2f} |")
-    with open(os.path.join(RESULTS, "torch_thread.md"), "w") as f:
-        f.write("\n".join(md) + "\n")
-    print("\n".join(md))
+    write_markdown("torch_thread", md)
 
 
 if __name__ == "__main__":

@@ -128,6 +128,8 @@ _DESCRIPTIONS = {
     "openvino_device": "OpenVINO device: CPU | GPU | NPU (or GPU.N)",
     "openvino_precision": "OpenVINO precision: auto (the device's default: bf16 on CPUs with bf16 units) | f32 | bf16 "
                           "| f16",
+    "openvino_threads": "OpenVINO CPU inference threads (0: OpenVINO's choice, one per core); fewer leaves cores "
+                        "to the camera driver and other nodes",
     "iss_backend": "serve the pre-trained model (warm-up, adapt false, fallback) on the backend too (else torch)",
     "wait_for_backend": "hold the first label until the backend's graph for the frame size is exported and compiled "
                         "(evaluation: every label from it); false: torch's frame-wise ISS answers meanwhile",
@@ -173,6 +175,7 @@ _RULES: Dict[str, Dict[str, object]] = {
     "tau": {"low": 0.0, "high": 1.0},
     "backend": {"choices": BACKENDS},
     "openvino_precision": {"choices": PRECISIONS},
+    "openvino_threads": {"low": 0, "high": 256},
     "auto_readapt": {"runtime": True},
     "scene_change_threshold": {"low": 0.0, "high": 1.0, "runtime": True},
     "scene_change_frames": {"low": 1, "high": 100000},

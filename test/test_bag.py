@@ -49,6 +49,25 @@ def test_make_bag_round_trips_frames_labels_and_stamps(tmp_path, storage, compre
         bag.make_bag(clip_dir, out, progress=False)
 
 
+def test_passes_play_the_clip_back_and_forth_with_rising_stamps(tmp_path):
+    from ditta_ros.data import open_clip
+
+    assert bag.pingpong(4, 3) == [0, 1, 2, 3, 2, 1, 0, 1, 2, 3] and bag.pingpong(5) == [0, 1, 2, 3, 4]
+    assert bag.pingpong(1, 3) == [0, 0, 0]
+    with pytest.raises(ValueError):
+        bag.pingpong(5, 0)
+    clip_dir = _clip(tmp_path / "clip")
+    out = str(tmp_path / "bag")
+    summary = bag.make_bag(clip_dir, out, progress=False, passes=2)
+    assert summary["frames"] == 9 and summary["labelled_frames"] == 9
+    frames = bag.read_images(out, bag.IMAGE_TOPIC)
+    stamps = sorted(frames)
+    assert len(stamps) == 9 and np.allclose(np.diff(stamps), 1e8)  # one stream at 10 Hz, no repeated stamp
+    clip = open_clip(clip_dir)
+    for k, i in enumerate([0, 1, 2, 3, 4, 3, 2, 1, 0]):
+        assert np.array_equal(frames[stamps[k]], clip.frame(i))
+
+
 def _write_semantic(path, labels_by_stamp, delay_ns=5_000_000):
     from rosbags.rosbag2 import Writer
 

@@ -156,10 +156,16 @@ def test_demo_end_to_end_over_dds(shared, tmp_path):
     assert json.load(open(out / "summary.json"))["node"]["frames_out"] == 12
     text = format_summary(s)
     assert "adaptation" in text and "label flips" in text and str(out / "labels_bag") in text
-    # idempotent: a second run replaces its own bags
+    # idempotent: a second run replaces its own bags; `latest` streams the first run's saved adaptation;
+    # two passes play the 6 frames back and forth (11 frames)
     s2 = run_demo(DemoConfig(out=str(out), model=SMALL, max_frames=6, warmup_frames=2, iters=1, progress=False,
-                             node_params={"preset": "default"}))
-    assert s2["node"]["frames_out"] == 6
+                             node_params={"preset": "default"}, adapted_checkpoint="latest", passes=2))
+    assert s2["node"]["frames_out"] == 11 and s2["node"]["state"] == "STREAMING"
+    assert s2["input"]["frames"] == 11 and "11 frames, 2 passes back and forth" in format_summary(s2)
+    saved = s2["adaptation"]["checkpoint"]
+    assert saved.startswith(str(out / "adapted")) and saved.endswith(".pt") and s2["adaptation"]["adapt_seconds"] is None
+    assert s2["streaming"]["frames"] == 11 and s2["label_flips"]["pairs"] == 10  # every frame streamed, none warm-up
+    assert "none: the saved adaptation" not in format_summary(s) and "none: the saved adaptation" in format_summary(s2)
 
 
 def test_demo_missing_weights_fail_before_any_process(tmp_path, monkeypatch):

@@ -260,6 +260,9 @@ def test_backend_selection_falls_back_and_backends_agree(tmp_path, caplog, monke
                                     engine_dir=str(tmp_path / "engines"))
     assert "runtime backend: openvino" in caplog.text and "skipped tensorrt: " in caplog.text
     assert any((tmp_path / "engines" / "openvino").iterdir())  # the compiled-model cache
+    one = select_backend(RuntimeOptions(backend="openvino", openvino_precision="f32", openvino_threads=1),
+                         onnx_path=path)  # the node's openvino_threads reaches the compiled model
+    assert int(one.compiled.get_property("INFERENCE_NUM_THREADS")) == 1
     with pytest.raises(RuntimeError, match="not present; available: CPU"):
         ov_mod.OpenVINOBackend(path, device="NPU")
     # without openvino the chain goes on to onnxruntime (and to torch on a CPU-only machine)

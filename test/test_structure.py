@@ -144,7 +144,8 @@ def test_runtime_options_validate_and_store_only_what_differs():
     assert RuntimeOptions().hyper() == {}
     assert RuntimeOptions(backend="openvino").hyper() == {"backend": "openvino", "openvino_precision": "auto"}
     assert set(BACKENDS) == {"auto", "tensorrt", "openvino", "onnxruntime", "torch"}
-    for bad in ({"backend": "cuda"}, {"openvino_precision": "int3"}, {"threads": -1}):
+    for bad in ({"backend": "cuda"}, {"openvino_precision": "int3"}, {"threads": -1},
+                {"openvino_threads": -1}):
         with pytest.raises(ValueError):
             RuntimeOptions(**bad)
 

@@ -63,6 +63,7 @@ class LiveConfig:
     backend: str = "auto"
     openvino_device: str = "CPU"
     openvino_precision: str = "auto"
+    openvino_threads: int = 0
     iss_backend: bool = True
     wait_for_backend: bool = False
     fp16: bool = False
@@ -108,4 +109,5 @@ class LiveConfig:
         """
         return RuntimeOptions(backend=self.backend, device=self.device, threads=self.torch_threads, fp16=self.fp16,
                               openvino_device=self.openvino_device, openvino_precision=self.openvino_precision,
+                              openvino_threads=self.openvino_threads,
                               export_dir=self.export_dir, engine_cache=self.engine_cache)

@@ -35,11 +35,14 @@ class RuntimeOptions:
         openvino_device: OpenVINO device name (``CPU`` | ``GPU`` | ``GPU.N`` | ``NPU``).
         openvino_precision: ``auto`` (the device's default: bf16 on CPUs with bf16 units) |
             ``f32`` | ``bf16`` | ``f16`` (:class:`~ditta_ros.runtime.openvino.OpenVINOBackend`).
+        openvino_threads: OpenVINO CPU inference threads (``INFERENCE_NUM_THREADS``; 0: OpenVINO's choice,
+            one per core). Fewer than the cores helps where other processes (camera driver, recorder, other
+            nodes) share them: ``bench/live_speed.py``.
         export_dir: folder of the exported ONNX graphs (``~`` allowed).
         engine_cache: TensorRT engines and OpenVINO compiled models (``~`` allowed).
 
     Raises:
-        ValueError: an unknown ``backend`` or ``openvino_precision``, or ``threads < 0``.
+        ValueError: an unknown ``backend`` or ``openvino_precision``, or ``threads`` / ``openvino_threads`` < 0.
     """
 
     backend: str = "torch"
@@ -48,6 +51,7 @@ class RuntimeOptions:
     fp16: bool = False
     openvino_device: str = "CPU"
     openvino_precision: str = "auto"
+    openvino_threads: int = 0
     export_dir: str = EXPORT_DIR
     engine_cache: str = ENGINE_CACHE
 
@@ -59,6 +63,8 @@ class RuntimeOptions:
                              f"got {self.openvino_precision!r}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
+        if self.openvino_threads < 0:
+            raise ValueError(f"openvino_threads must be >= 0, got {self.openvino_threads}")
 
     def replace(self, **changes) -> "RuntimeOptions":
         """A copy with ``changes`` (validated again)."""

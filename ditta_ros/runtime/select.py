@@ -111,7 +111,8 @@ def select_backend(options: RuntimeOptions = RuntimeOptions(backend="auto"), onn
                 from .openvino import OpenVINOBackend
 
                 backend = OpenVINOBackend(onnx_path, options.openvino_device, engine_cache,
-                                          precision=options.openvino_precision)
+                                          precision=options.openvino_precision,
+                                          threads=options.openvino_threads)
             except RuntimeError as exc:
                 reasons.append(f"openvino: {exc}")
                 continue

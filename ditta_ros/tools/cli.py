@@ -130,7 +130,9 @@ def _cmd_demo(args) -> int:
                      warmup_frames=args.warmup_frames, iters=args.iters, teacher=args.teacher,
                      teacher_checkpoint=args.teacher_checkpoint or "", teacher_config=args.teacher_config or "",
                      backend=args.backend, max_frames=args.max_frames, image_topic=args.topic,
-                     lockstep=not args.realtime, rate=args.rate, progress=not args.no_progress)
+                     lockstep=not args.realtime, rate=args.rate, progress=not args.no_progress,
+                     adapted_checkpoint=args.adapted_checkpoint or "",
+                     passes=args.passes or (2 if args.realtime else 1))
     summary = run_demo(cfg)
     print(format_summary(summary))
     return 0
@@ -221,6 +223,12 @@ def _add_demo(sub) -> None:
                    help="a live camera: plays at the bag's rate (x --rate), the node drops what it cannot process; "
                         "the replay pauses while the node adapts")
     d.add_argument("--rate", type=float, default=DemoConfig.rate, help="playback speed factor with --realtime")
+    d.add_argument("--passes", type=int,
+                   help="play a video input this many times back and forth (default: 2 with --realtime, so that a "
+                        "whole pass streams after the adaptation; else 1)")
+    d.add_argument("--adapted-checkpoint",
+                   help="stream a saved adaptation from the first frame (no warm-up): a .pt path, or `latest` (the "
+                        "newest in <out>/adapted, what an earlier demo with this --out saved)")
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=_cmd_demo)
 

@@ -69,6 +69,11 @@ class DemoConfig:
     ``input``: video file, clip folder or rosbag2 folder (default :func:`default_video`).
     ``max_frames``: keep the first N frames of a video/clip. ``warmup_frames``: the
     node's warm-up window (frames). ``lockstep`` / ``rate``: replay discipline.
+    ``adapted_checkpoint``: a saved adaptation (a ``.pt`` path, or ``latest``: the newest in
+    ``<out>/adapted``, where an earlier demo with this ``out`` saved its own) streams from the first frame:
+    no warm-up, no adaptation (the node's parameter of that name). ``passes``: a video or clip input
+    played this many times back and forth (:func:`~.bag.pingpong`; ``ditta demo --realtime`` plays two, so
+    that a whole pass streams after the adaptation); a bag input plays once.
     """
 
     input: Optional[str] = None
@@ -86,6 +91,8 @@ class DemoConfig:
     lockstep: bool = True
     rate: float = 1.0
     progress: bool = True
+    adapted_checkpoint: str = ""
+    passes: int = 1
     node_params: Dict[str, object] = field(default_factory=dict)
 
 
@@ -137,18 +144,22 @@ def run_demo(cfg: DemoConfig) -> Dict[str, object]:
     rec = os.path.join(out, "labels_bag")
     _clear_own(rec)
     if _is_bag(src):
+        if cfg.passes > 1:
+            log.warning("passes=%d applies to a video or clip input; the bag %s plays once", cfg.passes, src)
         bag_in, made = os.path.abspath(src), None
     else:
         bag_in = os.path.join(out, "input_bag")
         _clear_own(bag_in)
         log.info("writing %s as a jpeg bag", src)
-        made = make_bag(src, bag_in, compressed=True, max_frames=cfg.max_frames, progress=cfg.progress)
+        made = make_bag(src, bag_in, compressed=True, max_frames=cfg.max_frames, progress=cfg.progress,
+                        passes=cfg.passes)
     cam = pick_image_topic(bag_in, cfg.image_topic)
     params = {"model": cfg.model, "device": cfg.device, "warmup_frames": cfg.warmup_frames, "iters": cfg.iters,
               "teacher": cfg.teacher, "teacher_checkpoint": cfg.teacher_checkpoint,
               "teacher_config": cfg.teacher_config, "backend": cfg.backend, "publish_color": False,
               "export_dir": os.path.join(out, "export"), "checkpoint_dir": os.path.join(out, "adapted"),
               "wait_for_backend": cfg.lockstep,  # a live camera (realtime) is answered while the graph compiles
+              "adapted_checkpoint": cfg.adapted_checkpoint,
               **cfg.node_params}
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = local_ros_env(os.path.join(out, "ros_log"), pythonpath=package_root)
@@ -167,7 +178,7 @@ def run_demo(cfg: DemoConfig) -> Dict[str, object]:
         raise ValueError(f"the recording {rec} holds no label image; see {node_log}")
     stamps = sorted(frames)
     iss, iss_seconds, label_set = _iss_pass(cfg, model, info, frames, stamps)
-    n_warm = min(cfg.warmup_frames, len(stamps))
+    n_warm = 0 if cfg.adapted_checkpoint else min(cfg.warmup_frames, len(stamps))
     flips = _flip_table(stamps, iss, ditta, n_warm)
     streamed = [s for s in stamps[n_warm:] if s in ditta]
     summary = _summary(cfg, src, made, cam, route, rec, frames, stamps, streamed, flips, n_warm, iss_seconds, out)
@@ -229,13 +240,15 @@ def _summary(cfg, src, made, cam, route, rec, frames, stamps, streamed, flips, n
              and r["frame"] > n_warm]  # both frames of the pair streamed
     mean = lambda k: float(np.mean([r[k] for r in pairs])) if pairs else float("nan")  # noqa: E731
     return {
-        "input": {"source": os.path.abspath(src), "topic": cam["topic"], "frames": len(stamps), "width": w,
+        "input": {"source": os.path.abspath(src), "topic": cam["topic"], "frames": len(stamps),
+                  "passes": cfg.passes if made else 1, "width": w,
                   "height": h, "fps": round(fps_in, 3)},
         "model": cfg.model, "teacher": cfg.teacher, "device": cfg.device,
         "backend": adapt.get("backend"), "warmup_frames": n_warm,
         "replay": "lockstep (pause during adaptation, each frame waits for its label)" if cfg.lockstep
         else f"real time x{cfg.rate} (the node drops what it cannot keep up with)",
-        "adaptation": {k: adapt.get(k) for k in ("adapt_seconds", "teacher_seconds", "tta_seconds", "total_seconds")},
+        "adaptation": {k: adapt.get(k) for k in ("adapt_seconds", "teacher_seconds", "tta_seconds", "total_seconds",
+                                                 "checkpoint")},
         "streaming": {"frames": len(streamed), "fps": round(stream_fps, 3),
                       "latency_ms_median": lat.get("median"), "latency_ms_p95": lat.get("p95"),
                       "definition": "fps: label images per second of the recording over the streamed frames; "
@@ -262,10 +275,14 @@ def format_summary(s: Dict[str, object]) -> str:
     a, st, n, fl, i = s["adaptation"], s["streaming"], s["node"], s["label_flips"], s["input"]
     ratio = fl["iss"] / fl["ditta"] if fl["ditta"] and fl["ditta"] > 0 else float("nan")
     lines = [
-        f"DiTTA demo: {os.path.basename(i['source'])} ({i['frames']} frames {i['width']}x{i['height']} at "
+        f"DiTTA demo: {os.path.basename(i['source'])} ({i['frames']} frames"
+        f"{'' if i.get('passes', 1) == 1 else ', ' + str(i['passes']) + ' passes back and forth'} "
+        f"{i['width']}x{i['height']} at "
         f"{num(i['fps'], '{:.3g}')} Hz) -> ditta_node ({s['model']}, {s['teacher']} teacher, {s['device']}, "
         f"backend {s['backend']})",
         f"  replay        {s['replay']}",
+        f"  warm-up       none: the saved adaptation {a['checkpoint']} streams from the first frame"
+        if a.get("checkpoint") else
         f"  warm-up       {s['warmup_frames']} frames; adaptation {num(a['adapt_seconds'])} s (teacher "
         f"{num(a['teacher_seconds'])} s, test-time adaptation {num(a['tta_seconds'])} s); warm-up to streaming "
         f"{num(a['total_seconds'])} s",
