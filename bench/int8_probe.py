@@ -64,6 +64,8 @@ def main() -> None:
     p.add_argument("--calib", type=int, default=10, help="calibration frames (the clip's first)")
     p.add_argument("--frames", type=int, default=30, help="frames after them for agreement and timing")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--name", default="", help="results file stem (default: int8_probe_<model>; name another "
+                                              "CPU's run, e.g. int8_probe_<model>_epyc)")
     args = p.parse_args()
 
     clip = open_clip(args.clip)
@@ -99,7 +101,7 @@ def main() -> None:
                "test_frames": len(test), "rounds": args.rounds, "rule": {"min_speedup": MIN_SPEEDUP,
                                                                             "min_agreement": MIN_AGREEMENT},
                "rows": rows, "machine": m, "command": cmd}
-    name = f"int8_probe_{args.model}"
+    name = args.name or f"int8_probe_{args.model}"
     write_results(name, payload)
     ok = [r["variant"] for r in rows if r["passes_rule"]]
     lines = [f"# int8 on the CPU: the plain-ISS graph of {args.model} ({describe_machine(m)})", "", f"`{cmd}`", "",
