@@ -25,9 +25,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
-def serve_frames(serving, frames, fps: float):
-    """Per-frame milliseconds of ``serving.answer`` over ``frames`` stamped at ``fps`` (the first 5 dropped:
-    first-inference allocations), and the fused share."""
+def serve_frames(serving, frames, fps: float, start: float):
+    """Per-frame milliseconds of ``serving.answer`` over ``frames`` stamped at ``fps`` from ``start`` s (the
+    first 5 dropped: first-inference allocations), and the fused share."""
     import numpy as np
 
     stats_owner = serving.frozen
@@ -36,7 +36,7 @@ def serve_frames(serving, frames, fps: float):
     ms = []
     for i, frame in enumerate(frames):
         t0 = time.perf_counter()
-        serving.answer(frame, i / fps)
+        serving.answer(frame, start + i / fps)
         ms.append(1000 * (time.perf_counter() - t0))
     if serving.frozen is not stats_owner:
         raise RuntimeError("the served model changed during the run")
@@ -82,12 +82,15 @@ def main() -> None:
     precision = servings[args.threads[0]].frozen.describe()
     results = {(load, t): [] for load in ("quiet", "one core busy") for t in args.threads}
     fused = {}
+    passes = 0
     for _ in range(args.rounds):
         for load in ("quiet", "one core busy"):
             hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if load != "quiet" else None
             try:
                 for t in args.threads:
-                    ms, fused[(load, t)] = serve_frames(servings[t], frames, fps)
+                    start = passes * (len(frames) / fps + 1.0)  # a new stream: 1 s after the last one
+                    passes += 1
+                    ms, fused[(load, t)] = serve_frames(servings[t], frames, fps, start)
                     results[(load, t)].append(ms)
             finally:
                 if hog is not None:

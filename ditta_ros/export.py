@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
 from typing import Dict, Optional, Tuple
 
@@ -82,6 +83,9 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
+_EXPORT_LOCK = threading.Lock()  #: one torch.onnx.export at a time in this process
+
+
 def export_onnx(net: DiTTANet, frame_hw: Tuple[int, int], out_dir: str, name: str, label_set: str = "",
                 classes=(), tau: float = DEFAULT_TAU, adaptation: Optional[Dict[str, object]] = None,
                 opset: int = DEFAULT_OPSET, fp16: bool = False, antialias: bool = True,
@@ -130,7 +134,9 @@ def export_onnx(net: DiTTANet, frame_hw: Tuple[int, int], out_dir: str, name: st
     path = os.path.join(out_dir, stem + ".onnx")
     example = (torch.zeros(*frame_hw, 3, dtype=torch.uint8), *model.initial_state())
     t0 = time.perf_counter()
-    with torch.no_grad():
+    # torch's ONNX exporter keeps its "exporting" flag per process: two exports at once (the ISS graph prepared
+    # in the background while an adaptation exports) would clear it under each other's feet
+    with _EXPORT_LOCK, torch.no_grad():
         torch.onnx.export(model, example, path, input_names=INPUT_NAMES, output_names=output_names,
                           opset_version=opset, dynamo=False, do_constant_folding=True)
     seconds = time.perf_counter() - t0

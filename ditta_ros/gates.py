@@ -110,11 +110,12 @@ def apply_gates(state, frame: np.ndarray, gate: Optional[MotionGate], interval: 
                 max_gap: float):
     """The state a streaming step gets after the fusion gates: the motion ``gate``'s
     mask (the gate sees every frame, also the first), and ``has_prev = 0`` everywhere
-    when ``max_gap > 0`` and the known frame ``interval`` (s) exceeds it. ``None`` (a
+    when ``max_gap > 0`` and the known frame ``interval`` (s) exceeds it, or when the interval is negative
+    (the stamps went back: a replay restarted or looped, not the previous frame's scene). ``None`` (a
     stream's first frame) stays ``None``."""
     if gate is not None:
         state = gate_state(state, gate(frame))
-    if state is not None and max_gap > 0 and interval is not None and interval > max_gap:
+    if state is not None and interval is not None and (interval < 0 or (max_gap > 0 and interval > max_gap)):
         state = gate_state(state, np.zeros(frame.shape[:2], np.float32))
     return state
 

@@ -585,6 +585,18 @@ def test_a_readaptation_refits_a_refittable_engine_instead_of_building_another(m
     assert getattr(old.backend, "unusable", None) is None
 
 
+def test_a_new_frame_size_prepares_the_served_adaptation_with_its_own_fusion():
+    """A saved adaptation made for another fusion than the preset's keeps it when a new frame size is prepared."""
+    live = _adapted()
+    served = live.serving.frozen
+    own = "memory" if served.config.fusion != "memory" else "flow"
+    live.serving.install(live.serving.freeze(served.net, served.trained_gap, own))
+    live.process(_frame(30, 44, seed=5))  # a new size: prepared in the background while the ISS serves
+    live.wait_idle(60)
+    live.serving.join(60)
+    assert live.serving.frozen.frame_hw == (30, 44) and live.serving.frozen.config.fusion == own
+
+
 def test_a_failing_adapted_backend_falls_back_and_a_failed_preparation_is_not_retried(caplog):
     import logging
 
@@ -608,7 +620,7 @@ def test_a_failing_adapted_backend_falls_back_and_a_failed_preparation_is_not_re
     # a new frame size whose preparation fails: the ISS serves, the failure is not retried every frame
     calls = []
 
-    def broken_freeze(net, trained_gap=None):
+    def broken_freeze(net, trained_gap=None, fusion=None):
         calls.append(net)
         raise RuntimeError("no engine for this size")
 

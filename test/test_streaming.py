@@ -441,6 +441,22 @@ def test_max_gap_serves_the_plain_branch_when_frames_are_far_apart(monkeypatch):
     assert run(1.0, 0.0) == [None, 1.0, 1.0]  # no limit
 
 
+def test_stamps_going_back_start_a_new_stream_at_any_max_gap():
+    """A negative frame interval (a replay looped or restarted) is never fused with the frame before it."""
+    from ditta_ros.gates import apply_gates
+
+    model = StreamingDiTTA(_net(), (40, 56))
+    frame = _frames(1, 40, 56)[0]
+    state = model.initial_state()
+    state = (state[0], state[1], torch.ones_like(state[2]))  # every pixel may use the previous frame
+    for max_gap in (0.2, 0.0):
+        assert float(apply_gates(state, frame, None, 1 / 15, max_gap)[2].min()) == 1.0
+        assert float(apply_gates(state, frame, None, None, max_gap)[2].min()) == 1.0
+        assert float(apply_gates(state, frame, None, -0.5, max_gap)[2].max()) == 0.0
+    assert float(apply_gates(state, frame, None, 1.0, 0.2)[2].max()) == 0.0
+    assert float(apply_gates(state, frame, None, 1.0, 0.0)[2].min()) == 1.0
+
+
 def test_skip_addon_runs_the_plain_graph_only_when_no_pixel_may_fuse():
     from ditta_ros.runtime import SkipAddon
 

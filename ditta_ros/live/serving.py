@@ -200,7 +200,7 @@ class Serving:
         """Prepare the adapted model for a new frame size in the background (an export and,
         with TensorRT, an engine build take long); the ISS serves meanwhile."""
         def job():
-            fresh = self.freeze(frozen.net, frozen.trained_gap)
+            fresh = self.freeze(frozen.net, frozen.trained_gap, frozen.config.fusion)  # a saved adaptation's own
             fresh.prepare(hw)
             with self._lock:
                 if self.frozen is frozen:

@@ -108,7 +108,7 @@ def make_bag(clip_path: str, out: str, fps: float = 0.0, compressed: bool = Fals
                 writer.write(gt_conn, stamp, ts.serialize_cdr(gt, "sensor_msgs/msg/Image"))
                 labelled += 1
     summary = {"bag": out, "topics": [topic] + ([GT_TOPIC] if labelled else []), "frames": len(order),
-               "labelled_frames": labelled, "fps": fps, "storage": storage,
+               "labelled_frames": labelled, "fps": fps, "storage": storage, "passes": passes,
                "label_set": getattr(clip, "label_set", None)}
     with open(os.path.join(out, "ditta_bag.json"), "w") as f:  # what eval needs to score without the clip
         json.dump(summary, f, indent=2)
@@ -117,8 +117,8 @@ def make_bag(clip_path: str, out: str, fps: float = 0.0, compressed: bool = Fals
 
 def pingpong(n: int, passes: int = 1) -> List[int]:
     """Frame indices of ``passes`` plays of ``n`` frames back and forth, the turning frame not repeated:
-    ``pingpong(4, 3) == [0, 1, 2, 3, 2, 1, 0, 1, 2, 3]`` (``n + (passes - 1) * (n - 1)`` indices; one frame
-    repeats itself).
+    ``pingpong(4, 3) == [0, 1, 2, 3, 2, 1, 0, 1, 2, 3]`` (``n + (passes - 1) * (n - 1)`` indices for
+    ``n > 1``; a single frame is repeated ``passes`` times).
 
     Raises:
         ValueError: ``passes < 1`` or ``n < 1``.

@@ -132,7 +132,7 @@ def _cmd_demo(args) -> int:
                      backend=args.backend, max_frames=args.max_frames, image_topic=args.topic,
                      lockstep=not args.realtime, rate=args.rate, progress=not args.no_progress,
                      adapted_checkpoint=args.adapted_checkpoint or "",
-                     passes=args.passes or (2 if args.realtime else 1))
+                     passes=args.passes)
     summary = run_demo(cfg)
     print(format_summary(summary))
     return 0

@@ -72,8 +72,8 @@ class DemoConfig:
     ``adapted_checkpoint``: a saved adaptation (a ``.pt`` path, or ``latest``: the newest in
     ``<out>/adapted``, where an earlier demo with this ``out`` saved its own) streams from the first frame:
     no warm-up, no adaptation (the node's parameter of that name). ``passes``: a video or clip input
-    played this many times back and forth (:func:`~.bag.pingpong`; ``ditta demo --realtime`` plays two, so
-    that a whole pass streams after the adaptation); a bag input plays once.
+    played this many times back and forth (:func:`~.bag.pingpong`; ``None``: two with ``lockstep`` off, so
+    that a whole pass streams after the adaptation, else one); a bag input plays once.
     """
 
     input: Optional[str] = None
@@ -92,7 +92,7 @@ class DemoConfig:
     rate: float = 1.0
     progress: bool = True
     adapted_checkpoint: str = ""
-    passes: int = 1
+    passes: Optional[int] = None
     node_params: Dict[str, object] = field(default_factory=dict)
 
 
@@ -143,8 +143,9 @@ def run_demo(cfg: DemoConfig) -> Dict[str, object]:
     os.makedirs(out, exist_ok=True)
     rec = os.path.join(out, "labels_bag")
     _clear_own(rec)
+    passes = cfg.passes if cfg.passes is not None else (1 if cfg.lockstep else 2)
     if _is_bag(src):
-        if cfg.passes > 1:
+        if cfg.passes is not None and cfg.passes > 1:
             log.warning("passes=%d applies to a video or clip input; the bag %s plays once", cfg.passes, src)
         bag_in, made = os.path.abspath(src), None
     else:
@@ -152,7 +153,7 @@ def run_demo(cfg: DemoConfig) -> Dict[str, object]:
         _clear_own(bag_in)
         log.info("writing %s as a jpeg bag", src)
         made = make_bag(src, bag_in, compressed=True, max_frames=cfg.max_frames, progress=cfg.progress,
-                        passes=cfg.passes)
+                        passes=passes)
     cam = pick_image_topic(bag_in, cfg.image_topic)
     params = {"model": cfg.model, "device": cfg.device, "warmup_frames": cfg.warmup_frames, "iters": cfg.iters,
               "teacher": cfg.teacher, "teacher_checkpoint": cfg.teacher_checkpoint,
@@ -241,7 +242,7 @@ def _summary(cfg, src, made, cam, route, rec, frames, stamps, streamed, flips, n
     mean = lambda k: float(np.mean([r[k] for r in pairs])) if pairs else float("nan")  # noqa: E731
     return {
         "input": {"source": os.path.abspath(src), "topic": cam["topic"], "frames": len(stamps),
-                  "passes": cfg.passes if made else 1, "width": w,
+                  "passes": made["passes"] if made else 1, "width": w,
                   "height": h, "fps": round(fps_in, 3)},
         "model": cfg.model, "teacher": cfg.teacher, "device": cfg.device,
         "backend": adapt.get("backend"), "warmup_frames": n_warm,
