@@ -57,6 +57,7 @@ def main() -> None:
     from ditta_ros.data import open_clip
     from ditta_ros.iss import load_model
     from ditta_ros.runtime.export_cache import cached_export
+    from ditta_ros.runtime.openvino import compiled_precision
 
     p = clip_parser(__doc__)
     p.set_defaults(clip=DEFAULT_CLIP)
@@ -75,8 +76,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = cached_export(DiTTANet(model), frames[0].shape[:2], 0.0, tmp, info.name)
         compiled = _variants(onnx_path, calib)
-    precision = {k: str(c.get_property("INFERENCE_PRECISION_HINT")).replace("<Type: '", "").rstrip("'>")
-                 for k, c in compiled.items()}  # as the OpenVINO backend reports it
+    precision = {k: compiled_precision(c) for k, c in compiled.items()}  # as the OpenVINO backend reports it
     labels = {k: [np.asarray(c({"image": f})["labels"]) for f in test] for k, c in compiled.items()}
     agree = {k: float(np.mean([(a == b).mean() for a, b in zip(v, labels["f32"])])) for k, v in labels.items()}
     times = {k: [] for k in compiled}

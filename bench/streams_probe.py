@@ -162,6 +162,7 @@ def main() -> None:
     from ditta_ros.export import export_onnx
     from ditta_ros.iss import load_model
     from ditta_ros.presets import DittaConfig
+    from ditta_ros.runtime.openvino import compiled_precision
 
     p = clip_parser(__doc__)
     p.set_defaults(clip=DEFAULT_CLIP)
@@ -192,7 +193,7 @@ def main() -> None:
                     "flow": core.compile_model(flow_path, "CPU", latency),
                     "stateless2": core.compile_model(stateless, "CPU", throughput),
                     "fusion": core.compile_model(fusion, "CPU", latency)}
-    precision = str(compiled["plain"].get_property("INFERENCE_PRECISION_HINT")).replace("<Type: '", "").rstrip("'>")
+    precision = compiled_precision(compiled["plain"])
     variants = {
         "plain, 1 request": lambda: run_plain(compiled["plain"], frames, 1),
         "plain, 2 streams": lambda: run_plain(compiled["plain2"], frames, 2),

@@ -32,6 +32,16 @@ log = logging.getLogger("ditta.runtime")
 PRECISIONS = ("auto", "f32", "bf16", "f16")
 
 
+def compiled_precision(compiled, default: str = "auto") -> str:
+    """The inference precision a compiled OpenVINO model runs in (``bfloat16`` where the CPU has bf16 units,
+    else ``float32``; OpenVINO's ``INFERENCE_PRECISION_HINT`` as a plain name), or ``default`` where the device
+    does not report it."""
+    try:
+        return str(compiled.get_property("INFERENCE_PRECISION_HINT")).replace("<Type: '", "").rstrip("'>")
+    except RuntimeError:
+        return default
+
+
 def clear_cache(cache: str) -> None:
     """Remove the files in ``cache``, one exported graph's folder: OpenVINO's compiled blobs and their
     temporaries."""
@@ -127,11 +137,7 @@ class OpenVINOBackend(ExportedGraph):
             clear_cache(cache)
             self.compiled = core.compile_model(onnx_path, device, config)
         self.request = self.compiled.create_infer_request()
-        try:  # what the device actually runs in (bf16 where the CPU has it, else f32)
-            self.precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT")).replace("<Type: '", "") \
-                .rstrip("'>")
-        except RuntimeError:
-            self.precision = precision
+        self.precision = compiled_precision(self.compiled, precision)  # what the device actually runs in
         self._inputs = [i.get_any_name() for i in self.compiled.inputs]
         self._outputs = [o.get_any_name() for o in self.compiled.outputs]
 
