@@ -30,7 +30,7 @@ from .protocol import Method
 from .runtime import FrozenDiTTA, RuntimeOptions, ServedISS
 from .runtime.serving import StreamStats
 from .teacher.propagator import Propagator
-from .teacher.targets import Targets, build_targets, cache_key, target_report
+from .teacher.targets import Targets, build_targets, cache_key, target_report, temporal_vote
 
 log = logging.getLogger("ditta.method")
 
@@ -148,20 +148,36 @@ class DiTTAMethod(Method):
 
     def make_targets(self, frames: Sequence[np.ndarray], preds, rels, target_cfg=None):
         """Distillation targets of the warm-up frames (the teacher, cached when ``cache_dir``), built
-        with ``target_cfg`` (``None``: this method's).
+        with ``target_cfg`` (``None``: this method's). With its ``temporal_vote``, the teacher and the
+        builder get the ISS labels and reliabilities voted across the warm-up frames within
+        :meth:`~ditta_ros.presets.DittaConfig.fusion_limit` of :attr:`frame_interval`
+        (:func:`~ditta_ros.teacher.targets.temporal_vote`).
 
         Returns:
             ``(labels, obj_maps, stats, report, teacher_seconds)``: per frame int64 ``[H, W]``
-            labels and int ``[H, W]`` object ids, the builder's stats and target report.
+            labels and int ``[H, W]`` object ids, the builder's stats and target report (its
+            ``changed`` against ``preds``; with the vote, ``voted``: the share of pixels it changed).
         """
         from tqdm import tqdm
 
         n = len(frames)
         target_cfg = self.config.target if target_cfg is None else target_cfg
+        keyed = asdict(target_cfg)
+        keyed.pop("temporal_vote")  # the cache keys of targets built before the option existed stay valid
+        iss_preds, voted = preds, None
+        if target_cfg.temporal_vote:
+            limit = self.config.fusion_limit(self.frame_interval)
+            vp, vr = temporal_vote(frames, preds, rels, self.frame_interval, limit)
+            voted = float(np.mean([(a != b).mean() for a, b in zip(vp, iss_preds)]))
+            log.info("temporal vote of the warm-up's ISS labels (%d frames %.3f s apart, limit %.2f s): "
+                     "%.2f %% of the pixels changed", n, self.frame_interval or 0.0, limit, 100 * voted)
+            if any(not np.array_equal(a, b) for a, b in zip(vr, rels)) or voted > 0:
+                keyed.update(temporal_vote=True, interval=self.frame_interval, limit=limit)  # else: same inputs
+            preds, rels = vp, vr
         targets: Optional[Targets] = None
         path = None
         if self.cache_dir:
-            key = cache_key(self.cache_tag, n, asdict(target_cfg), getattr(self.teacher, "describe", ""))
+            key = cache_key(self.cache_tag, n, keyed, getattr(self.teacher, "describe", ""))
             path = os.path.join(self.cache_dir, f"targets_{key}.npz")
             if os.path.isfile(path):
                 targets = Targets.load(path)
@@ -178,6 +194,9 @@ class DiTTAMethod(Method):
         labels = [targets.label(t, preds[t]) for t in range(n)]
         report = targets.report or target_report(labels, preds, self.runner.model.num_classes,
                                                  len(targets.obj_class), {}, teacher_s)
+        if voted is not None:  # "changed" is against the frame-wise ISS, not the voted labels
+            report = dict(target_report(labels, iss_preds, self.runner.model.num_classes, report["objects_kept"],
+                                        report["objects_dropped"], report["teacher_seconds"]), voted=voted)
         stats = {k: v for k, v in targets.stats.items() if k != "teacher_seconds"}
         return labels, targets.obj_maps, stats, report, teacher_s
 

@@ -33,15 +33,48 @@ def _pixel_grid(h: int, w: int) -> Tuple[np.ndarray, np.ndarray]:
     return np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
 
 
+def dis_flow():
+    """The OpenCV DIS optical flow every flow-based part of the project uses (FAST preset)."""
+    import cv2
+
+    return cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
+
+
+def small_grey(frame: np.ndarray, scale: float) -> np.ndarray:
+    """uint8 RGB ``[H, W, 3]`` -> uint8 grey ``[round(H scale), round(W scale)]`` (area-resized, at least
+    8 px a side): what the flow is computed on."""
+    import cv2
+
+    h, w = frame.shape[:2]
+    small = cv2.resize(frame, (max(8, round(w * scale)), max(8, round(h * scale))), interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_RGB2GRAY)
+
+
+def consistent_flow(dis, grey: np.ndarray, other: np.ndarray, max_fb: float) -> Tuple[np.ndarray, np.ndarray]:
+    """Dense flow from ``grey`` to ``other`` (uint8 ``[h, w]`` each, same size) and where it is
+    forward-backward consistent.
+
+    Returns:
+        ``(flow, ok)``: float32 ``[h, w, 2]`` (x, y) in pixels, each pixel of ``grey`` to where it is in
+        ``other``; uint8 ``[h, w]``, 1 where the backward flow at the forward target returns within
+        ``max_fb`` pixels.
+    """
+    import cv2
+
+    fw = dis.calc(grey, other, None)
+    bw = dis.calc(other, grey, None)
+    gx, gy = _pixel_grid(*grey.shape)
+    back = cv2.remap(bw, gx + fw[..., 0], gy + fw[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return fw, (np.linalg.norm(fw + back, axis=2) <= max_fb).astype(np.uint8)
+
+
 class _FlowTracker:
     """The part both flow-based gates share: each frame scaled by ``scale`` and made grey, the
     previous one kept, OpenCV DIS optical flow between them."""
 
     def __init__(self, scale: float):
-        import cv2
-
         self.scale = float(scale)
-        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
+        self._dis = dis_flow()
         self._prev: Optional[np.ndarray] = None
         self.last_share = 0.0  # share of pixels allowed to fuse on the last frame
 
@@ -52,12 +85,7 @@ class _FlowTracker:
     def _advance(self, frame: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         """``(grey, previous grey)`` of the scaled frame; the previous is ``None`` on a stream's first
         frame or after a change of size."""
-        import cv2
-
-        h, w = frame.shape[:2]
-        small = cv2.resize(frame, (max(8, round(w * self.scale)), max(8, round(h * self.scale))),
-                           interpolation=cv2.INTER_AREA)
-        gray = cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_RGB2GRAY)
+        gray = small_grey(frame, self.scale)
         prev, self._prev = self._prev, gray
         if prev is None or prev.shape != gray.shape:
             self.last_share = 0.0
@@ -106,16 +134,23 @@ class MotionGate(_FlowTracker):
         return mask
 
 
+#: seconds by which a frame interval may exceed ``max_gap`` and still count as within it: header stamps read as
+#: float seconds (``sec + nanosec 1e-9``) carry about 0.2 us of rounding at today's epoch, so two frames exactly
+#: ``max_gap`` apart (a 25 Hz camera's every 5th frame and 0.2 s) measured 0.20000005 s and were not fused
+STAMP_SLACK = 1e-6
+
+
 def apply_gates(state, frame: np.ndarray, gate: Optional[MotionGate], interval: Optional[float],
                 max_gap: float):
     """The state a streaming step gets after the fusion gates: the motion ``gate``'s
     mask (the gate sees every frame, also the first), and ``has_prev = 0`` everywhere
-    when ``max_gap > 0`` and the known frame ``interval`` (s) exceeds it, or when the interval is negative
+    when ``max_gap > 0`` and the known frame ``interval`` (s) exceeds it by more than :data:`STAMP_SLACK`, or when
+    the interval is negative
     (the stamps went back: a replay restarted or looped, not the previous frame's scene). ``None`` (a
     stream's first frame) stays ``None``."""
     if gate is not None:
         state = gate_state(state, gate(frame))
-    if state is not None and interval is not None and (interval < 0 or (max_gap > 0 and interval > max_gap)):
+    if state is not None and interval is not None and (interval < 0 or (max_gap > 0 and interval > max_gap + STAMP_SLACK)):
         state = gate_state(state, np.zeros(frame.shape[:2], np.float32))
     return state
 
@@ -183,12 +218,8 @@ class FlowWarp(_FlowTracker):
         if state is None or prev is None:
             self.last_share = 0.0
             return state
-        fw = self._dis.calc(gray, prev, None)  # current -> previous
-        bw = self._dis.calc(prev, gray, None)  # previous -> current
+        fw, ok = consistent_flow(self._dis, gray, prev, self.max_fb)  # current -> previous
         sh, sw = gray.shape
-        gx, gy = _pixel_grid(sh, sw)
-        back = cv2.remap(bw, gx + fw[..., 0], gy + fw[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        ok = (np.linalg.norm(fw + back, axis=2) <= self.max_fb).astype(np.uint8)
         gh, gw = state[0].shape[2:]
         grid = cv2.resize(fw, (int(gw), int(gh)), interpolation=cv2.INTER_AREA)
         grid[..., 0] *= gw / sw

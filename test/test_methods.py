@@ -28,6 +28,11 @@ def test_eval_cli_passes_only_the_options_a_method_takes(method, monkeypatch):
         assert opts["runtime"].backend == "openvino"
     if method == "ditta":
         assert opts["config"].tau == 0.5 and opts["config"].adapt.iters == 2
+        assert not opts["config"].target.temporal_vote
+        voting = cli.build_parser().parse_args(["eval", "clip", "--model", "m", "--out", "o", "--method", method,
+                                                "--temporal-vote", "on"])
+        cfg = eval_args.method_options(voting)["config"]
+        assert cfg.target.temporal_vote and all(c.target.temporal_vote for _, c in cfg.candidate_configs())
     if method == "tent":
         assert opts == {"tent_lr": None, "tent_iters": 2}
 

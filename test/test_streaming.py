@@ -581,3 +581,21 @@ def test_the_graph_split_for_parallel_streams_computes_what_the_whole_graph_does
     frames = _frames(6, *hw)
     a, b = run_flow_single(whole, frames, hw), run_flow_split(*parts, frames, hw)
     assert len(a) == len(b) == 6 and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_frames_exactly_max_gap_apart_fuse_whatever_the_float_rounding_of_their_stamps():
+    """Header stamps read as float seconds at today's epoch round by ~0.2 us: a 25 Hz camera's frames 0.2 s apart
+    measure 0.20000005 s or 0.1999998 s; both fuse at ``max_gap`` 0.2, a frame 0.21 s apart does not."""
+    from ditta_ros.gates import STAMP_SLACK, apply_gates
+
+    model = StreamingDiTTA(_net(), (40, 56))
+    frame = _frames(1, 40, 56)[0]
+    state = model.initial_state()
+    state = (state[0], state[1], torch.ones_like(state[2]))
+    stamp = lambda sec, ns: sec + ns * 1e-9  # as imgmsg reads a header stamp
+    over = stamp(1700000002, 0) - stamp(1700000001, 800000000)
+    under = stamp(1700000001, 600000000) - stamp(1700000001, 400000000)
+    assert over > 0.2 > under and over - 0.2 < STAMP_SLACK
+    for interval in (over, under):
+        assert float(apply_gates(state, frame, None, interval, 0.2)[2].min()) == 1.0
+    assert float(apply_gates(state, frame, None, 0.21, 0.2)[2].max()) == 0.0

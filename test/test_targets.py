@@ -222,3 +222,111 @@ def test_default_targets_are_the_gated_ones_and_faithful_is_official():
     f = FAITHFUL_TARGETS
     assert (f.candidate, f.purity_gate, f.rel_gate, f.thin_px, f.drift_cut) == ("backend", 0.0, 0.0, 0, 0.0)
     assert (f.max_track, f.thr_first, f.thr_later, f.b, f.c, f.dilate) == (100, 0.8, 0.8, 0.3, 0.8, 5)
+
+
+# -- temporal vote of the warm-up's ISS labels (addendum 10) -----------------------------
+
+def _textured(h=120, w=160, seed=0):
+    import cv2
+
+    img = (np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)
+    return cv2.GaussianBlur(img, (5, 5), 0)
+
+
+def test_temporal_vote_repairs_an_unreliable_patch_where_the_flow_moves_it():
+    from ditta_ros.teacher.targets import temporal_vote
+
+    base = _textured()
+    frames = [np.roll(base, 2 * t, axis=1) for t in range(5)]  # the scene moves 2 px right per frame
+    preds = []
+    for t in range(5):
+        p = np.zeros(base.shape[:2], np.int64)
+        p[:, 60 + 2 * t:100 + 2 * t] = 3  # a band that moves with the scene
+        preds.append(p)
+    rels = [np.full(base.shape[:2], 0.9, np.float32) for _ in range(5)]
+    preds[2][50:70, 20:40] = 7  # frame 2 alone, unsure, calls a patch class 7
+    rels[2][50:70, 20:40] = 0.3
+    voted_p, voted_r = temporal_vote(frames, preds, rels, interval=1 / 15, limit=0.2)
+    assert (voted_p[2][50:70, 20:40] == 0).all()  # four sure neighbours (reach 2 each side) outvote it
+    assert np.isclose(voted_r[2][60, 30], 4 * 0.9 / 5)  # the winner's score over five voters
+    assert (voted_p[2][:, 64:104] == 3).all() and (voted_p[2][:, 40:60] == 0).all()  # the band stays
+    assert np.isclose(voted_r[2][10, 30], 0.9)  # unanimous voters keep the reliability
+    assert voted_p[2].dtype == np.int64 and voted_r[2].dtype == np.float32
+
+
+def test_temporal_vote_reach_follows_the_limit_and_ties_keep_the_own_label():
+    from ditta_ros.teacher.targets import temporal_vote
+
+    frame = _textured(seed=1)
+    frames = [frame] * 4  # a still scene: zero flow, consistent everywhere
+    preds = [np.zeros((120, 160), np.int64)] + [np.full((120, 160), 5, np.int64)] * 3
+    rels = [np.full((120, 160), 1.0, np.float32)] + [np.full((120, 160), 0.9, np.float32)] * 3
+    one, _ = temporal_vote(frames, preds, rels, interval=0.15, limit=0.2)  # reach 1: 0.9 < 1.0
+    two, _ = temporal_vote(frames, preds, rels, interval=0.1, limit=0.2)  # reach 2: 1.8 > 1.0
+    assert (one[0] == 0).all() and (two[0] == 5).all()
+    everyone, _ = temporal_vote(frames, preds, rels, interval=1.0, limit=0.0)  # limit 0: no limit
+    assert (everyone[0] == 5).all()
+    for interval in (None, 0.0, 0.25):  # unknown interval, or every neighbour beyond the limit
+        same_p, same_r = temporal_vote(frames, preds, rels, interval=interval, limit=0.2)
+        assert all(np.array_equal(a, b) for a, b in zip(same_p, preds))
+        assert all(np.array_equal(a, b) for a, b in zip(same_r, rels))
+    tie_rels = [np.full((120, 160), 0.9, np.float32)] * 4
+    tied, _ = temporal_vote(frames[:2], preds[:2], tie_rels[:2], interval=0.1, limit=0.2)
+    assert (tied[0] == 0).all() and (tied[1] == 5).all()
+
+
+def test_temporal_vote_rejects_mismatched_inputs():
+    import pytest
+
+    from ditta_ros.teacher.targets import temporal_vote
+
+    f = _textured()
+    with pytest.raises(ValueError, match="one to one"):
+        temporal_vote([f, f], [np.zeros((120, 160))], [np.ones((120, 160))] * 2, 0.1, 0.2)
+    with pytest.raises(ValueError, match="frame size"):
+        temporal_vote([f], [np.zeros((60, 80))], [np.ones((60, 80))], 0.1, 0.2)
+
+
+def test_make_targets_feeds_the_voted_labels_to_the_teacher_and_reports_against_the_iss(monkeypatch, tmp_path):
+    """With ``temporal_vote`` the builder gets the voted labels, the report's ``changed`` is measured against the
+    frame-wise ISS with the share the vote changed beside it, and the targets are cached under another key; without
+    it the cache key is the one targets had before the option existed."""
+    import torch
+
+    from ditta_ros import ditta as ditta_mod
+    from ditta_ros.ditta import DiTTAMethod
+    from ditta_ros.inference import ISSRunner
+    from ditta_ros.iss.espnetv2 import ESPNetv2Seg
+    from ditta_ros.presets import DittaConfig
+    from ditta_ros.teacher.targets import cache_key, target_report
+
+    seen = []
+
+    def fake_build(prop, frames, preds, rels, num_classes, cfg, progress=None):
+        seen.append([p.copy() for p in preds])
+        labels = [p.astype(np.int64) for p in preds]
+        return Targets([np.zeros(p.shape, np.int32) for p in preds], {}, stats={"teacher_seconds": 0.0},
+                       labels=labels, report=target_report(labels, preds, num_classes, 0, {}, 0.0))
+
+    monkeypatch.setattr(ditta_mod, "build_targets", fake_build)
+    torch.manual_seed(0)
+    runner = ISSRunner(ESPNetv2Seg(s=0.5, num_classes=8, input_size=(64, 48)).eval())
+    frame = _textured(seed=2)
+    frames = [frame] * 3
+    preds = [np.zeros((120, 160), np.int64), np.full((120, 160), 5, np.int64), np.full((120, 160), 5, np.int64)]
+    rels = [np.full((120, 160), 0.5, np.float32)] + [np.full((120, 160), 0.9, np.float32)] * 2
+    for vote_on in (False, True):
+        config = DittaConfig.from_preset("select", temporal_vote=vote_on)
+        assert all(c.target.temporal_vote == vote_on for _, c in config.candidate_configs())
+        method = DiTTAMethod(runner, lambda: None, config, progress=False, cache_dir=str(tmp_path))
+        method.frame_interval = 1 / 15
+        labels, _, _, report, _ = method.make_targets(frames, preds, rels)
+        if vote_on:
+            assert (seen[-1][0] == 5).all() and (labels[0] == 5).all()  # the voted labels reached the teacher
+            assert np.isclose(report["changed"], 1 / 3) and np.isclose(report["voted"], 1 / 3)
+        else:
+            assert (seen[-1][0] == 0).all() and report["changed"] == 0.0 and "voted" not in report
+    from dataclasses import asdict
+    plain = {k: v for k, v in asdict(TargetConfig()).items() if k != "temporal_vote"}
+    assert (tmp_path / f"targets_{cache_key(method.cache_tag, 3, plain, '')}.npz").is_file()
+    assert len(list(tmp_path.glob("targets_*.npz"))) == 2

@@ -59,7 +59,8 @@ def ditta_config(args):
     return DittaConfig.from_preset(
         args.preset, max_track=args.max_track, thr_first=args.thr_first, thr_later=args.thr_later, b=args.vote_b,
         c=args.vote_c, candidate=args.candidate, purity_gate=args.purity_gate, drift_cut=args.drift_cut,
-        rel_gate=args.rel_gate, thin_px=args.thin_px, lr=args.lr, iters=args.iters, params=args.params,
+        rel_gate=args.rel_gate, thin_px=args.thin_px,
+        temporal_vote=None if args.temporal_vote is None else args.temporal_vote == "on", lr=args.lr, iters=args.iters, params=args.params,
         momentum=args.momentum, temperature=args.temperature, loss_mode=args.loss_mode,
         contrastive=False if args.no_contrastive else None, bn=args.bn, anchor=args.anchor,
         guard_enabled=False if args.no_guard else None, tau=args.tau,
@@ -99,6 +100,9 @@ def add_method_flags(e) -> None:
     t.add_argument("--drift-cut", type=float, help="drop an object from frames where its class covers less (0 = off)")
     t.add_argument("--rel-gate", type=float, help="the teacher overrides only where ISS reliability < this (0 = off)")
     t.add_argument("--thin-px", type=int, help="ISS regions at most this thick keep the ISS label (0 = off)")
+    t.add_argument("--temporal-vote", choices=("on", "off"),
+                   help="vote the warm-up's ISS labels across flow-moved frames within the fusion limit before the "
+                        "teacher runs (docs/dev_set_rule.md addendum 10; preset: off)")
     t.add_argument("--cache-dir", help="cache distillation targets here (sweeps skip the teacher)")
     a = e.add_argument_group("adaptation (ditta, tent)")
     a.add_argument("--lr", type=float, help="AdamW learning rate (preset)")
