@@ -39,7 +39,7 @@ def main() -> None:
     from ditta_ros.protocol import DEFAULT_WARMUP_RATIO, warmup_length
     from ditta_ros.tools.suite import discover_clips, method_options, parse_variant
     from ditta_ros.teacher import make_teacher
-    from ditta_ros.teacher.targets import temporal_vote
+    from ditta_ros.teacher.temporal import temporal_vote
 
     p = clip_parser(__doc__)
     p.set_defaults(clip=os.path.join(SHARED, "data"))

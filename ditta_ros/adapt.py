@@ -215,8 +215,19 @@ class Adapter:
             self.reference = copy.deepcopy(net).eval()
             for p in self.reference.parameters():
                 p.requires_grad_(False)
+        self._reference_cache: Dict[int, torch.Tensor] = {}
         self.prototypes: Dict[int, torch.Tensor] = {}
         self.faithful = cfg.loss_mode == "faithful"
+
+    @torch.no_grad()
+    def _reference_logprob(self, enc_cur, frame_key: Optional[int]) -> torch.Tensor:
+        """The frozen reference's plain log-probabilities ``[1, C, h, w]`` on ``enc_cur`` (cached per ``frame_key``)."""
+        if frame_key is not None and frame_key in self._reference_cache:
+            return self._reference_cache[frame_key]
+        ref = torch.log_softmax(self.reference.heads(None, enc_cur)[0], 1)
+        if frame_key is not None:
+            self._reference_cache[frame_key] = ref
+        return ref
 
     @torch.no_grad()
     def _update_momentum(self) -> None:
@@ -227,13 +238,17 @@ class Adapter:
     def _to_frame(self, logits: torch.Tensor, input_hw, frame_hw) -> torch.Tensor:
         return logits_to_frame(self.model.iss, logits, input_hw, frame_hw)
 
-    def step(self, enc_prev, enc_cur, input_hw, label: torch.Tensor, obj_map: torch.Tensor) -> Dict[str, float]:
+    def step(self, enc_prev, enc_cur, input_hw, label: torch.Tensor, obj_map: torch.Tensor,
+             frame_key: Optional[int] = None) -> Dict[str, float]:
         """One optimisation step on one warm-up frame.
 
         Args:
             enc_prev, enc_cur: cached backbone outputs of frames t-1 (or ``None``) and t.
             input_hw: network input size; label: int64 ``[H, W]`` Eq. 5 label at frame size;
             obj_map: int64 ``[H, W]`` object ids (0 = none).
+            frame_key: names ``enc_cur`` across passes (its warm-up index): the frozen reference's
+                log-probabilities of the KL anchor are then computed once per frame, not once per pass
+                (the same values: the reference never changes).
 
         Returns:
             scalar losses: ``distill``, ``distill_addon`` (when t > 0), ``contra``, ``total``.
@@ -264,8 +279,7 @@ class Adapter:
             if contra is not None:
                 losses["contra"] = contra
         if self.reference is not None:
-            with torch.no_grad():
-                ref = torch.log_softmax(self.reference.heads(None, enc_cur)[0], 1)
+            ref = self._reference_logprob(enc_cur, frame_key)
             kl = (ref.exp() * (ref - torch.log_softmax(plain, 1))).sum(1).mean()
             losses["anchor"] = self.cfg.anchor * kl
         total = sum(losses.values())
@@ -387,7 +401,7 @@ def adapt(net: DiTTANet, encoded: Sequence, input_hw, labels: Sequence[np.ndarra
                 continue
             last = adapter.step(encoded[t - 1] if t > 0 else None, encoded[t], input_hw,
                                 torch.as_tensor(labels[t], dtype=torch.long),
-                                torch.as_tensor(obj_maps[t].astype(np.int64)))
+                                torch.as_tensor(obj_maps[t].astype(np.int64)), frame_key=t)
             history.append(last["total"])
             if progress is not None:
                 progress.update(1)

@@ -30,7 +30,8 @@ from .protocol import Method
 from .runtime import FrozenDiTTA, RuntimeOptions, ServedISS
 from .runtime.serving import StreamStats
 from .teacher.propagator import Propagator
-from .teacher.targets import Targets, build_targets, cache_key, target_report, temporal_vote
+from .teacher.targets import Targets, build_targets, cache_key, target_report
+from .teacher.temporal import temporal_vote
 
 log = logging.getLogger("ditta.method")
 
@@ -151,7 +152,7 @@ class DiTTAMethod(Method):
         with ``target_cfg`` (``None``: this method's). With its ``temporal_vote``, the teacher and the
         builder get the ISS labels and reliabilities voted across the warm-up frames within
         :meth:`~ditta_ros.presets.DittaConfig.fusion_limit` of :attr:`frame_interval`
-        (:func:`~ditta_ros.teacher.targets.temporal_vote`).
+        (:func:`~ditta_ros.teacher.temporal.temporal_vote`).
 
         Returns:
             ``(labels, obj_maps, stats, report, teacher_seconds)``: per frame int64 ``[H, W]``

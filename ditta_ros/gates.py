@@ -59,13 +59,18 @@ def consistent_flow(dis, grey: np.ndarray, other: np.ndarray, max_fb: float) -> 
         ``other``; uint8 ``[h, w]``, 1 where the backward flow at the forward target returns within
         ``max_fb`` pixels.
     """
+    fw = dis.calc(grey, other, None)
+    return fw, fb_consistent(fw, dis.calc(other, grey, None), max_fb)
+
+
+def fb_consistent(fw: np.ndarray, bw: np.ndarray, max_fb: float) -> np.ndarray:
+    """uint8 ``[h, w]``: 1 where the backward flow ``bw`` (float32 ``[h, w, 2]``, other -> this frame) at the
+    forward flow's target (``fw``, this frame -> other) returns within ``max_fb`` pixels."""
     import cv2
 
-    fw = dis.calc(grey, other, None)
-    bw = dis.calc(other, grey, None)
-    gx, gy = _pixel_grid(*grey.shape)
+    gx, gy = _pixel_grid(*fw.shape[:2])
     back = cv2.remap(bw, gx + fw[..., 0], gy + fw[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return fw, (np.linalg.norm(fw + back, axis=2) <= max_fb).astype(np.uint8)
+    return (np.linalg.norm(fw + back, axis=2) <= max_fb).astype(np.uint8)
 
 
 class _FlowTracker:

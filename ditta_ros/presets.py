@@ -194,6 +194,8 @@ class DittaConfig:
             out["warp"] = True
         if self.gap_factor:
             out["gap_factor"] = self.gap_factor
+        if not self.target.temporal_vote:  # a target option newer than the stored runs
+            del out["target"]["temporal_vote"]
         return out
 
 

@@ -132,6 +132,34 @@ def test_kl_anchor_keeps_the_plain_branch_closer_to_the_frozen_iss():
         AdaptConfig(anchor=-1)
 
 
+def test_the_anchor_reference_computed_once_per_frame_gives_the_same_adaptation():
+    """adapt() names each frame to the step (frame_key) so the frozen reference runs once per frame, not once per
+    pass; the adapted weights are bit-identical to steps that recompute it every time."""
+    net, enc, labels, obj = _setup()
+    cfg = AdaptConfig(iters=3, lr=3e-3, bn="frozen", anchor=1.0, params="decoder")
+    torch.manual_seed(5)
+    cached, _ = adapt(net, enc, (32, 64), labels, obj, cfg)
+    torch.manual_seed(5)
+    adapter = Adapter(net, cfg)
+    calls = []
+    heads = adapter.reference.heads
+    adapter.reference.heads = lambda *a, **k: calls.append(1) or heads(*a, **k)
+    for _ in range(cfg.iters):
+        for t in range(len(enc)):
+            adapter.step(enc[t - 1] if t > 0 else None, enc[t], (32, 64), torch.as_tensor(labels[t]),
+                         torch.as_tensor(obj[t].astype(np.int64)))
+    assert len(calls) == cfg.iters * len(enc)  # without a key: every step
+    recomputed = _snapshot(adapter.model)
+    assert all(torch.equal(p, recomputed[n]) for n, p in _snapshot(cached).items())
+    keyed = Adapter(net, cfg)
+    keyed.reference.heads = lambda *a, **k: calls.append(1) or heads(*a, **k)
+    calls.clear()
+    for _ in range(2):
+        keyed.step(None, enc[0], (32, 64), torch.as_tensor(labels[0]), torch.as_tensor(obj[0].astype(np.int64)),
+                   frame_key=0)
+    assert len(calls) == 1
+
+
 def test_default_adapts_only_the_addon_and_faithful_is_official():
     from ditta_ros.adapt import FAITHFUL_ADAPT
 

@@ -599,3 +599,8 @@ def test_frames_exactly_max_gap_apart_fuse_whatever_the_float_rounding_of_their_
     for interval in (over, under):
         assert float(apply_gates(state, frame, None, interval, 0.2)[2].min()) == 1.0
     assert float(apply_gates(state, frame, None, 0.21, 0.2)[2].max()) == 0.0
+    from ditta_ros.live.adaptation import futile
+    from ditta_ros.presets import DittaConfig
+
+    default = DittaConfig.from_preset("default")  # only the add-on adapts: pointless beyond max_gap
+    assert futile(default, over) is None and futile(default, 0.21) is not None

@@ -136,6 +136,9 @@ def test_presets_build_configs_from_overrides_and_refuse_typos():
     h = f.hyper()
     assert h["adapt"]["lr"] == 0.01 and h["tau"] == 1.0 and "fusion" not in h  # frame fusion: not stored
     assert d.hyper()["fusion"] == "grid"
+    # a target option newer than the stored suite runs is stored only when on (they stay comparable)
+    assert "temporal_vote" not in d.hyper()["target"] and "thin_px" in d.hyper()["target"]
+    assert DittaConfig.from_preset("select", temporal_vote=True).hyper()["target"]["temporal_vote"] is True
 
 
 def test_runtime_options_validate_and_store_only_what_differs():

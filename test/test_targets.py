@@ -234,7 +234,7 @@ def _textured(h=120, w=160, seed=0):
 
 
 def test_temporal_vote_repairs_an_unreliable_patch_where_the_flow_moves_it():
-    from ditta_ros.teacher.targets import temporal_vote
+    from ditta_ros.teacher.temporal import temporal_vote
 
     base = _textured()
     frames = [np.roll(base, 2 * t, axis=1) for t in range(5)]  # the scene moves 2 px right per frame
@@ -255,7 +255,7 @@ def test_temporal_vote_repairs_an_unreliable_patch_where_the_flow_moves_it():
 
 
 def test_temporal_vote_reach_follows_the_limit_and_ties_keep_the_own_label():
-    from ditta_ros.teacher.targets import temporal_vote
+    from ditta_ros.teacher.temporal import temporal_vote
 
     frame = _textured(seed=1)
     frames = [frame] * 4  # a still scene: zero flow, consistent everywhere
@@ -278,7 +278,7 @@ def test_temporal_vote_reach_follows_the_limit_and_ties_keep_the_own_label():
 def test_temporal_vote_rejects_mismatched_inputs():
     import pytest
 
-    from ditta_ros.teacher.targets import temporal_vote
+    from ditta_ros.teacher.temporal import temporal_vote
 
     f = _textured()
     with pytest.raises(ValueError, match="one to one"):
