@@ -18,10 +18,10 @@ def temporal_vote(frames: Sequence[np.ndarray], preds: Sequence[np.ndarray], rel
     Frame ``t``'s voters are itself and every warm-up frame ``k`` with ``|t - k| x interval <= limit``
     (within :data:`~ditta_ros.gates.STAMP_SLACK`; the warm-up frames taken as evenly spaced, a node's at
     their median gap; ``limit`` 0: every warm-up frame, ``T (T - 1)`` optical flows; ``interval`` ``None``
-    or <= 0: none but itself). A neighbour
-    votes at pixel ``x`` with its label and reliability at ``x + flow(x)`` (nearest pixel), the DIS flow
-    (:func:`~ditta_ros.gates.dis_flow`) from frame ``t`` to ``k`` on frames scaled by ``scale``, where that
-    flow is forward-backward consistent within ``max_fb`` scaled pixels and lands inside the frame.
+    or <= 0: none but itself). A neighbour votes at pixel ``x`` with its label and reliability at
+    ``x + flow(x)`` (nearest pixel), the DIS flow (:func:`~ditta_ros.gates.dis_flow`) from frame ``t`` to
+    ``k`` on frames scaled by ``scale``, where that flow is forward-backward consistent within ``max_fb``
+    scaled pixels and lands inside the frame.
     Each voter adds its reliability to its label's score; the highest score wins (ties: the frame's own
     label) and the new reliability is the winning score over the number of voters.
 
@@ -61,6 +61,7 @@ def temporal_vote(frames: Sequence[np.ndarray], preds: Sequence[np.ndarray], rel
         if (a, b) not in flows:
             flows[(a, b)] = dis.calc(greys[a], greys[b], None)
         return flows[(a, b)]
+
     out_p, out_r = [], []
     for t in range(n):
         h, w = preds[t].shape
