@@ -172,8 +172,8 @@ class DiTTAMethod(Method):
             voted = float(np.mean([(a != b).mean() for a, b in zip(vp, iss_preds)]))
             log.info("temporal vote of the warm-up's ISS labels (%d frames %.3f s apart, limit %.2f s): "
                      "%.2f %% of the pixels changed", n, self.frame_interval or 0.0, limit, 100 * voted)
-            if any(not np.array_equal(a, b) for a, b in zip(vr, rels)) or voted > 0:
-                keyed.update(temporal_vote=True, interval=self.frame_interval, limit=limit)  # else: same inputs
+            if voted > 0 or any(not np.array_equal(a, b) for a, b in zip(vr, rels)):  # else the same inputs
+                keyed.update(temporal_vote=True, interval=self.frame_interval, limit=limit)
             preds, rels = vp, vr
         targets: Optional[Targets] = None
         path = None

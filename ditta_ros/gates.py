@@ -145,17 +145,22 @@ class MotionGate(_FlowTracker):
 STAMP_SLACK = 1e-6
 
 
+def beyond_limit(interval: float, limit: float) -> bool:
+    """True when frames ``interval`` seconds apart are farther apart than the fusion ``limit`` (seconds; 0: no
+    limit), by more than :data:`STAMP_SLACK`."""
+    return limit > 0 and interval > limit + STAMP_SLACK
+
+
 def apply_gates(state, frame: np.ndarray, gate: Optional[MotionGate], interval: Optional[float],
                 max_gap: float):
     """The state a streaming step gets after the fusion gates: the motion ``gate``'s
     mask (the gate sees every frame, also the first), and ``has_prev = 0`` everywhere
-    when ``max_gap > 0`` and the known frame ``interval`` (s) exceeds it by more than :data:`STAMP_SLACK`, or when
-    the interval is negative
-    (the stamps went back: a replay restarted or looped, not the previous frame's scene). ``None`` (a
+    when the known frame ``interval`` (s) is beyond ``max_gap`` (:func:`beyond_limit`), or when the interval is
+    negative (the stamps went back: a replay restarted or looped, not the previous frame's scene). ``None`` (a
     stream's first frame) stays ``None``."""
     if gate is not None:
         state = gate_state(state, gate(frame))
-    if state is not None and interval is not None and (interval < 0 or (max_gap > 0 and interval > max_gap + STAMP_SLACK)):
+    if state is not None and interval is not None and (interval < 0 or beyond_limit(interval, max_gap)):
         state = gate_state(state, np.zeros(frame.shape[:2], np.float32))
     return state
 

@@ -15,7 +15,7 @@ from typing import Callable, Dict, Optional
 import numpy as np
 
 from ..ditta import AdaptationCancelled
-from ..gates import STAMP_SLACK
+from ..gates import beyond_limit
 from ..runtime import FrozenDiTTA
 from ..selector import INCUMBENT
 from .config import LiveConfig
@@ -149,7 +149,7 @@ def futile(config, gap: Optional[float]) -> Optional[str]:
     if config.tau <= 0:
         return "only the add-on would adapt and tau is 0 (the add-on never fuses); serving the ISS model"
     limit = config.fusion_limit(gap)
-    if gap is not None and 0 < limit and limit + STAMP_SLACK < gap:
+    if gap is not None and beyond_limit(gap, limit):
         return (f"only the add-on would adapt and it never fuses at this frame gap ({gap:.2f} s > max_gap "
                 f"{limit:g} s); serving the ISS model")
     return None
