@@ -121,7 +121,7 @@ def test_play_then_record_over_dds(tmp_path):
     bag.make_bag(clip_dir, src, progress=False)
     rec = str(tmp_path / "rec")
     recorder = subprocess.Popen([sys.executable, "-m", "ditta_ros", "bag", "record", bag.IMAGE_TOPIC, "--out", rec,
-                                 "--count", "8", "--duration", "60"], env=env, stdout=subprocess.PIPE,
+                                 "--count", "8", "--duration", "60", "--ready-topics", bag.IMAGE_TOPIC], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
     player = subprocess.run([sys.executable, "-m", "ditta_ros", "bag", "play", src, "--rate", "2",
                              "--topics", bag.IMAGE_TOPIC, "--wait", "30"], env=env, capture_output=True, text=True,
@@ -133,9 +133,19 @@ def test_play_then_record_over_dds(tmp_path):
     # (test_cli_teardown_watchdog_ends_a_hung_process): that is not a failed recording
     teardown_hang = recorder.returncode == 1 and '"messages": {"/camera/image_raw": 8}' in out and "Timeout" in out
     assert recorder.returncode == 0 or teardown_hang, out
+    # the readiness line (what the route waits for) comes once the player's publisher matched, before the data
+    assert out.index(f"{bag.READY_LINE} {bag.IMAGE_TOPIC}") < out.index('"messages"'), out
     frames_in, frames_out = bag.read_images(src, bag.IMAGE_TOPIC), bag.read_images(rec, bag.IMAGE_TOPIC)
     assert sorted(frames_out) == sorted(frames_in)  # every frame, header stamps unchanged
     assert all(np.array_equal(frames_in[s], frames_out[s]) for s in frames_in)
+
+
+def test_record_refuses_ready_topics_it_does_not_record(tmp_path):
+    from ditta_ros.tools.bag_ros import record_bag
+
+    with pytest.raises(ValueError, match="not among the recorded topics"):
+        record_bag([bag.SEMANTIC_TOPIC], str(tmp_path / "rec"), ready_topics=["/ditta/status"])
+    assert not (tmp_path / "rec").exists()
 
 
 def test_cli_teardown_watchdog_ends_a_hung_process():

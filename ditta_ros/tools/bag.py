@@ -25,6 +25,8 @@ log = logging.getLogger("ditta.bag")
 IMAGE_TOPIC = "/camera/image_raw"
 GT_TOPIC = "/ditta/gt"
 SEMANTIC_TOPIC = "/ditta/semantic"
+#: what ``ditta bag record --ready-topics`` prints once those topics' publishers are matched
+READY_LINE = "recording: publishers matched on"
 
 
 def _typestore():

@@ -162,7 +162,8 @@ def play_bag(bag: str, rate: float = 1.0, topics: Optional[Sequence[str]] = None
 
 def record_bag(topics: Iterable[str], out: str, count: Optional[int] = None, idle_timeout: float = 0.0,
                duration: float = 0.0, storage: str = "sqlite3", node=None, types: Optional[Dict[str, str]] = None,
-               on_done: Optional[Callable[[Dict[str, int]], None]] = None) -> Dict[str, int]:
+               on_done: Optional[Callable[[Dict[str, int]], None]] = None, ready_topics: Iterable[str] = (),
+               on_ready: Optional[Callable[[], None]] = None) -> Dict[str, int]:
     """Subscribe raw to ``topics`` and write them to the bag ``out``.
 
     Stops after ``count`` messages in total, ``duration`` seconds, ``idle_timeout``
@@ -179,7 +180,20 @@ def record_bag(topics: Iterable[str], out: str, count: Optional[int] = None, idl
     even if the teardown hangs. Destroying the last node destroys the Fast DDS
     participant, which was seen once in CI to spin forever in
     ``DomainParticipant::set_listener`` (rmw_fastrtps ``destroy_participant``).
+
+    ``on_ready()`` is called once, when the subscription of every topic in ``ready_topics``
+    (a subset of ``topics``) has matched at least one publisher: a replay started after it
+    loses none of those publishers' messages to discovery (the first label image of a
+    route was once published before the recorder had matched the node).
+
+    Raises:
+        ValueError: a topic of ``ready_topics`` is not recorded (before any ROS work).
     """
+    topics = list(topics)
+    ready = list(ready_topics)
+    unknown = [t for t in ready if t not in topics]
+    if unknown:
+        raise ValueError(f"ready_topics {unknown} are not among the recorded topics {topics}")
     import rclpy
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from rosbags.rosbag2 import StoragePlugin, Writer
@@ -200,6 +214,7 @@ def record_bag(topics: Iterable[str], out: str, count: Optional[int] = None, idl
         rclpy.init(signal_handler_options=SignalHandlerOptions.NO if handle_signals else None)
         node = rclpy.create_node("ditta_bag_record")
     counts = {t: 0 for t in topics}
+    subs = {}
     last = [None]
     plugin = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}[storage]
     try:
@@ -215,11 +230,16 @@ def record_bag(topics: Iterable[str], out: str, count: Optional[int] = None, idl
                     counts[topic] += 1
                     last[0] = time.monotonic()
 
-                node.create_subscription(_msg_class(msgtype), topic, cb,
-                                         QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE), raw=True)
+                subs[topic] = node.create_subscription(
+                    _msg_class(msgtype), topic, cb, QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE),
+                    raw=True)
             t0 = time.monotonic()
             while rclpy.ok() and not stop:
                 rclpy.spin_once(node, timeout_sec=0.1)
+                if ready and all(subs[t].get_publisher_count() > 0 for t in ready):
+                    ready = []
+                    if on_ready is not None:
+                        on_ready()
                 now = time.monotonic()
                 if count and sum(counts.values()) >= count:
                     break

@@ -99,7 +99,9 @@ def _cmd_bag(args) -> int:
                              on_done=lambda n: _report_then_guard(f"published {n} messages"))
     elif args.bag_cmd == "record":
         bag_ros.record_bag(args.topics, args.out, args.count, args.idle_timeout, args.duration, args.storage,
-                           on_done=lambda c: _report_then_guard(json.dumps({"bag": args.out, "messages": c})))
+                           on_done=lambda c: _report_then_guard(json.dumps({"bag": args.out, "messages": c})),
+                           ready_topics=args.ready_topics or (),
+                           on_ready=lambda: print(f"{bag.READY_LINE} {' '.join(args.ready_topics)}", flush=True))
     else:
         res = bag.eval_bag(args.recorded, args.ground_truth, args.out, args.model_label_set, args.label_map,
                            args.gt_label_set, args.skip_first)
@@ -378,6 +380,8 @@ def _add_bag(sub) -> None:
     br.add_argument("--idle-timeout", type=float, default=_default(record_bag, "idle_timeout"),
                     help="stop N seconds after the last message")
     br.add_argument("--storage", default=_default(record_bag, "storage"), choices=["sqlite3", "mcap"])
+    br.add_argument("--ready-topics", nargs="+", metavar="TOPIC",
+                    help="print 'recording: publishers matched on ...' once each of these recorded topics has a matched publisher")
     be = bsub.add_parser("eval", help="score a recorded /ditta/semantic against ground truth (by header stamp)")
     be.add_argument("recorded")
     be.add_argument("ground_truth", help="bag with /ditta/gt (ditta bag make) or a labelled clip folder")

@@ -8,8 +8,10 @@ import rclpy itself.
 
 Replay discipline (found the hard way, see the issue-5 note):
 
-* the player waits until every topic has ``min_subscribers`` (the node and the
-  recorder), else the node misses the first frames;
+* the player starts once the recorder has matched the node's outputs (``bag record
+  --ready-topics``), else the recording can miss the first label image, and then waits until
+  every topic has ``min_subscribers`` (the node and the recorder), else the node misses the
+  first frames;
 * ``pause_after = warm-up frames``: the player pauses until ``/ditta/status`` says
   STREAMING, so no frame arrives while the node adapts (an unhurried replay);
 * ``lockstep``: each frame waits for its label image, so a slow node drops nothing.
@@ -29,7 +31,7 @@ import tempfile
 import time
 from typing import Dict, Iterable, Mapping, Optional
 
-from .bag import SEMANTIC_TOPIC, image_topics
+from .bag import READY_LINE, SEMANTIC_TOPIC, image_topics
 
 log = logging.getLogger("ditta.route")
 
@@ -110,6 +112,29 @@ def _stop(proc: subprocess.Popen, grace: float = 30.0) -> None:
             proc.wait()
 
 
+def _wait_ready(rec_out, recorder: subprocess.Popen, node: subprocess.Popen, node_log: str,
+                timeout: float) -> None:
+    """Wait until the recorder prints :data:`~ditta_ros.tools.bag.READY_LINE` (it has matched the
+    node's output publishers). After ``timeout`` s it logs a warning and goes on, as the player
+    does for its subscribers.
+
+    Raises:
+        RuntimeError: the node or the recorder exited meanwhile (with the node log's tail).
+    """
+    end = time.monotonic() + timeout
+    fd = rec_out.fileno()
+    while time.monotonic() < end:
+        # pread: the recorder shares this file's offset, which a seek would move under its writes
+        if READY_LINE.encode() in os.pread(fd, os.fstat(fd).st_size, 0):
+            return
+        for name, proc in (("ditta_node", node), ("bag record", recorder)):
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with code {proc.returncode} before the replay began:\n"
+                                   + _tail(node_log))
+        time.sleep(0.2)
+    log.warning("the recorder has not matched the node's outputs within %.0f s; playing anyway", timeout)
+
+
 def run_route(src_bag: str, rec_bag: str, env: Mapping[str, str], node_log: str,
               node_params: Optional[Mapping[str, object]] = None, params_file: Optional[str] = None,
               image_topic: Optional[str] = None, pause_after: int = 0, lockstep: bool = True, rate: float = 1.0,
@@ -158,10 +183,12 @@ def run_route(src_bag: str, rec_bag: str, env: Mapping[str, str], node_log: str,
                                 stderr=subprocess.STDOUT)
         # outputs go to files, not pipes: a pipe nobody reads until the end can fill up and block the process
         rec_out, play_out = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        outputs = [t for t in topics if t != cam["topic"]]
         recorder = subprocess.Popen([sys.executable, "-m", "ditta_ros", "bag", "record", *topics, "--out", rec_bag,
-                                     "--duration", str(timeout)], env=dict(env), stdout=rec_out,
-                                    stderr=subprocess.STDOUT)
+                                     "--duration", str(timeout), "--ready-topics", *outputs], env=dict(env),
+                                    stdout=rec_out, stderr=subprocess.STDOUT)
         try:
+            _wait_ready(rec_out, recorder, node, node_log, wait_subscribers)
             cmd = [sys.executable, "-m", "ditta_ros", "bag", "play", src_bag, "--rate", str(rate),
                    "--topics", cam["topic"], "--wait", str(wait_subscribers), "--min-subscribers", "2"]
             if pause_after:
