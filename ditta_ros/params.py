@@ -133,6 +133,8 @@ _DESCRIPTIONS = {
     "iss_backend": "serve the pre-trained model (warm-up, adapt false, fallback) on the backend too (else torch)",
     "wait_for_backend": "hold the first label until the backend's graph for the frame size is exported and compiled "
                         "(evaluation: every label from it); false: torch's frame-wise ISS answers meanwhile",
+    "flow_while_adapting": "while the first adaptation runs, serve the ISS model fused with the previous frame moved "
+                           "by optical flow (presets with a flow fusion: select); false: the frame-wise ISS",
     "fp16": "half precision on TensorRT and torch CUDA",
     "export_dir": "folder of the exported ONNX (one folder per model and frame size; reused across restarts)",
     "engine_cache": "TensorRT engine and timing cache folder; OpenVINO compiled-model cache (openvino/)",

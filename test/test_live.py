@@ -764,3 +764,93 @@ def test_the_heap_freed_by_an_adaptation_goes_back_to_the_os():
     before = rss_mb()
     assert release_heap() is True  # this machine's libc is glibc
     assert before - rss_mb() > 100, (before, rss_mb())  # glibc had kept the freed blocks
+
+
+class _GatedMethod(_FakeMethod):
+    """An adaptation that ends when the test opens its gate (then as :class:`_FakeMethod`)."""
+
+    def __init__(self, runner, gate, **fake):
+        super().__init__(runner, **fake)
+        self.gate, self.stop = gate, None
+
+    def adapt(self, frames, iss_preds=None, incumbent=None):
+        from ditta_ros.ditta import AdaptationCancelled
+
+        while not self.gate.wait(0.02):
+            if self.stop is not None and self.stop.is_set():
+                raise AdaptationCancelled("adaptation cancelled")
+        return super().adapt(frames, iss_preds)
+
+
+def _adapting(gate, cfg=None, **fake):
+    """A pipeline whose first adaptation waits for ``gate``, after a warm-up of 2 frames 0.1 s apart."""
+    live = LivePipeline(cfg or LiveConfig(warmup_frames=2, backend="torch", checkpoint_dir=""), _runner(),
+                        method_factory=lambda r: _GatedMethod(r, gate, **fake))
+    for i in range(2):
+        live.process(_frame(seed=i), stamp=0.1 * i)
+    assert live.phase == Phase.ADAPTING
+    return live
+
+
+@pytest.mark.parametrize("refuse", [False, True])
+def test_the_iss_with_the_flow_branch_serves_while_the_first_adaptation_runs(refuse):
+    import copy
+    import threading
+
+    gate = threading.Event()
+    live = _adapting(gate, refuse=refuse)
+    assert live.config.fusion == "flow"  # the default preset, select
+    live.process(_frame(seed=2), stamp=0.2)  # the ISS answers while the interim is prepared
+    assert live.last_source == "iss"
+    assert live.serving.join(60) and live.serving.interim
+    # the pre-trained model with the flow branch, as an independent freeze of it serves the same frames
+    ref = live.serving.freeze(DiTTANet(copy.deepcopy(live.runner.model)).eval(), 0.1)
+    ref.prepare((40, 56))
+    for k, (seed, stamp) in enumerate([(3, 0.3), (4, 0.4), (5, 0.5)]):
+        pred, phase = live.process(_frame(seed=seed), stamp=stamp)
+        assert phase == Phase.ADAPTING and live.last_source == "iss-flow"
+        assert np.array_equal(pred.labels, ref.step(_frame(seed=seed), None if k == 0 else 0.1).labels)
+    st = live.status()
+    assert st["model"] == "iss-flow" and st["by_model"]["iss-flow"] == 3 and st["fused_share"] == pytest.approx(2 / 3, abs=1e-3)
+    with pytest.raises(RuntimeError, match="no adapted model to save"):  # the interim is no adaptation
+        live.save("/tmp/never.pt")
+    gate.set()
+    live.wait_idle(60)
+    live.process(_frame(seed=6), stamp=0.6)
+    if refuse:  # the selector or guard refused: the frame-wise ISS serves, as offline
+        assert live.phase == Phase.ISS and live.serving.frozen is None and live.last_source == "iss"
+    else:
+        assert live.phase == Phase.STREAMING and not live.serving.interim and live.last_source == "adapted"
+    assert live.close(5)
+
+
+@pytest.mark.parametrize("cfg", [LiveConfig(warmup_frames=2, backend="torch", checkpoint_dir="", flow_while_adapting=False),
+                                 LiveConfig(warmup_frames=2, backend="torch", checkpoint_dir="", preset="default")])
+def test_no_interim_without_the_flow_fusion_or_when_turned_off(cfg):
+    import threading
+
+    gate = threading.Event()
+    live = _adapting(gate, cfg)
+    for i in range(2, 5):
+        live.process(_frame(seed=i), stamp=0.1 * i)
+        assert live.serving.join(60)
+    assert live.last_source == "iss" and live.serving.frozen is None and live.counters.by_model["iss-flow"] == 0
+    gate.set()
+    live.wait_idle(60)
+    assert live.close(5)
+
+
+def test_a_reset_while_the_interim_serves_returns_to_the_iss():
+    import threading
+
+    gate = threading.Event()
+    live = _adapting(gate)
+    live.process(_frame(seed=2), stamp=0.2)
+    assert live.serving.join(60) and live.serving.interim
+    assert live.process(_frame(seed=3), stamp=0.3) and live.last_source == "iss-flow"
+    live.reset()
+    assert live.phase == Phase.ISS and live.serving.frozen is None
+    live.process(_frame(seed=4), stamp=0.4)
+    assert live.last_source == "iss"
+    gate.set()
+    assert live.close(5)

@@ -101,7 +101,7 @@ def run_adaptation(make_method: Callable[[], object], batch: WarmupBatch, cfg: L
         if gap is not None and hasattr(method, "frame_interval"):
             method.frame_interval = gap  # the guard and the candidates stream the warm-up at the gap it was taken
         kw = {} if batch.preds is None else {"iss_preds": batch.preds}
-        serving_now = serving.frozen  # once: another thread may drop it
+        serving_now = serving.adapted  # once: another thread may drop it (the interim is no adaptation)
         if serving_now is not None:
             kw["incumbent"] = serving_now.net  # a re-adaptation: a selecting method judges the serving model too
         running(1)
@@ -123,7 +123,7 @@ def run_adaptation(make_method: Callable[[], object], batch: WarmupBatch, cfg: L
         hw = tuple(batch.frames[0].shape[:2])
         frozen = _serving_model(method, serving, gap)
         if not frozen.ready_for(hw):  # the method's own model is ready and reset after its guard
-            frozen.prepare(hw, previous=serving.frozen)
+            frozen.prepare(hw, previous=serving.adapted)
         meta = {"model": cfg.model, "frame_hw": list(hw), "warmup_frames": n,
                 "warmup_stamps": [round(s, 6) for s in batch.stamps], "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "tau": serving.config.tau, "preset": serving.config.preset, "fusion": frozen.config.fusion,

@@ -35,7 +35,9 @@ class LiveConfig:
     ``torch_threads``) make :meth:`runtime`; ``iss_backend`` serves the pre-trained model
     (warm-up, adaptation off, fallback) on that runtime too; ``wait_for_backend`` holds the first
     label until that runtime's graph is ready for the frame size (evaluation routes: every label
-    from the serving graph), else torch's frame-wise ISS answers meanwhile. ``preset`` names the DiTTA
+    from the serving graph), else torch's frame-wise ISS answers meanwhile. ``flow_while_adapting``: while
+    the first adaptation runs, a preset with a flow fusion serves the ISS model with its flow branch
+    (:class:`~.pipeline.LivePipeline`). ``preset`` names the DiTTA
     configuration (:data:`ditta_ros.presets.PRESETS`); ``lr``, ``iters``, ``params``,
     ``loss_mode`` override it when set (0 / empty = the preset's) and ``guard: false`` turns
     its do-no-harm guard off: :meth:`ditta_config`.
@@ -66,6 +68,7 @@ class LiveConfig:
     openvino_threads: int = 0
     iss_backend: bool = True
     wait_for_backend: bool = False
+    flow_while_adapting: bool = True
     fp16: bool = False
     export_dir: str = EXPORT_DIR
     engine_cache: str = ENGINE_CACHE

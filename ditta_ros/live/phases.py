@@ -19,9 +19,10 @@ class Phase(str, Enum):
 
 
 #: where a label image came from (``ditta/status`` ``model``): the pre-trained model, the
-#: adapted one, or the pre-trained one standing in for an adapted model that failed on the frame
-#: (non-finite output, a runtime error)
-SOURCES = ("iss", "adapted", "fallback")
+#: adapted one, the pre-trained one standing in for an adapted model that failed on the frame
+#: (non-finite output, a runtime error), or the pre-trained one fused with the previous frame
+#: moved by optical flow while the first adaptation runs (``iss-flow``: ``flow_while_adapting``)
+SOURCES = ("iss", "adapted", "fallback", "iss-flow")
 
 
 def ema(old: Optional[float], new: float, weight: float = 0.1) -> float:

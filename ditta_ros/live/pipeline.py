@@ -11,7 +11,10 @@ States (:class:`~.phases.Phase`)::
 * WARMUP: frames are collected (:class:`~.warmup.WarmupWindow`).
 * ADAPTING / EXPORTING: the adaptation (:func:`~.adaptation.run_adaptation`) runs in a worker
   thread; meanwhile :meth:`LivePipeline.process` returns the ISS's labels (or the previous
-  adaptation's), so the robot is never blind and never waits.
+  adaptation's), so the robot is never blind and never waits. With a flow fusion
+  (``select``) and ``flow_while_adapting``, the first adaptation's wait is served by the ISS model
+  fused with the previous frame moved by optical flow (``iss-flow``, prepared in the background):
+  the least that ``select`` serves after it, with no training needed.
 * STREAMING: the adapted model serves (:class:`~.serving.Serving`), saved to
   ``checkpoint_dir`` (:mod:`.checkpoints`); an ``adapted_checkpoint`` starts here directly.
 
@@ -39,6 +42,7 @@ from ..inference import ISSRunner, Prediction
 from . import checkpoints
 from .adaptation import Outcome, run_adaptation
 from .config import LiveConfig, ParameterError
+from ..presets import FLOW_FUSIONS
 from .phases import Counters, Phase
 from .scene import SceneChangeDetector
 from .serving import Serving
@@ -123,6 +127,7 @@ class LivePipeline:
         self._period_start: Optional[float] = None  # stream time the readapt_period counts from
         self._period_armed = False  # an adaptation ended (not a reset): the period may start a new one
         self._save_lock = threading.Lock()
+        self._interim: Optional[Tuple[int, Optional[float]]] = None  # (generation, warm-up gap) still to start
         self.scene = SceneChangeDetector(runner.model.num_classes, cfg.scene_change_threshold,
                                          cfg.scene_change_frames)
         if cfg.adapted_checkpoint:
@@ -195,7 +200,7 @@ class LivePipeline:
             self._period_armed, self._period_start = False, None
         self.serving.reset()
         log.info("re-adaptation requested: collecting a new warm-up window%s",
-                 " (the adapted model keeps serving)" if self.serving.frozen is not None else "")
+                 " (the adapted model keeps serving)" if self.serving.adapted is not None else "")
         return "warm-up started"
 
     def reset(self) -> str:
@@ -206,6 +211,7 @@ class LivePipeline:
                 self._stop.set()
             self.window.clear()
             self.serving.install(None)
+            self._interim = None
             self.phase, self.progress = Phase.ISS, 0.0
             self._period_armed, self._period_start = False, None
             self.error, self.warning = None, None
@@ -262,6 +268,10 @@ class LivePipeline:
                     self.progress = self.window.progress
                     if batch is not None:
                         self._start_adaptation(batch)
+        elif phase in (Phase.ADAPTING, Phase.EXPORTING):
+            pending = self._interim  # one read: the worker clears it when the adaptation ends
+            if pending is not None:
+                self._start_interim(pending, tuple(frame.shape[:2]))
         self.last_source = source
         self.counters.by_model[source] += 1
         self._periodic(phase, stamp)
@@ -291,10 +301,35 @@ class LivePipeline:
             if self.phase == Phase.STREAMING:
                 self.phase = Phase.ISS
 
+    # -- the interim: the ISS with the flow branch while the first adaptation runs -------------
+    def _start_interim(self, pending: Tuple[int, Optional[float]], hw: Tuple[int, int]) -> None:
+        """Start preparing the interim (``pending``: the generation of the adaptation it stands in for
+        and the warm-up's frame gap) for ``hw`` frames, one try per frame until a preparation slot is
+        free; it is installed only if that adaptation still runs once it is ready."""
+        gen, gap = pending
+
+        def install_if_wanted(frozen) -> bool:
+            with self._lock:
+                if gen != self._generation or self.phase not in (Phase.ADAPTING, Phase.EXPORTING) \
+                        or self.serving.frozen is not None:
+                    return False
+                self.serving.install(frozen, {"interim": True}, interim=True)
+                return True
+
+        if self.serving.start_interim(hw, gap, install_if_wanted):
+            with self._lock:
+                if self._interim is pending:
+                    self._interim = None
+
     # -- the adaptation worker ----------------------------------------------------------
     def _start_adaptation(self, batch: WarmupBatch) -> None:
-        """Hand a full warm-up window to a new worker (called under the lock)."""
-        self.phase, self.progress = Phase.ADAPTING, 0.0
+        """Hand a full warm-up window to a new worker (called under the lock); with no adapted model
+        serving, a flow fusion and ``flow_while_adapting``, the interim is prepared from the next frame on."""
+        self.phase, self.progress, self._interim = Phase.ADAPTING, 0.0, None
+        if self.cfg.flow_while_adapting and self.config.fusion in FLOW_FUSIONS and self.config.tau > 0 \
+                and self.serving.adapted is None:
+            stamps = batch.stamps
+            self._interim = (self._generation, float(np.median(np.diff(stamps))) if len(stamps) > 1 else None)
         stop, previous = threading.Event(), self._worker
         self._stop = stop
         self._worker = threading.Thread(target=self._adapt, args=(batch, self._generation, stop, previous),
@@ -330,7 +365,10 @@ class LivePipeline:
             if gen != self._generation or outcome.kind == "cancelled":
                 return
             self._period_armed, self._period_start = True, None
-            serving_adapted = self.serving.frozen is not None
+            self._interim = None
+            serving_adapted = self.serving.adapted is not None
+            if self.serving.interim and outcome.kind != "adapted":  # the interim only stands in for an adaptation
+                self.serving.install(None)
             if outcome.kind == "failed":
                 self.error = outcome.error
                 self.phase = Phase.STREAMING if serving_adapted else Phase.ISS

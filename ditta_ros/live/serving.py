@@ -4,6 +4,10 @@
   prepared for the frame's size; a new size is prepared in the background while the ISS
   serves; a failure on a frame (a non-finite output, a runtime error) makes the ISS serve that
   frame (``fallback``), and after :data:`NONFINITE_LIMIT` in a row the adapted model is dropped;
+* while the first adaptation runs, the pre-trained model with the flow branch (``interim``:
+  :meth:`Serving.start_interim`, source ``iss-flow``): no training is needed to fuse a frame with the
+  previous one moved by optical flow, which is the least that the ``select`` preset serves after it;
+  prepared in the background while the ISS serves;
 * else the pre-trained ISS model on the serving backend (:class:`~ditta_ros.runtime.ServedISS`,
   its plain graph exported once per model and frame size), or torch's frame-wise runner while
   that graph is prepared in the background, the first frame size included: a camera's first
@@ -49,7 +53,9 @@ class Serving:
             runner answers while it is prepared in the background).
 
     Attributes:
-        frozen: the adapted model being served (``None``: none); meta: what its checkpoint records.
+        frozen: the model being served instead of the ISS (``None``: none); meta: what its checkpoint
+            records; interim: ``frozen`` is the pre-trained model with the flow branch, standing in
+            while the first adaptation runs (not an adaptation: :attr:`adapted` is ``None``, nothing is saved).
         preparing: what the background thread prepares (``None``: nothing).
         error: the last failed preparation (``None`` after :meth:`reset`).
         dropped: why the adapted model was last dropped (``None``: it was not).
@@ -64,6 +70,7 @@ class Serving:
         self.iss_runtime: Optional[str] = None
         self.frozen: Optional[FrozenDiTTA] = None
         self.meta: Dict[str, object] = {}
+        self.interim = False
         self.preparing: Optional[str] = None
         self.error: Optional[str] = None
         self.dropped: Optional[str] = None
@@ -85,15 +92,47 @@ class Serving:
         return FrozenDiTTA(net, config, self.runtime, trained_gap)
 
     # -- the served adapted model ----------------------------------------------------------
-    def install(self, frozen: Optional[FrozenDiTTA], meta: Optional[Dict[str, object]] = None) -> None:
-        """Serve ``frozen`` (``None``: the ISS) from the next frame on."""
+    def install(self, frozen: Optional[FrozenDiTTA], meta: Optional[Dict[str, object]] = None,
+                interim: bool = False) -> None:
+        """Serve ``frozen`` (``None``: the ISS) from the next frame on; ``interim``: it is the
+        pre-trained model with the flow branch (:meth:`start_interim`), not an adaptation."""
         with self._lock:
             self.frozen, self.meta, self._nonfinite = frozen, dict(meta or {}), 0
+            self.interim = frozen is not None and interim
+
+    @property
+    def adapted(self) -> Optional[FrozenDiTTA]:
+        """The adapted model being served (``None``: the ISS or the interim serves)."""
+        frozen = self.frozen
+        return None if frozen is None or self.interim else frozen
 
     def current(self) -> Tuple[Optional[FrozenDiTTA], Dict[str, object]]:
-        """``(frozen, meta)`` as one snapshot."""
+        """``(adapted model, meta)`` as one snapshot (``(None, {})`` while the ISS or the interim serves)."""
         with self._lock:
-            return self.frozen, dict(self.meta)
+            return (None, {}) if self.interim else (self.frozen, dict(self.meta))
+
+    def start_interim(self, hw: Tuple[int, int], trained_gap: Optional[float],
+                      install_if_wanted: Callable[[FrozenDiTTA], bool]) -> bool:
+        """Prepare the pre-trained model with this configuration's flow branch for ``hw`` frames in the
+        background; once ready, ``install_if_wanted(frozen)`` installs it as the interim (:attr:`interim`)
+        when the adaptation it stands in for still runs, and says whether it did.
+
+        Returns:
+            True when the preparation was started (False: another preparation runs, or this one failed
+            before).
+        """
+        import copy
+
+        from ..adapt import DiTTANet
+
+        def job():
+            fresh = self.freeze(DiTTANet(copy.deepcopy(self.runner.model)).eval(), trained_gap)
+            fresh.prepare(hw)
+            if install_if_wanted(fresh):
+                log.info("serving the ISS model with the flow branch on %s while the adaptation runs",
+                         fresh.describe())
+
+        return self._in_background(f"iss-flow {hw[1]}x{hw[0]}", job)
 
     def reset(self) -> None:
         """Forget failed preparations and their error (a reset or a new warm-up)."""
@@ -148,7 +187,7 @@ class Serving:
             problem = f"an error ({type(exc).__name__}: {exc})"
         if problem is None:
             self._nonfinite = 0
-            return pred, "adapted"
+            return pred, "iss-flow" if self.interim and self.frozen is frozen else "adapted"
         self._nonfinite += 1
         if self._nonfinite == 1 or self._nonfinite % 100 == 0:
             log.warning("the adapted model gave %s (%d in a row): serving the ISS model for this frame", problem,
