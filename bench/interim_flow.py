@@ -1,20 +1,23 @@
 """Benchmark: a live camera while the node's first adaptation runs, with and without the interim
-(``flow_while_adapting``: the ISS model with the flow branch serves until the adaptation ends).
+(``flow_while_adapting``: the ISS model with the flow branch serves until the adaptation ends), and with
+other node parameters that share the cores between serving and adapting (``--variants``).
 
 The node's frame loop without ROS (:class:`~ditta_ros.live.loop.FrameLoop` over a
 :class:`~ditta_ros.live.LivePipeline` with the node's defaults: ``select``, backend ``auto``, the real
 teacher) is fed the frames of a clip at the clip's rate by a camera thread, played back and forth, that
 never waits: the loop takes the newest frame and drops the rest, as the node does. It runs until the
 adaptation has ended and ``--after`` seconds more. Each run starts with empty export and engine caches
-(the interim's export and compile are part of what it costs). The two runs cannot be interleaved (one
+(the interim's export and compile are part of what it costs). The runs cannot be interleaved (one
 adaptation each, minutes long): they run one after the other, so compare them only on a quiet machine.
+A variant is a comma-separated list of node parameters (``key=value``, as ``ditta eval``'s method options)
+applied to :class:`~ditta_ros.live.LiveConfig`.
 
 Reported per run: seconds from the first frame to the end of the adaptation (the status'
 ``last_adaptation``), and over the frames the loop answered while the adaptation ran: how many, by
 model (``iss`` / ``iss-flow``), the median gap between their stamps, the interim's fused share and the
 label flips between consecutive answered frames (:func:`ditta_ros.metrics.label_flips`).
 
-    python bench/interim_flow.py [CLIP] [--after 10]
+    python bench/interim_flow.py [CLIP] [--after 10] [--variants flow_while_adapting=true ...]
     # writes bench/results/interim_flow.{json,md}
 """
 
@@ -42,7 +45,33 @@ def camera(frames, fps: float, loop, stop: threading.Event) -> None:
         i += 1
 
 
-def run(frames, fps: float, interim: bool, after: float, model: str):
+def parse_variant(text: str):
+    """``"k=v,k2=v2"`` -> ``{k: v}`` typed as :class:`~ditta_ros.live.LiveConfig`'s fields (bool, int, float, str).
+
+    Raises:
+        ValueError: an unknown field or a value of the wrong type.
+    """
+    import dataclasses
+
+    from ditta_ros.live import LiveConfig
+
+    types = {f.name: type(f.default) for f in dataclasses.fields(LiveConfig)}
+    out = {}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        if key not in types:
+            raise ValueError(f"unknown node parameter {key!r}")
+        kind = types[key]
+        if kind is bool:
+            if value not in ("true", "false"):
+                raise ValueError(f"{key}: true or false, got {value!r}")
+            out[key] = value == "true"
+        else:
+            out[key] = kind(value)
+    return out
+
+
+def run(frames, fps: float, overrides, after: float, model: str):
     import numpy as np
 
     from ditta_ros.live import LiveConfig, LivePipeline, Phase
@@ -50,8 +79,8 @@ def run(frames, fps: float, interim: bool, after: float, model: str):
     from ditta_ros.metrics import label_flips
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = LiveConfig(model=model, flow_while_adapting=interim, checkpoint_dir="",
-                         export_dir=os.path.join(tmp, "export"), engine_cache=os.path.join(tmp, "engines"))
+        cfg = LiveConfig(**{"model": model, "checkpoint_dir": "", "export_dir": os.path.join(tmp, "export"),
+                            "engine_cache": os.path.join(tmp, "engines"), **overrides})
         live = LivePipeline(cfg)
         answered = []  # (stamp, source, phase, labels)
         stats = {}
@@ -83,7 +112,9 @@ def run(frames, fps: float, interim: bool, after: float, model: str):
         gaps = np.diff([a[0] for a in adapting])
         flips = label_flips([a[3] for a in adapting])[1:] if len(adapting) > 1 else np.array([])
         s = stats.get("interim")
-        out = {"flow_while_adapting": interim, "state": live.phase.value,
+        out = {"variant": ",".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}"
+                                   for k, v in overrides.items()),
+               "flow_while_adapting": cfg.flow_while_adapting, "state": live.phase.value,
                "selected": live.last_adapt.get("selected"), "seconds_to_end_of_adaptation": round(t_end, 1),
                "adaptation": {k: live.last_adapt.get(k) for k in ("total_seconds", "teacher_seconds",
                                                                    "adapt_seconds")},
@@ -103,32 +134,37 @@ def main() -> None:
     p = clip_parser(__doc__)
     p.add_argument("--model", default="espnetv2-s2.0-cityscapes-1024x512")
     p.add_argument("--after", type=float, default=10.0, help="seconds of streaming after the adaptation ended")
+    p.add_argument("--name", default="", help="results file suffix (interim_flow_<name>)")
+    p.add_argument("--variants", nargs="+", default=["flow_while_adapting=true", "flow_while_adapting=false"],
+                   help="node parameters per run, e.g. flow_while_adapting=true,openvino_threads=1")
     args = p.parse_args()
     clip = open_clip(args.clip)
     frames = [clip.frame(i) for i in range(len(clip))]
     fps = float(clip.fps)
     m = machine()
-    rows = [run(frames, fps, interim, args.after, args.model) for interim in (True, False)]
-    write_results("interim_flow", {"machine": m, "clip": args.clip, "fps": fps, "rows": rows,
+    variants = [parse_variant(v) for v in args.variants]  # all checked before the first run
+    rows = [run(frames, fps, v, args.after, args.model) for v in variants]
+    name = "interim_flow" if not args.name else f"interim_flow_{args.name}"
+    write_results(name, {"machine": m, "clip": args.clip, "fps": fps, "rows": rows,
                                    "command": "python bench/interim_flow.py " + " ".join(sys.argv[1:])})
     lines = [f"# A live camera while the first adaptation runs: {args.model} ({describe_machine(m)})", "",
              f"`python bench/interim_flow.py {' '.join(sys.argv[1:])}`", "",
              f"{os.path.basename(os.path.normpath(args.clip))} ({len(frames)} frames, back and forth) offered at "
              f"{fps:g} Hz to the node's frame loop (no ROS; node defaults: `select`, backend auto); empty export "
              "and engine caches per run; runs one after the other (not interleaved).", "",
-             "| flow_while_adapting | first frame to end of adaptation s | adaptation s (teacher) | selected | "
+             "| variant | first frame to end of adaptation s | adaptation s (teacher) | selected | "
              "answered while adapting | by model | gap median ms | interim fused share | label flips while "
              "adapting |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         a, flips = r["adaptation"], r["flips_while_adapting"]
-        lines.append(f"| {str(r['flow_while_adapting']).lower()} | {r['seconds_to_end_of_adaptation']} | "
+        lines.append(f"| {r['variant']} | {r['seconds_to_end_of_adaptation']} | "
                      f"{a['total_seconds']} ({a['teacher_seconds']}) | {r['selected']} | "
                      f"{r['answered_while_adapting']} | "
                      + ", ".join(f"{k} {v}" for k, v in sorted(r["by_model"].items()))
                      + f" | {r['gap_ms_median']} | {r['interim_fused_share']} | "
                      + ("-" if flips is None else f"{100 * flips:.2f} %") + " |")
-    write_markdown("interim_flow", lines)
+    write_markdown(name, lines)
 
 
 if __name__ == "__main__":

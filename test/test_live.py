@@ -158,8 +158,8 @@ def test_auto_readapt_starts_a_new_warmup_after_a_scene_change():
     from ditta_ros.inference import Prediction
 
     scene = {"cls": 0}  # the streamed labels are all one class; the scene then switches to another
-    live.serving._adapted = lambda frozen, frame, stamp: (Prediction(np.full(frame.shape[:2], scene["cls"], np.uint8),
-                                                                     np.ones(frame.shape[:2], np.float32)), "adapted")
+    live.serving._adapted = lambda frozen, interim, frame, stamp: (
+        Prediction(np.full(frame.shape[:2], scene["cls"], np.uint8), np.ones(frame.shape[:2], np.float32)), "adapted")
     for _ in range(4):
         live.process(_frame())
     assert live.phase == Phase.STREAMING
@@ -776,29 +776,37 @@ class _GatedMethod(_FakeMethod):
     def adapt(self, frames, iss_preds=None, incumbent=None):
         from ditta_ros.ditta import AdaptationCancelled
 
+        self.incumbent = incumbent
         while not self.gate.wait(0.02):
             if self.stop is not None and self.stop.is_set():
                 raise AdaptationCancelled("adaptation cancelled")
         return super().adapt(frames, iss_preds)
 
 
-def _adapting(gate, cfg=None, **fake):
-    """A pipeline whose first adaptation waits for ``gate``, after a warm-up of 2 frames 0.1 s apart."""
+def _adapting(gate, cfg=None, made=None, **fake):
+    """A pipeline whose first adaptation waits for ``gate``, after a warm-up of 2 frames 0.1 s apart, with
+    the ISS graph's background preparation (started by the first frame) finished."""
+    def factory(r):
+        method = _GatedMethod(r, gate, **fake)
+        if made is not None:
+            made.append(method)
+        return method
+
     live = LivePipeline(cfg or LiveConfig(warmup_frames=2, backend="torch", checkpoint_dir=""), _runner(),
-                        method_factory=lambda r: _GatedMethod(r, gate, **fake))
+                        method_factory=factory)
     for i in range(2):
         live.process(_frame(seed=i), stamp=0.1 * i)
-    assert live.phase == Phase.ADAPTING
+    assert live.phase == Phase.ADAPTING and live.serving.join(60)
     return live
 
 
-@pytest.mark.parametrize("refuse", [False, True])
-def test_the_iss_with_the_flow_branch_serves_while_the_first_adaptation_runs(refuse):
+@pytest.mark.parametrize("ending", ["adapted", "refused", "failed"])
+def test_the_iss_with_the_flow_branch_serves_while_the_first_adaptation_runs(ending):
     import copy
     import threading
 
-    gate = threading.Event()
-    live = _adapting(gate, refuse=refuse)
+    gate, made = threading.Event(), []
+    live = _adapting(gate, made=made, refuse=ending == "refused", fail=ending == "failed")
     assert live.config.fusion == "flow"  # the default preset, select
     live.process(_frame(seed=2), stamp=0.2)  # the ISS answers while the interim is prepared
     assert live.last_source == "iss"
@@ -816,11 +824,12 @@ def test_the_iss_with_the_flow_branch_serves_while_the_first_adaptation_runs(ref
         live.save("/tmp/never.pt")
     gate.set()
     live.wait_idle(60)
+    assert made[0].incumbent is None  # the interim is not judged beside the candidates
     live.process(_frame(seed=6), stamp=0.6)
-    if refuse:  # the selector or guard refused: the frame-wise ISS serves, as offline
-        assert live.phase == Phase.ISS and live.serving.frozen is None and live.last_source == "iss"
-    else:
+    if ending == "adapted":
         assert live.phase == Phase.STREAMING and not live.serving.interim and live.last_source == "adapted"
+    else:  # refused by the selector or guard, or failed: the frame-wise ISS serves, as offline
+        assert live.phase == Phase.ISS and live.serving.frozen is None and live.last_source == "iss"
     assert live.close(5)
 
 
@@ -847,10 +856,42 @@ def test_a_reset_while_the_interim_serves_returns_to_the_iss():
     live = _adapting(gate)
     live.process(_frame(seed=2), stamp=0.2)
     assert live.serving.join(60) and live.serving.interim
+    assert live.close(5) is True and not live.serving.interim  # close() leaves no interim behind
+    live = _adapting(gate)
+    live.process(_frame(seed=2), stamp=0.2)
+    assert live.serving.join(60) and live.serving.interim
     assert live.process(_frame(seed=3), stamp=0.3) and live.last_source == "iss-flow"
     live.reset()
     assert live.phase == Phase.ISS and live.serving.frozen is None
     live.process(_frame(seed=4), stamp=0.4)
     assert live.last_source == "iss"
     gate.set()
+    assert live.close(5)
+
+
+def test_an_interim_ready_after_the_adaptation_ended_is_not_installed(monkeypatch):
+    """The interim's preparation outlasts the adaptation: the adapted model serves, the late interim is dropped."""
+    import threading
+
+    from ditta_ros.runtime import FrozenDiTTA
+
+    gate, release = threading.Event(), threading.Event()
+    live = _adapting(gate)
+    prepare = FrozenDiTTA.prepare
+
+    def slow_prepare(self, frame_hw, previous=None):
+        if threading.current_thread().name == "ditta-prepare":  # the interim's, not the adaptation's own
+            release.wait(60)
+        return prepare(self, frame_hw, previous)
+
+    monkeypatch.setattr(FrozenDiTTA, "prepare", slow_prepare)
+    live.process(_frame(seed=2), stamp=0.2)
+    assert live.serving.preparing == "iss-flow 56x40"
+    gate.set()
+    live._worker.join(60)
+    assert live.phase == Phase.STREAMING
+    release.set()
+    assert live.serving.join(60) and not live.serving.interim and live.serving.adapted is not None
+    live.process(_frame(seed=3), stamp=0.3)
+    assert live.last_source == "adapted" and live.counters.by_model["iss-flow"] == 0
     assert live.close(5)

@@ -553,6 +553,23 @@ def test_flow_branch_serves_alike_on_torch_and_the_exported_graph(tmp_path, back
     assert backend in served.describe()
 
 
+def test_a_warmed_model_serves_what_a_model_that_never_ran_serves():
+    """``FrozenDiTTA.warm``: its inferences leave no trace: no state (the next frame is not fused), no stream
+    statistics, and a moving sequence gets the labels of a freshly prepared model."""
+    from ditta_ros.presets import DittaConfig
+    from ditta_ros.runtime import FrozenDiTTA
+
+    net, cfg = _net(), DittaConfig.from_preset("default", fusion="flow")
+    frames = _frames(4, 100, 130)
+    warmed, fresh = FrozenDiTTA(net, cfg), FrozenDiTTA(net, cfg)
+    warmed.prepare(frames[0].shape[:2])
+    warmed.warm(frames[3][::-1].copy())  # another frame: a kept state would change the fused labels
+    assert warmed._state is None and warmed.stats.frames == 0
+    for f in frames:
+        assert np.array_equal(warmed.step(f, 0.1).labels, fresh.step(f, 0.1).labels)
+    assert warmed.stats.fused == fresh.stats.fused == 3
+
+
 def test_the_graph_split_for_parallel_streams_computes_what_the_whole_graph_does(tmp_path):
     """``bench/streams_probe.py`` cuts the served flow graph where the ISS logits leave the classifier: the
     stateless part on two OpenVINO streams and the fusion part in frame order give the whole graph's labels on

@@ -124,6 +124,7 @@ def run_adaptation(make_method: Callable[[], object], batch: WarmupBatch, cfg: L
         frozen = _serving_model(method, serving, gap)
         if not frozen.ready_for(hw):  # the method's own model is ready and reset after its guard
             frozen.prepare(hw, previous=serving.adapted)
+            frozen.warm(batch.frames[-1])  # its first, slower inferences here, not on the first served frames
         meta = {"model": cfg.model, "frame_hw": list(hw), "warmup_frames": n,
                 "warmup_stamps": [round(s, 6) for s in batch.stamps], "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "tau": serving.config.tau, "preset": serving.config.preset, "fusion": frozen.config.fusion,

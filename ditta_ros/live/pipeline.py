@@ -227,6 +227,9 @@ class LivePipeline:
             self._generation += 1
             if self._stop is not None:
                 self._stop.set()
+            self._interim = None
+            if self.serving.interim:
+                self.serving.install(None)
         deadline = time.monotonic() + timeout
         if self._worker is not None:
             self._worker.join(max(0.0, deadline - time.monotonic()))
@@ -268,10 +271,10 @@ class LivePipeline:
                     self.progress = self.window.progress
                     if batch is not None:
                         self._start_adaptation(batch)
-        elif phase in (Phase.ADAPTING, Phase.EXPORTING):
+        elif phase == Phase.ADAPTING:
             pending = self._interim  # one read: the worker clears it when the adaptation ends
             if pending is not None:
-                self._start_interim(pending, tuple(frame.shape[:2]))
+                self._start_interim(pending, frame)
         self.last_source = source
         self.counters.by_model[source] += 1
         self._periodic(phase, stamp)
@@ -302,21 +305,21 @@ class LivePipeline:
                 self.phase = Phase.ISS
 
     # -- the interim: the ISS with the flow branch while the first adaptation runs -------------
-    def _start_interim(self, pending: Tuple[int, Optional[float]], hw: Tuple[int, int]) -> None:
+    def _start_interim(self, pending: Tuple[int, Optional[float]], frame: np.ndarray) -> None:
         """Start preparing the interim (``pending``: the generation of the adaptation it stands in for
-        and the warm-up's frame gap) for ``hw`` frames, one try per frame until a preparation slot is
-        free; it is installed only if that adaptation still runs once it is ready."""
+        and the warm-up's frame gap) for frames of ``frame``'s size, one try per frame until a preparation
+        slot is free; it is installed only if that adaptation still runs once it is ready."""
         gen, gap = pending
 
         def install_if_wanted(frozen) -> bool:
             with self._lock:
-                if gen != self._generation or self.phase not in (Phase.ADAPTING, Phase.EXPORTING) \
-                        or self.serving.frozen is not None:
+                if gen != self._generation or self.phase != Phase.ADAPTING or self.serving.frozen is not None:
                     return False
-                self.serving.install(frozen, {"interim": True}, interim=True)
+                if frozen is not None:
+                    self.serving.install(frozen, {"interim": True}, interim=True)
                 return True
 
-        if self.serving.start_interim(hw, gap, install_if_wanted):
+        if self.serving.start_interim(frame, gap, install_if_wanted):
             with self._lock:
                 if self._interim is pending:
                     self._interim = None
@@ -326,8 +329,8 @@ class LivePipeline:
         """Hand a full warm-up window to a new worker (called under the lock); with no adapted model
         serving, a flow fusion and ``flow_while_adapting``, the interim is prepared from the next frame on."""
         self.phase, self.progress, self._interim = Phase.ADAPTING, 0.0, None
-        if self.cfg.flow_while_adapting and self.config.fusion in FLOW_FUSIONS and self.config.tau > 0 \
-                and self.serving.adapted is None:
+        if self.cfg.flow_while_adapting and self.cfg.iss_backend and self.config.fusion in FLOW_FUSIONS \
+                and self.config.tau > 0 and self.serving.adapted is None:
             stamps = batch.stamps
             self._interim = (self._generation, float(np.median(np.diff(stamps))) if len(stamps) > 1 else None)
         stop, previous = threading.Event(), self._worker
@@ -349,7 +352,7 @@ class LivePipeline:
             with self._lock:
                 if gen != self._generation:
                     return False
-                self.phase = Phase.EXPORTING
+                self.phase, self._interim = Phase.EXPORTING, None  # an interim not ready by now is not wanted
                 return True
 
         # a reset while waiting for the previous one builds nothing (run_adaptation checks `stop` first)
@@ -369,6 +372,8 @@ class LivePipeline:
             serving_adapted = self.serving.adapted is not None
             if self.serving.interim and outcome.kind != "adapted":  # the interim only stands in for an adaptation
                 self.serving.install(None)
+            if (self.serving.error or "").startswith("preparing iss-flow"):  # its failure ends with it
+                self.serving.error = None
             if outcome.kind == "failed":
                 self.error = outcome.error
                 self.phase = Phase.STREAMING if serving_adapted else Phase.ISS

@@ -103,19 +103,21 @@ class Serving:
     @property
     def adapted(self) -> Optional[FrozenDiTTA]:
         """The adapted model being served (``None``: the ISS or the interim serves)."""
-        frozen = self.frozen
-        return None if frozen is None or self.interim else frozen
+        with self._lock:  # one snapshot of (frozen, interim): install() sets both
+            return None if self.interim else self.frozen
 
     def current(self) -> Tuple[Optional[FrozenDiTTA], Dict[str, object]]:
         """``(adapted model, meta)`` as one snapshot (``(None, {})`` while the ISS or the interim serves)."""
         with self._lock:
             return (None, {}) if self.interim else (self.frozen, dict(self.meta))
 
-    def start_interim(self, hw: Tuple[int, int], trained_gap: Optional[float],
+    def start_interim(self, frame: np.ndarray, trained_gap: Optional[float],
                       install_if_wanted: Callable[[FrozenDiTTA], bool]) -> bool:
-        """Prepare the pre-trained model with this configuration's flow branch for ``hw`` frames in the
-        background; once ready, ``install_if_wanted(frozen)`` installs it as the interim (:attr:`interim`)
-        when the adaptation it stands in for still runs, and says whether it did.
+        """Prepare the pre-trained model with this configuration's flow branch for frames of ``frame``'s
+        size in the background (warmed on ``frame``: :meth:`FrozenDiTTA.warm`); once ready,
+        ``install_if_wanted(frozen)`` installs it as the interim (:attr:`interim`)
+        when the adaptation it stands in for still runs, and says whether it did (``install_if_wanted(None)``
+        only says whether it is still wanted: asked before the export starts).
 
         Returns:
             True when the preparation was started (False: another preparation runs, or this one failed
@@ -126,12 +128,18 @@ class Serving:
         from ..adapt import DiTTANet
 
         def job():
-            fresh = self.freeze(DiTTANet(copy.deepcopy(self.runner.model)).eval(), trained_gap)
+            if not install_if_wanted(None):  # the adaptation ended while this waited for the slot
+                return
+            net = DiTTANet(copy.deepcopy(self.runner.model), grid_stride=self.config.addon_stride).eval()
+            fresh = self.freeze(net, trained_gap)
             fresh.prepare(hw)
+            fresh.warm(frame)
             if install_if_wanted(fresh):
                 log.info("serving the ISS model with the flow branch on %s while the adaptation runs",
                          fresh.describe())
 
+        hw = tuple(frame.shape[:2])
+        frame = frame.copy()
         return self._in_background(f"iss-flow {hw[1]}x{hw[0]}", job)
 
     def reset(self) -> None:
@@ -142,15 +150,17 @@ class Serving:
     # -- per frame --------------------------------------------------------------------------
     def answer(self, frame: np.ndarray, stamp: float, adapted: bool = True) -> Tuple[Prediction, str]:
         """The prediction of one uint8 RGB ``[H, W, 3]`` frame and its source (``iss`` |
-        ``adapted`` | ``fallback``); ``adapted=False`` serves the ISS whatever is installed.
+        ``adapted`` | ``fallback`` | ``iss-flow``: :data:`~.phases.SOURCES`); ``adapted=False`` serves the
+        ISS whatever is installed.
 
         Raises:
             ValueError: a non-finite output of the ISS model.
         """
-        frozen = self.frozen
+        with self._lock:
+            frozen, interim = self.frozen, self.interim
         pred, source = None, "iss"
         if frozen is not None and adapted:
-            pred, source = self._adapted(frozen, frame, stamp)
+            pred, source = self._adapted(frozen, interim, frame, stamp)
         if pred is None:
             pred = self._iss(frame)
             if not np.isfinite(pred.confidence).all():
@@ -171,12 +181,13 @@ class Serving:
         return {"frame_gap_ms": None if self.frame_gap_s is None else round(1000 * self.frame_gap_s, 1),
                 "fused_share": stats["fused_share"], "streamed_frames": stats["streamed_frames"]}
 
-    def _adapted(self, frozen: FrozenDiTTA, frame: np.ndarray, stamp: float) -> Tuple[Optional[Prediction], str]:
-        """The adapted model on one frame; no prediction when it cannot serve this frame: a new
-        frame size (``"iss"``: prepared in the background meanwhile) or a failure (``"fallback"``)."""
+    def _adapted(self, frozen: FrozenDiTTA, interim: bool, frame: np.ndarray,
+                 stamp: float) -> Tuple[Optional[Prediction], str]:
+        """The adapted model (or the ``interim``) on one frame; no prediction when it cannot serve this
+        frame: a new frame size (``"iss"``: prepared in the background meanwhile) or a failure (``"fallback"``)."""
         hw = tuple(frame.shape[:2])
         if not frozen.ready_for(hw):
-            self._prepare_adapted(frozen, hw)
+            self._prepare_adapted(frozen, frame, interim)
             return None, "iss"
         interval = None if self._last_stamp is None else stamp - self._last_stamp
         self._last_stamp = stamp
@@ -187,17 +198,18 @@ class Serving:
             problem = f"an error ({type(exc).__name__}: {exc})"
         if problem is None:
             self._nonfinite = 0
-            return pred, "iss-flow" if self.interim and self.frozen is frozen else "adapted"
+            return pred, "iss-flow" if interim else "adapted"
         self._nonfinite += 1
+        what = "the ISS model with the flow branch" if interim else "the adapted model"
         if self._nonfinite == 1 or self._nonfinite % 100 == 0:
-            log.warning("the adapted model gave %s (%d in a row): serving the ISS model for this frame", problem,
+            log.warning("%s gave %s (%d in a row): serving the ISS model for this frame", what, problem,
                         self._nonfinite)
         if self._nonfinite >= NONFINITE_LIMIT:
             with self._lock:
                 if self.frozen is frozen:
-                    self.frozen, self.meta = None, {}
-                    self.dropped = (f"the adapted model failed on {NONFINITE_LIMIT} frames in a row (last: "
-                                    f"{problem}); serving the ISS model (readapt to try again)")
+                    self.frozen, self.meta, self.interim = None, {}, False
+                    self.dropped = (f"{what} failed on {NONFINITE_LIMIT} frames in a row (last: {problem}); serving "
+                                    "the ISS model" + ("" if interim else " (readapt to try again)"))
                     log.warning("%s", self.dropped)
         return None, "fallback"
 
@@ -235,21 +247,27 @@ class Serving:
         return self.runner.predict(frame)
 
     # -- background preparation ------------------------------------------------------------
-    def _prepare_adapted(self, frozen: FrozenDiTTA, hw: Tuple[int, int]) -> None:
-        """Prepare the adapted model for a new frame size in the background (an export and,
-        with TensorRT, an engine build take long); the ISS serves meanwhile."""
+    def _prepare_adapted(self, frozen: FrozenDiTTA, frame: np.ndarray, interim: bool = False) -> None:
+        """Prepare the adapted model (or the ``interim``) for a new frame size (``frame``'s, warmed on a
+        copy of it) in the background (an export and, with TensorRT, an engine build take long); the ISS
+        serves meanwhile."""
+        hw = tuple(frame.shape[:2])
+        frame = frame.copy()
+        what = "iss-flow" if interim else "adapted"
+
         def job():
             fresh = self.freeze(frozen.net, frozen.trained_gap, frozen.config.fusion)  # a saved adaptation's own
             fresh.prepare(hw)
+            fresh.warm(frame)
             with self._lock:
                 if self.frozen is frozen:
                     self.frozen = fresh
                     self.meta = dict(self.meta, frame_hw=list(hw))
-            log.info("adapted model ready for %dx%d frames on %s", hw[1], hw[0], fresh.describe())
+            log.info("%s model ready for %dx%d frames on %s", what, hw[1], hw[0], fresh.describe())
 
-        if self._in_background(f"adapted {hw[1]}x{hw[0]}", job):
-            log.warning("frame size changed %s -> %s: serving the ISS model while the adapted one is prepared for "
-                        "the new size", frozen.frame_hw, hw)
+        if self._in_background(f"{what} {hw[1]}x{hw[0]}", job):
+            log.warning("frame size changed %s -> %s: serving the ISS model while the %s model is prepared for "
+                        "the new size", frozen.frame_hw, hw, what)
 
     def _in_background(self, what: str, job: Callable[[], None]) -> bool:
         """Run ``job`` in the preparation thread unless one runs or ``what`` failed before.

@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from typing import Optional
 
 import numpy as np
@@ -84,11 +85,11 @@ def build_engine(onnx_path: str, engine_path: str, fp16: bool, timing_cache: Opt
     if plan is None:
         raise RuntimeError(f"TensorRT engine build failed for {onnx_path}")
     if timing_cache:
-        tmp_cache = f"{timing_cache}.{os.getpid()}.tmp"
+        tmp_cache = f"{timing_cache}.{os.getpid()}.{threading.get_ident()}.tmp"  # builds may run in two threads
         with open(tmp_cache, "wb") as f:
             f.write(memoryview(config.get_timing_cache().serialize()))
         os.replace(tmp_cache, timing_cache)
-    tmp = engine_path + ".tmp"
+    tmp = f"{engine_path}.{os.getpid()}.{threading.get_ident()}.tmp"
     with open(tmp, "wb") as f:
         f.write(memoryview(plan))
     os.replace(tmp, engine_path)
