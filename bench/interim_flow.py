@@ -88,7 +88,10 @@ def run(frames, fps: float, overrides, after: float, model: str):
         def publish(msg, labels, conf, source):
             answered.append((msg[1], source, live.phase, labels))
             if source == "iss-flow":
-                stats["interim"] = live.serving.frozen.stats  # the interim's own counters
+                with live.serving._lock:  # the adaptation may have replaced the interim since this frame
+                    frozen, interim = live.serving.frozen, live.serving.interim
+                if interim:
+                    stats["interim"] = frozen.stats  # the interim's own counters, not the adapted model's
 
         loop = FrameLoop(live, publish, decode=lambda msg: msg)
         stop = threading.Event()
