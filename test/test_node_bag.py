@@ -4,6 +4,7 @@ header, the node adapts and streams, a corrupt JPEG is counted and skipped, `~/r
 
 import json
 import os
+import select
 import subprocess
 import sys
 
@@ -47,7 +48,8 @@ def test_bag_played_into_the_node_and_recorded(shared, tmp_path):
          "-p", f"checkpoint_dir:={tmp_path}/adapted"], env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
     rec = str(tmp_path / "rec")
     recorder = subprocess.Popen([sys.executable, "-m", "ditta_ros", "bag", "record", bag.SEMANTIC_TOPIC,
-                                 "--out", rec, "--count", "12", "--duration", "240"], env=env,
+                                 "--out", rec, "--count", "12", "--duration", "240", "--ready-topics",
+                                 bag.SEMANTIC_TOPIC], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     old = dict(os.environ)
     os.environ.update(env)
@@ -60,6 +62,9 @@ def test_bag_played_into_the_node_and_recorded(shared, tmp_path):
         spin_until = make_spin_until(client, node_proc, log_path)
 
         assert spin_until(lambda: statuses and statuses[-1]["state"] == "WARMUP", 120), log_path.read_text()[-2000:]
+        # the recorder has matched the node's label publisher: the first label image is not lost to discovery
+        assert select.select([recorder.stdout], [], [], 120)[0], "the recorder never matched the node's publisher"
+        assert recorder.stdout.readline().startswith(bag.READY_LINE)
         player = subprocess.Popen([sys.executable, "-m", "ditta_ros", "bag", "play", src, "--lockstep",
                                    "--pause-after", "3", "--wait", "120"], env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True)
