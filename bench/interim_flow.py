@@ -46,41 +46,38 @@ def camera(frames, fps: float, loop, stop: threading.Event) -> None:
 
 
 def parse_variant(text: str):
-    """``"k=v,k2=v2"`` -> ``{k: v}`` typed as :class:`~ditta_ros.live.LiveConfig`'s fields (bool, int, float, str).
+    """``"k=v,k2=v2"`` -> ``{k: v}``, each value read as YAML (as ``ditta suite`` reads its overrides) and the
+    whole checked as node parameters (:func:`ditta_ros.params.resolve`).
 
     Raises:
-        ValueError: an unknown field or a value of the wrong type.
+        ValueError: an item that is not ``key=value``; :class:`~ditta_ros.params.ParameterError`: an unknown
+            parameter or a bad value.
     """
-    import dataclasses
+    import yaml
 
-    from ditta_ros.live import LiveConfig
+    from ditta_ros.params import resolve
 
-    types = {f.name: type(f.default) for f in dataclasses.fields(LiveConfig)}
     out = {}
     for item in filter(None, text.split(",")):
-        key, _, value = item.partition("=")
-        if key not in types:
-            raise ValueError(f"unknown node parameter {key!r}")
-        kind = types[key]
-        if kind is bool:
-            if value not in ("true", "false"):
-                raise ValueError(f"{key}: true or false, got {value!r}")
-            out[key] = value == "true"
-        else:
-            out[key] = kind(value)
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"{item!r} in {text!r} is not key=value")
+        out[key.strip()] = yaml.safe_load(value)
+    resolve(out, check_files=False)
     return out
 
 
 def run(frames, fps: float, overrides, after: float, model: str):
     import numpy as np
 
-    from ditta_ros.live import LiveConfig, LivePipeline, Phase
+    from ditta_ros.live import LivePipeline, Phase
+    from ditta_ros.params import resolve
     from ditta_ros.live.loop import FrameLoop
     from ditta_ros.metrics import label_flips
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = LiveConfig(**{"model": model, "checkpoint_dir": "", "export_dir": os.path.join(tmp, "export"),
-                            "engine_cache": os.path.join(tmp, "engines"), **overrides})
+        cfg, _ = resolve({"model": model, "checkpoint_dir": "", "export_dir": os.path.join(tmp, "export"),
+                          "engine_cache": os.path.join(tmp, "engines"), **overrides}, check_files=False)
         live = LivePipeline(cfg)
         answered = []  # (stamp, source, phase, labels)
         stats = {}

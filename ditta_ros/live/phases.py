@@ -22,7 +22,8 @@ class Phase(str, Enum):
 #: adapted one, the pre-trained one standing in for an adapted model that failed on the frame
 #: (non-finite output, a runtime error), or the pre-trained one fused with the previous frame
 #: moved by optical flow while the first adaptation runs (``iss-flow``: ``flow_while_adapting``)
-SOURCES = ("iss", "adapted", "fallback", "iss-flow")
+ISS_FLOW = "iss-flow"
+SOURCES = ("iss", "adapted", "fallback", ISS_FLOW)
 
 
 def ema(old: Optional[float], new: float, weight: float = 0.1) -> float:

@@ -39,10 +39,10 @@ from typing import Callable, Dict, Optional, Tuple
 import numpy as np
 
 from ..inference import ISSRunner, Prediction
+from ..presets import FLOW_FUSIONS
 from . import checkpoints
 from .adaptation import Outcome, run_adaptation
 from .config import LiveConfig, ParameterError
-from ..presets import FLOW_FUSIONS
 from .phases import Counters, Phase
 from .scene import SceneChangeDetector
 from .serving import Serving
@@ -228,8 +228,7 @@ class LivePipeline:
             if self._stop is not None:
                 self._stop.set()
             self._interim = None
-            if self.serving.interim:
-                self.serving.install(None)
+            self.serving.end_interim()
         deadline = time.monotonic() + timeout
         if self._worker is not None:
             self._worker.join(max(0.0, deadline - time.monotonic()))
@@ -370,10 +369,8 @@ class LivePipeline:
             self._period_armed, self._period_start = True, None
             self._interim = None
             serving_adapted = self.serving.adapted is not None
-            if self.serving.interim and outcome.kind != "adapted":  # the interim only stands in for an adaptation
-                self.serving.install(None)
-            if (self.serving.error or "").startswith("preparing iss-flow"):  # its failure ends with it
-                self.serving.error = None
+            if outcome.kind != "adapted":  # the interim only stands in for an adaptation (an adapted one replaces it)
+                self.serving.end_interim()
             if outcome.kind == "failed":
                 self.error = outcome.error
                 self.phase = Phase.STREAMING if serving_adapted else Phase.ISS

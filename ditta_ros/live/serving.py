@@ -33,7 +33,7 @@ from ..inference import ISSRunner, Prediction
 from ..presets import DittaConfig
 from ..runtime import FrozenDiTTA, RuntimeOptions, ServedISS
 from ..runtime.serving import StreamStats
-from .phases import ema
+from .phases import ISS_FLOW, ema
 
 log = logging.getLogger("ditta.live")
 
@@ -111,6 +111,15 @@ class Serving:
         with self._lock:
             return (None, {}) if self.interim else (self.frozen, dict(self.meta))
 
+    def end_interim(self) -> None:
+        """Stop serving the interim (when it serves; the ISS answers next) and forget its failed
+        preparation's error: it stood in for an adaptation that has ended."""
+        with self._lock:
+            if self.interim:
+                self.frozen, self.meta, self.interim = None, {}, False
+            if (self.error or "").startswith(f"preparing {ISS_FLOW} "):
+                self.error = None
+
     def start_interim(self, frame: np.ndarray, trained_gap: Optional[float],
                       install_if_wanted: Callable[[FrozenDiTTA], bool]) -> bool:
         """Prepare the pre-trained model with this configuration's flow branch for frames of ``frame``'s
@@ -139,8 +148,11 @@ class Serving:
                          fresh.describe())
 
         hw = tuple(frame.shape[:2])
-        frame = frame.copy()
-        return self._in_background(f"iss-flow {hw[1]}x{hw[0]}", job)
+        what = f"{ISS_FLOW} {hw[1]}x{hw[0]}"
+        if not self._slot_free(what):
+            return False
+        frame = frame.copy()  # the job runs after the caller has moved on
+        return self._in_background(what, job)
 
     def reset(self) -> None:
         """Forget failed preparations and their error (a reset or a new warm-up)."""
@@ -198,7 +210,7 @@ class Serving:
             problem = f"an error ({type(exc).__name__}: {exc})"
         if problem is None:
             self._nonfinite = 0
-            return pred, "iss-flow" if interim else "adapted"
+            return pred, ISS_FLOW if interim else "adapted"
         self._nonfinite += 1
         what = "the ISS model with the flow branch" if interim else "the adapted model"
         if self._nonfinite == 1 or self._nonfinite % 100 == 0:
@@ -252,8 +264,10 @@ class Serving:
         copy of it) in the background (an export and, with TensorRT, an engine build take long); the ISS
         serves meanwhile."""
         hw = tuple(frame.shape[:2])
-        frame = frame.copy()
-        what = "iss-flow" if interim else "adapted"
+        what = ISS_FLOW if interim else "adapted"
+        if not self._slot_free(f"{what} {hw[1]}x{hw[0]}"):  # called every frame until the slot is free
+            return
+        frame = frame.copy()  # the job runs after the caller has moved on
 
         def job():
             fresh = self.freeze(frozen.net, frozen.trained_gap, frozen.config.fusion)  # a saved adaptation's own
@@ -269,10 +283,15 @@ class Serving:
             log.warning("frame size changed %s -> %s: serving the ISS model while the %s model is prepared for "
                         "the new size", frozen.frame_hw, hw, what)
 
+    def _slot_free(self, what: str) -> bool:
+        """True when :meth:`_in_background` would start ``what`` now: no preparation runs and
+        ``what`` did not fail before."""
+        return what not in self._failed and (self._thread is None or not self._thread.is_alive())
+
     def _in_background(self, what: str, job: Callable[[], None]) -> bool:
         """Run ``job`` in the preparation thread unless one runs or ``what`` failed before.
         True when it was started."""
-        if what in self._failed or (self._thread is not None and self._thread.is_alive()):
+        if not self._slot_free(what):
             return False
 
         def work():
