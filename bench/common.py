@@ -3,6 +3,7 @@ peak-memory measurement in a fresh subprocess, and results files."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -51,21 +52,50 @@ def run_case(script: str, args: List[str]) -> Dict[str, object]:
 def machine() -> Dict[str, object]:
     import torch
 
-    from ditta_ros.tools.machine import cpu_flags, cpu_model
+    from ditta_ros.tools import machine as this
 
-    return {"host": platform.node(), "cpu": cpu_model(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(),
-            "torch": torch.__version__,
+    return {"host": platform.node(), **this.record(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
 def describe_machine(m: Dict[str, object]) -> str:
-    """``"<cpu>, <n> cores, <ISA flags>"`` for a results file's heading (:func:`machine`'s dict)."""
-    flags = m.get("cpu_flags")
-    if flags is None:  # a results file from before the flags were recorded
-        return f"{m['cpu']}, {m['cores']} cores, ISA flags not recorded"
-    return f"{m['cpu']}, {m['cores']} cores, " + ("flags " + " ".join(flags) if flags else "no AVX2/AVX-512 flags seen")
+    """``"<cpu>, <n> cores, <ISA flags>"`` for a results file's heading (:func:`machine`'s dict;
+    :func:`ditta_ros.tools.machine.describe`)."""
+    from ditta_ros.tools.machine import describe
+
+    return describe(m)
+
+
+def isa_cap_suffix() -> str:
+    """``"_onednn-<isa>"`` (lower case) where ``ONEDNN_MAX_CPU_ISA`` caps the kernels (an older CPU emulated on
+    this one: :func:`ditta_ros.tools.machine.isa_limits`), else ``""``: keeps such runs' results files apart."""
+    from ditta_ros.tools.machine import isa_limits
+
+    cap = isa_limits().get("ONEDNN_MAX_CPU_ISA")
+    return f"_onednn-{cap.strip().lower()}" if cap else ""
+
+
+@contextlib.contextmanager
+def one_core_busy(busy: bool = True):
+    """Another process spinning on one core while the block runs (a Python busy loop: the camera driver,
+    recorder or other nodes a robot's cores also serve); nothing where ``busy`` is False."""
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+    try:
+        yield
+    finally:
+        if hog is not None:
+            hog.kill()
+            hog.wait()
+
+
+def cap_prefix() -> str:
+    """The ISA caps of this run as a shell prefix (``"ONEDNN_MAX_CPU_ISA=AVX2 ... "``; ``""`` without any), so
+    that a results file's command reruns as it ran."""
+    from ditta_ros.tools.machine import isa_limits
+
+    return "".join(f"{k}={v} " for k, v in sorted(isa_limits().items()))
 
 
 def write_results(name: str, payload: Dict[str, object]) -> str:

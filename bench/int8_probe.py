@@ -36,9 +36,11 @@ def _variants(onnx_path, calib):
     import nncf
     import openvino as ov
 
+    from ditta_ros.runtime.openvino import precision_config
+
     core = ov.Core()
     model = core.read_model(onnx_path)
-    hint = {"PERFORMANCE_HINT": "LATENCY"}
+    hint = {"PERFORMANCE_HINT": "LATENCY", **precision_config("auto")}  # f32 under an ISA cap below bf16
     data = nncf.Dataset(calib, lambda f: {"image": f})
     out = {"f32": core.compile_model(model, "CPU", {**hint, "INFERENCE_PRECISION_HINT": "f32"}),
            "default": core.compile_model(model, "CPU", hint)}
@@ -52,7 +54,8 @@ def _variants(onnx_path, calib):
 def main() -> None:
     import numpy as np
 
-    from common import DEFAULT_CLIP, RESULTS, clip_parser, describe_machine, machine, time_fn, write_results
+    from common import (DEFAULT_CLIP, RESULTS, cap_prefix, clip_parser, describe_machine, machine, time_fn,
+                        write_results)
     from ditta_ros.adapt import DiTTANet
     from ditta_ros.data import open_clip
     from ditta_ros.iss import load_model
@@ -96,7 +99,7 @@ def main() -> None:
         r["passes_rule"] = (r["variant"].startswith("int8") and r["speedup_over_default"] >= MIN_SPEEDUP
                             and r["agreement_with_f32"] >= MIN_AGREEMENT)
     m = machine()
-    cmd = "python bench/int8_probe.py " + " ".join(sys.argv[1:])
+    cmd = cap_prefix() + "python bench/int8_probe.py " + " ".join(sys.argv[1:])
     payload = {"model": args.model, "clip": clip.name, "frame_hw": list(frames[0].shape[:2]), "calib": len(calib),
                "test_frames": len(test), "rounds": args.rounds, "rule": {"min_speedup": MIN_SPEEDUP,
                                                                             "min_agreement": MIN_AGREEMENT},

@@ -16,7 +16,6 @@ kept busy by another process (a Python busy loop), interleaved round by round.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,7 +45,8 @@ def serve_frames(serving, frames, fps: float, start: float):
 def main() -> None:
     import numpy as np
 
-    from common import DEFAULT_CLIP, clip_parser, describe_machine, machine, write_markdown, write_results
+    from common import (DEFAULT_CLIP, clip_parser, describe_machine, machine, one_core_busy, write_markdown,
+                        write_results)
     from ditta_ros.adapt import DiTTANet
     from ditta_ros.data import open_clip
     from ditta_ros.inference import ISSRunner
@@ -85,17 +85,12 @@ def main() -> None:
     passes = 0
     for _ in range(args.rounds):
         for load in ("quiet", "one core busy"):
-            hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if load != "quiet" else None
-            try:
+            with one_core_busy(load != "quiet"):
                 for t in args.threads:
                     start = passes * (len(frames) / fps + 1.0)  # a new stream: 1 s after the last one
                     passes += 1
                     ms, fused[(load, t)] = serve_frames(servings[t], frames, fps, start)
                     results[(load, t)].append(ms)
-            finally:
-                if hog is not None:
-                    hog.kill()
-                    hog.wait()
     rows = [{"load": load, "openvino_threads": t, "median_ms": round(float(np.median(v)), 1),
              "fps": round(1000 / float(np.median(v)), 2), "fused_share": fused[(load, t)]}
             for (load, t), v in results.items()]

@@ -12,6 +12,8 @@ Variants, on the first frames of a clip, interleaved round by round so that load
   this is the ceiling of what streams give);
 * ``flow, 1 request``: the served graph of the ``select`` preset (the flow branch, :class:`~ditta_ros.gates.FlowWarp`
   moving the state), frame by frame: today's serving path;
+* ``flow, 1 request, 1 thread``: today's path with the node's ``openvino_threads: 1`` (what a node on shared
+  cores may run instead, ``bench/live_speed.py``); reported, not part of the rule;
 * ``flow split, 2 streams``: that graph cut where the ISS logits leave the classifier (OpenVINO graph surgery on
   one export, so both parts compute exactly what the whole graph does): the stateless part on 2 streams with up
   to 3 frames in flight, the flow warp and the fusion part in frame order on one request.
@@ -24,7 +26,11 @@ at least 1.3x the frames per second of ``flow, 1 request`` with identical labels
 measured reason is recorded here and the node keeps one request.
 
     python bench/streams_probe.py [CLIP] [--model M] [--frames 40] [--rounds 3] [--precision f32]
-    # writes bench/results/streams_probe_<model>[_f32].{json,md}
+    python bench/streams_probe.py --load busy    # another process spins on one core meanwhile
+    # writes bench/results/streams_probe_<model>[_f32][_onednn-<isa>][_busy].{json,md}
+    # an AVX2-only CPU emulated on a newer one (the kernels capped, clock and caches this machine's):
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 OPENCV_CPU_DISABLE=AVX512-SKX,AVX512-CLX,AVX_VNNI \\
+        python bench/streams_probe.py --precision f32
 """
 
 from __future__ import annotations
@@ -156,13 +162,14 @@ def main() -> None:
     import numpy as np
     import openvino as ov
 
-    from common import DEFAULT_CLIP, clip_parser, describe_machine, machine, write_markdown, write_results
+    from common import (DEFAULT_CLIP, cap_prefix, clip_parser, describe_machine, isa_cap_suffix, machine,
+                        one_core_busy, write_markdown, write_results)
     from ditta_ros.adapt import DiTTANet
     from ditta_ros.data import open_clip
     from ditta_ros.export import export_onnx
     from ditta_ros.iss import load_model
     from ditta_ros.presets import DittaConfig
-    from ditta_ros.runtime.openvino import compiled_precision
+    from ditta_ros.runtime.openvino import compiled_precision, precision_config
 
     p = clip_parser(__doc__)
     p.set_defaults(clip=DEFAULT_CLIP)
@@ -172,6 +179,8 @@ def main() -> None:
     p.add_argument("--precision", choices=["auto", "f32"], default="auto",
                    help="OpenVINO inference precision: the CPU's own choice (bf16 where it has bf16 units) or f32, "
                         "what a CPU without bf16 units (AVX2 only) runs")
+    p.add_argument("--load", choices=["quiet", "busy"], default="quiet",
+                   help="busy: another process spins on one core while the variants run (issue 20's condition)")
     args = p.parse_args()
 
     clip = open_clip(args.clip)
@@ -180,7 +189,7 @@ def main() -> None:
     model, info = load_model(args.model)
     cfg = DittaConfig.from_preset("select")
     core = ov.Core()
-    forced = {} if args.precision == "auto" else {"INFERENCE_PRECISION_HINT": args.precision}
+    forced = precision_config(args.precision)
     latency = {"PERFORMANCE_HINT": "LATENCY", **forced}
     throughput = {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": "2", **forced}
     with tempfile.TemporaryDirectory() as tmp:
@@ -191,6 +200,7 @@ def main() -> None:
         compiled = {"plain": core.compile_model(plain_path, "CPU", latency),
                     "plain2": core.compile_model(plain_path, "CPU", throughput),
                     "flow": core.compile_model(flow_path, "CPU", latency),
+                    "flow1": core.compile_model(flow_path, "CPU", {**latency, "INFERENCE_NUM_THREADS": 1}),
                     "stateless2": core.compile_model(stateless, "CPU", throughput),
                     "fusion": core.compile_model(fusion, "CPU", latency)}
     precision = compiled_precision(compiled["plain"])
@@ -198,18 +208,21 @@ def main() -> None:
         "plain, 1 request": lambda: run_plain(compiled["plain"], frames, 1),
         "plain, 2 streams": lambda: run_plain(compiled["plain2"], frames, 2),
         "flow, 1 request": lambda: run_flow_single(compiled["flow"], frames, hw),
+        "flow, 1 request, 1 thread": lambda: run_flow_single(compiled["flow1"], frames, hw),
         "flow split, 2 streams": lambda: run_flow_split(compiled["stateless2"], compiled["fusion"], frames, hw),
     }
-    reference = {"plain, 2 streams": "plain, 1 request", "flow split, 2 streams": "flow, 1 request"}
-    for run in variants.values():  # warm-up (first-inference allocations)
-        run()
+    reference = {"plain, 2 streams": "plain, 1 request", "flow, 1 request, 1 thread": "flow, 1 request",
+                 "flow split, 2 streams": "flow, 1 request"}
     seconds = {k: [] for k in variants}
     labels = {}
-    for _ in range(args.rounds):
-        for k, run in variants.items():
-            t0 = time.perf_counter()
-            labels[k] = run()
-            seconds[k].append(time.perf_counter() - t0)
+    with one_core_busy(args.load == "busy"):
+        for run in variants.values():  # warm-up (first-inference allocations)
+            run()
+        for _ in range(args.rounds):
+            for k, run in variants.items():
+                t0 = time.perf_counter()
+                labels[k] = run()
+                seconds[k].append(time.perf_counter() - t0)
     rows = []
     for k in variants:
         fps = len(frames) / float(np.median(seconds[k]))
@@ -227,21 +240,27 @@ def main() -> None:
     split = next(r for r in rows if r["variant"] == "flow split, 2 streams")
     passed = split["speedup"] >= MIN_SPEEDUP and split["identical_frames"] == len(frames)
     m = machine()
-    cmd = "python bench/streams_probe.py " + " ".join(sys.argv[1:])
+    cmd = cap_prefix() + "python bench/streams_probe.py " + " ".join(sys.argv[1:])
     payload = {"model": args.model, "clip": clip.name, "frame_hw": list(hw), "frames": len(frames),
-               "rounds": args.rounds, "precision": precision, "depth": DEPTH, "rule": {"min_speedup": MIN_SPEEDUP},
+               "rounds": args.rounds, "load": args.load, "precision": precision, "depth": DEPTH,
+               "rule": {"min_speedup": MIN_SPEEDUP},
                "passed": passed, "rows": rows, "machine": m, "command": cmd}
-    name = f"streams_probe_{args.model}" + ("" if args.precision == "auto" else f"_{args.precision}")
+    name = (f"streams_probe_{args.model}" + ("" if args.precision == "auto" else f"_{args.precision}")
+            + isa_cap_suffix() + ("_busy" if args.load == "busy" else ""))
     write_results(name, payload)
     lines = [f"# Two OpenVINO streams for the stateless part: {args.model} ({describe_machine(m)})", "",
              f"`{cmd}`", "",
              f"{clip.name}, first {len(frames)} frames ({hw[1]}x{hw[0]}); OpenVINO CPU, precision {precision}; "
-             f"median of {args.rounds} interleaved rounds. Agreement: with the 1-request variant of the same graph.",
+             f"median of {args.rounds} interleaved rounds"
+             + (", another process spinning on one core meanwhile" if args.load == "busy" else "")
+             + ". Agreement: with the 1-request variant of the same graph.",
              "", "| variant | frames/s | speed-up | identical frames | pixel agreement |", "|---|---|---|---|---|"]
     for r in rows:
         agree = (f"{r['identical_frames']}/{len(frames)} | {100 * r['pixel_agreement']:.4f} %"
                  if "identical_frames" in r else "- | -")
         lines.append(f"| {r['variant']} | {r['fps']:.2f} | {r['speedup']:.2f}x | {agree} |")
+    lines += ["", f"`flow split, 2 streams` against `flow, 1 request, 1 thread` (the node's `openvino_threads: 1`): "
+              f"{split['fps'] / fps['flow, 1 request, 1 thread']:.2f}x."]
     lines += ["", f"Rule fixed beforehand: the node gets the pipelined path where `flow split, 2 streams` reaches "
               f"{MIN_SPEEDUP}x `flow, 1 request` with identical labels on every frame. "
               + ("Passed on this CPU." if passed else

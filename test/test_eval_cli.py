@@ -159,3 +159,22 @@ def test_cpu_flags_name_the_extensions_that_decide_inference_speed(tmp_path):
     assert cpu_flags(str(info)) == ["avx2", "fma", "avx512_bf16"] and cpu_model(str(info)) == "Example CPU @ 2.0GHz"
     assert cpu_flags(str(tmp_path / "missing")) == [] and cpu_model(str(tmp_path / "missing"))
     assert set(cpu_flags()) <= set(ISA_FLAGS)
+
+
+def test_isa_caps_are_recorded_and_read_for_bf16():
+    """A cap on the kernels' instruction set (an older CPU emulated on this one) is part of the machine
+    record and of its one-line description; only an oneDNN cap below its bf16 kernels counts as capping bf16."""
+    from ditta_ros.runtime.openvino import bf16_capped
+    from ditta_ros.tools.machine import describe, isa_limits
+
+    env = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "PATH": "/bin", "OPENCV_CPU_DISABLE": ""}
+    assert isa_limits(env) == {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    assert isa_limits({}) == {}
+    assert bf16_capped({"ONEDNN_MAX_CPU_ISA": "avx2"}) and bf16_capped({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"})
+    assert not bf16_capped({}) and not bf16_capped({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"})
+    assert not bf16_capped({"ONEDNN_MAX_CPU_ISA": "ALL"})
+    m = {"cpu": "Example CPU", "cores": 2, "cpu_flags": ["avx2", "avx512_bf16"], "isa_limits": isa_limits(env)}
+    assert describe(m) == ("Example CPU, 2 cores, flags avx2 avx512_bf16; kernels capped by "
+                           "ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2")
+    assert describe({"cpu": "Old", "cores": 4}) == "Old, 4 cores, ISA flags not recorded"
+    assert describe({**m, "isa_limits": {}}) == "Example CPU, 2 cores, flags avx2 avx512_bf16"

@@ -292,6 +292,32 @@ def test_backend_selection_falls_back_and_backends_agree(tmp_path, caplog, monke
             backend.step(np.zeros((5, 5, 3), np.uint8))
 
 
+def test_openvino_auto_precision_under_an_isa_cap_runs_f32(tmp_path):
+    """With oneDNN capped below its bf16 kernels (``ONEDNN_MAX_CPU_ISA=AVX2``: an AVX2-only CPU emulated),
+    ``auto`` precision compiles in f32 and serves; OpenVINO's own choice would pick bf16 from the CPU's flags
+    on a CPU with bf16 units and fail to compile. In a fresh interpreter: oneDNN reads the cap once."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from ditta_ros.export import export_onnx
+
+    path, _ = export_onnx(_net(), (40, 56), str(tmp_path), "tiny", "custom")
+    script = f"""
+import json, numpy as np
+from ditta_ros.runtime.openvino import OpenVINOBackend
+b = OpenVINOBackend({path!r})
+labels, conf, state = b.step(np.full((40, 56, 3), 90, np.uint8), None)
+print(json.dumps({{"precision": b.precision, "shape": list(labels.shape)}}))
+"""
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res == {"precision": "float32", "shape": [40, 56]}
+
+
 def test_openvino_matches_torch_on_the_default_model_over_a_sequence(shared, tmp_path):
     """Parity of the serving path on the real default model, 480x360 frames of a real
     clip, state carried: labels >= 99.5 % equal; plain logits (the state) within 1 % of

@@ -12,7 +12,9 @@ shared with the rest of the robot's software.
   device: bf16 on CPUs with bf16/AMX units (~1.5x faster than f32 here; labels agree
   with torch's on 99.1-99.9 % of the pixels and the development set loses nothing:
   addendum 3 of ``docs/dev_set_rule.md``), f32 on other CPUs, f16 on GPU/NPU;
-  ``f32`` gives torch's labels (>= 99.9 %, ``test/test_streaming.py``).
+  ``f32`` gives torch's labels (>= 99.9 %, ``test/test_streaming.py``). Where
+  ``ONEDNN_MAX_CPU_ISA`` caps the kernels below bf16 (an older CPU emulated on this one:
+  :func:`bf16_capped`), ``auto`` on a CPU is f32.
 * Compiled-model cache: ``<engine_cache>/openvino/<export stem>`` (OpenVINO's ``CACHE_DIR``: a
   blob per model content, device and configuration, the analogue of the TensorRT
   engine key), so a restart with the same export skips compilation. A blob OpenVINO cannot
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Optional
+from typing import Dict, Mapping, Optional
 
 from .exported import ExportedGraph
 
@@ -80,6 +82,37 @@ def openvino_devices():
     return list(ov.Core().available_devices)
 
 
+#: ``ONEDNN_MAX_CPU_ISA`` values below ``AVX512_CORE_BF16``: oneDNN then has no bf16 kernels
+_BELOW_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
+
+
+def bf16_capped(environ: Optional[Mapping[str, str]] = None) -> bool:
+    """True when ``ONEDNN_MAX_CPU_ISA`` caps oneDNN below its bf16 kernels (``AVX2``, ``AVX512_CORE``, ...;
+    case-insensitive). OpenVINO's ``auto`` precision reads the CPU's own flags and picks bf16 on a CPU
+    with bf16 units whatever the cap, and then fails to compile (OpenVINO 2026.4: "object is not
+    initialized"); where this is True, f32 is what the capped CPU can run."""
+    env = os.environ if environ is None else environ
+    return env.get("ONEDNN_MAX_CPU_ISA", "").strip().upper() in _BELOW_BF16
+
+
+def precision_config(precision: str = "auto", device: str = "CPU") -> Dict[str, str]:
+    """The OpenVINO compile configuration for ``precision`` (one of :data:`PRECISIONS`): ``{}`` for ``auto``
+    (the device's own choice), else ``{"INFERENCE_PRECISION_HINT": precision}``. On a CPU whose kernels
+    ``ONEDNN_MAX_CPU_ISA`` caps below bf16 (:func:`bf16_capped`: an older CPU
+    emulated on this one), ``auto`` is ``f32``: OpenVINO's own choice reads the CPU's flags, not the cap, and
+    fails to compile in bf16 there (OpenVINO 2026.4).
+
+    Raises:
+        ValueError: ``precision`` not in :data:`PRECISIONS`.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"OpenVINO precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto" and device.startswith("CPU") and bf16_capped():
+        log.info("ONEDNN_MAX_CPU_ISA=%s caps the CPU below bf16: OpenVINO runs f32", os.environ["ONEDNN_MAX_CPU_ISA"])
+        precision = "f32"
+    return {} if precision == "auto" else {"INFERENCE_PRECISION_HINT": precision}
+
+
 class OpenVINOBackend(ExportedGraph):
     """Runs ``ditta_*.onnx`` with OpenVINO; state carried as numpy arrays.
 
@@ -101,8 +134,7 @@ class OpenVINOBackend(ExportedGraph):
 
     def __init__(self, onnx_path: str, device: str = "CPU", cache_dir: Optional[str] = None,
                  precision: str = "auto", threads: int = 0):
-        if precision not in PRECISIONS:
-            raise ValueError(f"OpenVINO precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        hint = precision_config(precision, device)  # checks precision before anything is loaded
         try:
             import openvino as ov
         except ImportError as exc:
@@ -119,9 +151,7 @@ class OpenVINOBackend(ExportedGraph):
             os.makedirs(cache, exist_ok=True)
             os.utime(cache)  # recently used: kept by prune_cache
             core.set_property({"CACHE_DIR": cache})
-        config = {"PERFORMANCE_HINT": "LATENCY"}
-        if precision != "auto":
-            config["INFERENCE_PRECISION_HINT"] = precision
+        config = {"PERFORMANCE_HINT": "LATENCY", **hint}
         if device.startswith("CPU") and threads > 0:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.device = device

@@ -31,6 +31,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from . import machine
 from .bag import SEMANTIC_TOPIC, latency_stats, make_bag, read_images, receive_times
 from ..live import LiveConfig
 
@@ -261,6 +262,7 @@ def _summary(cfg, src, made, cam, route, rec, frames, stamps, streamed, flips, n
                         "definition": "mean fraction of pixels whose label changes between consecutive streamed "
                                       "frames (both methods on the same frames)"},
         "iss_pass_fps": round(len(stamps) / iss_seconds, 3) if iss_seconds > 0 else None,
+        "machine": machine.record(),
         "route_seconds": route["wall_seconds"],
         "outputs": {name: os.path.join(out, name) for name in
                     ("side_by_side.mp4", "side_by_side.png", "label_flips.png", "label_flips.csv", "labels_bag",
@@ -299,6 +301,8 @@ def format_summary(s: Dict[str, object]) -> str:
     ]
     if s.get("wall_seconds") is not None:
         lines.append(f"  wall time     {num(s['wall_seconds'])} s (ROS route {num(s['route_seconds'])} s)")
+    if s.get("machine"):
+        lines.append(f"  machine       {machine.describe(s['machine'])}")
     lines.append("outputs:")
     lines += [f"  {k:18s}{v}" for k, v in s["outputs"].items()]
     return "\n".join(lines)

@@ -38,7 +38,7 @@ from ..iss import ModelInfo
 from ..labels import IGNORE_INDEX, LabelMap, LabelSet, get_label_set
 from ..metrics import ConfusionMatrix, consistency_windows, frame_miou, summarize
 from ..protocol import DEFAULT_WARMUP_RATIO, Method, w2f_split
-from .machine import cpu_flags, cpu_model
+from .machine import cpu_flags, cpu_model, isa_limits
 
 log = logging.getLogger("ditta.eval")
 
@@ -209,6 +209,7 @@ def evaluate_clip(clip: Clip, method: Method, bridge: LabelBridge, out_dir: str,
         "per_class_iou": {name: (None if np.isnan(v) else 100 * float(v))
                           for name, v in zip(bridge.eval_set.classes, iou)},
         "host": platform.node(), "cpu_threads": _threads(), "cpu": cpu_model(), "cpu_flags": cpu_flags(),
+        "isa_limits": isa_limits(),
     })
     with open(os.path.join(out_dir, "result.json"), "w") as f:
         json.dump(_jsonable(result), f, indent=2)
