@@ -90,6 +90,18 @@ def one_core_busy(busy: bool = True):
             hog.wait()
 
 
+def first_frames(path: str, n: int):
+    """``(clip, frames, fps)``: the clip at ``path`` (:func:`ditta_ros.data.open_clip`), its first ``n`` frames
+    as contiguous uint8 RGB arrays, and its frame rate (15 where it has none)."""
+    import numpy as np
+
+    from ditta_ros.data import open_clip
+
+    clip = open_clip(path)
+    frames = [np.ascontiguousarray(clip.frame(i)) for i in range(min(len(clip), n))]
+    return clip, frames, float(getattr(clip, "fps", None) or 15.0)
+
+
 def cap_prefix() -> str:
     """The ISA caps of this run as a shell prefix (``"ONEDNN_MAX_CPU_ISA=AVX2 ... "``; ``""`` without any), so
     that a results file's command reruns as it ran."""

@@ -54,10 +54,9 @@ def _variants(onnx_path, calib):
 def main() -> None:
     import numpy as np
 
-    from common import (DEFAULT_CLIP, RESULTS, cap_prefix, clip_parser, describe_machine, machine, time_fn,
-                        write_results)
+    from common import (DEFAULT_CLIP, RESULTS, cap_prefix, clip_parser, describe_machine, first_frames, machine,
+                        time_fn, write_results)
     from ditta_ros.adapt import DiTTANet
-    from ditta_ros.data import open_clip
     from ditta_ros.iss import load_model
     from ditta_ros.runtime.export_cache import cached_export
     from ditta_ros.runtime.openvino import compiled_precision
@@ -72,8 +71,7 @@ def main() -> None:
                                               "CPU's run, e.g. int8_probe_<model>_epyc)")
     args = p.parse_args()
 
-    clip = open_clip(args.clip)
-    frames = [np.ascontiguousarray(clip.frame(i)) for i in range(min(len(clip), args.calib + args.frames))]
+    clip, frames, _ = first_frames(args.clip, args.calib + args.frames)
     calib, test = frames[:args.calib], frames[args.calib:]
     model, info = load_model(args.model)
     with tempfile.TemporaryDirectory() as tmp:

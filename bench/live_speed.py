@@ -45,10 +45,9 @@ def serve_frames(serving, frames, fps: float, start: float):
 def main() -> None:
     import numpy as np
 
-    from common import (DEFAULT_CLIP, clip_parser, describe_machine, machine, one_core_busy, write_markdown,
-                        write_results)
+    from common import (DEFAULT_CLIP, clip_parser, describe_machine, first_frames, machine, one_core_busy,
+                        write_markdown, write_results)
     from ditta_ros.adapt import DiTTANet
-    from ditta_ros.data import open_clip
     from ditta_ros.inference import ISSRunner
     from ditta_ros.iss import load_model
     from ditta_ros.live.serving import Serving
@@ -63,9 +62,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     args = p.parse_args()
 
-    clip = open_clip(args.clip)
-    frames = [np.ascontiguousarray(clip.frame(i)) for i in range(min(len(clip), args.frames))]
-    fps = float(getattr(clip, "fps", None) or 15.0)
+    clip, frames, fps = first_frames(args.clip, args.frames)
     model, info = load_model(args.model)
     runner = ISSRunner(model, "cpu")
     config = DittaConfig.from_preset("select")

@@ -14,8 +14,9 @@ Variants, on the first frames of a clip, interleaved round by round so that load
   moving the state), frame by frame: today's serving path;
 * ``flow, 1 request, 1 thread``: today's path with the node's ``openvino_threads: 1`` (what a node on shared
   cores may run instead, ``bench/live_speed.py``); reported, not part of the rule;
-* ``flow split, 2 streams``: that graph cut where the ISS logits leave the classifier (OpenVINO graph surgery on
-  one export, so both parts compute exactly what the whole graph does): the stateless part on 2 streams with up
+* ``flow split, 2 streams``: that graph cut where the ISS logits leave the classifier
+  (:func:`ditta_ros.runtime.openvino.split_graph`: OpenVINO graph surgery on one export, so both parts compute
+  exactly what the whole graph does): the stateless part on 2 streams with up
   to 3 frames in flight, the flow warp and the fusion part in frame order on one request.
 
 Per variant: frames per second (wall time over the frames), and label agreement with its 1-request
@@ -47,35 +48,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 MIN_SPEEDUP = 1.3
 #: frames in flight in the split pipeline (two on the streams while one is fused)
 DEPTH = 3
-
-
-def split_graph(onnx_path: str):
-    """``(stateless, fusion)`` OpenVINO models cut from an export made with ``plain_logits=True``:
-    ``stateless``: ``image`` -> ``plain_logits``, ``feat``, ``logits`` (the next state); ``fusion``: the
-    export's other inputs and a ``plain_logits`` parameter -> ``labels``, ``confidence``."""
-    import openvino as ov
-
-    core = ov.Core()
-
-    def parts(model):
-        results = {o.get_any_name(): r for o, r in zip(model.outputs, model.get_results())}
-        params = {p.get_friendly_name(): p for p in model.get_parameters()}
-        return results, params
-
-    whole = core.read_model(onnx_path)
-    results, params = parts(whole)
-    stateless = ov.Model([results["plain_logits"], results["feat"], results["logits"]], [params["image"]],
-                         "stateless")
-    whole = core.read_model(onnx_path)  # a second copy to rewire
-    results, params = parts(whole)
-    src = results["plain_logits"].input_value(0)
-    cut = ov.opset13.parameter(src.get_partial_shape(), src.get_element_type(), name="plain_logits")
-    for target in list(src.get_target_inputs()):
-        if target.get_node().get_type_name() != "Result":
-            target.replace_source_output(cut.output(0))
-    fusion = ov.Model([results["labels"], results["confidence"]],
-                      [cut] + [p for n, p in params.items() if n != "image"], "fusion")
-    return stateless, fusion
 
 
 def _state_feed(state, names, shapes, hw):
@@ -162,14 +134,13 @@ def main() -> None:
     import numpy as np
     import openvino as ov
 
-    from common import (DEFAULT_CLIP, cap_prefix, clip_parser, describe_machine, isa_cap_suffix, machine,
-                        one_core_busy, write_markdown, write_results)
+    from common import (DEFAULT_CLIP, cap_prefix, clip_parser, describe_machine, first_frames, isa_cap_suffix,
+                        machine, one_core_busy, write_markdown, write_results)
     from ditta_ros.adapt import DiTTANet
-    from ditta_ros.data import open_clip
     from ditta_ros.export import export_onnx
     from ditta_ros.iss import load_model
     from ditta_ros.presets import DittaConfig
-    from ditta_ros.runtime.openvino import compiled_precision, precision_config
+    from ditta_ros.runtime.openvino import compiled_precision, precision_config, split_graph
 
     p = clip_parser(__doc__)
     p.set_defaults(clip=DEFAULT_CLIP)
@@ -183,8 +154,7 @@ def main() -> None:
                    help="busy: another process spins on one core while the variants run (issue 20's condition)")
     args = p.parse_args()
 
-    clip = open_clip(args.clip)
-    frames = [np.ascontiguousarray(clip.frame(i)) for i in range(min(len(clip), args.frames))]
+    clip, frames, _ = first_frames(args.clip, args.frames)
     hw = frames[0].shape[:2]
     model, info = load_model(args.model)
     cfg = DittaConfig.from_preset("select")
@@ -196,7 +166,7 @@ def main() -> None:
         plain_path, _ = export_onnx(DiTTANet(model), hw, os.path.join(tmp, "plain"), info.name, tau=0.0)
         flow_path, _ = export_onnx(DiTTANet(model), hw, os.path.join(tmp, "flow"), info.name, tau=cfg.tau,
                                    fusion=cfg.fusion, plain_logits=True)
-        stateless, fusion = split_graph(flow_path)
+        stateless, fusion = split_graph(core.read_model(flow_path))
         compiled = {"plain": core.compile_model(plain_path, "CPU", latency),
                     "plain2": core.compile_model(plain_path, "CPU", throughput),
                     "flow": core.compile_model(flow_path, "CPU", latency),

@@ -158,7 +158,7 @@ def test_auto_readapt_starts_a_new_warmup_after_a_scene_change():
     from ditta_ros.inference import Prediction
 
     scene = {"cls": 0}  # the streamed labels are all one class; the scene then switches to another
-    live.serving._adapted = lambda frozen, interim, frame, stamp: (
+    live.serving._adapted = lambda frozen, interim, frame, stamp, started=None: (
         Prediction(np.full(frame.shape[:2], scene["cls"], np.uint8), np.ones(frame.shape[:2], np.float32)), "adapted")
     for _ in range(4):
         live.process(_frame())
@@ -419,6 +419,70 @@ def test_frame_loop_counts_drops_and_bad_messages_and_carries_on():
     loop.enabled = False
     loop.offer("4")
     assert live.counters.paused == 1
+
+
+def test_frame_loop_overlaps_frames_on_a_pipelined_backend(tmp_path, monkeypatch):
+    """``openvino_streams`` 2 and a camera faster than the node: the loop starts the waiting frame before it
+    fuses and publishes the one in hand (each start one frame ahead of the finishes), publishes every frame
+    in order, and the labels equal those of one request per frame."""
+    from ditta_ros.live import FrameLoop
+    from ditta_ros.runtime.openvino import PipelinedOpenVINO
+
+    def streaming(streams):
+        cfg = LiveConfig(warmup_frames=2, backend="openvino", openvino_precision="f32", openvino_streams=streams,
+                         wait_for_backend=True, flow_while_adapting=False, export_dir=str(tmp_path / "export"),
+                         engine_cache=str(tmp_path / "engines"))
+        live = LivePipeline(cfg, _runner(), method_factory=lambda r: _FakeMethod(r))
+        for i in range(2):
+            live.process(_frame(seed=i), stamp=0.05 * i)
+        live.wait_idle(120)
+        assert live.phase == Phase.STREAMING
+        return live
+
+    base = _frame(40, 64, seed=7)
+    frames = [np.ascontiguousarray(base[:, k:k + 56]) for k in range(7)]  # a camera panning 1 px a frame
+    stamps = [0.1 + 0.05 * k for k in range(len(frames))]
+    ref_live = streaming(1)
+    ref = [ref_live.process(f, stamp=s)[0].labels for f, s in zip(frames, stamps)]
+    live = streaming(2)
+    assert isinstance(live.serving.frozen.backend, PipelinedOpenVINO)
+    calls, index = [], {id(f): k for k, f in enumerate(frames)}
+    start, finish = PipelinedOpenVINO.start, PipelinedOpenVINO.finish
+
+    def spy_start(self, frame):
+        handle = start(self, frame)
+        calls.append(("start", index[id(frame)], handle))
+        return handle
+
+    def spy_finish(self, handle, state=None):
+        calls.append(("finish", next(k for c, k, h in calls if c == "start" and h == handle), handle))
+        return finish(self, handle, state)
+
+    monkeypatch.setattr(PipelinedOpenVINO, "start", spy_start)
+    monkeypatch.setattr(PipelinedOpenVINO, "finish", spy_finish)
+    published = []
+
+    def decode(msg):
+        k = int(msg)
+        if k + 1 < len(frames):
+            loop.offer(str(k + 1))  # the next frame is already waiting when this one is decoded
+        return frames[k], stamps[k]
+
+    loop = FrameLoop(live, lambda m, lab, conf, src: published.append((m, lab, src)), decode=decode)
+    loop.offer("0")
+    while loop.step(0.05):
+        pass
+    assert [m for m, _, _ in published] == [str(k) for k in range(len(frames))]
+    assert all(src == "adapted" for _, _, src in published) and live.counters.dropped == 0
+    assert all(np.array_equal(lab, r) for (_, lab, _), r in zip(published, ref))
+    order = [(c, k) for c, k, _ in calls]
+    assert order[:3] == [("start", 0), ("start", 1), ("finish", 0)]  # frame 1 started before frame 0 fused
+    assert [k for c, k in order if c == "finish"] == list(range(len(frames)))
+    assert sum(c == "start" for c, _ in order) == len(frames)  # no frame's stateless part ran twice
+    calls.clear()  # a camera slower than the node: nothing waits, the frame is served alone on all cores
+    loop.decode = lambda msg: (frames[0], stamps[-1] + 0.05)
+    loop.offer("0")
+    assert loop.step(1.0) and calls == [] and len(published) == len(frames) + 1
 
 
 def test_lazy_loop_processes_nothing_unwatched_after_the_warm_up_and_reports_timing():

@@ -292,6 +292,97 @@ def test_backend_selection_falls_back_and_backends_agree(tmp_path, caplog, monke
             backend.step(np.zeros((5, 5, 3), np.uint8))
 
 
+@pytest.mark.parametrize("precision", ["f32", "auto"])
+def test_pipelined_openvino_serves_the_labels_of_one_request_per_frame(tmp_path, precision):
+    """The graph cut in two (stateless part on two streams, started a frame ahead; fusion in order) gives
+    the labels and confidence of today's path (the whole graph, the plain graph on a stream's first frame)
+    on a moving sequence with the flow branch; a frame finished after its request was reused is refused."""
+    from ditta_ros.export import export_onnx
+    from ditta_ros.gates import FlowWarp
+    from ditta_ros.runtime.openvino import OpenVINOBackend, PipelinedOpenVINO
+    from ditta_ros.runtime.serving import SkipAddon
+
+    net, hw = _net(), (40, 56)
+    split, _ = export_onnx(net, hw, str(tmp_path / "s"), "tiny", "custom", tau=0.8, fusion="flow", plain_logits=True)
+    full, _ = export_onnx(net, hw, str(tmp_path / "f"), "tiny", "custom", tau=0.8, fusion="flow")
+    plain, _ = export_onnx(net, hw, str(tmp_path / "p"), "tiny", "custom", tau=0.0)
+    today = SkipAddon(OpenVINOBackend(full, precision=precision), OpenVINOBackend(plain, precision=precision))
+    pipe = PipelinedOpenVINO(split, precision=precision)
+    assert "2 streams, pipelined" in pipe.describe()
+    frames = _frames(8)
+    warp, state, ref = FlowWarp(), None, []
+    for f in frames:
+        labels, conf, state = today.step(f, warp(f, state))
+        ref.append((labels, conf))
+    warp, state, handles = FlowWarp(), None, [pipe.start(frames[0])]
+    for t, f in enumerate(frames):
+        if t + 1 < len(frames):
+            handles.append(pipe.start(frames[t + 1]))  # the next frame's stateless part runs meanwhile
+        labels, conf, state = pipe.finish(handles[t], warp(f, state))
+        assert np.array_equal(labels, ref[t][0]) and np.array_equal(conf, ref[t][1]), t
+    warp, state = FlowWarp(), None
+    for t, f in enumerate(frames):  # frames served alone (the LATENCY compilation): the same again
+        labels, conf, state = pipe.step(f, warp(f, state))
+        assert np.array_equal(labels, ref[t][0]) and np.array_equal(conf, ref[t][1]), t
+    assert float(state[2].max()) == 1.0  # later frames were fused (the state carried has_prev)
+    stale = pipe.start(frames[0])
+    pipe.start(frames[1]), pipe.start(frames[2])  # two streams: the first request is reused
+    with pytest.raises(RuntimeError, match="finish in frame order"):
+        pipe.finish(stale, None)
+    with pytest.raises(ValueError, match="at least 2 streams"):
+        PipelinedOpenVINO(split, streams=1)
+    with pytest.raises(ValueError, match="without the plain_logits output"):
+        PipelinedOpenVINO(full)
+    with pytest.raises(ValueError, match="expected a uint8 frame"):
+        pipe.start(np.zeros((5, 5, 3), np.uint8))
+
+
+def test_auto_streams_follow_the_measured_rule(monkeypatch):
+    """``openvino_streams: 0``: 2 where OpenVINO runs f32 on a CPU (here: bf16 capped away), 1 with bf16
+    units, on other devices and for other precisions."""
+    import openvino as ov
+
+    from ditta_ros.runtime.openvino import auto_streams
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert auto_streams("CPU", "auto") == 2 and auto_streams("CPU", "f32") == 2
+    assert auto_streams("GPU", "auto") == 1 and auto_streams("CPU", "bf16") == 1
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    has_bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    assert auto_streams("CPU", "auto") == (1 if has_bf16 else 2)
+
+
+def test_frozen_model_takes_a_started_frame_and_ignores_a_stale_token(tmp_path):
+    """``openvino_streams`` 2 gives the frozen model a pipelined backend; a frame started ahead and then
+    stepped gives what stepping it alone gives; a token of a backend no longer serving is ignored."""
+    from ditta_ros.presets import DittaConfig
+    from ditta_ros.runtime import RuntimeOptions
+    from ditta_ros.runtime.openvino import PipelinedOpenVINO
+    from ditta_ros.runtime.serving import FrozenDiTTA
+
+    opts = RuntimeOptions(backend="openvino", openvino_precision="f32", export_dir=str(tmp_path / "export"),
+                          engine_cache=str(tmp_path / "engines"))
+    cfg = DittaConfig.from_preset("select")
+    one = FrozenDiTTA(_net(), cfg, opts.replace(openvino_streams=1))
+    two = FrozenDiTTA(_net(), cfg, opts.replace(openvino_streams=2))
+    frames = _frames(5)
+    assert two.start(frames[0]) is None  # not prepared for the size yet
+    one.prepare(frames[0].shape[:2]), two.prepare(frames[0].shape[:2])
+    assert isinstance(two.backend, PipelinedOpenVINO) and one.start(frames[0]) is None
+    assert any("_split_" in p.name for p in (tmp_path / "export").rglob("*.onnx"))
+    token = two.start(frames[0])
+    for t, f in enumerate(frames):
+        nxt = two.start(frames[t + 1]) if t + 1 < len(frames) else None
+        a, b = one.step(f, 0.05 if t else None), two.step(f, 0.05 if t else None, started=token)
+        assert np.array_equal(a.labels, b.labels) and np.array_equal(a.confidence, b.confidence)
+        token = nxt
+    assert two.stats.as_dict()["fused_share"] > 0
+    old = two.start(frames[0])
+    two.prepare(frames[0].shape[:2])  # a new backend (and a new stream): the old token is for another one
+    one.reset()
+    assert np.array_equal(two.step(frames[0], None, started=old).labels, one.step(frames[0], None).labels)
+
+
 def test_openvino_auto_precision_under_an_isa_cap_runs_f32(tmp_path):
     """With oneDNN capped below its bf16 kernels (``ONEDNN_MAX_CPU_ISA=AVX2``: an AVX2-only CPU emulated),
     ``auto`` precision compiles in f32 and serves; OpenVINO's own choice would pick bf16 from the CPU's flags
@@ -597,9 +688,11 @@ def test_a_warmed_model_serves_what_a_model_that_never_ran_serves():
 
 
 def test_the_graph_split_for_parallel_streams_computes_what_the_whole_graph_does(tmp_path):
-    """``bench/streams_probe.py`` cuts the served flow graph where the ISS logits leave the classifier: the
-    stateless part on two OpenVINO streams and the fusion part in frame order give the whole graph's labels on
-    every frame of a moving sequence (f32), and the stateless part takes the image alone."""
+    """:func:`~ditta_ros.runtime.openvino.split_graph` (``bench/streams_probe.py``,
+    :class:`~ditta_ros.runtime.openvino.PipelinedOpenVINO`) cuts the served flow graph where the ISS logits
+    leave the classifier: the stateless part on two OpenVINO streams and the fusion part in frame order give
+    the whole graph's labels on every frame of a moving sequence (f32), and the stateless part takes the image
+    alone."""
     import json
     import os
     import sys
@@ -609,15 +702,17 @@ def test_the_graph_split_for_parallel_streams_computes_what_the_whole_graph_does
     from ditta_ros.export import export_onnx
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
-    from streams_probe import run_flow_single, run_flow_split, split_graph
+    from streams_probe import run_flow_single, run_flow_split
+
+    from ditta_ros.runtime.openvino import split_graph
 
     hw = (100, 130)
     net = _net()
     path, meta = export_onnx(net, hw, str(tmp_path), "tiny", fusion="flow", plain_logits=True)
     assert "plain_logits" in json.load(open(meta))["extra_outputs"]
-    stateless, fusion = split_graph(path)
-    assert [p.get_friendly_name() for p in stateless.get_parameters()] == ["image"]
     core, f32 = ov.Core(), {"INFERENCE_PRECISION_HINT": "f32"}
+    stateless, fusion = split_graph(core.read_model(path))
+    assert [p.get_friendly_name() for p in stateless.get_parameters()] == ["image"]
     whole = core.compile_model(path, "CPU", {"PERFORMANCE_HINT": "LATENCY", **f32})
     parts = (core.compile_model(stateless, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": "2", **f32}),
              core.compile_model(fusion, "CPU", {"PERFORMANCE_HINT": "LATENCY", **f32}))

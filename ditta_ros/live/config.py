@@ -66,6 +66,7 @@ class LiveConfig:
     openvino_device: str = "CPU"
     openvino_precision: str = "auto"
     openvino_threads: int = 0
+    openvino_streams: int = 0
     iss_backend: bool = True
     wait_for_backend: bool = False
     flow_while_adapting: bool = True
@@ -112,5 +113,5 @@ class LiveConfig:
         """
         return RuntimeOptions(backend=self.backend, device=self.device, threads=self.torch_threads, fp16=self.fp16,
                               openvino_device=self.openvino_device, openvino_precision=self.openvino_precision,
-                              openvino_threads=self.openvino_threads,
+                              openvino_threads=self.openvino_threads, openvino_streams=self.openvino_streams,
                               export_dir=self.export_dir, engine_cache=self.engine_cache)

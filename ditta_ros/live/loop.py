@@ -50,6 +50,12 @@ class Mailbox:
             self._cv.notify_all()
 
     @property
+    def waiting(self) -> bool:
+        """True when an item waits to be taken."""
+        with self._cv:
+            return self._item is not None
+
+    @property
     def closed(self) -> bool:
         """True after :meth:`close`."""
         return not self._open
@@ -104,7 +110,12 @@ class FrameLoop:
             (the node's numeric timing topics).
 
     The frame path runs one way: the node's callback :meth:`offer` s a message; the loop takes
-    it, decodes it, runs the pipeline, sizes the output and hands it to ``publish``.
+    it, decodes it, runs the pipeline, sizes the output and hands it to ``publish``. Where the serving
+    model is a pipeline (``openvino_streams`` >= 2: :meth:`LivePipeline.start` gives a token), the loop
+    overlaps two frames: while a message waits in the mailbox, it starts the frame in hand, then takes the
+    waiting one, decodes it and starts it before it fuses and publishes the first; that one is published
+    next, in order. With no message waiting a frame is served alone on all cores, so a camera slower than
+    the node sees no added latency.
 
     A bad message is counted by reason and skipped; the loop never dies on one message. Times are
     on the steady clock (``time.monotonic``): ``last_in`` too.
@@ -124,6 +135,7 @@ class FrameLoop:
         self.enabled = True
         self.last_in: Optional[float] = None  # steady-clock time of the last message received
         self._warned = set()
+        self._ahead = None  # (msg, received, taken, frame, stamp, token): the next frame, started early
 
     @property
     def counters(self) -> Counters:
@@ -148,17 +160,29 @@ class FrameLoop:
             self.step(0.5)
 
     def step(self, timeout: float = 0.5) -> bool:
-        """Handle the waiting message (waiting up to ``timeout`` s for one); a bad one is
-        counted by reason and logged. True when a message was taken."""
-        item = self.mailbox.get(timeout)
-        if item is None or self.mailbox.closed:
-            return False
-        msg, received = item
-        if self.wanted is not None and self.pipeline.phase != Phase.WARMUP and not self.wanted():
-            self.counters.idle += 1  # nobody takes the outputs: no decoding, no inference
-            return True
+        """Handle the waiting message (waiting up to ``timeout`` s for one; first the one started early,
+        if any); a bad one is counted by reason and logged. True when a message was taken."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            item = self.mailbox.get(timeout)
+            if item is None or self.mailbox.closed:
+                return False
+            msg, received = item
+            if not self._wanted_now():
+                self.counters.idle += 1  # nobody takes the outputs: no decoding, no inference
+                return True
+        else:
+            msg, received = ahead[:2]
+        self._guarded(msg, lambda: self.handle(msg, received, ahead))
+        return True
+
+    def _wanted_now(self) -> bool:
+        return self.wanted is None or self.pipeline.phase == Phase.WARMUP or self.wanted()
+
+    def _guarded(self, msg, work: Callable[[], None]) -> None:
+        """Run ``work`` for ``msg``; a bad message is counted by reason and logged, never raised."""
         try:
-            self.handle(msg, received)
+            work()
         except UnsupportedEncoding as exc:
             self._bad("unsupported_encoding", exc, once=getattr(msg, "encoding", str(exc)))
         except ImageDecodeError as exc:
@@ -167,18 +191,24 @@ class FrameLoop:
             self._bad("bad_output", exc)
         except Exception as exc:  # never die on one message
             self._bad("internal_error", exc)
-        return True
 
     def stop(self) -> None:
         """End :meth:`run` (it returns within 0.5 s)."""
         self.mailbox.close()
 
-    def handle(self, msg, received: float) -> None:
+    def handle(self, msg, received: float, ahead=None) -> None:
         """Decode, run, resize to the output size, publish, count one message (``received``:
-        ``time.monotonic`` seconds)."""
-        started = time.monotonic()
-        frame, stamp = self.decode(msg)
-        pred, _ = self.pipeline.process(frame, stamp)
+        ``time.monotonic`` seconds; ``ahead``: the message already decoded and started by :meth:`_look_ahead`)."""
+        if ahead is None:
+            started = time.monotonic()
+            frame, stamp = self.decode(msg)
+            # overlap only with a message waiting: alone, a frame is served faster on all cores
+            token = self.pipeline.start(frame) if self.mailbox.waiting else None
+        else:
+            started, frame, stamp, token = ahead[2:]
+        if token is not None:
+            self._look_ahead()
+        pred, _ = self.pipeline.process(frame, stamp, started=token)
         labels, conf = pred.labels, pred.confidence
         if self.output_resolution == "network":
             h, w = self.pipeline.runner.model.preprocess.input_hw(frame.shape[:2])
@@ -189,6 +219,24 @@ class FrameLoop:
         self.stats.update(received, started, time.monotonic())
         if self.timing is not None:
             self.timing(self.stats.last_processing_ms, self.stats.last_latency_ms)
+
+    def _look_ahead(self) -> None:
+        """Take the message waiting in the mailbox (none: return at once), decode it and start it on the
+        pipeline, to be handled by the next :meth:`step`; a bad one is counted as usual."""
+        item = self.mailbox.get(0.0)
+        if item is None or self.mailbox.closed:
+            return
+        msg, received = item
+        if not self._wanted_now():
+            self.counters.idle += 1
+            return
+
+        def start():
+            taken = time.monotonic()
+            frame, stamp = self.decode(msg)
+            self._ahead = (msg, received, taken, frame, stamp, self.pipeline.start(frame))
+
+        self._guarded(msg, start)
 
     def _bad(self, reason: str, exc: Exception, once: str = None) -> None:
         """Count a bad message; warn once per ``once`` key (an unknown encoding), else for the

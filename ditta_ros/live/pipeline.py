@@ -246,9 +246,24 @@ class LivePipeline:
         return self._running
 
     # -- per frame -------------------------------------------------------------------
-    def process(self, frame: np.ndarray, stamp: float = None) -> Tuple[Prediction, Phase]:
+    def start(self, frame: np.ndarray):
+        """Start ``frame`` ahead of its :meth:`process` where the serving model runs as a pipeline
+        (``openvino_streams`` >= 2: :meth:`Serving.start`), so that the frame loop overlaps it with the frame
+        before. Returns the token :meth:`process` takes as ``started``, or ``None`` (nothing to overlap: no
+        pipeline, the ISS serves, a bad frame, whose error :meth:`process` reports)."""
+        with self._lock:
+            phase = self.phase
+        if phase == Phase.ISS:
+            return None
+        try:
+            return self.serving.start(frame)
+        except Exception:
+            return None
+
+    def process(self, frame: np.ndarray, stamp: float = None, started=None) -> Tuple[Prediction, Phase]:
         """One RGB uint8 ``[H, W, 3]`` frame -> its prediction and the phase that made it
-        (:attr:`last_source` says which model: :data:`~.phases.SOURCES`).
+        (:attr:`last_source` says which model: :data:`~.phases.SOURCES`; ``started``: the frame's
+        :meth:`start` token).
 
         Raises:
             ValueError: not a uint8 ``[H, W, 3]`` array, or a non-finite output of the ISS model.
@@ -260,7 +275,7 @@ class LivePipeline:
         with self._lock:
             phase, gen = self.phase, self._generation
         # STREAMING, or a re-adaptation under way: the adapted model serves where it can
-        pred, source = self.serving.answer(frame, stamp, adapted=phase != Phase.ISS)
+        pred, source = self.serving.answer(frame, stamp, adapted=phase != Phase.ISS, started=started)
         if self.serving.dropped is not None:
             self._adapted_dropped()
         if phase == Phase.WARMUP:

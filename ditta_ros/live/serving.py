@@ -160,10 +160,21 @@ class Serving:
             self._failed, self.error, self.dropped = set(), None, None
 
     # -- per frame --------------------------------------------------------------------------
-    def answer(self, frame: np.ndarray, stamp: float, adapted: bool = True) -> Tuple[Prediction, str]:
+    def start(self, frame: np.ndarray):
+        """Start ``frame`` on the installed model's pipeline ahead of its :meth:`answer`
+        (:meth:`FrozenDiTTA.start`): the token :meth:`answer` takes as ``started``, or ``None``.
+
+        Raises:
+            ValueError: a bad frame.
+        """
+        with self._lock:
+            frozen = self.frozen
+        return None if frozen is None else frozen.start(frame)
+
+    def answer(self, frame: np.ndarray, stamp: float, adapted: bool = True, started=None) -> Tuple[Prediction, str]:
         """The prediction of one uint8 RGB ``[H, W, 3]`` frame and its source (``iss`` |
         ``adapted`` | ``fallback`` | ``iss-flow``: :data:`~.phases.SOURCES`); ``adapted=False`` serves the
-        ISS whatever is installed.
+        ISS whatever is installed; ``started``: the frame's :meth:`start` token.
 
         Raises:
             ValueError: a non-finite output of the ISS model.
@@ -172,7 +183,7 @@ class Serving:
             frozen, interim = self.frozen, self.interim
         pred, source = None, "iss"
         if frozen is not None and adapted:
-            pred, source = self._adapted(frozen, interim, frame, stamp)
+            pred, source = self._adapted(frozen, interim, frame, stamp, started)
         if pred is None:
             pred = self._iss(frame)
             if not np.isfinite(pred.confidence).all():
@@ -194,7 +205,7 @@ class Serving:
                 "fused_share": stats["fused_share"], "streamed_frames": stats["streamed_frames"]}
 
     def _adapted(self, frozen: FrozenDiTTA, interim: bool, frame: np.ndarray,
-                 stamp: float) -> Tuple[Optional[Prediction], str]:
+                 stamp: float, started=None) -> Tuple[Optional[Prediction], str]:
         """The adapted model (or the ``interim``) on one frame; no prediction when it cannot serve this
         frame: a new frame size (``"iss"``: prepared in the background meanwhile) or a failure (``"fallback"``)."""
         hw = tuple(frame.shape[:2])
@@ -204,7 +215,7 @@ class Serving:
         interval = None if self._last_stamp is None else stamp - self._last_stamp
         self._last_stamp = stamp
         try:
-            pred = frozen.step(frame, interval)
+            pred = frozen.step(frame, interval, started)
             problem = None if np.isfinite(pred.confidence).all() else "a non-finite output"
         except Exception as exc:  # a runtime failure must not take every frame down with it
             problem = f"an error ({type(exc).__name__}: {exc})"

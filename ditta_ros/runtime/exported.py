@@ -42,14 +42,20 @@ class ExportedGraph:
         """``(labels, confidence, feat, logits)`` for one feed (the graph's inputs it has)."""
         raise NotImplementedError
 
-    def step(self, frame: np.ndarray, state=None):
-        """``(labels int64 [H,W], confidence float32 [H,W], state)``; raises ``ValueError``
-        for a frame of the wrong size or dtype."""
+    def check_frame(self, frame: np.ndarray) -> None:
+        """Raise ``ValueError`` for a frame that is not uint8 ``[H, W, 3]`` of the export's size."""
         if frame.dtype != np.uint8 or frame.shape != (*self.frame_hw, 3):
             raise ValueError(f"expected a uint8 frame of {self.frame_hw[0]}x{self.frame_hw[1]}x3, "
                              f"got {frame.shape} {frame.dtype}")
+
+    def state_feed(self, state) -> Dict[str, np.ndarray]:
+        """The graph's state inputs by name from ``state`` (``None``: :meth:`initial_state`), float32."""
         state = state if state is not None else self.initial_state()
-        feed = {"image": np.ascontiguousarray(frame),
-                **{k: np.asarray(v, np.float32) for k, v in zip(self._state_names, state)}}
-        labels, conf, feat, logits = self._run(feed)
+        return {k: np.asarray(v, np.float32) for k, v in zip(self._state_names, state)}
+
+    def step(self, frame: np.ndarray, state=None):
+        """``(labels int64 [H,W], confidence float32 [H,W], state)``; raises ``ValueError``
+        for a frame of the wrong size or dtype."""
+        self.check_frame(frame)
+        labels, conf, feat, logits = self._run({"image": np.ascontiguousarray(frame), **self.state_feed(state)})
         return labels, conf, (feat, logits, self._ones)

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping, Optional, Tuple
+
+import numpy as np
 
 from .exported import ExportedGraph
 
@@ -135,41 +137,50 @@ class OpenVINOBackend(ExportedGraph):
     def __init__(self, onnx_path: str, device: str = "CPU", cache_dir: Optional[str] = None,
                  precision: str = "auto", threads: int = 0):
         hint = precision_config(precision, device)  # checks precision before anything is loaded
-        try:
-            import openvino as ov
-        except ImportError as exc:
-            raise RuntimeError("the Python package 'openvino' is not installed (`pip install openvino`)") from exc
-        super().__init__(onnx_path)
-        core = ov.Core()
-        present = core.available_devices
-        if device != "AUTO" and not any(d == device or d.startswith(device + ".") or device.startswith(d)
-                                        for d in present):
-            raise RuntimeError(f"OpenVINO device {device!r} not present; available: {', '.join(present) or 'none'}")
-        if cache_dir:  # one folder per exported graph: clearing it touches no other model's blobs
-            stem = os.path.splitext(os.path.basename(onnx_path))[0]
-            cache = os.path.join(os.path.expanduser(cache_dir), "openvino", stem)
-            os.makedirs(cache, exist_ok=True)
-            os.utime(cache)  # recently used: kept by prune_cache
-            core.set_property({"CACHE_DIR": cache})
+        self._open(onnx_path, device, cache_dir)
         config = {"PERFORMANCE_HINT": "LATENCY", **hint}
         if device.startswith("CPU") and threads > 0:
             config["INFERENCE_NUM_THREADS"] = int(threads)
-        self.device = device
-        try:
-            self.compiled = core.compile_model(onnx_path, device, config)
-        except RuntimeError as exc:
-            if not cache_dir:
-                raise
-            # a cached blob OpenVINO cannot import (a corrupt file, a crash while it was written): drop this
-            # graph's blobs and compile anew, which writes a fresh one; a second failure is not the cache's
-            log.warning("OpenVINO could not use its compiled-model cache %s (%s): compiling anew", cache,
-                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-            clear_cache(cache)
-            self.compiled = core.compile_model(onnx_path, device, config)
+        self.compiled = self._compile(onnx_path, config)
         self.request = self.compiled.create_infer_request()
         self.precision = compiled_precision(self.compiled, precision)  # what the device actually runs in
         self._inputs = [i.get_any_name() for i in self.compiled.inputs]
         self._outputs = [o.get_any_name() for o in self.compiled.outputs]
+
+    def _open(self, onnx_path: str, device: str, cache_dir: Optional[str]) -> None:
+        """Read the metadata, check the device, point OpenVINO's compiled-model cache at this graph's folder."""
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            raise RuntimeError("the Python package 'openvino' is not installed (`pip install openvino`)") from exc
+        ExportedGraph.__init__(self, onnx_path)
+        self._core = core = ov.Core()
+        present = core.available_devices
+        if device != "AUTO" and not any(d == device or d.startswith(device + ".") or device.startswith(d)
+                                        for d in present):
+            raise RuntimeError(f"OpenVINO device {device!r} not present; available: {', '.join(present) or 'none'}")
+        self._cache = None
+        if cache_dir:  # one folder per exported graph: clearing it touches no other model's blobs
+            stem = os.path.splitext(os.path.basename(onnx_path))[0]
+            self._cache = os.path.join(os.path.expanduser(cache_dir), "openvino", stem)
+            os.makedirs(self._cache, exist_ok=True)
+            os.utime(self._cache)  # recently used: kept by prune_cache
+            core.set_property({"CACHE_DIR": self._cache})
+        self.device = device
+
+    def _compile(self, model, config: Dict[str, object]):
+        """``model`` (a path or an ``openvino.Model``) compiled for :attr:`device` with ``config``."""
+        try:
+            return self._core.compile_model(model, self.device, config)
+        except RuntimeError as exc:
+            if not self._cache:
+                raise
+            # a cached blob OpenVINO cannot import (a corrupt file, a crash while it was written): drop this
+            # graph's blobs and compile anew, which writes a fresh one; a second failure is not the cache's
+            log.warning("OpenVINO could not use its compiled-model cache %s (%s): compiling anew", self._cache,
+                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            clear_cache(self._cache)
+            return self._core.compile_model(model, self.device, config)
 
     def describe(self) -> str:
         """One line for logs: device, precision and the model."""
@@ -180,3 +191,150 @@ class OpenVINOBackend(ExportedGraph):
         res = self.request.infer({k: feed[k] for k in self._inputs})
         out = {name: res[o] for name, o in zip(self._outputs, self.compiled.outputs)}
         return out["labels"], out["confidence"], out["feat"], out["logits"]
+
+
+def auto_streams(device: str = "CPU", precision: str = "auto") -> int:
+    """The streams ``openvino_streams: 0`` means: the outcome of the rule of ``bench/pipeline_speed.py``
+    (fixed before its runs) per CPU measured. 2 where OpenVINO runs the graph in f32 on a CPU (no bf16 units,
+    or ``ONEDNN_MAX_CPU_ISA`` capping them: :func:`bf16_capped`; ``precision`` ``auto`` or ``f32``): on the
+    AVX2 kernels the rule passed (1.35x the frames/s with a core busy, 1.00x quiet, latency alone 1.04x,
+    labels identical); 1 on a CPU with bf16 units (``OPTIMIZATION_CAPABILITIES`` has ``BF16``), where it did
+    not (0.93x quiet), on other devices, and for ``bf16`` / ``f16``."""
+    if not device.startswith("CPU") or precision not in ("auto", "f32"):
+        return 1
+    if bf16_capped():
+        return 2
+    try:
+        import openvino as ov
+
+        caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception:
+        return 1
+    return 1 if "BF16" in caps else 2
+
+
+def split_graph(model):
+    """``(stateless, fusion)`` cut from an ``openvino.Model`` of an export made with ``plain_logits=True``
+    (:func:`ditta_ros.export.export_onnx`) and ``fusion="flow"``, by graph surgery where the ISS logits leave
+    the classifier, so both parts compute exactly what the whole graph does (the other fusions' temporal
+    branches take the current frame's features or the previous state: OpenVINO refuses their cut). ``stateless``: ``image`` -> ``plain_logits``,
+    ``feat``, ``logits`` (the next state; nothing from the previous frame); ``fusion``: a ``plain_logits``
+    parameter and the export's state inputs -> ``labels``, ``confidence``.
+
+    Raises:
+        KeyError: the graph has no ``plain_logits`` output (exported without it).
+    """
+    import openvino as ov
+
+    def parts(m):
+        results = {o.get_any_name(): r for o, r in zip(m.outputs, m.get_results())}
+        return results, {p.get_friendly_name(): p for p in m.get_parameters()}
+
+    results, params = parts(model)
+    stateless = ov.Model([results["plain_logits"], results["feat"], results["logits"]], [params["image"]],
+                         "stateless")
+    rest = model.clone()  # rewired below; the stateless part keeps the original nodes
+    results, params = parts(rest)
+    src = results["plain_logits"].input_value(0)
+    cut = ov.opset13.parameter(src.get_partial_shape(), src.get_element_type(), name="plain_logits")
+    for target in list(src.get_target_inputs()):
+        if target.get_node().get_type_name() != "Result":
+            target.replace_source_output(cut.output(0))
+    fusion = ov.Model([results["labels"], results["confidence"]],
+                      [cut] + [p for n, p in params.items() if n != "image"], "fusion")
+    return stateless, fusion
+
+
+class PipelinedOpenVINO(OpenVINOBackend):
+    """An exported DiTTA graph run as a pipeline of two parts (issue 20, item 1): the stateless part
+    (backbone, decoder, classifier: :func:`split_graph`) on ``streams`` OpenVINO streams, so that the next
+    frame's part runs while this frame is fused, and the fusion part (the temporal branch and Eq. 3, needing
+    the previous frame's state) in frame order. Labels equal the whole graph's (the same operations cut in
+    two; ``bench/streams_probe.py``, ``test/test_streaming.py``).
+
+    Use: :meth:`start` a frame (its stateless part starts at once), later :meth:`finish` it with the state
+    it gets (warped, gated: :class:`~ditta_ros.runtime.serving.FrozenDiTTA`), in frame order; at most
+    ``streams`` frames started and not finished. A frame started but never finished is dropped when its
+    request is reused. :meth:`step` serves a frame alone (nothing to overlap it with: a camera slower than
+    the node) on a second compilation of the stateless part with the LATENCY hint, all cores on that one
+    frame, as :class:`OpenVINOBackend` does (one stream's one thread would take ~1.7x longer).
+
+    Args:
+        onnx_path: an export made with ``plain_logits=True`` (its metadata lists the extra output).
+        device, cache_dir, precision: as :class:`OpenVINOBackend`.
+        streams: OpenVINO streams of the stateless part (>= 2; THROUGHPUT hint, one thread each on a
+            CPU with as many cores); the fusion part is one request with the LATENCY hint.
+
+    Raises:
+        ValueError: ``streams`` < 2, an unknown ``precision``, or an export without ``plain_logits``.
+        RuntimeError, FileNotFoundError: as :class:`OpenVINOBackend`.
+    """
+
+    def __init__(self, onnx_path: str, device: str = "CPU", cache_dir: Optional[str] = None,
+                 precision: str = "auto", streams: int = 2):
+        if int(streams) < 2:
+            raise ValueError(f"a pipeline needs at least 2 streams, got {streams}")
+        hint = precision_config(precision, device)
+        self._open(onnx_path, device, cache_dir)
+        if "plain_logits" not in self.meta.get("extra_outputs", {}):
+            raise ValueError(f"{onnx_path} was exported without the plain_logits output a pipeline needs")
+        stateless, fusion = split_graph(self._core.read_model(onnx_path))
+        self.stateless = self._compile(stateless, {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": str(int(streams)),
+                                                   **hint})
+        self.solo = self._compile(stateless, {"PERFORMANCE_HINT": "LATENCY", **hint})
+        self.compiled = self._compile(fusion, {"PERFORMANCE_HINT": "LATENCY", **hint})
+        self._solo = self.solo.create_infer_request()
+        self.request = self.compiled.create_infer_request()
+        self.precision = compiled_precision(self.compiled, precision)
+        self.streams = int(streams)
+        self._inputs = [i.get_any_name() for i in self.compiled.inputs]
+        self._outputs = [o.get_any_name() for o in self.compiled.outputs]
+        self._requests = [self.stateless.create_infer_request() for _ in range(self.streams)]
+        self._uses = [0] * self.streams
+        self._next = 0
+
+    def describe(self) -> str:
+        """One line for logs: device, precision, the pipeline and the model."""
+        return f"openvino {self.device} {self.precision} ({self.streams} streams, pipelined), {self._model_name()}"
+
+    def start(self, frame: np.ndarray) -> Tuple[int, int]:
+        """Start the stateless part of ``frame`` (uint8 ``[H, W, 3]`` RGB, the export's size) on the next
+        stream; returns the handle :meth:`finish` takes. Raises ``ValueError`` for a bad frame."""
+        self.check_frame(frame)
+        k = self._next
+        self._next = (k + 1) % self.streams
+        request = self._requests[k]
+        request.wait()  # a frame started on this request and never finished: dropped
+        self._uses[k] += 1
+        request.start_async({"image": np.ascontiguousarray(frame)})
+        return k, self._uses[k]
+
+    def finish(self, handle: Tuple[int, int], state=None):
+        """``(labels int64 [H, W], confidence float32 [H, W], next state)`` of the frame ``handle`` started,
+        fused with ``state`` (``None``: a stream's first frame, the plain branch).
+
+        Raises:
+            RuntimeError: ``handle``'s request was reused by later :meth:`start` s (finished out of order).
+        """
+        k, use = handle
+        if self._uses[k] != use:
+            raise RuntimeError("this frame's request was reused before it was finished: finish in frame order")
+        request = self._requests[k]
+        request.wait()
+        return self._fuse(request, state)
+
+    def step(self, frame: np.ndarray, state=None):
+        """One frame alone (the LATENCY compilation of the stateless part, then the fusion part):
+        ``(labels, confidence, next state)``, what :meth:`start` and :meth:`finish` give. Raises
+        ``ValueError`` for a bad frame."""
+        self.check_frame(frame)
+        self._solo.infer({"image": np.ascontiguousarray(frame)})
+        return self._fuse(self._solo, state)
+
+    def _fuse(self, request, state):
+        """The fusion part on ``request``'s stateless outputs and ``state``."""
+        plain, feat, logits = (np.array(request.get_tensor(n).data) for n in ("plain_logits", "feat", "logits"))
+        feed = {"plain_logits": plain, **self.state_feed(state)}
+        res = self.request.infer({n: feed[n] for n in self._inputs})
+        out = {name: res[o] for name, o in zip(self._outputs, self.compiled.outputs)}
+        return out["labels"], out["confidence"], (feat, logits, self._ones)

@@ -38,11 +38,18 @@ class RuntimeOptions:
         openvino_threads: OpenVINO CPU inference threads (``INFERENCE_NUM_THREADS``; 0: OpenVINO's choice,
             one per core). Fewer than the cores helps where other processes (camera driver, recorder, other
             nodes) share them: ``bench/live_speed.py``.
+        openvino_streams: 1 (one request per frame), >= 2: the stateless part of an OpenVINO graph with a
+            temporal branch on that many streams while frames are fused in order
+            (:class:`~ditta_ros.runtime.openvino.PipelinedOpenVINO`; the node overlaps consecutive frames
+            while the camera is ahead of it), or 0: :func:`~ditta_ros.runtime.openvino.auto_streams` (2 on
+            a CPU that runs the graph in f32, 1 where it has bf16 units). Labels unchanged
+            (``bench/pipeline_speed.py``).
         export_dir: folder of the exported ONNX graphs (``~`` allowed).
         engine_cache: TensorRT engines and OpenVINO compiled models (``~`` allowed).
 
     Raises:
-        ValueError: an unknown ``backend`` or ``openvino_precision``, or ``threads`` / ``openvino_threads`` < 0.
+        ValueError: an unknown ``backend`` or ``openvino_precision``, ``threads`` / ``openvino_threads`` < 0,
+            or ``openvino_streams`` < 0.
     """
 
     backend: str = "torch"
@@ -52,6 +59,7 @@ class RuntimeOptions:
     openvino_device: str = "CPU"
     openvino_precision: str = "auto"
     openvino_threads: int = 0
+    openvino_streams: int = 0
     export_dir: str = EXPORT_DIR
     engine_cache: str = ENGINE_CACHE
 
@@ -65,6 +73,8 @@ class RuntimeOptions:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
         if self.openvino_threads < 0:
             raise ValueError(f"openvino_threads must be >= 0, got {self.openvino_threads}")
+        if self.openvino_streams < 0:
+            raise ValueError(f"openvino_streams must be >= 0, got {self.openvino_streams}")
 
     def replace(self, **changes) -> "RuntimeOptions":
         """A copy with ``changes`` (validated again)."""

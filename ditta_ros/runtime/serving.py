@@ -96,7 +96,11 @@ def streaming_backend(net, frame_hw, tau: float, options: RuntimeOptions = Runti
         refit_lock: a lock held around ``swap_weights`` (``None``: none).
 
     Returns:
-        a backend with ``step(frame, state) -> (labels, confidence, state)`` and ``describe()``.
+        a backend with ``step(frame, state) -> (labels, confidence, state)`` and ``describe()``: with
+        ``tau > 0``, ``fusion="flow"`` (the only fusion whose temporal branch needs nothing of the current frame
+        but its ISS logits) on OpenVINO and ``options.openvino_streams`` 2 or more (0: :func:`~.openvino.auto_streams`),
+        a :class:`~.openvino.PipelinedOpenVINO` (also ``start`` / ``finish``) on an export with the
+        ``plain_logits`` output; where that cannot be built, the one-request chain.
 
     Raises:
         RuntimeError: as :func:`~.select.select_backend`.
@@ -108,6 +112,14 @@ def streaming_backend(net, frame_hw, tau: float, options: RuntimeOptions = Runti
     # an empty export_dir: the default folder)
     engine_dir = os.path.join(os.path.expanduser(options.engine_cache), f"{name}_{frame_hw[0]}x{frame_hw[1]}") \
         if options.engine_cache else None
+    if tau > 0 and fusion == "flow" and refit is None and requested != "torch" and _openvino_first(options):
+        from .openvino import auto_streams
+
+        streams = options.openvino_streams or auto_streams(options.openvino_device, options.openvino_precision)
+        backend = _pipelined(net, frame_hw, tau, options, name, fusion, label_set, classes, engine_dir,
+                             streams) if streams > 1 else None
+        if backend is not None:
+            return backend
     onnx_path = None
     if requested != "torch" and (requested != "auto" or accelerated_runtime_available()):
         onnx_path = cached_export(net, frame_hw, tau, options.export_dir or EXPORT_DIR, name, options.fp16, fusion,
@@ -126,6 +138,7 @@ def streaming_backend(net, frame_hw, tau: float, options: RuntimeOptions = Runti
             refit.unusable = f"refit failed: {exc}"
             log.warning("refitting the engine failed (%s): building a new one", exc)
 
+
     def torch_model():  # built only when the chain reaches torch (its construction runs the network once)
         return StreamingDiTTA(net, frame_hw, tau, fusion=fusion)
 
@@ -141,6 +154,39 @@ def streaming_backend(net, frame_hw, tau: float, options: RuntimeOptions = Runti
         plain = streaming_backend(net, frame_hw, 0.0, options.replace(backend=backend.name), name=name,
                                   label_set=label_set, classes=classes)
         backend = SkipAddon(backend, plain)
+    return backend
+
+
+def _openvino_first(options: RuntimeOptions) -> bool:
+    """True when the backend chain would pick OpenVINO: asked for, or ``auto`` without a CUDA device
+    (where TensorRT and CUDA come first) and with the ``openvino`` package."""
+    if options.backend == "openvino":
+        return True
+    if options.backend != "auto":
+        return False
+    import importlib.util
+
+    import torch
+
+    return not torch.cuda.is_available() and importlib.util.find_spec("openvino") is not None
+
+
+def _pipelined(net, frame_hw, tau, options: RuntimeOptions, name, fusion, label_set, classes, engine_dir,
+               streams: int):
+    """A :class:`~.openvino.PipelinedOpenVINO` on the export with the ``plain_logits`` output
+    (``streams`` streams), or ``None`` (logged) where it cannot be built: the one-request chain serves
+    instead."""
+    try:
+        from .openvino import PipelinedOpenVINO
+
+        path = cached_export(net, frame_hw, tau, options.export_dir or EXPORT_DIR, name, options.fp16, fusion,
+                             label_set, classes, plain_logits=True)
+        backend = PipelinedOpenVINO(path, options.openvino_device, engine_dir, precision=options.openvino_precision,
+                                    streams=streams)
+    except Exception as exc:
+        log.warning("openvino_streams=%d: no pipelined backend (%s); one request per frame", streams, exc)
+        return None
+    log.info("runtime backend: %s", backend.describe())
     return backend
 
 
@@ -280,10 +326,26 @@ class FrozenDiTTA:
             self.step(frame, None if i == 0 else 0.0)
         self.reset()
 
-    def step(self, frame: np.ndarray, interval: Optional[float] = None):
+    def start(self, frame: np.ndarray):
+        """Start ``frame`` (uint8 RGB ``[H, W, 3]``) ahead of its :meth:`step` where the backend is a
+        pipeline (:class:`~.openvino.PipelinedOpenVINO`, ``openvino_streams`` >= 2) prepared for its size: the
+        stateless part runs meanwhile, so the caller may :meth:`step` the frame before it. Returns the token
+        :meth:`step` takes as ``started``, or ``None`` (no pipeline, or not prepared for this size).
+
+        Raises:
+            ValueError: a bad frame.
+        """
+        backend = self.backend
+        if not hasattr(backend, "start") or not self.ready_for(frame.shape[:2]):
+            return None
+        with self.lock:
+            return backend, backend.start(frame)
+
+    def step(self, frame: np.ndarray, interval: Optional[float] = None, started=None):
         """One uint8 RGB ``[H, W, 3]`` frame -> :class:`~ditta_ros.inference.Prediction`
         (prepares the backend first when the frame size is new; ``interval``: seconds since
-        the previous frame, for ``max_gap``; ``None``: unknown).
+        the previous frame, for ``max_gap``; ``None``: unknown; ``started``: this frame's :meth:`start`
+        token, whose stateless part is then not run again; one from a backend no longer serving is ignored).
 
         Raises:
             RuntimeError: the backend was left unusable by a failed refit; ValueError: a bad frame.
@@ -297,7 +359,10 @@ class FrozenDiTTA:
             unusable = getattr(self.backend, "unusable", None)
             if unusable:
                 raise RuntimeError(f"the engine of this model is unusable ({unusable})")
-            labels, conf, self._state = self.backend.step(frame, state)
+            if started is not None and started[0] is self.backend:
+                labels, conf, self._state = self.backend.finish(started[1], state)
+            else:
+                labels, conf, self._state = self.backend.step(frame, state)
         return Prediction.of(labels, conf, self.num_classes)
 
 
