@@ -483,6 +483,20 @@ def test_frame_loop_overlaps_frames_on_a_pipelined_backend(tmp_path, monkeypatch
     loop.decode = lambda msg: (frames[0], stamps[-1] + 0.05)
     loop.offer("0")
     assert loop.step(1.0) and calls == [] and len(published) == len(frames) + 1
+    # a frame started ahead is counted, never lost: paused when the loop is disabled, dropped at a stop
+    loop.decode = decode
+    for end in ("pause", "stop"):
+        loop.offer("4")  # decoding 4 leaves 5 waiting: 4 is published, 5 started ahead
+        assert loop.step(1.0) and published[-1][0] == "4" and loop._ahead is not None
+        paused, dropped = live.counters.paused, live.counters.dropped
+        if end == "pause":
+            loop.enabled = False
+            assert loop.step(0.05) and live.counters.paused == paused + 1
+            loop.enabled = True
+        else:
+            loop.stop()
+            assert live.counters.dropped == dropped + 1
+        assert loop._ahead is None and published[-1][0] == "4"
 
 
 def test_lazy_loop_processes_nothing_unwatched_after_the_warm_up_and_reports_timing():

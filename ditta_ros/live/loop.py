@@ -163,6 +163,9 @@ class FrameLoop:
         """Handle the waiting message (waiting up to ``timeout`` s for one; first the one started early,
         if any); a bad one is counted by reason and logged. True when a message was taken."""
         ahead, self._ahead = self._ahead, None
+        if ahead is not None and not self.enabled:  # paused after it was started ahead
+            self.counters.paused += 1
+            return True
         if ahead is None:
             item = self.mailbox.get(timeout)
             if item is None or self.mailbox.closed:
@@ -193,19 +196,25 @@ class FrameLoop:
             self._bad("internal_error", exc)
 
     def stop(self) -> None:
-        """End :meth:`run` (it returns within 0.5 s)."""
+        """End :meth:`run` (it returns within 0.5 s); a frame started ahead and not handled is counted as
+        dropped."""
         self.mailbox.close()
+        if self._ahead is not None:
+            self._ahead = None
+            self.counters.dropped += 1
 
     def handle(self, msg, received: float, ahead=None) -> None:
         """Decode, run, resize to the output size, publish, count one message (``received``:
-        ``time.monotonic`` seconds; ``ahead``: the message already decoded and started by :meth:`_look_ahead`)."""
+        ``time.monotonic`` seconds; ``ahead``: the message already decoded and started by :meth:`_look_ahead`;
+        its processing time is its decoding plus the time from here to its publishing)."""
         if ahead is None:
             started = time.monotonic()
             frame, stamp = self.decode(msg)
             # overlap only with a message waiting: alone, a frame is served faster on all cores
             token = self.pipeline.start(frame) if self.mailbox.waiting else None
-        else:
-            started, frame, stamp, token = ahead[2:]
+        else:  # its decoding (done ahead) counts, not the previous frame's work it overlapped
+            decode_s, frame, stamp, token = ahead[2:]
+            started = time.monotonic() - decode_s
         if token is not None:
             self._look_ahead()
         pred, _ = self.pipeline.process(frame, stamp, started=token)
@@ -227,14 +236,14 @@ class FrameLoop:
         if item is None or self.mailbox.closed:
             return
         msg, received = item
-        if not self._wanted_now():
-            self.counters.idle += 1
-            return
 
         def start():
+            if not self._wanted_now():
+                self.counters.idle += 1
+                return
             taken = time.monotonic()
             frame, stamp = self.decode(msg)
-            self._ahead = (msg, received, taken, frame, stamp, self.pipeline.start(frame))
+            self._ahead = (msg, received, time.monotonic() - taken, frame, stamp, self.pipeline.start(frame))
 
         self._guarded(msg, start)
 

@@ -257,7 +257,8 @@ class LivePipeline:
             return None
         try:
             return self.serving.start(frame)
-        except Exception:
+        except Exception as exc:  # served without overlap by process(), which reports a bad frame
+            log.debug("frame not started ahead: %s", exc)
             return None
 
     def process(self, frame: np.ndarray, stamp: float = None, started=None) -> Tuple[Prediction, Phase]:

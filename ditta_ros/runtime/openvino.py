@@ -193,14 +193,16 @@ class OpenVINOBackend(ExportedGraph):
         return out["labels"], out["confidence"], out["feat"], out["logits"]
 
 
-def auto_streams(device: str = "CPU", precision: str = "auto") -> int:
+def auto_streams(device: str = "CPU", precision: str = "auto", threads: int = 0) -> int:
     """The streams ``openvino_streams: 0`` means: the outcome of the rule of ``bench/pipeline_speed.py``
     (fixed before its runs) per CPU measured. 2 where OpenVINO runs the graph in f32 on a CPU (no bf16 units,
     or ``ONEDNN_MAX_CPU_ISA`` capping them: :func:`bf16_capped`; ``precision`` ``auto`` or ``f32``): on the
     AVX2 kernels the rule passed (1.35x the frames/s with a core busy, 1.00x quiet, latency alone 1.04x,
     labels identical); 1 on a CPU with bf16 units (``OPTIMIZATION_CAPABILITIES`` has ``BF16``), where it did
-    not (0.93x quiet), on other devices, and for ``bf16`` / ``f16``."""
-    if not device.startswith("CPU") or precision not in ("auto", "f32"):
+    not (0.93x quiet), whatever ``precision`` is asked there (f32 on such a CPU was not measured), on other
+    devices, for ``bf16`` / ``f16``, and where ``threads`` (``openvino_threads``) is set: the user limited the
+    node's cores, which two streams would not respect."""
+    if not device.startswith("CPU") or precision not in ("auto", "f32") or threads > 0:
         return 1
     if bf16_capped():
         return 2
@@ -264,6 +266,7 @@ class PipelinedOpenVINO(OpenVINOBackend):
         device, cache_dir, precision: as :class:`OpenVINOBackend`.
         streams: OpenVINO streams of the stateless part (>= 2; THROUGHPUT hint, one thread each on a
             CPU with as many cores); the fusion part is one request with the LATENCY hint.
+        threads: inference threads of the fusion part and of a frame served alone (0: all cores).
 
     Raises:
         ValueError: ``streams`` < 2, an unknown ``precision``, or an export without ``plain_logits``.
@@ -271,7 +274,7 @@ class PipelinedOpenVINO(OpenVINOBackend):
     """
 
     def __init__(self, onnx_path: str, device: str = "CPU", cache_dir: Optional[str] = None,
-                 precision: str = "auto", streams: int = 2):
+                 precision: str = "auto", streams: int = 2, threads: int = 0):
         if int(streams) < 2:
             raise ValueError(f"a pipeline needs at least 2 streams, got {streams}")
         hint = precision_config(precision, device)
@@ -281,8 +284,11 @@ class PipelinedOpenVINO(OpenVINOBackend):
         stateless, fusion = split_graph(self._core.read_model(onnx_path))
         self.stateless = self._compile(stateless, {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": str(int(streams)),
                                                    **hint})
-        self.solo = self._compile(stateless, {"PERFORMANCE_HINT": "LATENCY", **hint})
-        self.compiled = self._compile(fusion, {"PERFORMANCE_HINT": "LATENCY", **hint})
+        latency = {"PERFORMANCE_HINT": "LATENCY", **hint}
+        if device.startswith("CPU") and threads > 0:
+            latency["INFERENCE_NUM_THREADS"] = int(threads)
+        self.solo = self._compile(stateless, latency)
+        self.compiled = self._compile(fusion, latency)
         self._solo = self.solo.create_infer_request()
         self.request = self.compiled.create_infer_request()
         self.precision = compiled_precision(self.compiled, precision)
@@ -304,7 +310,10 @@ class PipelinedOpenVINO(OpenVINOBackend):
         k = self._next
         self._next = (k + 1) % self.streams
         request = self._requests[k]
-        request.wait()  # a frame started on this request and never finished: dropped
+        try:
+            request.wait()  # a frame started on this request and never finished: dropped
+        except RuntimeError as exc:  # its inference failed; nobody takes its result
+            log.debug("a dropped frame's inference had failed: %s", exc)
         self._uses[k] += 1
         request.start_async({"image": np.ascontiguousarray(frame)})
         return k, self._uses[k]
@@ -322,6 +331,12 @@ class PipelinedOpenVINO(OpenVINOBackend):
         request = self._requests[k]
         request.wait()
         return self._fuse(request, state)
+
+    def warm_streams(self, frame: np.ndarray) -> None:
+        """One inference of ``frame`` on each stream (their first inferences are the slower ones:
+        :meth:`~ditta_ros.runtime.serving.FrozenDiTTA.warm`); the outputs are dropped."""
+        for _ in range(self.streams):
+            self.finish(self.start(frame), None)
 
     def step(self, frame: np.ndarray, state=None):
         """One frame alone (the LATENCY compilation of the stateless part, then the fusion part):

@@ -42,8 +42,8 @@ class RuntimeOptions:
             temporal branch on that many streams while frames are fused in order
             (:class:`~ditta_ros.runtime.openvino.PipelinedOpenVINO`; the node overlaps consecutive frames
             while the camera is ahead of it), or 0: :func:`~ditta_ros.runtime.openvino.auto_streams` (2 on
-            a CPU that runs the graph in f32, 1 where it has bf16 units). Labels unchanged
-            (``bench/pipeline_speed.py``).
+            a CPU without bf16 units, where OpenVINO runs f32, unless ``openvino_threads`` is set; else 1).
+            Labels unchanged (``bench/pipeline_speed.py``).
         export_dir: folder of the exported ONNX graphs (``~`` allowed).
         engine_cache: TensorRT engines and OpenVINO compiled models (``~`` allowed).
 

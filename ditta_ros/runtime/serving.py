@@ -115,10 +115,12 @@ def streaming_backend(net, frame_hw, tau: float, options: RuntimeOptions = Runti
     if tau > 0 and fusion == "flow" and refit is None and requested != "torch" and _openvino_first(options):
         from .openvino import auto_streams
 
-        streams = options.openvino_streams or auto_streams(options.openvino_device, options.openvino_precision)
+        streams = options.openvino_streams or auto_streams(options.openvino_device, options.openvino_precision,
+                                                           options.openvino_threads)
         backend = _pipelined(net, frame_hw, tau, options, name, fusion, label_set, classes, engine_dir,
                              streams) if streams > 1 else None
         if backend is not None:
+            _prune(engine_dir, backend)
             return backend
     onnx_path = None
     if requested != "torch" and (requested != "auto" or accelerated_runtime_available()):
@@ -143,18 +145,24 @@ def streaming_backend(net, frame_hw, tau: float, options: RuntimeOptions = Runti
         return StreamingDiTTA(net, frame_hw, tau, fusion=fusion)
 
     backend = select_backend(options, onnx_path=onnx_path, torch_model=torch_model, engine_dir=engine_dir)
-    if engine_dir and os.path.isdir(engine_dir):
-        prune_exports(engine_dir, KEEP_EXPORTS)
-        if getattr(backend, "name", None) == "openvino":
-            from .openvino import prune_cache
-
-            prune_cache(os.path.join(engine_dir, "openvino"), 2 * KEEP_EXPORTS)
+    _prune(engine_dir, backend)
     if tau > 0 and getattr(backend, "name", None) in ("openvino", "onnxruntime"):
         # a second, plain graph for the frames where no pixel may use the previous one
         plain = streaming_backend(net, frame_hw, 0.0, options.replace(backend=backend.name), name=name,
                                   label_set=label_set, classes=classes)
         backend = SkipAddon(backend, plain)
     return backend
+
+
+def _prune(engine_dir: Optional[str], backend) -> None:
+    """Keep the engine folder of a model and frame size from filling the disk with every re-adaptation:
+    its TensorRT engines and, for OpenVINO, its compiled-model cache folders."""
+    if engine_dir and os.path.isdir(engine_dir):
+        prune_exports(engine_dir, KEEP_EXPORTS)
+        if getattr(backend, "name", None) == "openvino":
+            from .openvino import prune_cache
+
+            prune_cache(os.path.join(engine_dir, "openvino"), 2 * KEEP_EXPORTS)
 
 
 def _openvino_first(options: RuntimeOptions) -> bool:
@@ -182,7 +190,7 @@ def _pipelined(net, frame_hw, tau, options: RuntimeOptions, name, fusion, label_
         path = cached_export(net, frame_hw, tau, options.export_dir or EXPORT_DIR, name, options.fp16, fusion,
                              label_set, classes, plain_logits=True)
         backend = PipelinedOpenVINO(path, options.openvino_device, engine_dir, precision=options.openvino_precision,
-                                    streams=streams)
+                                    streams=streams, threads=options.openvino_threads)
     except Exception as exc:
         log.warning("openvino_streams=%d: no pipelined backend (%s); one request per frame", streams, exc)
         return None
@@ -324,6 +332,8 @@ class FrozenDiTTA:
         """
         for i in range(steps):
             self.step(frame, None if i == 0 else 0.0)
+        if hasattr(self.backend, "warm_streams"):  # a pipeline: its streams' first inferences too
+            self.backend.warm_streams(frame)
         self.reset()
 
     def start(self, frame: np.ndarray):
