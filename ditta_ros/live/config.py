@@ -66,7 +66,7 @@ class LiveConfig:
     openvino_device: str = "CPU"
     openvino_precision: str = "auto"
     openvino_threads: int = 0
-    openvino_streams: int = 0
+    openvino_streams: int = 1
     iss_backend: bool = True
     wait_for_backend: bool = False
     flow_while_adapting: bool = True

@@ -59,7 +59,7 @@ class RuntimeOptions:
     openvino_device: str = "CPU"
     openvino_precision: str = "auto"
     openvino_threads: int = 0
-    openvino_streams: int = 0
+    openvino_streams: int = 1
     export_dir: str = EXPORT_DIR
     engine_cache: str = ENGINE_CACHE
 
