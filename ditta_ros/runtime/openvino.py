@@ -115,6 +115,15 @@ def precision_config(precision: str = "auto", device: str = "CPU") -> Dict[str, 
     return {} if precision == "auto" else {"INFERENCE_PRECISION_HINT": precision}
 
 
+def _latency(hint: Dict[str, str], device: str, threads: int) -> Dict[str, object]:
+    """A one-request (LATENCY hint) compile configuration with the precision ``hint`` (:func:`precision_config`)
+    and, on a CPU, ``threads`` inference threads (0: OpenVINO's choice, all cores)."""
+    config = {"PERFORMANCE_HINT": "LATENCY", **hint}
+    if device.startswith("CPU") and threads > 0:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    return config
+
+
 class OpenVINOBackend(ExportedGraph):
     """Runs ``ditta_*.onnx`` with OpenVINO; state carried as numpy arrays.
 
@@ -138,14 +147,20 @@ class OpenVINOBackend(ExportedGraph):
                  precision: str = "auto", threads: int = 0):
         hint = precision_config(precision, device)  # checks precision before anything is loaded
         self._open(onnx_path, device, cache_dir)
-        config = {"PERFORMANCE_HINT": "LATENCY", **hint}
-        if device.startswith("CPU") and threads > 0:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
-        self.compiled = self._compile(onnx_path, config)
-        self.request = self.compiled.create_infer_request()
-        self.precision = compiled_precision(self.compiled, precision)  # what the device actually runs in
-        self._inputs = [i.get_any_name() for i in self.compiled.inputs]
-        self._outputs = [o.get_any_name() for o in self.compiled.outputs]
+        self._serve(self._compile(onnx_path, _latency(hint, device, threads)), precision)
+
+    def _serve(self, compiled, precision: str) -> None:
+        """Make ``compiled`` the model :meth:`_infer` runs (one request) and record the precision it runs in."""
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+        self.precision = compiled_precision(compiled, precision)  # what the device actually runs in
+        self._inputs = [i.get_any_name() for i in compiled.inputs]
+        self._outputs = [o.get_any_name() for o in compiled.outputs]
+
+    def _infer(self, feed: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """The served model's outputs by name for ``feed`` (the inputs it has; extra keys are ignored)."""
+        res = self.request.infer({k: feed[k] for k in self._inputs})
+        return {name: res[o] for name, o in zip(self._outputs, self.compiled.outputs)}
 
     def _open(self, onnx_path: str, device: str, cache_dir: Optional[str]) -> None:
         """Read the metadata, check the device, point OpenVINO's compiled-model cache at this graph's folder."""
@@ -188,8 +203,7 @@ class OpenVINOBackend(ExportedGraph):
 
     def _run(self, feed):
         # a tau = 0 export (plain ISS branch) has no use for the state inputs; the exporter drops them
-        res = self.request.infer({k: feed[k] for k in self._inputs})
-        out = {name: res[o] for name, o in zip(self._outputs, self.compiled.outputs)}
+        out = self._infer(feed)
         return out["labels"], out["confidence"], out["feat"], out["logits"]
 
 
@@ -284,17 +298,11 @@ class PipelinedOpenVINO(OpenVINOBackend):
         stateless, fusion = split_graph(self._core.read_model(onnx_path))
         self.stateless = self._compile(stateless, {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": str(int(streams)),
                                                    **hint})
-        latency = {"PERFORMANCE_HINT": "LATENCY", **hint}
-        if device.startswith("CPU") and threads > 0:
-            latency["INFERENCE_NUM_THREADS"] = int(threads)
+        latency = _latency(hint, device, threads)
         self.solo = self._compile(stateless, latency)
-        self.compiled = self._compile(fusion, latency)
         self._solo = self.solo.create_infer_request()
-        self.request = self.compiled.create_infer_request()
-        self.precision = compiled_precision(self.compiled, precision)
+        self._serve(self._compile(fusion, latency), precision)
         self.streams = int(streams)
-        self._inputs = [i.get_any_name() for i in self.compiled.inputs]
-        self._outputs = [o.get_any_name() for o in self.compiled.outputs]
         self._requests = [self.stateless.create_infer_request() for _ in range(self.streams)]
         self._uses = [0] * self.streams
         self._next = 0
@@ -350,6 +358,5 @@ class PipelinedOpenVINO(OpenVINOBackend):
         """The fusion part on ``request``'s stateless outputs and ``state``."""
         plain, feat, logits = (np.array(request.get_tensor(n).data) for n in ("plain_logits", "feat", "logits"))
         feed = {"plain_logits": plain, **self.state_feed(state)}
-        res = self.request.infer({n: feed[n] for n in self._inputs})
-        out = {name: res[o] for name, o in zip(self._outputs, self.compiled.outputs)}
+        out = self._infer({"plain_logits": plain, **self.state_feed(state)})
         return out["labels"], out["confidence"], (feat, logits, self._ones)
