@@ -102,6 +102,25 @@ def first_frames(path: str, n: int):
     return clip, frames, float(getattr(clip, "fps", None) or 15.0)
 
 
+def served_exports(model_name: str, hw, folder: str, plain_logits: bool = False):
+    """``(plain, select)``: ONNX paths of ``model_name`` exported at ``hw`` into ``folder``: its plain ISS graph
+    (``tau = 0``) and the graph the ``select`` preset serves (its ``tau`` and fusion; with the ``plain_logits``
+    output when asked, for :func:`ditta_ros.runtime.openvino.split_graph`)."""
+    import os
+
+    from ditta_ros.adapt import DiTTANet
+    from ditta_ros.export import export_onnx
+    from ditta_ros.iss import load_model
+    from ditta_ros.presets import DittaConfig
+
+    model, info = load_model(model_name)
+    cfg = DittaConfig.from_preset("select")
+    plain = export_onnx(DiTTANet(model), hw, os.path.join(folder, "plain"), info.name, tau=0.0)[0]
+    select = export_onnx(DiTTANet(model), hw, os.path.join(folder, "flow"), info.name, tau=cfg.tau, fusion=cfg.fusion,
+                         plain_logits=plain_logits)[0]
+    return plain, select
+
+
 def cap_prefix() -> str:
     """The ISA caps of this run as a shell prefix (``"ONEDNN_MAX_CPU_ISA=AVX2 ... "``; ``""`` without any), so
     that a results file's command reruns as it ran."""

@@ -36,10 +36,10 @@ def _variants(onnx_path, calib):
     import nncf
     import openvino as ov
 
-    from ditta_ros.runtime.openvino import precision_config
+    from ditta_ros.runtime.openvino import precision_config, read_graph
 
     core = ov.Core()
-    model = core.read_model(onnx_path)
+    model = read_graph(core, onnx_path)  # as the node serves it
     hint = {"PERFORMANCE_HINT": "LATENCY", **precision_config("auto")}  # f32 under an ISA cap below bf16
     data = nncf.Dataset(calib, lambda f: {"image": f})
     out = {"f32": core.compile_model(model, "CPU", {**hint, "INFERENCE_PRECISION_HINT": "f32"}),

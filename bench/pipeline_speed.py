@@ -19,9 +19,11 @@ Rule written before the first run: the node's default becomes ``openvino_streams
 machine, 2 streams give (a) >= 1.3x the saturated throughput of 1 stream with one core busy, (b) >= 0.95x
 on quiet cores, (c) a paced latency median at most 1.2x that of 1 stream on quiet cores, and (d) identical
 labels on every frame; otherwise the default stays 1 and the option is documented with these figures.
-Outcome: passed with AVX2 kernels, not on the bf16 EPYC (``openvino_streams: 0`` applies it per CPU); the
-default nevertheless stays 1, because a live camera's latency, which the rule did not weigh, doubled in
-``ditta demo --realtime`` (docs/results.md).
+Outcome: on the graph as exported, passed with AVX2 kernels (1.35x busy), not on the bf16 EPYC (0.93x quiet); the
+default nevertheless stayed 1, because a live camera's latency, which the rule did not weigh, doubled in
+``ditta demo --realtime`` (docs/results.md). Since the PReLU-slope fix (a faster graph,
+:func:`ditta_ros.runtime.openvino.read_graph`) not passed with AVX2 kernels either (1.26x busy), so
+``openvino_streams: 0`` gives 1 (:func:`~ditta_ros.runtime.openvino.auto_streams`).
 
     python bench/pipeline_speed.py [CLIP] [--frames 60] [--rounds 2]
     # writes bench/results/pipeline_speed[_onednn-<isa>].{json,md}

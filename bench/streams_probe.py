@@ -135,12 +135,8 @@ def main() -> None:
     import openvino as ov
 
     from common import (DEFAULT_CLIP, cap_prefix, clip_parser, describe_machine, first_frames, isa_cap_suffix,
-                        machine, one_core_busy, write_markdown, write_results)
-    from ditta_ros.adapt import DiTTANet
-    from ditta_ros.export import export_onnx
-    from ditta_ros.iss import load_model
-    from ditta_ros.presets import DittaConfig
-    from ditta_ros.runtime.openvino import compiled_precision, precision_config, split_graph
+                        machine, one_core_busy, served_exports, write_markdown, write_results)
+    from ditta_ros.runtime.openvino import compiled_precision, precision_config, read_graph, split_graph
 
     p = clip_parser(__doc__)
     p.set_defaults(clip=DEFAULT_CLIP)
@@ -156,21 +152,18 @@ def main() -> None:
 
     clip, frames, _ = first_frames(args.clip, args.frames)
     hw = frames[0].shape[:2]
-    model, info = load_model(args.model)
-    cfg = DittaConfig.from_preset("select")
     core = ov.Core()
     forced = precision_config(args.precision)
     latency = {"PERFORMANCE_HINT": "LATENCY", **forced}
     throughput = {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": "2", **forced}
     with tempfile.TemporaryDirectory() as tmp:
-        plain_path, _ = export_onnx(DiTTANet(model), hw, os.path.join(tmp, "plain"), info.name, tau=0.0)
-        flow_path, _ = export_onnx(DiTTANet(model), hw, os.path.join(tmp, "flow"), info.name, tau=cfg.tau,
-                                   fusion=cfg.fusion, plain_logits=True)
-        stateless, fusion = split_graph(core.read_model(flow_path))
-        compiled = {"plain": core.compile_model(plain_path, "CPU", latency),
-                    "plain2": core.compile_model(plain_path, "CPU", throughput),
-                    "flow": core.compile_model(flow_path, "CPU", latency),
-                    "flow1": core.compile_model(flow_path, "CPU", {**latency, "INFERENCE_NUM_THREADS": 1}),
+        plain_path, flow_path = served_exports(args.model, hw, tmp, plain_logits=True)
+        plain_graph, flow_graph = read_graph(core, plain_path), read_graph(core, flow_path)  # as the node serves them
+        stateless, fusion = split_graph(read_graph(core, flow_path))
+        compiled = {"plain": core.compile_model(plain_graph, "CPU", latency),
+                    "plain2": core.compile_model(plain_graph, "CPU", throughput),
+                    "flow": core.compile_model(flow_graph, "CPU", latency),
+                    "flow1": core.compile_model(flow_graph, "CPU", {**latency, "INFERENCE_NUM_THREADS": 1}),
                     "stateless2": core.compile_model(stateless, "CPU", throughput),
                     "fusion": core.compile_model(fusion, "CPU", latency)}
     precision = compiled_precision(compiled["plain"])

@@ -131,9 +131,9 @@ _DESCRIPTIONS = {
     "openvino_threads": "OpenVINO CPU inference threads (0: OpenVINO's choice, one per core); fewer leaves cores "
                         "to the camera driver and other nodes",
     "openvino_streams": "1: one frame at a time; 2: overlap consecutive frames while the camera is ahead of the "
-                        "node, the stateless part of the graph on two OpenVINO streams (1.32-1.35x the frames/s "
-                        "with a core busy, labels unchanged, up to 2x the latency of a live camera's frames); 0: 2 "
-                        "on a CPU that runs f32 (no bf16 units) unless openvino_threads is set, else 1",
+                        "node, the stateless part of the graph on two OpenVINO streams (1.26x the frames/s with a "
+                        "core busy on AVX2 kernels, 1.03x quiet, labels unchanged, up to 2x the latency of a live "
+                        "camera's frames); 0: the measured rule's choice (1 on every CPU measured)",
     "iss_backend": "serve the pre-trained model (warm-up, adapt false, fallback) on the backend too (else torch)",
     "wait_for_backend": "hold the first label until the backend's graph for the frame size is exported and compiled "
                         "(evaluation: every label from it); false: torch's frame-wise ISS answers meanwhile",

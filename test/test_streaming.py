@@ -338,19 +338,15 @@ def test_pipelined_openvino_serves_the_labels_of_one_request_per_frame(tmp_path,
 
 
 def test_auto_streams_follow_the_measured_rule(monkeypatch):
-    """``openvino_streams: 0``: 2 where OpenVINO runs f32 on a CPU (here: bf16 capped away), 1 with bf16
-    units, on other devices and for other precisions."""
-    import openvino as ov
-
+    """``openvino_streams: 0`` gives one request on every CPU and device measured: since the PReLU-slope fix the
+    rule of ``bench/pipeline_speed.py`` passes nowhere (AVX2 kernels 1.26x with a core busy), and the node then
+    builds the one-request backend."""
     from ditta_ros.runtime.openvino import auto_streams
 
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
-    assert auto_streams("CPU", "auto") == 2 and auto_streams("CPU", "f32") == 2
-    assert auto_streams("GPU", "auto") == 1 and auto_streams("CPU", "bf16") == 1
-    assert auto_streams("CPU", "auto", threads=1) == 1  # openvino_threads limits the cores: one request
+    assert auto_streams("CPU", "auto") == 1 and auto_streams("CPU", "f32") == 1
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
-    has_bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    assert auto_streams("CPU", "auto") == (1 if has_bf16 else 2)
+    assert auto_streams("CPU", "auto") == 1 and auto_streams("GPU", "auto") == 1 and auto_streams("CPU", "bf16") == 1
 
 
 def test_frozen_model_takes_a_started_frame_and_ignores_a_stale_token(tmp_path):
@@ -721,6 +717,47 @@ def test_the_graph_split_for_parallel_streams_computes_what_the_whole_graph_does
     frames = _frames(6, *hw)
     a, b = run_flow_single(whole, frames, hw), run_flow_split(*parts, frames, hw)
     assert len(a) == len(b) == 6 and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_openvino_reads_prelu_slopes_at_the_input_rank_and_serves_the_same_labels(tmp_path):
+    """:func:`~ditta_ros.runtime.openvino.read_graph` (what every OpenVINO backend compiles) gives each PReLU slope
+    that ``torch.onnx`` writes as ``[C, 1, 1]`` the rank of its input, ``[1, C, 1, 1]`` (OpenVINO's CPU plugin then
+    keeps the fused BatchNorm + PReLU kernels channels-last: ``bench/prelu_slopes.py``). The same operations, run in
+    another memory layout: in f32 the labels are identical and the confidence within float rounding (kernels may
+    sum in another order); in the CPU's own precision (bf16 where it has the units) labels agree on >= 99.9 % of
+    the pixels; a previous state is fed; a graph already read is left alone."""
+    import openvino as ov
+
+    from ditta_ros.export import export_onnx
+    from ditta_ros.runtime.openvino import channel_slopes, read_graph
+
+    def slope_ranks(m):
+        return [op.input_value(1).get_partial_shape().rank.get_length() for op in m.get_ordered_ops()
+                if op.get_type_name() == "PRelu"]
+
+    hw = (100, 130)
+    path, _ = export_onnx(_net(), hw, str(tmp_path), "tiny", fusion="flow")
+    core = ov.Core()
+    raw, fixed = core.read_model(path), read_graph(core, path)
+    assert slope_ranks(raw) and set(slope_ranks(raw)) == {3}
+    assert len(slope_ranks(fixed)) == len(slope_ranks(raw)) and set(slope_ranks(fixed)) == {4}
+    assert channel_slopes(fixed) == 0
+    rng = np.random.default_rng(0)
+    frames = _frames(3, *hw)
+    for hint in ({"INFERENCE_PRECISION_HINT": "f32"}, {}):
+        a, b = (core.compile_model(m, "CPU", {"PERFORMANCE_HINT": "LATENCY", **hint}) for m in (raw, fixed))
+        for frame in frames:
+            feed = {i.get_any_name(): frame if i.get_any_name() == "image" else
+                    rng.random([d.get_length() for d in i.get_partial_shape()]).astype(np.float32) for i in a.inputs}
+            out_a, out_b = a.create_infer_request().infer(feed), b.create_infer_request().infer(feed)
+            labels = out_a[a.output("labels")], out_b[b.output("labels")]
+            confidence = out_a[a.output("confidence")], out_b[b.output("confidence")]
+            if hint:
+                assert np.array_equal(*labels)
+                np.testing.assert_allclose(*confidence, rtol=1e-5, atol=1e-6)
+            else:
+                assert float(np.mean(labels[0] == labels[1])) >= 0.999
+                np.testing.assert_allclose(*confidence, atol=2e-3)
 
 
 def test_frames_exactly_max_gap_apart_fuse_whatever_the_float_rounding_of_their_stamps():

@@ -15,6 +15,9 @@ shared with the rest of the robot's software.
   ``f32`` gives torch's labels (>= 99.9 %, ``test/test_streaming.py``). Where
   ``ONEDNN_MAX_CPU_ISA`` caps the kernels below bf16 (an older CPU emulated on this one:
   :func:`bf16_capped`), ``auto`` on a CPU is f32.
+* The graph is read by :func:`read_graph`, which gives every PReLU slope its input's rank: the same
+  values, without the layout reorders that otherwise took half of the CPU inference time in f32
+  (:func:`channel_slopes`).
 * Compiled-model cache: ``<engine_cache>/openvino/<export stem>`` (OpenVINO's ``CACHE_DIR``: a
   blob per model content, device and configuration, the analogue of the TensorRT
   engine key), so a restart with the same export skips compilation. A blob OpenVINO cannot
@@ -115,6 +118,56 @@ def precision_config(precision: str = "auto", device: str = "CPU") -> Dict[str, 
     return {} if precision == "auto" else {"INFERENCE_PRECISION_HINT": precision}
 
 
+def channel_slopes(model) -> int:
+    """Give every PReLU of ``model`` (an ``openvino.Model``, changed in place) whose slope is a constant one
+    rank short of its input -- ``[C, 1, 1]`` for an ``[N, C, H, W]`` input, as ``torch.onnx`` exports
+    ``nn.PReLU(C)`` -- the slope ``[1, C, 1, 1]``: the same values and broadcast. The graph computes the same
+    operations in another memory layout: on the default model every output was bit-identical on every frame
+    measured (``bench/results/prelu_slopes*.md``, f32 and bf16); in general a kernel may sum in another order
+    (f32: labels identical, confidence within rounding; ``test/test_streaming.py``).
+
+    Why: OpenVINO's CPU plugin fuses a BatchNorm and the PReLU after it into one generated kernel (a snippet,
+    ``Subgraph``) that takes channels-last tensors only when all its inputs have one rank (OpenVINO 2026.4);
+    with the short slope it runs channels-first, between convolutions that run channels-last, and each such
+    node is fenced by two layout reorders. In ``espnetv2-s2.0-cityscapes-1024x512`` at 480x360 they took half
+    of the f32 inference time: 2.0x faster with the slopes fixed in f32, 1.3x in bf16
+    (``bench/results/prelu_slopes*.md``).
+
+    Returns:
+        how many slopes were replaced (0: nothing to do; never raises on other graphs).
+    """
+    import openvino as ov
+
+    changed = 0
+    for node in model.get_ordered_ops():
+        if node.get_type_name() != "PRelu":
+            continue
+        slope = node.input_value(1).get_node()
+        x_rank = node.input_value(0).get_partial_shape().rank
+        if slope.get_type_name() != "Constant" or x_rank.is_dynamic:
+            continue
+        values = slope.get_data()
+        if values.ndim < 2 or values.ndim != x_rank.get_length() - 1:  # a scalar or 1-D slope broadcasts already
+            continue
+        node.input(1).replace_source_output(ov.opset13.constant(values.reshape((1,) + values.shape)).output(0))
+        changed += 1
+    if changed:
+        model.validate_nodes_and_infer_types()
+    return changed
+
+
+def read_graph(core, onnx_path: str):
+    """``onnx_path`` read by ``core`` (an ``openvino.Core``) as an ``openvino.Model``, with
+    :func:`channel_slopes` applied: what every OpenVINO backend compiles (and the benchmarks that measure it).
+
+    Raises:
+        RuntimeError: OpenVINO cannot read the file.
+    """
+    model = core.read_model(onnx_path)
+    channel_slopes(model)
+    return model
+
+
 def _latency(hint: Dict[str, str], device: str, threads: int) -> Dict[str, object]:
     """A one-request (LATENCY hint) compile configuration with the precision ``hint`` (:func:`precision_config`)
     and, on a CPU, ``threads`` inference threads (0: OpenVINO's choice, all cores)."""
@@ -147,7 +200,7 @@ class OpenVINOBackend(ExportedGraph):
                  precision: str = "auto", threads: int = 0):
         hint = precision_config(precision, device)  # checks precision before anything is loaded
         self._open(onnx_path, device, cache_dir)
-        self._serve(self._compile(onnx_path, _latency(hint, device, threads)), precision)
+        self._serve(self._compile(read_graph(self._core, onnx_path), _latency(hint, device, threads)), precision)
 
     def _serve(self, compiled, precision: str) -> None:
         """Make ``compiled`` the model :meth:`_infer` runs (one request) and record the precision it runs in."""
@@ -208,25 +261,14 @@ class OpenVINOBackend(ExportedGraph):
 
 
 def auto_streams(device: str = "CPU", precision: str = "auto", threads: int = 0) -> int:
-    """The streams ``openvino_streams: 0`` means: the outcome of the rule of ``bench/pipeline_speed.py``
-    (fixed before its runs) per CPU measured. 2 where OpenVINO runs the graph in f32 on a CPU (no bf16 units,
-    or ``ONEDNN_MAX_CPU_ISA`` capping them: :func:`bf16_capped`; ``precision`` ``auto`` or ``f32``): on the
-    AVX2 kernels the rule passed (1.35x the frames/s with a core busy, 1.00x quiet, latency alone 1.04x,
-    labels identical); 1 on a CPU with bf16 units (``OPTIMIZATION_CAPABILITIES`` has ``BF16``), where it did
-    not (0.93x quiet), whatever ``precision`` is asked there (f32 on such a CPU was not measured), on other
-    devices, for ``bf16`` / ``f16``, and where ``threads`` (``openvino_threads``) is set: the user limited the
-    node's cores, which two streams would not respect."""
-    if not device.startswith("CPU") or precision not in ("auto", "f32") or threads > 0:
-        return 1
-    if bf16_capped():
-        return 2
-    try:
-        import openvino as ov
-
-        caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    except Exception:
-        return 1
-    return 1 if "BF16" in caps else 2
+    """The streams ``openvino_streams: 0`` means: the outcome of the rule of ``bench/pipeline_speed.py`` (fixed
+    before its runs: >= 1.3x the frames/s with a core busy, >= 0.95x quiet, latency alone <= 1.2x, labels
+    identical) on the CPUs measured, whatever ``device``, ``precision`` and ``threads`` are. Today 1 everywhere:
+    since :func:`read_graph` removed the layout reorders, the rule passes on no CPU measured (AVX2 kernels, f32:
+    1.26x busy, 1.03x quiet, 1.13x latency; ``bench/results/pipeline_speed_onednn-avx2.md``). Before, it passed
+    there (1.35x) and ``0`` gave 2 streams on CPUs running f32; it never passed with bf16 units (0.93x quiet).
+    Two streams stay available as ``openvino_streams: 2``."""
+    return 1
 
 
 def split_graph(model):
@@ -295,7 +337,7 @@ class PipelinedOpenVINO(OpenVINOBackend):
         self._open(onnx_path, device, cache_dir)
         if "plain_logits" not in self.meta.get("extra_outputs", {}):
             raise ValueError(f"{onnx_path} was exported without the plain_logits output a pipeline needs")
-        stateless, fusion = split_graph(self._core.read_model(onnx_path))
+        stateless, fusion = split_graph(read_graph(self._core, onnx_path))
         self.stateless = self._compile(stateless, {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": str(int(streams)),
                                                    **hint})
         latency = _latency(hint, device, threads)
@@ -357,6 +399,5 @@ class PipelinedOpenVINO(OpenVINOBackend):
     def _fuse(self, request, state):
         """The fusion part on ``request``'s stateless outputs and ``state``."""
         plain, feat, logits = (np.array(request.get_tensor(n).data) for n in ("plain_logits", "feat", "logits"))
-        feed = {"plain_logits": plain, **self.state_feed(state)}
         out = self._infer({"plain_logits": plain, **self.state_feed(state)})
         return out["labels"], out["confidence"], (feat, logits, self._ones)

@@ -41,8 +41,8 @@ class RuntimeOptions:
         openvino_streams: 1 (one request per frame), >= 2: the stateless part of an OpenVINO graph with a
             temporal branch on that many streams while frames are fused in order
             (:class:`~ditta_ros.runtime.openvino.PipelinedOpenVINO`; the node overlaps consecutive frames
-            while the camera is ahead of it), or 0: :func:`~ditta_ros.runtime.openvino.auto_streams` (2 on
-            a CPU without bf16 units, where OpenVINO runs f32, unless ``openvino_threads`` is set; else 1).
+            while the camera is ahead of it), or 0: :func:`~ditta_ros.runtime.openvino.auto_streams` (the
+            measured rule's choice: 1 on every CPU measured).
             Labels unchanged (``bench/pipeline_speed.py``).
         export_dir: folder of the exported ONNX graphs (``~`` allowed).
         engine_cache: TensorRT engines and OpenVINO compiled models (``~`` allowed).
