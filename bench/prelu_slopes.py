@@ -8,7 +8,8 @@ For each export of the model at the clip's frame size (the plain ISS graph, ``ta
 preset's graph with the flow branch) and each precision, both compilations run the clip's first frames in
 one process, interleaved round by round. Reported: ms per inference (median over rounds of the mean over the
 frames), the reorder nodes in OpenVINO's runtime graph and their share of the inference time (a third
-compilation with ``PERF_COUNT``), and whether labels and confidence are bit-identical on every frame.
+compilation with ``PERF_COUNT``), and whether labels and confidence are bit-identical on every frame (the state
+inputs at zero, as on a stream's first frame); beside the rule, with a random previous state, the frames with identical labels and the largest confidence difference.
 
 Rule written before the first run: :func:`read_graph` serves when its outputs are bit-identical to the
 export's on every frame and no row is slower (ratio >= 1.0).
@@ -86,13 +87,23 @@ def main() -> None:
                         for feed in feeds:
                             r.infer(feed)
                         ms[k].append(1000 * (time.perf_counter() - t0) / len(feeds))
-                same = 0
+                same, state_same, state_diff = 0, 0, 0.0
+                rng = np.random.default_rng(0)
                 for feed in feeds:
                     a, b = ({n: np.array(r.infer(feed)[n]) for n in ("labels", "confidence")} for r in requests.values())
                     same += int(all(np.array_equal(a[n], b[n]) for n in a))
+                    # a random previous state where the graph takes one
+                    fed = {k: v if k == "image" else rng.random(v.shape).astype(np.float32) for k, v in feed.items()}
+                    a, b = ({n: np.array(r.infer(fed)[n]) for n in ("labels", "confidence")} for r in requests.values())
+                    state_same += int(np.array_equal(a["labels"], b["labels"]))
+                    state_diff = max(state_diff, float(np.abs(a["confidence"] - b["confidence"]).max()))
                 row = {"graph": graph, "requested": precision,
                        "precision": compiled_precision(compiled["as exported"], precision),
-                       "identical_frames": f"{same}/{len(feeds)}", "identical": same == len(feeds)}
+                       "identical_frames": f"{same}/{len(feeds)}", "identical": same == len(feeds),
+                       "stateful": len(feeds[0]) > 1}
+                if row["stateful"]:
+                    row["with_state"] = {"identical_label_frames": f"{state_same}/{len(feeds)}",
+                                         "max_confidence_difference": state_diff}
                 for k in graphs:
                     nodes, share = reorders(core, graphs[k], config, feeds[0])
                     row[k] = {"ms": round(float(np.median(ms[k])), 1), "reorders": nodes,
@@ -112,12 +123,15 @@ def main() -> None:
              f"medians of {args.rounds} interleaved rounds. `as exported`: the ONNX as `torch.onnx` writes it "
              "(`[C, 1, 1]` slopes); `read_graph`: what the OpenVINO backends compile (`[1, C, 1, 1]`).", "",
              "| graph | precision (runs in) | as exported ms (reorders, share of time) | read_graph ms (reorders, share) | "
-             "speed-up | identical outputs |", "|---|---|---|---|---|---|"]
+             "speed-up | identical outputs | with a previous state: identical labels, max confidence difference |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         a, b = r["as exported"], r["read_graph"]
         lines.append(f"| {r['graph']} | {r['requested']} ({r['precision']}) | {a['ms']:.1f} ({a['reorders']}, {100 * a['reorder_share']:.0f} %) "
                      f"| {b['ms']:.1f} ({b['reorders']}, {100 * b['reorder_share']:.0f} %) | {r['speedup']:.2f}x "
-                     f"| {r['identical_frames']} |")
+                     f"| {r['identical_frames']} | " + (f"{r['with_state']['identical_label_frames']}, "
+                                                        f"{r['with_state']['max_confidence_difference']:.1e} |"
+                                                        if r["stateful"] else "no state input |"))
     lines += ["", "Rule fixed beforehand (bit-identical labels and confidence on every frame, no row slower): "
               + ("passed." if passed else "NOT passed.")]
     write_markdown(name, lines)

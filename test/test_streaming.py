@@ -719,13 +719,14 @@ def test_the_graph_split_for_parallel_streams_computes_what_the_whole_graph_does
     assert len(a) == len(b) == 6 and all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
-def test_openvino_reads_prelu_slopes_at_the_input_rank_and_serves_the_same_labels(tmp_path):
+def test_openvino_reads_prelu_slopes_at_the_input_rank_and_serves_the_same_labels(tmp_path, monkeypatch):
     """:func:`~ditta_ros.runtime.openvino.read_graph` (what every OpenVINO backend compiles) gives each PReLU slope
     that ``torch.onnx`` writes as ``[C, 1, 1]`` the rank of its input, ``[1, C, 1, 1]`` (OpenVINO's CPU plugin then
     keeps the fused BatchNorm + PReLU kernels channels-last: ``bench/prelu_slopes.py``). The same operations, run in
     another memory layout: in f32 the labels are identical and the confidence within float rounding (kernels may
     sum in another order); in the CPU's own precision (bf16 where it has the units) labels agree on >= 99.9 % of
-    the pixels; a previous state is fed; a graph already read is left alone."""
+    the pixels; a previous state is fed; a graph already read is left alone; both OpenVINO backends compile the graph
+    :func:`read_graph` gives."""
     import openvino as ov
 
     from ditta_ros.export import export_onnx
@@ -758,6 +759,14 @@ def test_openvino_reads_prelu_slopes_at_the_input_rank_and_serves_the_same_label
             else:
                 assert float(np.mean(labels[0] == labels[1])) >= 0.999
                 np.testing.assert_allclose(*confidence, atol=2e-3)
+    from ditta_ros.runtime import openvino as backends
+
+    fixed_graphs, real = [], backends.channel_slopes
+    monkeypatch.setattr(backends, "channel_slopes", lambda m: fixed_graphs.append(real(m)) or fixed_graphs[-1])
+    backends.OpenVINOBackend(path, precision="f32")
+    split_path, _ = export_onnx(_net(), hw, str(tmp_path / "split"), "tiny", fusion="flow", plain_logits=True)
+    backends.PipelinedOpenVINO(split_path, precision="f32")
+    assert len(fixed_graphs) == 2 and all(n == len(slope_ranks(raw)) for n in fixed_graphs)
 
 
 def test_frames_exactly_max_gap_apart_fuse_whatever_the_float_rounding_of_their_stamps():

@@ -16,7 +16,7 @@ shared with the rest of the robot's software.
   ``ONEDNN_MAX_CPU_ISA`` caps the kernels below bf16 (an older CPU emulated on this one:
   :func:`bf16_capped`), ``auto`` on a CPU is f32.
 * The graph is read by :func:`read_graph`, which gives every PReLU slope its input's rank: the same
-  values, without the layout reorders that otherwise took half of the CPU inference time in f32
+  values; the layout reorders around them took half of the CPU inference time in f32, a tenth after
   (:func:`channel_slopes`).
 * Compiled-model cache: ``<engine_cache>/openvino/<export stem>`` (OpenVINO's ``CACHE_DIR``: a
   blob per model content, device and configuration, the analogue of the TensorRT
@@ -130,7 +130,7 @@ def channel_slopes(model) -> int:
     ``Subgraph``) that takes channels-last tensors only when all its inputs have one rank (OpenVINO 2026.4);
     with the short slope it runs channels-first, between convolutions that run channels-last, and each such
     node is fenced by two layout reorders. In ``espnetv2-s2.0-cityscapes-1024x512`` at 480x360 they took half
-    of the f32 inference time: 2.0x faster with the slopes fixed in f32, 1.3x in bf16
+    of the f32 inference time: 1.9-2.2x faster with the slopes fixed in f32, 1.2x in bf16
     (``bench/results/prelu_slopes*.md``).
 
     Returns:
@@ -144,12 +144,14 @@ def channel_slopes(model) -> int:
             continue
         slope = node.input_value(1).get_node()
         x_rank = node.input_value(0).get_partial_shape().rank
-        if slope.get_type_name() != "Constant" or x_rank.is_dynamic:
+        if slope.get_type_name() != "Constant" or x_rank.is_dynamic or \
+                slope.get_element_type() not in (ov.Type.f32, ov.Type.f16):  # get_data() reads bf16 bits as f16
             continue
         values = slope.get_data()
-        if values.ndim < 2 or values.ndim != x_rank.get_length() - 1:  # a scalar or 1-D slope broadcasts already
+        if values.ndim < 2 or values.ndim != x_rank.get_length() - 1:  # a scalar or 1-D (per-channel) slope: as is
             continue
-        node.input(1).replace_source_output(ov.opset13.constant(values.reshape((1,) + values.shape)).output(0))
+        new = ov.opset13.constant(values.reshape((1,) + values.shape), dtype=slope.get_element_type())
+        node.input(1).replace_source_output(new.output(0))
         changed += 1
     if changed:
         model.validate_nodes_and_infer_types()
@@ -264,7 +266,7 @@ def auto_streams(device: str = "CPU", precision: str = "auto", threads: int = 0)
     """The streams ``openvino_streams: 0`` means: the outcome of the rule of ``bench/pipeline_speed.py`` (fixed
     before its runs: >= 1.3x the frames/s with a core busy, >= 0.95x quiet, latency alone <= 1.2x, labels
     identical) on the CPUs measured, whatever ``device``, ``precision`` and ``threads`` are. Today 1 everywhere:
-    since :func:`read_graph` removed the layout reorders, the rule passes on no CPU measured (AVX2 kernels, f32:
+    since :func:`read_graph` cut the layout reorders' time, the rule passes on no CPU measured (AVX2 kernels, f32:
     1.26x busy, 1.03x quiet, 1.13x latency; ``bench/results/pipeline_speed_onednn-avx2.md``). Before, it passed
     there (1.35x) and ``0`` gave 2 streams on CPUs running f32; it never passed with bf16 units (0.93x quiet).
     Two streams stay available as ``openvino_streams: 2``."""
