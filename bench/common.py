@@ -121,6 +121,33 @@ def served_exports(model_name: str, hw, folder: str, plain_logits: bool = False)
     return plain, select
 
 
+def iss_flow_live(model_name: str, hw, fps: float, folder: str, **config):
+    """``(model, ckpt, make)``: the ISS network of ``model_name``; the pre-trained network with the flow branch saved
+    as an adaptation in ``folder`` (what ``select`` serves when no decoder candidate wins, so no adaptation runs);
+    and ``make(**more)``, a :class:`~ditta_ros.live.LivePipeline` on OpenVINO that streams it from the first frame
+    (exports and engines in ``folder``; ``config`` and ``more``: further :class:`~ditta_ros.live.LiveConfig` fields)."""
+    import os
+
+    from ditta_ros.adapt import DiTTANet
+    from ditta_ros.checkpoint import save_adapted
+    from ditta_ros.inference import ISSRunner
+    from ditta_ros.iss import load_model
+    from ditta_ros.live import LiveConfig, LivePipeline
+
+    model, _ = load_model(model_name)
+    ckpt = os.path.join(folder, "iss_flow.pt")
+    save_adapted(DiTTANet(model), ckpt, {"model": model_name, "frame_hw": list(hw), "fusion": "flow",
+                                         "trained_gap": 1.0 / fps})
+
+    def make(**more):
+        cfg = LiveConfig(model=model_name, backend="openvino", adapted_checkpoint=ckpt,
+                         export_dir=os.path.join(folder, "export"), engine_cache=os.path.join(folder, "engines"),
+                         **{**config, **more})
+        return LivePipeline(cfg, ISSRunner(model, "cpu"))
+
+    return model, ckpt, make
+
+
 def cap_prefix() -> str:
     """The ISA caps of this run as a shell prefix (``"ONEDNN_MAX_CPU_ISA=AVX2 ... "``; ``""`` without any), so
     that a results file's command reruns as it ran."""

@@ -72,12 +72,7 @@ def main() -> None:
     import numpy as np
 
     from common import (DEFAULT_CLIP, cap_prefix, clip_parser, describe_machine, first_frames, isa_cap_suffix,
-                        machine, one_core_busy, write_markdown, write_results)
-    from ditta_ros.adapt import DiTTANet
-    from ditta_ros.checkpoint import save_adapted
-    from ditta_ros.inference import ISSRunner
-    from ditta_ros.iss import load_model
-    from ditta_ros.live import LiveConfig, LivePipeline
+                        iss_flow_live, machine, one_core_busy, write_markdown, write_results)
 
     p = clip_parser(__doc__)
     p.set_defaults(clip=DEFAULT_CLIP)
@@ -88,16 +83,10 @@ def main() -> None:
 
     clip, frames, fps = first_frames(args.clip, args.frames)
     hw = frames[0].shape[:2]
-    model, info = load_model(args.model)
-    tmp = tempfile.mkdtemp(prefix="pipeline_speed_")
-    ckpt = os.path.join(tmp, "iss_flow.pt")
-    save_adapted(DiTTANet(model), ckpt, {"model": args.model, "frame_hw": list(hw), "fusion": "flow",
-                                         "trained_gap": 1.0 / fps})
+    _, _, make_live = iss_flow_live(args.model, hw, fps, tempfile.mkdtemp(prefix="pipeline_speed_"))
     lives = {}
     for s in (1, 2):
-        cfg = LiveConfig(model=args.model, backend="openvino", openvino_streams=s, adapted_checkpoint=ckpt,
-                         export_dir=os.path.join(tmp, "export"), engine_cache=os.path.join(tmp, "engines"))
-        lives[s] = LivePipeline(cfg, ISSRunner(model, "cpu"))
+        lives[s] = make_live(openvino_streams=s)
         run_loop(lives[s], frames[:6], [i / fps for i in range(6)], paced=False)  # first inferences
     backends = {s: live.serving.frozen.describe() for s, live in lives.items()}
     cases = [(load, regime) for load in ("quiet", "one core busy") for regime in ("saturated", "paced")]
