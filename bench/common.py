@@ -188,3 +188,13 @@ def clip_parser(doc: str):
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("clip", nargs="?", default=DEFAULT_CLIP, help="clip folder (default: the CamVid clip)")
     return p
+
+
+def speed_parser(doc: str, frames: int, rounds: int, model: str = "espnetv2-s2.0-cityscapes-1024x512"):
+    """:func:`clip_parser` with what the interleaved speed benchmarks share: ``--model`` (registry name),
+    ``--frames`` (the clip's first N, default ``frames``) and ``--rounds`` (interleaved rounds, default ``rounds``)."""
+    p = clip_parser(doc)
+    p.add_argument("--model", default=model)
+    p.add_argument("--frames", type=int, default=frames)
+    p.add_argument("--rounds", type=int, default=rounds)
+    return p

@@ -45,8 +45,8 @@ def serve_frames(serving, frames, fps: float, start: float):
 def main() -> None:
     import numpy as np
 
-    from common import (DEFAULT_CLIP, clip_parser, describe_machine, first_frames, machine, one_core_busy,
-                        write_markdown, write_results)
+    from common import (describe_machine, first_frames, machine, one_core_busy, speed_parser, write_markdown,
+                        write_results)
     from ditta_ros.adapt import DiTTANet
     from ditta_ros.inference import ISSRunner
     from ditta_ros.iss import load_model
@@ -54,12 +54,8 @@ def main() -> None:
     from ditta_ros.presets import DittaConfig
     from ditta_ros.runtime import RuntimeOptions
 
-    p = clip_parser(__doc__)
-    p.set_defaults(clip=DEFAULT_CLIP)
-    p.add_argument("--model", default="espnetv2-s2.0-cityscapes-1024x512")
+    p = speed_parser(__doc__, frames=60, rounds=2)
     p.add_argument("--threads", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--frames", type=int, default=60)
-    p.add_argument("--rounds", type=int, default=2)
     args = p.parse_args()
 
     clip, frames, fps = first_frames(args.clip, args.frames)

@@ -16,7 +16,7 @@ interleaved round by round (each run a new stream: 1 s after the last). Labels o
 compared frame by frame.
 
 Rule written before the first run: the node's default becomes ``openvino_streams: 2`` when, on this
-machine, 2 streams give (a) >= 1.3x the saturated throughput of 1 stream with one core busy, (b) >= 0.95x
+machine, speed_parser, 2 streams give (a) >= 1.3x the saturated throughput of 1 stream with one core busy, (b) >= 0.95x
 on quiet cores, (c) a paced latency median at most 1.2x that of 1 stream on quiet cores, and (d) identical
 labels on every frame; otherwise the default stays 1 and the option is documented with these figures.
 Outcome: on the graph as exported, passed with AVX2 kernels (1.35x busy), not on the bf16 EPYC (0.93x quiet); the
@@ -71,14 +71,10 @@ def run_loop(live, frames, stamps, paced: bool):
 def main() -> None:
     import numpy as np
 
-    from common import (DEFAULT_CLIP, cap_prefix, clip_parser, describe_machine, first_frames, isa_cap_suffix,
-                        iss_flow_live, machine, one_core_busy, write_markdown, write_results)
+    from common import (cap_prefix, describe_machine, first_frames, isa_cap_suffix, iss_flow_live, machine,
+                        one_core_busy, speed_parser, write_markdown, write_results)
 
-    p = clip_parser(__doc__)
-    p.set_defaults(clip=DEFAULT_CLIP)
-    p.add_argument("--model", default="espnetv2-s2.0-cityscapes-1024x512")
-    p.add_argument("--frames", type=int, default=60)
-    p.add_argument("--rounds", type=int, default=2)
+    p = speed_parser(__doc__, frames=60, rounds=2)
     args = p.parse_args()
 
     clip, frames, fps = first_frames(args.clip, args.frames)

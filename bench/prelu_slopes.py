@@ -49,15 +49,11 @@ def main() -> None:
     import numpy as np
     import openvino as ov
 
-    from common import (DEFAULT_CLIP, cap_prefix, clip_parser, describe_machine, first_frames, isa_cap_suffix,
-                        machine, served_exports, write_markdown, write_results)
+    from common import (cap_prefix, describe_machine, first_frames, isa_cap_suffix, machine, served_exports,
+                        speed_parser, write_markdown, write_results)
     from ditta_ros.runtime.openvino import compiled_precision, precision_config, read_graph
 
-    p = clip_parser(__doc__)
-    p.set_defaults(clip=DEFAULT_CLIP)
-    p.add_argument("--model", default="espnetv2-s2.0-cityscapes-1024x512")
-    p.add_argument("--frames", type=int, default=30)
-    p.add_argument("--rounds", type=int, default=5)
+    p = speed_parser(__doc__, frames=30, rounds=5)
     p.add_argument("--precisions", nargs="+", choices=["auto", "f32"], default=["auto", "f32"])
     args = p.parse_args()
 

@@ -46,7 +46,7 @@ def growth(samples, frames: int) -> dict:
 
 
 def main() -> None:
-    from common import DEFAULT_CLIP, RESULTS, SHARED, describe_machine, machine, rss_mb, write_results
+    from common import DEFAULT_CLIP, RESULTS, SHARED, machine, rss_mb, write_results
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clip", default=DEFAULT_CLIP)

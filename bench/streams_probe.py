@@ -134,15 +134,11 @@ def main() -> None:
     import numpy as np
     import openvino as ov
 
-    from common import (DEFAULT_CLIP, cap_prefix, clip_parser, describe_machine, first_frames, isa_cap_suffix,
-                        machine, one_core_busy, served_exports, write_markdown, write_results)
+    from common import (cap_prefix, describe_machine, first_frames, isa_cap_suffix, machine, one_core_busy,
+                        served_exports, speed_parser, write_markdown, write_results)
     from ditta_ros.runtime.openvino import compiled_precision, precision_config, read_graph, split_graph
 
-    p = clip_parser(__doc__)
-    p.set_defaults(clip=DEFAULT_CLIP)
-    p.add_argument("--model", default="espnetv2-s2.0-cityscapes-1024x512")
-    p.add_argument("--frames", type=int, default=40)
-    p.add_argument("--rounds", type=int, default=3)
+    p = speed_parser(__doc__, frames=40, rounds=3)
     p.add_argument("--precision", choices=["auto", "f32"], default="auto",
                    help="OpenVINO inference precision: the CPU's own choice (bf16 where it has bf16 units) or f32, "
                         "what a CPU without bf16 units (AVX2 only) runs")

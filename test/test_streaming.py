@@ -343,10 +343,10 @@ def test_auto_streams_follow_the_measured_rule(monkeypatch):
     builds the one-request backend."""
     from ditta_ros.runtime.openvino import auto_streams
 
-    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
-    assert auto_streams("CPU", "auto") == 1 and auto_streams("CPU", "f32") == 1
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # an AVX2-only CPU, where the rule passed before the fix
+    assert auto_streams() == 1
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
-    assert auto_streams("CPU", "auto") == 1 and auto_streams("GPU", "auto") == 1 and auto_streams("CPU", "bf16") == 1
+    assert auto_streams() == 1
 
 
 def test_frozen_model_takes_a_started_frame_and_ignores_a_stale_token(tmp_path):

@@ -262,10 +262,10 @@ class OpenVINOBackend(ExportedGraph):
         return out["labels"], out["confidence"], out["feat"], out["logits"]
 
 
-def auto_streams(device: str = "CPU", precision: str = "auto", threads: int = 0) -> int:
+def auto_streams() -> int:
     """The streams ``openvino_streams: 0`` means: the outcome of the rule of ``bench/pipeline_speed.py`` (fixed
     before its runs: >= 1.3x the frames/s with a core busy, >= 0.95x quiet, latency alone <= 1.2x, labels
-    identical) on the CPUs measured, whatever ``device``, ``precision`` and ``threads`` are. Today 1 everywhere:
+    identical) on the CPUs measured, whatever the device, precision and threads. Today 1 everywhere:
     since :func:`read_graph` cut the layout reorders' time, the rule passes on no CPU measured (AVX2 kernels, f32:
     1.26x busy, 1.03x quiet, 1.13x latency; ``bench/results/pipeline_speed_onednn-avx2.md``). Before, it passed
     there (1.35x) and ``0`` gave 2 streams on CPUs running f32; it never passed with bf16 units (0.93x quiet).

@@ -115,8 +115,7 @@ def streaming_backend(net, frame_hw, tau: float, options: RuntimeOptions = Runti
     if tau > 0 and fusion == "flow" and refit is None and requested != "torch" and _openvino_first(options):
         from .openvino import auto_streams
 
-        streams = options.openvino_streams or auto_streams(options.openvino_device, options.openvino_precision,
-                                                           options.openvino_threads)
+        streams = options.openvino_streams or auto_streams()
         backend = _pipelined(net, frame_hw, tau, options, name, fusion, label_set, classes, engine_dir,
                              streams) if streams > 1 else None
         if backend is not None:
@@ -139,7 +138,6 @@ def streaming_backend(net, frame_hw, tau: float, options: RuntimeOptions = Runti
         except Exception as exc:
             refit.unusable = f"refit failed: {exc}"
             log.warning("refitting the engine failed (%s): building a new one", exc)
-
 
     def torch_model():  # built only when the chain reaches torch (its construction runs the network once)
         return StreamingDiTTA(net, frame_hw, tau, fusion=fusion)
