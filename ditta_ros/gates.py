@@ -73,6 +73,20 @@ def fb_consistent(fw: np.ndarray, bw: np.ndarray, max_fb: float) -> np.ndarray:
     return (np.linalg.norm(fw + back, axis=2) <= max_fb).astype(np.uint8)
 
 
+def flow_explains(grey: np.ndarray, prev: np.ndarray, flow: np.ndarray, max_residual: float) -> np.ndarray:
+    """Where ``flow`` explains the image: bool ``[h, w]``, True where ``prev`` (uint8 grey ``[h, w]``) moved by
+    ``flow`` (float32 ``[h, w, 2]``, ``grey`` -> ``prev``, pixels) differs from ``grey`` by at most ``max_residual``
+    grey levels (0..255) on average over a 9 x 9 neighbourhood (a flow that failed on a large motion, or an
+    occlusion, leaves a residual). The motion gate's test (:class:`MotionGate`), also the flow branch's with
+    ``warp_residual`` (:class:`FlowWarp`)."""
+    import cv2
+
+    gx, gy = _pixel_grid(*grey.shape)
+    warped = cv2.remap(prev, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    residual = cv2.blur(np.abs(warped.astype(np.float32) - grey.astype(np.float32)), (9, 9))  # local mean
+    return residual <= max_residual
+
+
 class _FlowTracker:
     """The part both flow-based gates share: each frame scaled by ``scale`` and made grey, the
     previous one kept, OpenCV DIS optical flow between them."""
@@ -126,11 +140,7 @@ class MotionGate(_FlowTracker):
         if prev is None:
             return np.zeros((h, w), np.float32)
         flow = self._dis.calc(gray, prev, None)  # current -> previous, in the small frame's pixels
-        gx, gy = _pixel_grid(*gray.shape)
-        warped = cv2.remap(prev, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_LINEAR,
-                           borderMode=cv2.BORDER_REPLICATE)
-        residual = cv2.blur(np.abs(warped.astype(np.float32) - gray.astype(np.float32)), (9, 9))  # local mean
-        explained = residual <= self.max_residual
+        explained = flow_explains(gray, prev, flow, self.max_residual)
         flow = flow / self.scale  # frame pixels
         ok = ((np.abs(flow[..., 1]) <= self.reach[0]) & (np.abs(flow[..., 0]) <= self.reach[1])
               & explained).astype(np.uint8)
@@ -209,16 +219,20 @@ class FlowWarp(_FlowTracker):
     previous frame's features and logits on the add-on grid (:func:`warp_state`) so the add-on's
     local window (Eq. 1) looks where the content went, whatever the gap between processed frames.
     Where the flow is not forward-backward consistent (the backward flow at the forward target does
-    not return within ``max_fb`` pixels of the scaled frame) ``has_prev = 0``: the plain branch serves.
+    not return within ``max_fb`` pixels of the scaled frame), and with ``max_residual`` > 0 where it does
+    not explain the image (:func:`flow_explains`: the moved previous frame differs from the current one by
+    more than ``max_residual`` grey levels, 9 x 9 local mean; ``docs/dev_set_rule.md``, addendum 12),
+    ``has_prev = 0``: the plain branch serves.
 
     ``__call__(frame, state)`` takes each streamed uint8 RGB ``[H, W, 3]`` frame in order and the
     state the frame would get; returns the warped, gated state (``None`` stays ``None``).
     ``last_share``: the share of pixels left free to fuse on the last frame.
     """
 
-    def __init__(self, scale: float = 0.5, max_fb: float = 1.0):
+    def __init__(self, scale: float = 0.5, max_fb: float = 1.0, max_residual: float = 0.0):
         super().__init__(scale)
         self.max_fb = float(max_fb)
+        self.max_residual = float(max_residual)
 
     def __call__(self, frame: np.ndarray, state):
         import cv2
@@ -229,6 +243,8 @@ class FlowWarp(_FlowTracker):
             self.last_share = 0.0
             return state
         fw, ok = consistent_flow(self._dis, gray, prev, self.max_fb)  # current -> previous
+        if self.max_residual > 0:
+            ok &= flow_explains(gray, prev, fw, self.max_residual).astype(np.uint8)
         sh, sw = gray.shape
         gh, gw = state[0].shape[2:]
         grid = cv2.resize(fw, (int(gw), int(gh)), interpolation=cv2.INTER_AREA)

@@ -64,12 +64,17 @@ class DittaConfig:
             only where the flow is forward-backward consistent (:class:`~ditta_ros.gates.FlowWarp`).
         gap_factor: when > 0, frames farther apart than ``gap_factor`` x the frame gap the add-on
             was trained on (the warm-up's) are served by the plain branch, instead of ``max_gap``.
+        warp_residual: grey levels (0..255); when > 0, where the state is moved by optical flow
+            (:attr:`warps`) a pixel also fuses only where the flow-moved previous frame differs from the
+            current one by at most this much on average over a 9 x 9 neighbourhood
+            (:class:`~ditta_ros.gates.FlowWarp`; ``docs/dev_set_rule.md``, addendum 12). 0: the
+            forward-backward check alone.
         changes: the target, adaptation and guard overrides :meth:`from_preset` applied (``(key,
             value)`` pairs); the candidates get them too.
 
     Raises:
-        ValueError: ``tau`` outside [0, 1], a negative ``max_gap`` or ``addon_stride``, an
-            unknown ``fusion``.
+        ValueError: ``tau`` outside [0, 1], a negative ``max_gap``, ``addon_stride``, ``gap_factor`` or
+            ``warp_residual``, an unknown ``fusion``.
     """
 
     preset: str
@@ -84,14 +89,15 @@ class DittaConfig:
     candidates: Tuple[str, ...] = ()
     warp: bool = False
     gap_factor: float = 0.0
+    warp_residual: float = 0.0
     changes: Tuple[Tuple[str, object], ...] = ()
 
     def __post_init__(self):
         if not 0.0 <= self.tau <= 1.0:
             raise ValueError(f"tau must lie in [0, 1], got {self.tau}")
-        if self.max_gap < 0 or self.addon_stride < 0 or self.gap_factor < 0:
-            raise ValueError(f"max_gap, addon_stride and gap_factor must be >= 0, got {self.max_gap}, "
-                             f"{self.addon_stride}, {self.gap_factor}")
+        if self.max_gap < 0 or self.addon_stride < 0 or self.gap_factor < 0 or self.warp_residual < 0:
+            raise ValueError(f"max_gap, addon_stride, gap_factor and warp_residual must be >= 0, got {self.max_gap}, "
+                             f"{self.addon_stride}, {self.gap_factor}, {self.warp_residual}")
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
 
@@ -194,6 +200,8 @@ class DittaConfig:
             out["warp"] = True
         if self.gap_factor:
             out["gap_factor"] = self.gap_factor
+        if self.warp_residual:
+            out["warp_residual"] = self.warp_residual
         if not self.target.temporal_vote:  # a target option newer than the stored runs
             del out["target"]["temporal_vote"]
         return out
@@ -234,7 +242,7 @@ PRESETS: Dict[str, DittaConfig] = {
                           candidates=("default", "decoder", "faithful")),
 }
 
-_SCALARS = ("tau", "motion_gate", "max_gap", "fusion", "addon_stride", "warp", "gap_factor")
+_SCALARS = ("tau", "motion_gate", "max_gap", "fusion", "addon_stride", "warp", "gap_factor", "warp_residual")
 
 
 def _key_groups() -> Dict[str, str]:

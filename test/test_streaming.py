@@ -644,6 +644,46 @@ def test_flow_warp_moves_the_state_with_the_scene_and_gates_inconsistent_flow():
     assert FrozenDiTTA(net, DittaConfig.from_preset("default")).max_gap == 0.2
 
 
+def test_flow_warp_residual_gates_where_the_moved_frame_does_not_explain_the_image():
+    """``warp_residual`` (addendum 12): a shifted scene the flow explains keeps its pixels free to fuse; a patch
+    that changes without moving (the flow cannot explain it) is gated there and nowhere far from it; without the
+    option the same patch passes the forward-backward check; FrozenDiTTA builds its warp with the option."""
+    import cv2
+
+    from ditta_ros.gates import FlowWarp
+
+    rng = np.random.default_rng(1)
+    base = cv2.GaussianBlur((rng.random((200, 300)) * 255).astype(np.float32), (0, 0), 4)
+    base = cv2.normalize(base, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+
+    def frame(dx, patch=False):
+        f = np.repeat(base[40:136, 40 + dx:168 + dx, None], 3, 2).copy()
+        if patch:  # a bright square appears: nothing in the previous frame moves there
+            f[32:64, 48:80] = 255
+        return f
+
+    state = (torch.zeros(1, 2, 12, 16), np.zeros((1, 1, 12, 16), np.float32), torch.ones(96, 128))
+    strict, loose = FlowWarp(max_residual=20), FlowWarp()
+    for w in (strict, loose):
+        w(frame(0), state)
+    shifted = strict(frame(4), state)
+    assert strict.last_share > 0.8 and float(shifted[2].mean()) > 0.8
+    loose(frame(4), state)
+    gated, loose_mask = strict(frame(8, patch=True), state)[2], loose(frame(8, patch=True), state)[2]
+    assert float(gated[36:60, 52:76].mean()) < 0.2  # the new patch: gated
+    assert float(gated[:, 100:].mean()) > 0.8  # far from it: free
+    assert float(loose_mask[36:60, 52:76].mean()) > float(gated[36:60, 52:76].mean()) + 0.3
+
+    from ditta_ros.presets import DittaConfig
+    from ditta_ros.runtime import FrozenDiTTA
+
+    frozen = FrozenDiTTA(_net(), DittaConfig.from_preset("select", warp_residual=20))
+    frozen.prepare((96, 128))
+    assert frozen._warp.max_residual == 20
+    with pytest.raises(ValueError):
+        DittaConfig.from_preset("select", warp_residual=-1)
+
+
 @pytest.mark.parametrize("backend,fusion", [("onnxruntime", "flow"), ("openvino", "flow"), ("openvino", "memory")])
 def test_flow_branch_serves_alike_on_torch_and_the_exported_graph(tmp_path, backend, fusion):
     """``fusion="flow"`` (and ``memory``) through :class:`FrozenDiTTA`: the exported graph has no ``feat_prev``

@@ -292,7 +292,7 @@ class FrozenDiTTA:
                                          refit_lock=previous.lock if refit else None)
         self._gate = MotionGate(StreamingDiTTA(self.net, hw, self.tau).window_reach()) \
             if self.config.motion_gate and self.tau > 0 else None
-        self._warp = FlowWarp() if self.config.warps and self.tau > 0 else None
+        self._warp = FlowWarp(max_residual=self.config.warp_residual) if self.config.warps and self.tau > 0 else None
         self.frame_hw, self._state = hw, None
         return self.backend
 

@@ -65,7 +65,7 @@ def ditta_config(args):
         contrastive=False if args.no_contrastive else None, bn=args.bn, anchor=args.anchor,
         guard_enabled=False if args.no_guard else None, tau=args.tau,
         motion_gate=None if args.motion_gate is None else args.motion_gate == "on", max_gap=args.max_gap,
-        fusion=args.fusion, addon_stride=args.addon_stride)
+        fusion=args.fusion, addon_stride=args.addon_stride, warp_residual=args.warp_residual)
 
 
 def add_method_flags(e) -> None:
@@ -127,5 +127,9 @@ def add_method_flags(e) -> None:
                    help="fuse the add-on only where the optical flow stays within its window (preset)")
     a.add_argument("--max-gap", type=float,
                    help="seconds: no add-on fusion when frames are further apart (0 = no limit; preset)")
+    a.add_argument("--warp-residual", type=float,
+                   help="grey levels: where the state is moved by optical flow, fuse only where the moved previous "
+                        "frame differs from this one by at most this (9x9 mean; 0 = off; preset: "
+                        f"{preset('warp_residual')})")
     a.add_argument("--tent-lr", type=float, help=f"TENT learning rate (default: {flag_default(TENT, 'lr')})")
     a.add_argument("--save-adapted", help="ditta: save the adapted weights here (for `ditta export --adapted`)")
