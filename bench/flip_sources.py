@@ -82,8 +82,8 @@ def stream(clip_path: str, model: str, stride: int) -> Dict[str, object]:
 
 
 def table(rows: List[Dict[str, object]]) -> List[str]:
-    out = ["| stride | class | ISS flips, % of stable pixels | with the flow branch | removed | flow's flips to the right label |",
-           "|---|---|---|---|---|---|"]
+    out = ["| stride | class | ISS flips, % of stable pixels | with the flow branch | removed "
+           "| flow's flips to the right label |", "|---|---|---|---|---|---|"]
     for r in rows:
         for c in CLASSES + ("all",):
             iss = sum(r["flips"]["iss"].values()) if c == "all" else r["flips"]["iss"][c]
@@ -108,9 +108,9 @@ def main() -> None:
     write_results("flip_sources", {"model": args.model, "clip": os.path.basename(args.clip.rstrip("/")),
                                    "machine": machine(), "rows": rows, "command": cmd.strip()})
     lines = [f"# Where the flips remain: {args.model} on {os.path.basename(args.clip.rstrip('/'))}", "",
-             f"`{cmd.strip()}`", "", "Flips of consecutive processed frames on pixels whose ground truth did not change "
-             "(the pixels mVC counts), as % of those pixels; the ISS on the streaming path, alone and with the "
-             "flow branch (`select`'s serving, no adaptation).", ""] + table(rows)
+             f"`{cmd.strip()}`", "", "Flips of consecutive processed frames on pixels whose ground truth did not "
+             "change (the pixels mVC counts), as % of those pixels; the ISS on the streaming path, alone and with "
+             "the flow branch (`select`'s serving, no adaptation).", ""] + table(rows)
     print("\n".join(lines))
     write_markdown("flip_sources", lines)
 

@@ -106,7 +106,7 @@ def export_onnx(net: DiTTANet, frame_hw: Tuple[int, int], out_dir: str, name: st
             ONNX would not run on the CPU execution provider).
         antialias: PIL-like antialiased input resize (``Resize antialias=1``);
             ``False`` for runtimes without it.
-        fusion: ``frame`` | ``grid`` | ``flow`` | ``memory`` (:class:`~ditta_ros.streaming.StreamingDiTTA`).
+        fusion: ``frame`` | ``grid`` | ``flow`` | ``memory`` | ``bayes`` (:class:`~ditta_ros.streaming.StreamingDiTTA`).
         plain_logits: a fifth output, ``plain_logits`` float32 ``[1, C, h, w]`` (the ISS logits on its own
             grid, where the graph's stateless part ends; for splitting the graph, not for serving).
 

@@ -34,10 +34,12 @@ from .teacher.targets import FAITHFUL_TARGETS, TargetConfig
 
 #: the temporal branch of the Eq. 3 fusion: the add-on's probabilities at frame resolution or on its grid,
 #: or the previous frame's logits moved by optical flow, or a running memory of fused probabilities moved by
-#: optical flow (:class:`~ditta_ros.streaming.StreamingDiTTA`)
-FUSIONS = ("frame", "grid", "flow", "memory")
+#: optical flow, or a recursive Bayesian product of them (:class:`~ditta_ros.streaming.StreamingDiTTA`)
+FUSIONS = ("frame", "grid", "flow", "memory", "bayes")
 #: the fusions whose temporal branch is the moved state itself (no add-on attention)
-FLOW_FUSIONS = ("flow", "memory")
+FLOW_FUSIONS = ("flow", "memory", "bayes")
+#: the fusions whose state is a running memory rather than the previous frame's plain logits
+MEMORY_FUSIONS = ("memory", "bayes")
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,8 @@ class DittaConfig:
         max_gap: seconds; frames farther apart are served by the plain branch (0: no limit).
         fusion: ``frame`` (official) | ``grid`` | ``flow`` (the temporal branch is the previous frame's
             plain logits moved by optical flow, no attention; implies the warp) | ``memory`` (as ``flow`` with a
-            running memory of fused probabilities as the temporal branch; addendum 9):
+            running memory of fused probabilities as the temporal branch; addendum 9) | ``bayes`` (as ``memory``,
+            the memory and the labels by the recursive Bayesian product instead of Eq. 3; addendum 14):
             :class:`~ditta_ros.streaming.StreamingDiTTA`.
         addon_stride: pooling of the decoder grid for the add-on (0: the model card's).
         candidates: presets whose targets and adaptation are tried, one chosen label-free

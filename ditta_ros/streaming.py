@@ -35,7 +35,7 @@ from torch import nn
 from .adapt import DiTTANet
 from .addon import DEFAULT_TAU, fuse, normalised_reliability, reliability, softmax_entropy
 from .iss.base import logits_to_frame, plain_step
-from .presets import FLOW_FUSIONS, FUSIONS
+from .presets import FLOW_FUSIONS, FUSIONS, MEMORY_FUSIONS
 
 
 class StreamingDiTTA(nn.Module):
@@ -56,7 +56,8 @@ class StreamingDiTTA(nn.Module):
             (ours: as ``"grid"`` with the previous frame's plain logits as the temporal branch, no
             attention; the caller moves them by optical flow first, :class:`~ditta_ros.gates.FlowWarp`)
             or ``"memory"`` (ours: as ``"flow"``, but the state carries a running memory instead of the
-            plain logits: :meth:`memory`).
+            plain logits: :meth:`memory`) or ``"bayes"`` (ours: as ``"memory"``, with the recursive Bayesian
+            product in place of Eq. 3 for the memory and the labels; ``tau`` > 0 only turns it on).
 
     ``forward(image, feat_prev, logits_prev, has_prev)``:
         image: uint8 ``[H, W, 3]`` RGB; feat_prev: float ``[1, D, gh, gw]`` and
@@ -66,7 +67,7 @@ class StreamingDiTTA(nn.Module):
         motion gate refuses it).
         Returns ``labels`` int64 ``[H, W]``, ``confidence`` float ``[H, W]`` in [0, 1],
         ``feat`` ``[1, D, gh, gw]`` and ``logits`` ``[1, C, gh, gw]`` (the next state: the plain logits
-        pooled to the grid; with ``fusion="memory"`` the log of the memory, :meth:`memory`); with
+        pooled to the grid; with ``fusion="memory"`` or ``"bayes"`` the log of the memory, :meth:`memory`); with
         :attr:`plain_logits_output` set, also the plain logits on the model's own grid ``[1, C, h, w]``
         (the point where the stateless ISS part of the graph ends: ``bench/streams_probe.py`` splits there).
     """
@@ -144,7 +145,7 @@ class StreamingDiTTA(nn.Module):
         # frames farther apart than max_gap): the result is the plain branch's either way
         addon_net = self.net.addon
         feats_g, logits_g = addon_net.pool(feats), addon_net.pool(logits)  # the next state
-        if self.tau > 0 and self.fusion == "memory":  # the next state: log-probabilities on every frame
+        if self.tau > 0 and self.fusion in MEMORY_FUSIONS:  # the next state: log-probabilities on every frame
             logits_g = self.memory(logits_g, logits_prev, has_prev)
         if self.tau > 0 and (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or bool(has_prev.max() > 0.5)):
             if self.fusion == "frame":
@@ -160,7 +161,8 @@ class StreamingDiTTA(nn.Module):
                 prob_addon = F.interpolate(prob_addon, size=self.frame_hw, mode="bilinear", align_corners=False)
                 rel_addon = F.interpolate(rel_addon.unsqueeze(1), size=self.frame_hw, mode="bilinear",
                                           align_corners=False).squeeze(1)
-            fused, _ = fuse(prob, prob_addon, self.tau, rel, rel_addon)
+            fused = bayes_product(prob, prob_addon) if self.fusion == "bayes" else \
+                fuse(prob, prob_addon, self.tau, rel, rel_addon)[0]
             prob = torch.where(has_prev.view(1, 1, *self.frame_hw) > 0.5, fused, prob)
         if self.plain_logits_output:
             return prob[0].argmax(0), rel[0], feats_g, logits_g, logits
@@ -169,7 +171,8 @@ class StreamingDiTTA(nn.Module):
     def memory(self, logits_g: torch.Tensor, memory_prev: torch.Tensor, has_prev: torch.Tensor) -> torch.Tensor:
         """The running memory of ``fusion="memory"`` (``docs/dev_set_rule.md``, addendum 9), on the add-on grid:
         the Eq. 3 fusion (this model's ``tau``, Eq. 2 reliabilities of each side) of this frame's plain
-        probabilities with the previous memory, already moved by optical flow; where ``has_prev`` is 0 (a
+        probabilities with the previous memory, already moved by optical flow; with ``fusion="bayes"``
+        (addendum 14) their renormalised product (:func:`bayes_product`); where ``has_prev`` is 0 (a
         stream's first frame, beyond ``max_gap``, flow not forward-backward consistent) this frame's plain
         probabilities alone.
 
@@ -184,7 +187,10 @@ class StreamingDiTTA(nn.Module):
         """
         prob, ent = softmax_entropy(logits_g)
         prob_mem, ent_mem = softmax_entropy(memory_prev)
-        fused, _ = fuse(prob, prob_mem, self.tau, normalised_reliability(ent), normalised_reliability(ent_mem))
+        if self.fusion == "bayes":
+            fused = bayes_product(prob, prob_mem)
+        else:
+            fused, _ = fuse(prob, prob_mem, self.tau, normalised_reliability(ent), normalised_reliability(ent_mem))
         keep = F.interpolate(has_prev.view(1, 1, *self.frame_hw), size=tuple(logits_g.shape[2:]), mode="bilinear",
                              align_corners=False) > 0.5
         return torch.log(torch.where(keep, fused, prob).clamp_min(1e-6))
@@ -210,6 +216,22 @@ class StreamingDiTTA(nn.Module):
         labels, conf, feats, logits = self(frame.to(dev), *state)
         return labels, conf, (feats, logits, torch.ones(self.frame_hw, device=dev, dtype=self.mean.dtype))
 
+
+
+def bayes_product(prob: torch.Tensor, prob_prior: torch.Tensor) -> torch.Tensor:
+    """The recursive Bayesian update of per-pixel class evidence (as semantic mapping's, SemanticFusion, McCormac
+    et al. 2017): ``prob * prob_prior`` renormalised over the classes (dim 1); where the product vanishes on
+    every class (both sides certain of different classes to float precision), ``prob``.
+
+    Args:
+        prob, prob_prior: float ``[B, C, H, W]`` probabilities (this frame's; the moved memory's).
+
+    Returns:
+        float ``[B, C, H, W]`` probabilities.
+    """
+    joint = prob * prob_prior
+    total = joint.sum(1, keepdim=True)
+    return torch.where(total > 0, joint / total.clamp_min(torch.finfo(total.dtype).tiny), prob)
 
 
 @torch.no_grad()

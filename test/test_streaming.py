@@ -28,6 +28,12 @@ def _frames(n=4, h=40, w=56):
     return [np.ascontiguousarray(base[:, t:t + w]) for t in range(n)]
 
 
+def _two_fusions(*fusions, hw=(100, 130)):
+    """``(net, hw, two frames, one StreamingDiTTA per fusion)`` over one tiny network."""
+    net = _net()
+    return net, hw, _frames(2, *hw), tuple(StreamingDiTTA(net, hw, fusion=f) for f in fusions)
+
+
 @pytest.mark.parametrize("dense", [False, True])
 def test_streaming_equals_two_frame_clip_formulation(dense):
     from ditta_ros.streaming import two_frame_step
@@ -86,7 +92,7 @@ def test_preprocessing_matches_the_iss_reference_within_one_grey_level():
 
 
 @pytest.mark.parametrize("hw,fusion", [((40, 56), "frame"), ((100, 130), "frame"), ((100, 130), "grid"),
-                                       ((100, 130), "flow"), ((100, 130), "memory")])
+                                       ((100, 130), "flow"), ((100, 130), "memory"), ((100, 130), "bayes")])
 def test_onnx_export_matches_torch_over_a_sequence(tmp_path, hw, fusion):
     import onnxruntime as ort
 
@@ -117,10 +123,7 @@ def test_grid_fusion_is_eq3_with_the_addon_branch_on_its_grid():
 
     from ditta_ros.addon import normalised_reliability, softmax_entropy
 
-    net = _net()
-    hw = (100, 130)
-    frames = _frames(2, *hw)
-    grid, frame = StreamingDiTTA(net, hw, fusion="grid"), StreamingDiTTA(net, hw, fusion="frame")
+    net, hw, frames, (grid, frame) = _two_fusions("grid", "frame")
     _, _, state = grid.step(frames[0])
     with torch.no_grad():
         labels, conf, _, _ = grid(torch.from_numpy(frames[1]), *state)
@@ -207,6 +210,39 @@ def test_memory_fusion_carries_the_eq3_fusion_of_the_plain_branch_and_the_moved_
         assert torch.allclose(mixed[..., gw // 2 + 1:], ref[..., gw // 2 + 1:], atol=1e-5)
         fixed = memory(torch.from_numpy(frames[1]), s0[0], torch.log(p), torch.ones(hw))[3]
         assert torch.allclose(fixed.softmax(1), p, atol=1e-5)
+
+
+def test_bayes_fusion_multiplies_the_evidence_of_the_plain_branch_and_the_moved_memory():
+    """``fusion="bayes"`` (addendum 14): the next memory is the renormalised product of this frame's plain grid
+    probabilities and the previous memory (the plain ones where ``has_prev`` is 0); the labels are the argmax of
+    the plain probabilities times the moved memory; consistent weak evidence sharpens over frames (what the Eq. 3
+    average of ``memory`` cannot do); a certain contradiction falls back to the plain branch."""
+    from ditta_ros.addon import softmax_entropy
+    from ditta_ros.streaming import bayes_product
+
+    p = torch.tensor([0.6, 0.4, 0.0]).view(1, 3, 1, 1)
+    m = p.clone()
+    for _ in range(3):
+        m = bayes_product(p, m)
+    assert float(m[0, 0]) > 0.83 and torch.allclose(m.sum(1), torch.ones(1, 1, 1))  # 0.6^4 / (0.6^4 + 0.4^4)
+    sure = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
+    assert torch.equal(bayes_product(sure, torch.tensor([0.0, 1.0, 0.0]).view(1, 3, 1, 1)), sure)
+
+    _, hw, frames, (bayes, flow) = _two_fusions("bayes", "flow")
+    _, _, s0 = bayes.step(frames[0])
+    with torch.no_grad():
+        plain_g = flow(torch.from_numpy(frames[1]), *flow.step(frames[0])[2])[3]
+        p, _ = softmax_entropy(plain_g)
+        prev = torch.full_like(p, 0.02)
+        prev[:, 0] = 0.9
+        prev = torch.log(prev / prev.sum(1, keepdim=True))
+        out = bayes(torch.from_numpy(frames[1]), s0[0], prev, torch.ones(hw))
+        ref = bayes_product(p, prev.softmax(1))
+        assert torch.allclose(out[3], torch.log(ref.clamp_min(1e-6)), atol=1e-5)
+        assert float((out[0] == 0).float().mean()) > float((flow(torch.from_numpy(frames[1]), s0[0], prev,
+                                                                  torch.ones(hw))[0] == 0).float().mean())
+        alone = bayes(torch.from_numpy(frames[1]), s0[0], prev, torch.zeros(hw))
+        assert torch.allclose(alone[3].softmax(1), p, atol=1e-5)  # no previous frame: the plain branch
 
 
 def test_export_rejects_an_opset_without_antialiased_resize(tmp_path):
@@ -684,7 +720,8 @@ def test_flow_warp_residual_gates_where_the_moved_frame_does_not_explain_the_ima
         DittaConfig.from_preset("select", warp_residual=-1)
 
 
-@pytest.mark.parametrize("backend,fusion", [("onnxruntime", "flow"), ("openvino", "flow"), ("openvino", "memory")])
+@pytest.mark.parametrize("backend,fusion", [("onnxruntime", "flow"), ("openvino", "flow"), ("openvino", "memory"),
+                                            ("openvino", "bayes")])
 def test_flow_branch_serves_alike_on_torch_and_the_exported_graph(tmp_path, backend, fusion):
     """``fusion="flow"`` (and ``memory``) through :class:`FrozenDiTTA`: the exported graph has no ``feat_prev``
     input (the exporter drops what the branch does not use), the state is still warped, and the labels

@@ -121,7 +121,8 @@ def add_method_flags(e) -> None:
     a.add_argument("--fusion", choices=list(FUSIONS),
                    help="temporal branch: the add-on's probabilities at frame resolution (frame, official) or on "
                         "its grid (grid), or the previous frame's logits moved by optical flow (flow), or a running "
-                        "memory of fused probabilities moved by optical flow (memory) (preset)")
+                        "memory of fused probabilities moved by optical flow (memory), or their recursive Bayesian "
+                        "product (bayes) (preset)")
     a.add_argument("--addon-stride", type=int, help="add-on pooling of the decoder grid (0 = model card; preset)")
     a.add_argument("--motion-gate", choices=["on", "off"],
                    help="fuse the add-on only where the optical flow stays within its window (preset)")
