@@ -58,7 +58,8 @@ class DittaConfig:
         fusion: ``frame`` (official) | ``grid`` | ``flow`` (the temporal branch is the previous frame's
             plain logits moved by optical flow, no attention; implies the warp) | ``memory`` (as ``flow`` with a
             running memory of fused probabilities as the temporal branch; addendum 9) | ``bayes`` (as ``memory``,
-            the memory and the labels by the recursive Bayesian product instead of Eq. 3; addendum 14):
+            the memory and the labels by the recursive Bayesian product instead of Eq. 3's average, below
+            ``tau``; addenda 14, 15):
             :class:`~ditta_ros.streaming.StreamingDiTTA`.
         addon_stride: pooling of the decoder grid for the add-on (0: the model card's).
         candidates: presets whose targets and adaptation are tried, one chosen label-free

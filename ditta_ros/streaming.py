@@ -57,7 +57,8 @@ class StreamingDiTTA(nn.Module):
             attention; the caller moves them by optical flow first, :class:`~ditta_ros.gates.FlowWarp`)
             or ``"memory"`` (ours: as ``"flow"``, but the state carries a running memory instead of the
             plain logits: :meth:`memory`) or ``"bayes"`` (ours: as ``"memory"``, with the recursive Bayesian
-            product in place of Eq. 3 for the memory and the labels; ``tau`` > 0 only turns it on).
+            product in place of Eq. 3's average, for the memory and the labels, where the plain branch's
+            reliability is below ``tau``: :func:`bayes_fuse`).
 
     ``forward(image, feat_prev, logits_prev, has_prev)``:
         image: uint8 ``[H, W, 3]`` RGB; feat_prev: float ``[1, D, gh, gw]`` and
@@ -161,7 +162,7 @@ class StreamingDiTTA(nn.Module):
                 prob_addon = F.interpolate(prob_addon, size=self.frame_hw, mode="bilinear", align_corners=False)
                 rel_addon = F.interpolate(rel_addon.unsqueeze(1), size=self.frame_hw, mode="bilinear",
                                           align_corners=False).squeeze(1)
-            fused = bayes_product(prob, prob_addon) if self.fusion == "bayes" else \
+            fused = bayes_fuse(prob, prob_addon, self.tau, rel) if self.fusion == "bayes" else \
                 fuse(prob, prob_addon, self.tau, rel, rel_addon)[0]
             prob = torch.where(has_prev.view(1, 1, *self.frame_hw) > 0.5, fused, prob)
         if self.plain_logits_output:
@@ -172,7 +173,8 @@ class StreamingDiTTA(nn.Module):
         """The running memory of ``fusion="memory"`` (``docs/dev_set_rule.md``, addendum 9), on the add-on grid:
         the Eq. 3 fusion (this model's ``tau``, Eq. 2 reliabilities of each side) of this frame's plain
         probabilities with the previous memory, already moved by optical flow; with ``fusion="bayes"``
-        (addendum 14) their renormalised product (:func:`bayes_product`); where ``has_prev`` is 0 (a
+        (addenda 14, 15) their renormalised product where this frame's reliability is below ``tau``
+        (:func:`bayes_fuse`); where ``has_prev`` is 0 (a
         stream's first frame, beyond ``max_gap``, flow not forward-backward consistent) this frame's plain
         probabilities alone.
 
@@ -188,7 +190,7 @@ class StreamingDiTTA(nn.Module):
         prob, ent = softmax_entropy(logits_g)
         prob_mem, ent_mem = softmax_entropy(memory_prev)
         if self.fusion == "bayes":
-            fused = bayes_product(prob, prob_mem)
+            fused = bayes_fuse(prob, prob_mem, self.tau, normalised_reliability(ent))
         else:
             fused, _ = fuse(prob, prob_mem, self.tau, normalised_reliability(ent), normalised_reliability(ent_mem))
         keep = F.interpolate(has_prev.view(1, 1, *self.frame_hw), size=tuple(logits_g.shape[2:]), mode="bilinear",
@@ -232,6 +234,22 @@ def bayes_product(prob: torch.Tensor, prob_prior: torch.Tensor) -> torch.Tensor:
     joint = prob * prob_prior
     total = joint.sum(1, keepdim=True)
     return torch.where(total > 0, joint / total.clamp_min(torch.finfo(total.dtype).tiny), prob)
+
+
+def bayes_fuse(prob: torch.Tensor, prob_prior: torch.Tensor, tau: float, rel: torch.Tensor) -> torch.Tensor:
+    """Eq. 3's gate with the Bayesian update inside (``docs/dev_set_rule.md``, addendum 15): where the plain
+    branch's Eq. 2 reliability ``rel`` is below ``tau``, :func:`bayes_product` of ``prob`` and ``prob_prior``;
+    elsewhere ``prob`` (a reliable frame stands, as in Eq. 3). ``tau`` 1 gives the product everywhere (addendum 14).
+
+    Args:
+        prob, prob_prior: float ``[B, C, H, W]`` probabilities (this frame's; the moved memory's).
+        tau: reliability threshold in [0, 1].
+        rel: float ``[B, H, W]``, Eq. 2 reliability of ``prob``.
+
+    Returns:
+        float ``[B, C, H, W]`` probabilities.
+    """
+    return torch.where((rel < tau).unsqueeze(1), bayes_product(prob, prob_prior), prob)
 
 
 @torch.no_grad()

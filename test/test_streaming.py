@@ -213,12 +213,13 @@ def test_memory_fusion_carries_the_eq3_fusion_of_the_plain_branch_and_the_moved_
 
 
 def test_bayes_fusion_multiplies_the_evidence_of_the_plain_branch_and_the_moved_memory():
-    """``fusion="bayes"`` (addendum 14): the next memory is the renormalised product of this frame's plain grid
-    probabilities and the previous memory (the plain ones where ``has_prev`` is 0); the labels are the argmax of
-    the plain probabilities times the moved memory; consistent weak evidence sharpens over frames (what the Eq. 3
-    average of ``memory`` cannot do); a certain contradiction falls back to the plain branch."""
-    from ditta_ros.addon import softmax_entropy
-    from ditta_ros.streaming import bayes_product
+    """``fusion="bayes"`` (addenda 14, 15): below ``tau`` the next memory is the renormalised product of this frame's
+    plain grid probabilities and the previous memory, and the labels the argmax of the plain probabilities times the
+    moved memory; at or above ``tau`` (and where ``has_prev`` is 0) the plain ones stand; consistent weak evidence
+    sharpens over frames (what the Eq. 3 average of ``memory`` cannot do); a certain contradiction falls back to
+    the plain branch."""
+    from ditta_ros.addon import normalised_reliability, softmax_entropy
+    from ditta_ros.streaming import bayes_fuse, bayes_product
 
     p = torch.tensor([0.6, 0.4, 0.0]).view(1, 3, 1, 1)
     m = p.clone()
@@ -227,6 +228,11 @@ def test_bayes_fusion_multiplies_the_evidence_of_the_plain_branch_and_the_moved_
     assert float(m[0, 0]) > 0.83 and torch.allclose(m.sum(1), torch.ones(1, 1, 1))  # 0.6^4 / (0.6^4 + 0.4^4)
     sure = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
     assert torch.equal(bayes_product(sure, torch.tensor([0.0, 1.0, 0.0]).view(1, 3, 1, 1)), sure)
+    two = torch.tensor([[0.6, 0.98], [0.39, 0.01], [0.01, 0.01]]).view(1, 3, 1, 2)  # uncertain, reliable pixel
+    prior = torch.tensor([0.1, 0.9, 0.0]).view(1, 3, 1, 1).expand(1, 3, 1, 2)
+    gated = bayes_fuse(two, prior, 0.8, normalised_reliability(softmax_entropy(torch.log(two))[1]))
+    assert int(gated[0, :, 0, 0].argmax()) == 1 and torch.equal(gated[..., 1], two[..., 1])  # the reliable one stands
+    assert torch.allclose(bayes_fuse(two, prior, 1.0, torch.zeros(1, 1, 2)), bayes_product(two, prior))
 
     _, hw, frames, (bayes, flow) = _two_fusions("bayes", "flow")
     _, _, s0 = bayes.step(frames[0])
@@ -237,7 +243,7 @@ def test_bayes_fusion_multiplies_the_evidence_of_the_plain_branch_and_the_moved_
         prev[:, 0] = 0.9
         prev = torch.log(prev / prev.sum(1, keepdim=True))
         out = bayes(torch.from_numpy(frames[1]), s0[0], prev, torch.ones(hw))
-        ref = bayes_product(p, prev.softmax(1))
+        ref = bayes_fuse(p, prev.softmax(1), bayes.tau, normalised_reliability(softmax_entropy(plain_g)[1]))
         assert torch.allclose(out[3], torch.log(ref.clamp_min(1e-6)), atol=1e-5)
         assert float((out[0] == 0).float().mean()) > float((flow(torch.from_numpy(frames[1]), s0[0], prev,
                                                                   torch.ones(hw))[0] == 0).float().mean())
