@@ -2,8 +2,9 @@
 
 The `select` preset serves the ISS (or an adapted decoder) with the flow branch: the Eq. 3 fusion of each frame's
 plain probabilities with the previous frame's, moved by optical flow, where the flow is forward-backward consistent
-and the frames are at most ``max_gap`` apart. mVC8 counts a pixel whose ground truth stays the same while the
-prediction changes. This script streams the ISS twice on the streaming path (torch), without and with the flow
+and the frames are at most ``max_gap`` apart. mVC8 loses a pixel whose ground truth stays the same while the
+prediction changes. This script counts such changes between consecutive processed frames (not mVC's 8-frame windows;
+every labelled frame, warm-up included; ignore pixels left out; a pair with an unlabelled frame skipped). It streams the ISS twice on the streaming path (torch), without and with the flow
 branch (no adaptation: what `select` serves when no decoder candidate wins), at each stride, and splits the flips of
 consecutive processed frames on pixels whose ground truth did not change into:
 
@@ -48,20 +49,24 @@ def stream(clip_path: str, model: str, stride: int) -> Dict[str, object]:
     net = DiTTANet(setup.runner.model)
     served = {"iss": FrozenDiTTA(net, DittaConfig.from_preset("select", tau=0.0), RuntimeOptions(backend="torch")),
               "flow": FrozenDiTTA(net, flow_cfg, RuntimeOptions(backend="torch"))}
-    fb = FlowWarp()  # the same DIS flow and check as the served branch: its has_prev mask
+    fb = FlowWarp(max_residual=flow_cfg.warp_residual)  # the served branch's DIS flow and checks: its has_prev mask
     counts = {k: {c: 0 for c in CLASSES} for k in served}
     to_right = {c: 0 for c in CLASSES}
     stable = 0
     prev = None
     for i in range(len(clip)):
-        frame, gt = clip.frame(i), bridge.gt(clip.label(i))
+        frame, label = clip.frame(i), clip.label(i)
         out = {k: m.step(frame, None if i == 0 else interval) for k, m in served.items()}
         preds = {k: bridge.pred(o.labels) for k, o in out.items()}
         dummy = (np.zeros((1, 1, 8, 8), np.float32), np.zeros((1, 1, 8, 8), np.float32),
                  np.ones(frame.shape[:2], np.float32))
         moved = fb(frame, dummy if i else None)
-        fused = np.zeros(frame.shape[:2], bool) if moved is None or beyond_limit(interval, flow_cfg.max_gap) \
+        fused = np.zeros(frame.shape[:2], bool) if moved is None or beyond_limit(interval, served["flow"].max_gap) \
             else moved[2] > 0.5
+        if label is None:  # nothing to score against: the next pair starts after this frame
+            prev = None
+            continue
+        gt = bridge.gt(label)
         reliable = out["flow"].confidence >= flow_cfg.tau  # the plain branch's Eq. 2 reliability
         cur = {"gt": gt, "fused": fused, "reliable": reliable, **preds}
         if prev is not None:
@@ -108,8 +113,8 @@ def main() -> None:
     write_results("flip_sources", {"model": args.model, "clip": os.path.basename(args.clip.rstrip("/")),
                                    "machine": machine(), "rows": rows, "command": cmd.strip()})
     lines = [f"# Where the flips remain: {args.model} on {os.path.basename(args.clip.rstrip('/'))}", "",
-             f"`{cmd.strip()}`", "", "Flips of consecutive processed frames on pixels whose ground truth did not "
-             "change (the pixels mVC counts), as % of those pixels; the ISS on the streaming path, alone and with "
+             f"`{cmd.strip()}`", "", "Flips of consecutive processed frames (every labelled frame, warm-up included) on "
+             "pixels whose ground truth did not change (ignore pixels left out), as % of those pixels; the ISS on the streaming path, alone and with "
              "the flow branch (`select`'s serving, no adaptation).", ""] + table(rows)
     print("\n".join(lines))
     write_markdown("flip_sources", lines)

@@ -45,8 +45,9 @@ OUTPUT_NAMES = ["labels", "confidence", "feat", "logits"]
 DEFAULT_OPSET = 18
 #: version of the graph interface and of what the graph computes; a cached export of another
 #: version is exported again (version 2 carried the state on the decoder grid, 3 on the add-on
-#: grid; 4 keeps a NaN entropy NaN in the reliability instead of reporting 1)
-EXPORT_FORMAT = 4
+#: grid; 4 keeps a NaN entropy NaN in the reliability instead of reporting 1; 5: the ``bayes`` fusion keeps Eq. 3's
+#: ``tau`` gate, docs/dev_set_rule.md addendum 15)
+EXPORT_FORMAT = 5
 
 
 def _resize_antialias_symbolic(g, x, output_size, align_corners, scale_factors):

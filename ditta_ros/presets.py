@@ -116,19 +116,19 @@ class DittaConfig:
     @property
     def trains_nothing_served(self) -> bool:
         """True when only the add-on would adapt and the served graph never uses it (``tau`` 0, or
-        ``fusion`` ``flow`` or ``memory``, whose temporal branch is the moved state): nothing to train."""
+        a ``fusion`` of :data:`FLOW_FUSIONS`, whose temporal branch is the moved state): nothing to train."""
         return self.adapt.params == "addon" and (self.tau <= 0 or self.fusion in FLOW_FUSIONS)
 
     @property
     def warps(self) -> bool:
         """True when the previous frame's state is moved by optical flow before the temporal branch
-        (``warp``, or ``fusion`` ``flow`` or ``memory``, whose branch is the moved state itself)."""
+        (``warp``, or a ``fusion`` of :data:`FLOW_FUSIONS`, whose branch is the moved state itself)."""
         return self.warp or self.fusion in FLOW_FUSIONS
 
     @property
     def judged(self) -> "DittaConfig":
         """The configuration a candidate of the selector is judged with (``docs/dev_set_rule.md``,
-        addendum 8): with ``fusion`` ``flow`` or ``memory`` its plain, adapted branch (``tau`` 0), since the
+        addendum 8): with a ``fusion`` of :data:`FLOW_FUSIONS` its plain, adapted branch (``tau`` 0), since the
         flow branch is not adapted and serves on top of whichever candidate is chosen, the ISS included; else
         this configuration itself (the add-on is part of what each candidate adapts)."""
         return dataclasses.replace(self, tau=0.0) if self.fusion in FLOW_FUSIONS else self

@@ -154,7 +154,7 @@ class StreamingDiTTA(nn.Module):
                 prob_addon, ent_addon = softmax_entropy(logits_to_frame(self.iss, addon, self.input_hw,
                                                                         self.frame_hw))
                 rel_addon = normalised_reliability(ent_addon)
-            else:  # grid: the add-on on its own grid; flow / memory: the previous plain logits / memory, moved
+            else:  # grid: the add-on on its own grid; flow / memory / bayes: the previous plain logits / memory, moved
                 grid_logits = logits_prev if self.fusion in FLOW_FUSIONS else addon_net.attend(feats_g, feat_prev,
                                                                                                 logits_prev)
                 prob_addon, ent_addon = softmax_entropy(grid_logits)
@@ -239,7 +239,8 @@ def bayes_product(prob: torch.Tensor, prob_prior: torch.Tensor) -> torch.Tensor:
 def bayes_fuse(prob: torch.Tensor, prob_prior: torch.Tensor, tau: float, rel: torch.Tensor) -> torch.Tensor:
     """Eq. 3's gate with the Bayesian update inside (``docs/dev_set_rule.md``, addendum 15): where the plain
     branch's Eq. 2 reliability ``rel`` is below ``tau``, :func:`bayes_product` of ``prob`` and ``prob_prior``;
-    elsewhere ``prob`` (a reliable frame stands, as in Eq. 3). ``tau`` 1 gives the product everywhere (addendum 14).
+    elsewhere ``prob`` (a reliable frame stands, as in Eq. 3). ``tau`` >= 1 gives the product everywhere (addendum 14's
+    variant; R rounds to 1 in float32 before a distribution is one-hot, so ``rel < 1`` alone would not).
 
     Args:
         prob, prob_prior: float ``[B, C, H, W]`` probabilities (this frame's; the moved memory's).
@@ -249,6 +250,8 @@ def bayes_fuse(prob: torch.Tensor, prob_prior: torch.Tensor, tau: float, rel: to
     Returns:
         float ``[B, C, H, W]`` probabilities.
     """
+    if tau >= 1:  # everywhere, also where R rounds to 1 in float32 before the distribution is one-hot
+        return bayes_product(prob, prob_prior)
     return torch.where((rel < tau).unsqueeze(1), bayes_product(prob, prob_prior), prob)
 
 

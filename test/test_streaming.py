@@ -7,7 +7,7 @@ import torch
 
 from ditta_ros.adapt import DiTTANet
 from ditta_ros.addon import fuse
-from ditta_ros.iss.base import logits_to_frame
+from ditta_ros.iss.base import logits_to_frame, plain_step
 from ditta_ros.iss.espnetv2 import ESPNetv2Seg
 from ditta_ros.streaming import StreamingDiTTA
 
@@ -232,9 +232,9 @@ def test_bayes_fusion_multiplies_the_evidence_of_the_plain_branch_and_the_moved_
     prior = torch.tensor([0.1, 0.9, 0.0]).view(1, 3, 1, 1).expand(1, 3, 1, 2)
     gated = bayes_fuse(two, prior, 0.8, normalised_reliability(softmax_entropy(torch.log(two))[1]))
     assert int(gated[0, :, 0, 0].argmax()) == 1 and torch.equal(gated[..., 1], two[..., 1])  # the reliable one stands
-    assert torch.allclose(bayes_fuse(two, prior, 1.0, torch.zeros(1, 1, 2)), bayes_product(two, prior))
+    assert torch.allclose(bayes_fuse(two, prior, 1.0, torch.ones(1, 1, 2)), bayes_product(two, prior))  # R 1: still
 
-    _, hw, frames, (bayes, flow) = _two_fusions("bayes", "flow")
+    net, hw, frames, (bayes, flow) = _two_fusions("bayes", "flow")
     _, _, s0 = bayes.step(frames[0])
     with torch.no_grad():
         plain_g = flow(torch.from_numpy(frames[1]), *flow.step(frames[0])[2])[3]
@@ -247,6 +247,16 @@ def test_bayes_fusion_multiplies_the_evidence_of_the_plain_branch_and_the_moved_
         assert torch.allclose(out[3], torch.log(ref.clamp_min(1e-6)), atol=1e-5)
         assert float((out[0] == 0).float().mean()) > float((flow(torch.from_numpy(frames[1]), s0[0], prev,
                                                                   torch.ones(hw))[0] == 0).float().mean())
+        # the labels: the gated product at frame size of this frame's plain probabilities and the moved memory
+        _, _, _, frame_logits = plain_step(bayes.iss, bayes.preprocess(torch.from_numpy(frames[1])), hw)
+        pf, ef = softmax_entropy(frame_logits)
+        pm = torch.nn.functional.interpolate(prev.softmax(1), size=hw, mode="bilinear", align_corners=False)
+        rf = normalised_reliability(ef)
+        for tau in (bayes.tau, float(rf.median())):  # the preset's; one that leaves half of the pixels to the frame
+            model = StreamingDiTTA(net, hw, tau=tau, fusion="bayes")
+            labels = model(torch.from_numpy(frames[1]), s0[0], prev, torch.ones(hw))[0]
+            assert float((labels == bayes_fuse(pf, pm, tau, rf)[0].argmax(0)).float().mean()) >= 0.999
+        assert float((labels == bayes_product(pf, pm)[0].argmax(0)).float().mean()) < 0.99  # the gate acted
         alone = bayes(torch.from_numpy(frames[1]), s0[0], prev, torch.zeros(hw))
         assert torch.allclose(alone[3].softmax(1), p, atol=1e-5)  # no previous frame: the plain branch
 
@@ -729,8 +739,8 @@ def test_flow_warp_residual_gates_where_the_moved_frame_does_not_explain_the_ima
 @pytest.mark.parametrize("backend,fusion", [("onnxruntime", "flow"), ("openvino", "flow"), ("openvino", "memory"),
                                             ("openvino", "bayes")])
 def test_flow_branch_serves_alike_on_torch_and_the_exported_graph(tmp_path, backend, fusion):
-    """``fusion="flow"`` (and ``memory``) through :class:`FrozenDiTTA`: the exported graph has no ``feat_prev``
-    input (the exporter drops what the branch does not use), the state is still warped, and the labels
+    """``fusion="flow"`` (and ``memory``, ``bayes``) through :class:`FrozenDiTTA`: the exported graph has no
+    ``feat_prev`` input (the exporter drops what the branch does not use), the state is still warped, and the labels
     of a moving sequence match the torch path's."""
     from ditta_ros.presets import DittaConfig
     from ditta_ros.runtime import FrozenDiTTA, RuntimeOptions

@@ -85,7 +85,7 @@ def streaming_backend(net, frame_hw, tau: float, options: RuntimeOptions = Runti
         name: model name used in file names and metadata (default: the ISS model's
             ``info.name``, as :func:`ditta_ros.iss.load_model` attaches it).
         label_set, classes: recorded in the export metadata.
-        fusion: ``frame`` | ``grid`` | ``flow`` (:class:`~ditta_ros.streaming.StreamingDiTTA`).
+        fusion: one of :data:`~ditta_ros.presets.FUSIONS` (:class:`~ditta_ros.streaming.StreamingDiTTA`).
         refit: a backend serving the same model and frame size with other weights (a
             re-adaptation): when it can swap weights in place (TensorRT's refittable
             engines, ``swap_weights``) it is refitted from the new export and returned,
