@@ -154,7 +154,7 @@ class StreamingDiTTA(nn.Module):
                 prob_addon, ent_addon = softmax_entropy(logits_to_frame(self.iss, addon, self.input_hw,
                                                                         self.frame_hw))
                 rel_addon = normalised_reliability(ent_addon)
-            else:  # grid: the add-on on its own grid; flow / memory / bayes: the previous plain logits / memory, moved
+            else:  # grid: the add-on on its own grid; flow, memory, bayes: the moved previous logits / memory
                 grid_logits = logits_prev if self.fusion in FLOW_FUSIONS else addon_net.attend(feats_g, feat_prev,
                                                                                                 logits_prev)
                 prob_addon, ent_addon = softmax_entropy(grid_logits)
@@ -162,12 +162,19 @@ class StreamingDiTTA(nn.Module):
                 prob_addon = F.interpolate(prob_addon, size=self.frame_hw, mode="bilinear", align_corners=False)
                 rel_addon = F.interpolate(rel_addon.unsqueeze(1), size=self.frame_hw, mode="bilinear",
                                           align_corners=False).squeeze(1)
-            fused = bayes_fuse(prob, prob_addon, self.tau, rel) if self.fusion == "bayes" else \
-                fuse(prob, prob_addon, self.tau, rel, rel_addon)[0]
+            fused = self._fuse(prob, prob_addon, rel, rel_addon)
             prob = torch.where(has_prev.view(1, 1, *self.frame_hw) > 0.5, fused, prob)
         if self.plain_logits_output:
             return prob[0].argmax(0), rel[0], feats_g, logits_g, logits
         return prob[0].argmax(0), rel[0], feats_g, logits_g
+
+    def _fuse(self, prob: torch.Tensor, prob_t: torch.Tensor, rel: torch.Tensor, rel_t: torch.Tensor) -> torch.Tensor:
+        """This model's fusion of probabilities ``prob`` with the temporal branch's ``prob_t`` (``[B, C, H, W]``;
+        ``rel``, ``rel_t``: their Eq. 2 reliabilities ``[B, H, W]``): Eq. 3 (:func:`~ditta_ros.addon.fuse`), or with
+        ``fusion="bayes"`` the gated product (:func:`bayes_fuse`, which needs no ``rel_t``)."""
+        if self.fusion == "bayes":
+            return bayes_fuse(prob, prob_t, self.tau, rel)
+        return fuse(prob, prob_t, self.tau, rel, rel_t)[0]
 
     def memory(self, logits_g: torch.Tensor, memory_prev: torch.Tensor, has_prev: torch.Tensor) -> torch.Tensor:
         """The running memory of ``fusion="memory"`` (``docs/dev_set_rule.md``, addendum 9), on the add-on grid:
@@ -189,10 +196,7 @@ class StreamingDiTTA(nn.Module):
         """
         prob, ent = softmax_entropy(logits_g)
         prob_mem, ent_mem = softmax_entropy(memory_prev)
-        if self.fusion == "bayes":
-            fused = bayes_fuse(prob, prob_mem, self.tau, normalised_reliability(ent))
-        else:
-            fused, _ = fuse(prob, prob_mem, self.tau, normalised_reliability(ent), normalised_reliability(ent_mem))
+        fused = self._fuse(prob, prob_mem, normalised_reliability(ent), normalised_reliability(ent_mem))
         keep = F.interpolate(has_prev.view(1, 1, *self.frame_hw), size=tuple(logits_g.shape[2:]), mode="bilinear",
                              align_corners=False) > 0.5
         return torch.log(torch.where(keep, fused, prob).clamp_min(1e-6))
@@ -217,7 +221,6 @@ class StreamingDiTTA(nn.Module):
         state = state if state is not None else self.initial_state()
         labels, conf, feats, logits = self(frame.to(dev), *state)
         return labels, conf, (feats, logits, torch.ones(self.frame_hw, device=dev, dtype=self.mean.dtype))
-
 
 
 def bayes_product(prob: torch.Tensor, prob_prior: torch.Tensor) -> torch.Tensor:
