@@ -117,7 +117,7 @@ def served_exports(model_name: str, hw, folder: str, plain_logits: bool = False)
     cfg = DittaConfig.from_preset("select")
     plain = export_onnx(DiTTANet(model), hw, os.path.join(folder, "plain"), info.name, tau=0.0)[0]
     select = export_onnx(DiTTANet(model), hw, os.path.join(folder, "flow"), info.name, tau=cfg.tau, fusion=cfg.fusion,
-                         plain_logits=plain_logits)[0]
+                         plain_logits=plain_logits, flow_grid=cfg.flow_grid)[0]
     return plain, select
 
 

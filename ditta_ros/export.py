@@ -90,7 +90,7 @@ _EXPORT_LOCK = threading.Lock()  #: one torch.onnx.export at a time in this proc
 def export_onnx(net: DiTTANet, frame_hw: Tuple[int, int], out_dir: str, name: str, label_set: str = "",
                 classes=(), tau: float = DEFAULT_TAU, adaptation: Optional[Dict[str, object]] = None,
                 opset: int = DEFAULT_OPSET, fp16: bool = False, antialias: bool = True,
-                fusion: str = "frame", plain_logits: bool = False) -> Tuple[str, str]:
+                fusion: str = "frame", plain_logits: bool = False, flow_grid: str = "addon") -> Tuple[str, str]:
     """Export the streaming model for frames of ``frame_hw`` = (H, W).
 
     Args:
@@ -110,6 +110,7 @@ def export_onnx(net: DiTTANet, frame_hw: Tuple[int, int], out_dir: str, name: st
         fusion: ``frame`` | ``grid`` | ``flow`` | ``memory`` | ``bayes`` (:class:`~ditta_ros.streaming.StreamingDiTTA`).
         plain_logits: a fifth output, ``plain_logits`` float32 ``[1, C, h, w]`` (the ISS logits on its own
             grid, where the graph's stateless part ends; for splitting the graph, not for serving).
+        flow_grid: the grid of a flow fusion's state, ``addon`` | ``model`` (:class:`~ditta_ros.streaming.StreamingDiTTA`).
 
     Returns:
         ``(onnx_path, metadata_path)``; the stem is ``ditta_<name>_<H>x<W>``.
@@ -126,7 +127,7 @@ def export_onnx(net: DiTTANet, frame_hw: Tuple[int, int], out_dir: str, name: st
 
     # a copy: the caller's network keeps its device, dtype and memory layout
     net = copy.deepcopy(net).cpu().float().to(memory_format=torch.contiguous_format)
-    model = StreamingDiTTA(net, frame_hw, tau, antialias=antialias, fusion=fusion)
+    model = StreamingDiTTA(net, frame_hw, tau, antialias=antialias, fusion=fusion, flow_grid=flow_grid)
     model.plain_logits_output = bool(plain_logits)
     output_names = OUTPUT_NAMES + (["plain_logits"] if plain_logits else [])
     _register_symbolics(opset)
@@ -147,7 +148,7 @@ def export_onnx(net: DiTTANet, frame_hw: Tuple[int, int], out_dir: str, name: st
         "format": EXPORT_FORMAT, "model": name, "family": net.iss.family, "label_set": label_set, "classes": list(classes),
         "num_classes": net.iss.num_classes, "frame_hw": list(frame_hw), "input_hw": list(model.input_hw),
         "normalisation": {"mean": list(pp.mean), "std": list(pp.std), "scale": "1/255", "channel_order": "RGB"},
-        "tau": tau, "fusion": fusion, "radius": net.addon.radius, "addon_grid_stride": net.addon.grid_stride, "opset": opset,
+        "tau": tau, "fusion": fusion, "flow_grid": flow_grid, "radius": net.addon.radius, "addon_grid_stride": net.addon.grid_stride, "opset": opset,
         "precision": "fp16" if fp16 else "fp32", "antialias": bool(antialias),
         "inputs": {"image": ["uint8", [*frame_hw, 3]],
                    "feat_prev": ["float32", list(model.state_shapes["feat_prev"])],

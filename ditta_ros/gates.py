@@ -188,22 +188,40 @@ def gate_state(state, mask: np.ndarray):
 
 
 
+def flow_to_grid(flow: np.ndarray, gh: int, gw: int) -> np.ndarray:
+    """``flow`` (float32 ``[h, w, 2]``, (x, y) in its own pixels) resized to a ``gh`` x ``gw`` grid, in that
+    grid's cells: area-averaged where the grid is not larger than ``flow`` in both directions (the add-on grid
+    of ESPNetv2 against the half-size frame), bilinear where it is larger in both (the model's own grid)."""
+    import cv2
+
+    h, w = flow.shape[:2]
+    if (gh, gw) == (h, w):
+        return flow
+    grow = gh > h and gw > w
+    out = cv2.resize(flow, (int(gw), int(gh)), interpolation=cv2.INTER_LINEAR if grow else cv2.INTER_AREA)
+    out[..., 0] *= gw / w
+    out[..., 1] *= gh / h
+    return out
+
+
 def warp_state(state, grid_flow: np.ndarray):
-    """``state`` with its previous-frame features and logits (``[1, D, gh, gw]``, ``[1, C, gh, gw]``,
+    """``state`` with its previous-frame features and logits (``[1, D, gh, gw]``, ``[1, C, gh', gw']``,
     torch or numpy) resampled at ``position + grid_flow`` (bilinear, borders replicated): the
     content of the previous frame moved to where it is in the current one. ``grid_flow`` is float32
-    ``[gh, gw, 2]`` (x, y) in grid cells, from the current frame to the previous one; zero flow leaves
-    the state unchanged. ``has_prev`` and ``None`` (a stream's first frame) pass through."""
+    ``[gh, gw, 2]`` (x, y) in grid cells, from the current frame to the previous one; a tensor on another
+    grid (the logits with ``flow_grid="model"``, addendum 16) gets it resized by :func:`flow_to_grid`. Zero
+    flow leaves the state unchanged. ``has_prev`` and ``None`` (a stream's first frame) pass through."""
     import cv2
 
     if state is None:
         return None
-    gh, gw = grid_flow.shape[:2]
-    gx, gy = _pixel_grid(gh, gw)
-    mx, my = gx + grid_flow[..., 0], gy + grid_flow[..., 1]
 
     def warp(t):
         a = t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+        gh, gw = a.shape[2:]
+        flow = flow_to_grid(grid_flow, gh, gw)
+        gx, gy = _pixel_grid(gh, gw)
+        mx, my = gx + flow[..., 0], gy + flow[..., 1]
         hwc = np.ascontiguousarray(a[0].transpose(1, 2, 0), dtype=np.float32)
         out = np.concatenate([cv2.remap(hwc[..., k:k + 128], mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
                               .reshape(gh, gw, -1) for k in range(0, hwc.shape[2], 128)], 2)
@@ -216,7 +234,7 @@ def warp_state(state, grid_flow: np.ndarray):
 class FlowWarp(_FlowTracker):
     """Motion compensation of the streaming state (ours, ``warp: true``): dense optical flow (OpenCV
     DIS, from the current frame to the previous one, on frames scaled by ``scale``) moves the
-    previous frame's features and logits on the add-on grid (:func:`warp_state`) so the add-on's
+    previous frame's features and logits on their grids (:func:`warp_state`) so the add-on's
     local window (Eq. 1) looks where the content went, whatever the gap between processed frames.
     Where the flow is not forward-backward consistent (the backward flow at the forward target does
     not return within ``max_fb`` pixels of the scaled frame), and with ``max_residual`` > 0 where it does
@@ -245,11 +263,8 @@ class FlowWarp(_FlowTracker):
         fw, ok = consistent_flow(self._dis, gray, prev, self.max_fb)  # current -> previous
         if self.max_residual > 0:
             ok &= flow_explains(gray, prev, fw, self.max_residual).astype(np.uint8)
-        sh, sw = gray.shape
-        gh, gw = state[0].shape[2:]
-        grid = cv2.resize(fw, (int(gw), int(gh)), interpolation=cv2.INTER_AREA)
-        grid[..., 0] *= gw / sw
-        grid[..., 1] *= gh / sh
+        gh, gw = max((t.shape[2:] for t in state[:2]), key=lambda s: s[0] * s[1])  # the finer grid of the state
+        grid = flow_to_grid(fw, int(gh), int(gw))
         mask = cv2.resize(ok, (w, h), interpolation=cv2.INTER_NEAREST).astype(np.float32)
         self.last_share = float(mask.mean())
         return gate_state(warp_state(state, grid), mask)

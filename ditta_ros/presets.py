@@ -40,6 +40,9 @@ FUSIONS = ("frame", "grid", "flow", "memory", "bayes")
 FLOW_FUSIONS = ("flow", "memory", "bayes")
 #: the fusions whose state is a running memory rather than the previous frame's plain logits
 MEMORY_FUSIONS = ("memory", "bayes")
+#: where a flow fusion keeps its temporal state: the add-on grid (the model's output grid pooled by the add-on's
+#: stride) or the model's own output grid (``docs/dev_set_rule.md``, addendum 16)
+FLOW_GRIDS = ("addon", "model")
 
 
 @dataclass(frozen=True)
@@ -73,12 +76,17 @@ class DittaConfig:
             current one by at most this much on average over a 9 x 9 neighbourhood
             (:class:`~ditta_ros.gates.FlowWarp`; ``docs/dev_set_rule.md``, addendum 12). 0: the
             forward-backward check alone.
+        flow_grid: where a fusion of :data:`FLOW_FUSIONS` keeps, moves and gates its temporal state:
+            ``addon`` (the add-on grid, the model's output grid pooled by the add-on's stride: 1/4 of the input for
+            ESPNetv2) or ``model`` (the model's own output grid, unpooled: 1/2 of the input for ESPNetv2;
+            ``docs/dev_set_rule.md``, addendum 16).
         changes: the target, adaptation and guard overrides :meth:`from_preset` applied (``(key,
             value)`` pairs); the candidates get them too.
 
     Raises:
         ValueError: ``tau`` outside [0, 1], a negative ``max_gap``, ``addon_stride``, ``gap_factor`` or
-            ``warp_residual``, an unknown ``fusion``.
+            ``warp_residual``, an unknown ``fusion`` or ``flow_grid``, ``flow_grid="model"`` without a fusion of
+            :data:`FLOW_FUSIONS` (the add-on attends on its own grid).
     """
 
     preset: str
@@ -94,6 +102,7 @@ class DittaConfig:
     warp: bool = False
     gap_factor: float = 0.0
     warp_residual: float = 0.0
+    flow_grid: str = "addon"
     changes: Tuple[Tuple[str, object], ...] = ()
 
     def __post_init__(self):
@@ -104,6 +113,10 @@ class DittaConfig:
                              f"{self.addon_stride}, {self.gap_factor}, {self.warp_residual}")
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        if self.flow_grid not in FLOW_GRIDS:
+            raise ValueError(f"flow_grid must be one of {FLOW_GRIDS}, got {self.flow_grid!r}")
+        if self.flow_grid != "addon" and self.fusion not in FLOW_FUSIONS:
+            raise ValueError(f"flow_grid={self.flow_grid!r} needs a flow fusion {FLOW_FUSIONS}, got fusion={self.fusion!r}")
 
     def fusion_limit(self, trained_gap: Optional[float] = None) -> float:
         """Seconds: frames farther apart are served by the plain branch (0: no limit):
@@ -206,6 +219,8 @@ class DittaConfig:
             out["gap_factor"] = self.gap_factor
         if self.warp_residual:
             out["warp_residual"] = self.warp_residual
+        if self.flow_grid != "addon":
+            out["flow_grid"] = self.flow_grid
         if not self.target.temporal_vote:  # a target option newer than the stored runs
             del out["target"]["temporal_vote"]
         return out
@@ -246,7 +261,8 @@ PRESETS: Dict[str, DittaConfig] = {
                           candidates=("default", "decoder", "faithful")),
 }
 
-_SCALARS = ("tau", "motion_gate", "max_gap", "fusion", "addon_stride", "warp", "gap_factor", "warp_residual")
+_SCALARS = ("tau", "motion_gate", "max_gap", "fusion", "addon_stride", "warp", "gap_factor", "warp_residual",
+            "flow_grid")
 
 
 def _key_groups() -> Dict[str, str]:

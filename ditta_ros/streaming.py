@@ -35,7 +35,7 @@ from torch import nn
 from .adapt import DiTTANet
 from .addon import DEFAULT_TAU, fuse, normalised_reliability, reliability, softmax_entropy
 from .iss.base import logits_to_frame, plain_step
-from .presets import FLOW_FUSIONS, FUSIONS, MEMORY_FUSIONS
+from .presets import FLOW_FUSIONS, FLOW_GRIDS, FUSIONS, MEMORY_FUSIONS
 
 
 class StreamingDiTTA(nn.Module):
@@ -59,26 +59,35 @@ class StreamingDiTTA(nn.Module):
             plain logits: :meth:`memory`) or ``"bayes"`` (ours: as ``"memory"``, with the recursive Bayesian
             product in place of Eq. 3's average, for the memory and the labels, where the plain branch's
             reliability is below ``tau``: :func:`bayes_fuse`).
+        flow_grid: with a fusion of :data:`~ditta_ros.presets.FLOW_FUSIONS`, the grid of the temporal state
+            (``logits_prev`` in and ``logits`` out): ``"addon"`` (the add-on grid, as the features) or ``"model"``
+            (the model's own output grid, unpooled; ``docs/dev_set_rule.md``, addendum 16; also with ``tau`` 0,
+            for the plain graph that serves a flow fusion's first frames and hands it its state).
 
     ``forward(image, feat_prev, logits_prev, has_prev)``:
         image: uint8 ``[H, W, 3]`` RGB; feat_prev: float ``[1, D, gh, gw]`` and
         logits_prev: float ``[1, C, gh, gw]``, the previous frame's decoder features and
-        plain logits on the add-on grid (pooled by ``grid_stride``); has_prev: float ``[H, W]`` (1 where the
+        plain logits on the add-on grid (pooled by ``grid_stride``; ``[1, C, h, w]`` on the model's own grid with
+        ``flow_grid="model"``); has_prev: float ``[H, W]`` (1 where the
         previous frame of this stream may be used, 0 on the first frame and where the
         motion gate refuses it).
         Returns ``labels`` int64 ``[H, W]``, ``confidence`` float ``[H, W]`` in [0, 1],
         ``feat`` ``[1, D, gh, gw]`` and ``logits`` ``[1, C, gh, gw]`` (the next state: the plain logits
-        pooled to the grid; with ``fusion="memory"`` or ``"bayes"`` the log of the memory, :meth:`memory`); with
+        pooled to the grid, unpooled with ``flow_grid="model"``; with ``fusion="memory"`` or ``"bayes"`` the log of the memory, :meth:`memory`); with
         :attr:`plain_logits_output` set, also the plain logits on the model's own grid ``[1, C, h, w]``
         (the point where the stateless ISS part of the graph ends: ``bench/streams_probe.py`` splits there).
     """
 
     def __init__(self, net: DiTTANet, frame_hw: Tuple[int, int], tau: float = DEFAULT_TAU,
-                 antialias: bool = True, fusion: str = "frame"):
+                 antialias: bool = True, fusion: str = "frame", flow_grid: str = "addon"):
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+        if flow_grid not in FLOW_GRIDS or (flow_grid != "addon" and fusion not in FLOW_FUSIONS and tau > 0):
+            raise ValueError(f"flow_grid must be one of {FLOW_GRIDS} ('model' only with a fusion of {FLOW_FUSIONS} or "
+                             f"tau 0), got {flow_grid!r} with fusion {fusion!r}")
         self.fusion = fusion
+        self.flow_grid = flow_grid
         self.antialias = bool(antialias)
         self.channels_last = False
         self.plain_logits_output = False  # forward also returns the plain logits on the model's grid
@@ -98,8 +107,9 @@ class StreamingDiTTA(nn.Module):
             feats = self.net.addon.pool(decoded)
         # the state is the previous frame's features and plain logits on the add-on grid (pooled once,
         # when they are made: a quarter of the decoder grid's size to carry for ESPNetv2)
+        state_grid = decoded.shape[2:] if flow_grid == "model" else feats.shape[2:]
         self.state_shapes = {"feat_prev": tuple(feats.shape),
-                             "logits_prev": (1, self.iss.num_classes, *feats.shape[2:]),
+                             "logits_prev": (1, self.iss.num_classes, *state_grid),
                              "has_prev": self.frame_hw}
         self.plain_logits_shape = (1, self.iss.num_classes, *decoded.shape[2:])  # the model's own grid
         self.eval()  # frozen; also what torch.onnx.export restores after exporting
@@ -145,7 +155,8 @@ class StreamingDiTTA(nn.Module):
         # eager torch skips the add-on when no pixel may use the previous frame (the first frame,
         # frames farther apart than max_gap): the result is the plain branch's either way
         addon_net = self.net.addon
-        feats_g, logits_g = addon_net.pool(feats), addon_net.pool(logits)  # the next state
+        feats_g = addon_net.pool(feats)  # the next state
+        logits_g = logits if self.flow_grid == "model" else addon_net.pool(logits)
         if self.tau > 0 and self.fusion in MEMORY_FUSIONS:  # the next state: log-probabilities on every frame
             logits_g = self.memory(logits_g, logits_prev, has_prev)
         if self.tau > 0 and (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or bool(has_prev.max() > 0.5)):

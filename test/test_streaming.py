@@ -140,14 +140,26 @@ def test_grid_fusion_is_eq3_with_the_addon_branch_on_its_grid():
         StreamingDiTTA(net, hw, fusion="pixels")
 
 
-def test_flow_fusion_is_eq3_with_the_moved_previous_logits_as_the_temporal_branch():
-    """``fusion="flow"``: the temporal branch is the previous frame's plain logits on the add-on grid
-    (as the caller passes them, i.e. already moved by the flow), no attention; the add-on's weights do
-    not matter; ``has_prev = 0`` gives the plain branch exactly; the same frame twice keeps its labels."""
+def _flow_eq3_reference(model, frame, state):
+    """``(plain probabilities, Eq. 3 fusion)`` at frame size, computed by hand for a flow fusion: the frame's plain
+    probabilities fused with the state's logits (on whatever grid they are) resized to the frame."""
     import torch.nn.functional as F
 
     from ditta_ros.addon import normalised_reliability, softmax_entropy
 
+    net, hw = model.net, model.frame_hw
+    x = model.preprocess(torch.from_numpy(frame))
+    p = torch.softmax(logits_to_frame(net.iss, net.iss.classify(net.iss.decode(net.iss.encode(x))), model.input_hw,
+                                      hw), 1)
+    pa, ea = softmax_entropy(state[1])
+    ra = F.interpolate(normalised_reliability(ea)[:, None], size=hw, mode="bilinear", align_corners=False)[:, 0]
+    return p, fuse(p, F.interpolate(pa, size=hw, mode="bilinear", align_corners=False), model.tau, None, ra)[0]
+
+
+def test_flow_fusion_is_eq3_with_the_moved_previous_logits_as_the_temporal_branch():
+    """``fusion="flow"``: the temporal branch is the previous frame's plain logits on the add-on grid
+    (as the caller passes them, i.e. already moved by the flow), no attention; the add-on's weights do
+    not matter; ``has_prev = 0`` gives the plain branch exactly; the same frame twice keeps its labels."""
     net = _net()
     hw = (100, 130)
     frames = _frames(2, *hw)
@@ -155,12 +167,7 @@ def test_flow_fusion_is_eq3_with_the_moved_previous_logits_as_the_temporal_branc
     _, _, state = flow.step(frames[0])
     with torch.no_grad():
         labels, conf, _, _ = flow(torch.from_numpy(frames[1]), *state)
-        x = flow.preprocess(torch.from_numpy(frames[1]))
-        p = torch.softmax(logits_to_frame(net.iss, net.iss.classify(net.iss.decode(net.iss.encode(x))),
-                                          flow.input_hw, hw), 1)
-        pa, ea = softmax_entropy(state[1])
-        ra = F.interpolate(normalised_reliability(ea)[:, None], size=hw, mode="bilinear", align_corners=False)[:, 0]
-        ref, _ = fuse(p, F.interpolate(pa, size=hw, mode="bilinear", align_corners=False), flow.tau, None, ra)
+        p, ref = _flow_eq3_reference(flow, frames[1], state)
         assert torch.equal(labels, ref[0].argmax(0))
         for prm in net.addon.parameters():  # the add-on plays no part
             prm.add_(torch.randn_like(prm))
@@ -736,17 +743,75 @@ def test_flow_warp_residual_gates_where_the_moved_frame_does_not_explain_the_ima
         DittaConfig.from_preset("select", warp_residual=-1)
 
 
-@pytest.mark.parametrize("backend,fusion", [("onnxruntime", "flow"), ("openvino", "flow"), ("openvino", "memory"),
-                                            ("openvino", "bayes")])
-def test_flow_branch_serves_alike_on_torch_and_the_exported_graph(tmp_path, backend, fusion):
-    """``fusion="flow"`` (and ``memory``, ``bayes``) through :class:`FrozenDiTTA`: the exported graph has no
-    ``feat_prev`` input (the exporter drops what the branch does not use), the state is still warped, and the labels
-    of a moving sequence match the torch path's."""
+def test_flow_grid_model_keeps_moves_and_fuses_the_state_on_the_model_grid():
+    """``flow_grid="model"`` (addendum 16): the flow branch's state is the plain logits on the model's own grid
+    (unpooled) instead of the add-on grid; the labels are Eq. 3 with that state resized to the frame; ``has_prev = 0``
+    gives the plain branch, the same as with the add-on grid; the flow moves a state on two grids by the same image
+    motion (one coarse cell = two fine cells); options that cannot hold are refused."""
+    import cv2
+
+    from ditta_ros.gates import FlowWarp, warp_state
+    from ditta_ros.presets import DittaConfig
+
+    net, hw = _net(), (100, 130)
+    frames = _frames(2, *hw)
+    fine, coarse = (StreamingDiTTA(net, hw, fusion="flow", flow_grid=g) for g in ("model", "addon"))
+    assert fine.state_shapes["logits_prev"] == fine.plain_logits_shape
+    assert fine.state_shapes["logits_prev"][2] == 2 * coarse.state_shapes["logits_prev"][2]
+    assert fine.state_shapes["feat_prev"] == coarse.state_shapes["feat_prev"]
+    _, _, state = fine.step(frames[0])
+    assert tuple(state[1].shape) == fine.plain_logits_shape
+    with torch.no_grad():
+        labels = fine(torch.from_numpy(frames[1]), *state)[0]
+        assert torch.equal(labels, _flow_eq3_reference(fine, frames[1], state)[1][0].argmax(0))
+        off = torch.zeros(hw)
+        _, _, cs = coarse.step(frames[0])
+        assert torch.equal(fine(torch.from_numpy(frames[1]), state[0], state[1], off)[0],
+                           coarse(torch.from_numpy(frames[1]), cs[0], cs[1], off)[0])
+
+    two = (torch.randn(1, 3, 6, 8), np.random.rand(1, 5, 12, 16).astype(np.float32), np.ones((48, 64), np.float32))
+    same = warp_state(two, np.zeros((12, 16, 2), np.float32))
+    assert torch.equal(same[0], two[0]) and np.array_equal(same[1], two[1])
+    rng = np.random.default_rng(0)
+    base = cv2.GaussianBlur((rng.random((200, 300)) * 255).astype(np.float32), (0, 0), 4)
+    base = cv2.normalize(base, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+
+    def frame(dx):
+        return np.repeat(base[40:136, 40 + dx:168 + dx, None], 3, 2).copy()
+
+    ramp = torch.arange(32, dtype=torch.float32)
+    state = (ramp[::2].view(1, 1, 1, 16).repeat(1, 1, 12, 1) / 2, ramp.view(1, 1, 1, 32).repeat(1, 1, 24, 1),
+             torch.ones(96, 128))  # x in coarse cells on the 12 x 16 grid, in fine cells on the 24 x 32 grid
+    warp = FlowWarp()
+    warp(frame(0), state)
+    moved = warp(frame(8), state)  # 8 px left: one coarse cell, two fine cells
+    coarse_step = moved[0][0, 0, 3:-3, 3:-3] - state[0][0, 0, 3:-3, 3:-3]
+    fine_step = moved[1][0, 0, 6:-6, 6:-6] - state[1][0, 0, 6:-6, 6:-6]
+    assert torch.allclose(coarse_step, torch.full_like(coarse_step, 1.0), atol=0.25)
+    assert torch.allclose(fine_step, torch.full_like(fine_step, 2.0), atol=0.5)
+
+    assert DittaConfig.from_preset("select", flow_grid="model").flow_grid == "model"
+    assert DittaConfig.from_preset("select", flow_grid="model").hyper()["flow_grid"] == "model"
+    assert "flow_grid" not in DittaConfig.from_preset("select").hyper()  # stored runs stay comparable
+    for bad in ({"flow_grid": "pixels"}, {"flow_grid": "model", "fusion": "grid"}):
+        with pytest.raises(ValueError, match="flow_grid"):
+            DittaConfig.from_preset("select", **bad)
+    with pytest.raises(ValueError, match="flow_grid"):
+        StreamingDiTTA(net, hw, fusion="frame", flow_grid="model")
+
+
+@pytest.mark.parametrize("backend,fusion,flow_grid", [
+    ("onnxruntime", "flow", "addon"), ("openvino", "flow", "addon"), ("openvino", "memory", "addon"),
+    ("openvino", "bayes", "addon"), ("onnxruntime", "flow", "model"), ("openvino", "bayes", "model")])
+def test_flow_branch_serves_alike_on_torch_and_the_exported_graph(tmp_path, backend, fusion, flow_grid):
+    """``fusion="flow"`` (and ``memory``, ``bayes``; the state on either grid) through :class:`FrozenDiTTA`: the
+    exported graph has no ``feat_prev`` input (the exporter drops what the branch does not use), the state is still
+    warped, and the labels of a moving sequence match the torch path's."""
     from ditta_ros.presets import DittaConfig
     from ditta_ros.runtime import FrozenDiTTA, RuntimeOptions
 
     pytest.importorskip(backend)
-    net, cfg = _net(), DittaConfig.from_preset("default", fusion=fusion)
+    net, cfg = _net(), DittaConfig.from_preset("default", fusion=fusion, flow_grid=flow_grid)
     served = FrozenDiTTA(net, cfg, RuntimeOptions(backend=backend, export_dir=str(tmp_path)))
     ref = FrozenDiTTA(net, cfg, RuntimeOptions(backend="torch"))
     for f in _frames(4, 100, 130):
@@ -778,7 +843,8 @@ def test_a_warmed_model_serves_what_a_model_that_never_ran_serves():
     assert warmed.stats.fused == fresh.stats.fused == 3
 
 
-def test_the_graph_split_for_parallel_streams_computes_what_the_whole_graph_does(tmp_path):
+@pytest.mark.parametrize("flow_grid", ["addon", "model"])
+def test_the_graph_split_for_parallel_streams_computes_what_the_whole_graph_does(tmp_path, flow_grid):
     """:func:`~ditta_ros.runtime.openvino.split_graph` (``bench/streams_probe.py``,
     :class:`~ditta_ros.runtime.openvino.PipelinedOpenVINO`) cuts the served flow graph where the ISS logits
     leave the classifier: the stateless part on two OpenVINO streams and the fusion part in frame order give
@@ -799,8 +865,10 @@ def test_the_graph_split_for_parallel_streams_computes_what_the_whole_graph_does
 
     hw = (100, 130)
     net = _net()
-    path, meta = export_onnx(net, hw, str(tmp_path), "tiny", fusion="flow", plain_logits=True)
-    assert "plain_logits" in json.load(open(meta))["extra_outputs"]
+    path, meta = export_onnx(net, hw, str(tmp_path), "tiny", fusion="flow", plain_logits=True, flow_grid=flow_grid)
+    meta = json.load(open(meta))
+    assert "plain_logits" in meta["extra_outputs"] and meta["flow_grid"] == flow_grid
+    assert (meta["inputs"]["logits_prev"][1] == meta["extra_outputs"]["plain_logits"][1]) == (flow_grid == "model")
     core, f32 = ov.Core(), {"INFERENCE_PRECISION_HINT": "f32"}
     stateless, fusion = split_graph(core.read_model(path))
     assert [p.get_friendly_name() for p in stateless.get_parameters()] == ["image"]

@@ -49,9 +49,9 @@ def weights_digest(net, plain: bool = False) -> str:
 
 
 def cached_export(net, frame_hw, tau: float, export_dir: str, name: str, fp16: bool = False, fusion: str = "frame",
-                  label_set: str = "", classes=(), plain_logits: bool = False) -> str:
+                  label_set: str = "", classes=(), plain_logits: bool = False, flow_grid: str = "addon") -> str:
     """The path of the ONNX of ``net`` for frames of ``frame_hw`` (module docstring): reused when
-    the file for these weights, size, tau, fusion and precision exists in ``export_dir``
+    the file for these weights, size, tau, fusion (and ``flow_grid``) and precision exists in ``export_dir``
     (expanded), else exported (:func:`ditta_ros.export.export_onnx`) and renamed into place.
     ``plain_logits``: with the extra output a pipelined backend cuts the graph at (its own file, ``_split``).
 
@@ -62,6 +62,7 @@ def cached_export(net, frame_hw, tau: float, export_dir: str, name: str, fp16: b
     folder = os.path.join(export_dir, f"{name}_{frame_hw[0]}x{frame_hw[1]}")
     digest = weights_digest(net, plain=tau <= 0)
     stem = f"ditta_{name}_{frame_hw[0]}x{frame_hw[1]}_tau{tau:g}{'_' + fusion if tau > 0 and fusion != 'frame' else ''}" \
+           f"{'_' + flow_grid + 'grid' if flow_grid != 'addon' else ''}" \
            f"{'_split' if plain_logits else ''}_{digest}"
     onnx_path, meta_path = (os.path.join(folder, stem + ext) for ext in (".onnx", ".json"))
     if os.path.isfile(onnx_path) and os.path.isfile(meta_path):
@@ -88,7 +89,7 @@ def cached_export(net, frame_hw, tau: float, export_dir: str, name: str, fp16: b
     try:
         path, meta_tmp = export_onnx(net, frame_hw, tmp, name, label_set=label_set, classes=classes, tau=tau,
                                      fp16=fp16, adaptation={"weights_digest": digest}, fusion=fusion,
-                                     plain_logits=plain_logits)
+                                     plain_logits=plain_logits, flow_grid=flow_grid)
         # the graph first, then its metadata: a crash between the two leaves a graph without a matching
         # sha256 in its metadata, which the check above exports again
         os.replace(path, onnx_path)

@@ -296,6 +296,8 @@ def split_graph(model):
     rest = model.clone()  # rewired below; the stateless part keeps the original nodes
     results, params = parts(rest)
     src = results["plain_logits"].input_value(0)
+    while src.get_node().get_type_name() == "Identity":  # the export's copy when plain_logits is the state too
+        src = src.get_node().input_value(0)
     cut = ov.opset13.parameter(src.get_partial_shape(), src.get_element_type(), name="plain_logits")
     for target in list(src.get_target_inputs()):
         if target.get_node().get_type_name() != "Result":

@@ -66,7 +66,8 @@ class StreamStats:
 
 
 def streaming_backend(net, frame_hw, tau: float, options: RuntimeOptions = RuntimeOptions(), name: Optional[str] = None,
-                      label_set: str = "", classes=(), fusion: str = "frame", refit=None, refit_lock=None):
+                      label_set: str = "", classes=(), fusion: str = "frame", refit=None, refit_lock=None,
+                      flow_grid: str = "addon"):
     """The runtime backend that serves a (pre-trained or adapted) network on frames of
     ``frame_hw`` (module docstring).
 
@@ -86,6 +87,7 @@ def streaming_backend(net, frame_hw, tau: float, options: RuntimeOptions = Runti
             ``info.name``, as :func:`ditta_ros.iss.load_model` attaches it).
         label_set, classes: recorded in the export metadata.
         fusion: one of :data:`~ditta_ros.presets.FUSIONS` (:class:`~ditta_ros.streaming.StreamingDiTTA`).
+        flow_grid: the grid of a flow fusion's state, one of :data:`~ditta_ros.presets.FLOW_GRIDS`.
         refit: a backend serving the same model and frame size with other weights (a
             re-adaptation): when it can swap weights in place (TensorRT's refittable
             engines, ``swap_weights``) it is refitted from the new export and returned,
@@ -117,14 +119,14 @@ def streaming_backend(net, frame_hw, tau: float, options: RuntimeOptions = Runti
 
         streams = options.openvino_streams or auto_streams()
         backend = _pipelined(net, frame_hw, tau, options, name, fusion, label_set, classes, engine_dir,
-                             streams) if streams > 1 else None
+                             streams, flow_grid) if streams > 1 else None
         if backend is not None:
             _prune(engine_dir, backend)
             return backend
     onnx_path = None
     if requested != "torch" and (requested != "auto" or accelerated_runtime_available()):
         onnx_path = cached_export(net, frame_hw, tau, options.export_dir or EXPORT_DIR, name, options.fp16, fusion,
-                                  label_set, classes)
+                                  label_set, classes, flow_grid=flow_grid)
     if refit is not None and onnx_path is not None and _same_graph(refit, onnx_path, frame_hw):
         from .tensorrt import RefitRefused
 
@@ -140,14 +142,14 @@ def streaming_backend(net, frame_hw, tau: float, options: RuntimeOptions = Runti
             log.warning("refitting the engine failed (%s): building a new one", exc)
 
     def torch_model():  # built only when the chain reaches torch (its construction runs the network once)
-        return StreamingDiTTA(net, frame_hw, tau, fusion=fusion)
+        return StreamingDiTTA(net, frame_hw, tau, fusion=fusion, flow_grid=flow_grid)
 
     backend = select_backend(options, onnx_path=onnx_path, torch_model=torch_model, engine_dir=engine_dir)
     _prune(engine_dir, backend)
     if tau > 0 and getattr(backend, "name", None) in ("openvino", "onnxruntime"):
         # a second, plain graph for the frames where no pixel may use the previous one
         plain = streaming_backend(net, frame_hw, 0.0, options.replace(backend=backend.name), name=name,
-                                  label_set=label_set, classes=classes)
+                                  label_set=label_set, classes=classes, flow_grid=flow_grid)  # the same state layout
         backend = SkipAddon(backend, plain)
     return backend
 
@@ -178,7 +180,7 @@ def _openvino_first(options: RuntimeOptions) -> bool:
 
 
 def _pipelined(net, frame_hw, tau, options: RuntimeOptions, name, fusion, label_set, classes, engine_dir,
-               streams: int):
+               streams: int, flow_grid: str = "addon"):
     """A :class:`~.openvino.PipelinedOpenVINO` on the export with the ``plain_logits`` output
     (``streams`` streams), or ``None`` (logged) where it cannot be built: the one-request chain serves
     instead."""
@@ -186,7 +188,7 @@ def _pipelined(net, frame_hw, tau, options: RuntimeOptions, name, fusion, label_
         from .openvino import PipelinedOpenVINO
 
         path = cached_export(net, frame_hw, tau, options.export_dir or EXPORT_DIR, name, options.fp16, fusion,
-                             label_set, classes, plain_logits=True)
+                             label_set, classes, plain_logits=True, flow_grid=flow_grid)
         backend = PipelinedOpenVINO(path, options.openvino_device, engine_dir, precision=options.openvino_precision,
                                     streams=streams, threads=options.openvino_threads)
     except Exception as exc:
@@ -199,7 +201,7 @@ def _pipelined(net, frame_hw, tau, options: RuntimeOptions, name, fusion, label_
 def _same_graph(backend, onnx_path: str, frame_hw) -> bool:
     """True when ``backend`` can take the weights of ``onnx_path`` in place: it can swap
     weights, serves the same frame size and, where it knows its export's metadata, the same
-    tau, fusion and precision."""
+    tau, fusion, ``flow_grid`` and precision."""
     if not hasattr(backend, "swap_weights") or tuple(getattr(backend, "frame_hw", ())) != tuple(frame_hw):
         return False
     meta = getattr(backend, "meta", None)
@@ -207,7 +209,8 @@ def _same_graph(backend, onnx_path: str, frame_hw) -> bool:
         return True
     with open(onnx_path[:-len(".onnx")] + ".json") as f:
         new = json.load(f)
-    return all(meta.get(k) == new.get(k) for k in ("tau", "fusion", "precision", "frame_hw"))
+    return all(meta.get(k) == new.get(k) for k in ("tau", "fusion", "precision", "frame_hw")) \
+        and meta.get("flow_grid", "addon") == new.get("flow_grid", "addon")
 
 
 class SkipAddon:
@@ -288,6 +291,7 @@ class FrozenDiTTA:
         hw = (int(frame_hw[0]), int(frame_hw[1]))
         refit = previous is not None and previous.frame_hw == hw and hasattr(previous.backend, "swap_weights")
         self.backend = streaming_backend(self.net, hw, self.tau, self.runtime, fusion=self.config.fusion,
+                                         flow_grid=self.config.flow_grid,
                                          refit=previous.backend if refit else None,
                                          refit_lock=previous.lock if refit else None)
         self._gate = MotionGate(StreamingDiTTA(self.net, hw, self.tau).window_reach()) \

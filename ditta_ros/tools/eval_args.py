@@ -65,14 +65,15 @@ def ditta_config(args):
         contrastive=False if args.no_contrastive else None, bn=args.bn, anchor=args.anchor,
         guard_enabled=False if args.no_guard else None, tau=args.tau,
         motion_gate=None if args.motion_gate is None else args.motion_gate == "on", max_gap=args.max_gap,
-        fusion=args.fusion, addon_stride=args.addon_stride, warp_residual=args.warp_residual)
+        fusion=args.fusion, addon_stride=args.addon_stride, warp_residual=args.warp_residual,
+        flow_grid=args.flow_grid)
 
 
 def add_method_flags(e) -> None:
     """The teacher and adaptation flags of ``ditta eval`` (``None``: the preset's value)."""
     from ..adapt import BN_MODES, LOSS_MODES, PARAM_GROUPS
     from ..baselines.tent import TENT
-    from ..presets import DEFAULT_PRESET, FUSIONS, PRESETS, preset_value
+    from ..presets import DEFAULT_PRESET, FLOW_GRIDS, FUSIONS, PRESETS, preset_value
     from ..teacher import TEACHERS, make_teacher
     from ..teacher.sam_image import PROMPT_MODES
     from ..teacher.targets import CANDIDATE_RULES
@@ -123,6 +124,9 @@ def add_method_flags(e) -> None:
                         "its grid (grid), or the previous frame's logits moved by optical flow (flow), or a running "
                         "memory of fused probabilities moved by optical flow (memory), or their recursive Bayesian "
                         "product (bayes) (preset)")
+    a.add_argument("--flow-grid", choices=list(FLOW_GRIDS),
+                   help="grid of a flow fusion's state: the add-on's (addon) or the model's own output grid (model; "
+                        f"docs/dev_set_rule.md addendum 16; preset: {preset('flow_grid')})")
     a.add_argument("--addon-stride", type=int, help="add-on pooling of the decoder grid (0 = model card; preset)")
     a.add_argument("--motion-gate", choices=["on", "off"],
                    help="fuse the add-on only where the optical flow stays within its window (preset)")
