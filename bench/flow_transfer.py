@@ -3,7 +3,8 @@
 No prediction is involved. On every pair of consecutive processed frames of a labelled clip (at each stride), the
 previous frame's ground truth is moved to the current frame by dense optical flow (current -> previous, the label at
 the moved position, nearest) and scored per class against the current frame's ground truth, over the pixels whose
-flow is forward-backward consistent (ignore pixels left out on both sides). Flows:
+flow is forward-backward consistent and whose current ground truth is not ignored (a moved label that is ignored, or
+that comes from outside the frame, counts as a miss of the current class: alike for every flow). Flows:
 
 * ``served``: what the flow branch uses (:class:`~ditta_ros.gates.FlowWarp`): OpenCV DIS, FAST preset, on the
   half-size grey frame, consistent within 1 px of that frame;

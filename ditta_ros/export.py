@@ -16,7 +16,8 @@ name           dtype      shape
 =============  =========  ===============================================
 image          uint8      [H, W, 3] RGB
 feat_prev      float32    [1, D, gh, gw] previous frame's decoder features on the add-on grid
-logits_prev    float32    [1, C, gh, gw] previous frame's plain logits on the add-on grid
+logits_prev    float32    [1, C, gh, gw] previous frame's plain logits on the add-on grid (a flow fusion
+                          with ``flow_grid="model"``: on the model's own grid, ``[1, C, h, w]``)
 has_prev       float32    [H, W] 1 where the previous frame may be used (0 on the first
                           frame of a stream; the motion gate's mask)
 labels         int64      [H, W] class ids of the model's label set

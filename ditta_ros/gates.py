@@ -188,17 +188,18 @@ def gate_state(state, mask: np.ndarray):
 
 
 
-def flow_to_grid(flow: np.ndarray, gh: int, gw: int) -> np.ndarray:
+def flow_to_grid(flow: np.ndarray, gh: int, gw: int, bilinear_up: bool = False) -> np.ndarray:
     """``flow`` (float32 ``[h, w, 2]``, (x, y) in its own pixels) resized to a ``gh`` x ``gw`` grid, in that
-    grid's cells: area-averaged where the grid is not larger than ``flow`` in both directions (the add-on grid
-    of ESPNetv2 against the half-size frame), bilinear where it is larger in both (the model's own grid)."""
+    grid's cells: area-averaged (OpenCV ``INTER_AREA``, the add-on grid's resize at any size), or with
+    ``bilinear_up`` bilinear where the grid is larger than ``flow`` in both directions (the model's own grid
+    with ``flow_grid="model"``, addendum 16: ESPNetv2's 512 x 256 against the half-size frame)."""
     import cv2
 
     h, w = flow.shape[:2]
     if (gh, gw) == (h, w):
         return flow
-    grow = gh > h and gw > w
-    out = cv2.resize(flow, (int(gw), int(gh)), interpolation=cv2.INTER_LINEAR if grow else cv2.INTER_AREA)
+    linear = bilinear_up and gh > h and gw > w
+    out = cv2.resize(flow, (int(gw), int(gh)), interpolation=cv2.INTER_LINEAR if linear else cv2.INTER_AREA)
     out[..., 0] *= gw / w
     out[..., 1] *= gh / h
     return out
@@ -263,8 +264,9 @@ class FlowWarp(_FlowTracker):
         fw, ok = consistent_flow(self._dis, gray, prev, self.max_fb)  # current -> previous
         if self.max_residual > 0:
             ok &= flow_explains(gray, prev, fw, self.max_residual).astype(np.uint8)
-        gh, gw = max((t.shape[2:] for t in state[:2]), key=lambda s: s[0] * s[1])  # the finer grid of the state
-        grid = flow_to_grid(fw, int(gh), int(gw))
+        grids = [tuple(t.shape[2:]) for t in state[:2]]
+        gh, gw = max(grids, key=lambda s: s[0] * s[1])  # the finer grid of the state (flow_grid="model": the logits')
+        grid = flow_to_grid(fw, int(gh), int(gw), bilinear_up=grids[0] != grids[1])
         mask = cv2.resize(ok, (w, h), interpolation=cv2.INTER_NEAREST).astype(np.float32)
         self.last_share = float(mask.mean())
         return gate_state(warp_state(state, grid), mask)

@@ -615,7 +615,7 @@ def test_a_readaptation_refits_a_refittable_engine_instead_of_building_another(m
     runner = _runner()
     first = FrozenDiTTA(DiTTANet(runner.model).eval(), config, trt)
 
-    def export(net, hw, *a):
+    def export(net, hw, *a, **k):
         held.append(("export", first.lock.locked()))
         exported.append(net)
         return str(tmp_path / "m.onnx")

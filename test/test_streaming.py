@@ -743,6 +743,32 @@ def test_flow_warp_residual_gates_where_the_moved_frame_does_not_explain_the_ima
         DittaConfig.from_preset("select", warp_residual=-1)
 
 
+@pytest.mark.parametrize("hw", [(96, 128), (20, 24)])
+def test_flow_warp_on_one_grid_resizes_the_flow_by_area_as_it_always_did(hw):
+    """With the state on one grid (``flow_grid="addon"``, every preset) the flow reaches the grid by OpenCV's area
+    resize, whether the grid is smaller than the half-size frame (96 x 128) or larger in both directions (20 x 24):
+    the warp of releases before ``flow_grid`` existed, to the bit."""
+    import cv2
+
+    from ditta_ros.gates import FlowWarp, consistent_flow, dis_flow, small_grey, warp_state
+
+    rng = np.random.default_rng(2)
+    base = cv2.GaussianBlur((rng.random((240, 320)) * 255).astype(np.float32), (0, 0), 3).astype(np.uint8)
+    h, w = hw
+    f0, f1 = (np.repeat(base[20:20 + h, 20 + dx:20 + dx + w, None], 3, 2).copy() for dx in (0, 2))
+    state = (torch.randn(1, 3, 12, 16), torch.randn(1, 5, 12, 16), torch.ones(h, w))
+    warp = FlowWarp()
+    warp(f0, state)
+    moved = warp(f1, state)
+    g0, g1 = small_grey(f0, 0.5), small_grey(f1, 0.5)
+    fw, _ = consistent_flow(dis_flow(), g1, g0, 1.0)
+    grid = cv2.resize(fw, (16, 12), interpolation=cv2.INTER_AREA)
+    grid[..., 0] *= 16 / g1.shape[1]
+    grid[..., 1] *= 12 / g1.shape[0]
+    ref = warp_state(state, grid)
+    assert torch.equal(moved[0], ref[0]) and torch.equal(moved[1], ref[1])
+
+
 def test_flow_grid_model_keeps_moves_and_fuses_the_state_on_the_model_grid():
     """``flow_grid="model"`` (addendum 16): the flow branch's state is the plain logits on the model's own grid
     (unpooled) instead of the add-on grid; the labels are Eq. 3 with that state resized to the frame; ``has_prev = 0``
@@ -779,16 +805,19 @@ def test_flow_grid_model_keeps_moves_and_fuses_the_state_on_the_model_grid():
     def frame(dx):
         return np.repeat(base[40:136, 40 + dx:168 + dx, None], 3, 2).copy()
 
-    ramp = torch.arange(32, dtype=torch.float32)
-    state = (ramp[::2].view(1, 1, 1, 16).repeat(1, 1, 12, 1) / 2, ramp.view(1, 1, 1, 32).repeat(1, 1, 24, 1),
-             torch.ones(96, 128))  # x in coarse cells on the 12 x 16 grid, in fine cells on the 24 x 32 grid
-    warp = FlowWarp()
-    warp(frame(0), state)
-    moved = warp(frame(8), state)  # 8 px left: one coarse cell, two fine cells
-    coarse_step = moved[0][0, 0, 3:-3, 3:-3] - state[0][0, 0, 3:-3, 3:-3]
-    fine_step = moved[1][0, 0, 6:-6, 6:-6] - state[1][0, 0, 6:-6, 6:-6]
-    assert torch.allclose(coarse_step, torch.full_like(coarse_step, 1.0), atol=0.25)
-    assert torch.allclose(fine_step, torch.full_like(fine_step, 2.0), atol=0.5)
+    # x in coarse cells on a 12 x 16 grid; in fine cells on a 24 x 32 grid (smaller than the 48 x 64 half-size frame:
+    # the flow area-averaged to it) and on a 60 x 80 grid (larger: bilinear, as ESPNetv2's 512 x 256 at CamVid's size)
+    for fh, fw_, step, tol in ((24, 32, 2.0, 0.5), (60, 80, 5.0, 1.25)):
+        state = (torch.arange(16, dtype=torch.float32).view(1, 1, 1, 16).repeat(1, 1, 12, 1),
+                 torch.arange(fw_, dtype=torch.float32).view(1, 1, 1, fw_).repeat(1, 1, fh, 1), torch.ones(96, 128))
+        warp = FlowWarp()
+        warp(frame(0), state)
+        moved = warp(frame(8), state)  # 8 px left: one coarse cell, 8 x fw_ / 128 fine cells
+        coarse_step = moved[0][0, 0, 3:-3, 3:-3] - state[0][0, 0, 3:-3, 3:-3]
+        m = fh // 4
+        fine_step = moved[1][0, 0, m:-m, m:-m] - state[1][0, 0, m:-m, m:-m]
+        assert torch.allclose(coarse_step, torch.full_like(coarse_step, 1.0), atol=0.25)
+        assert torch.allclose(fine_step, torch.full_like(fine_step, step), atol=tol), (fh, fw_)
 
     assert DittaConfig.from_preset("select", flow_grid="model").flow_grid == "model"
     assert DittaConfig.from_preset("select", flow_grid="model").hyper()["flow_grid"] == "model"

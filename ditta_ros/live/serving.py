@@ -30,7 +30,7 @@ from typing import Callable, Dict, Optional, Tuple
 import numpy as np
 
 from ..inference import ISSRunner, Prediction
-from ..presets import DittaConfig
+from ..presets import FLOW_FUSIONS, DittaConfig
 from ..runtime import FrozenDiTTA, RuntimeOptions, ServedISS
 from ..runtime.serving import StreamStats
 from .phases import ISS_FLOW, ema
@@ -88,7 +88,8 @@ class Serving:
         """``net`` frozen for serving with this configuration and runtime (``trained_gap``: seconds
         between the warm-up frames it was adapted on; ``fusion``: the temporal branch it was adapted
         for, when not this configuration's: a saved adaptation's)."""
-        config = self.config if fusion in (None, self.config.fusion) else dataclasses.replace(self.config, fusion=fusion)
+        config = self.config if fusion in (None, self.config.fusion) else dataclasses.replace(
+            self.config, fusion=fusion, flow_grid=self.config.flow_grid if fusion in FLOW_FUSIONS else "addon")
         return FrozenDiTTA(net, config, self.runtime, trained_gap)
 
     # -- the served adapted model ----------------------------------------------------------
