@@ -980,3 +980,31 @@ def test_frames_exactly_max_gap_apart_fuse_whatever_the_float_rounding_of_their_
 
     default = DittaConfig.from_preset("default")  # only the add-on adapts: pointless beyond max_gap
     assert futile(default, over) is None and futile(default, 0.21) is not None
+
+
+def test_flow_transfer_moves_a_label_with_the_scene_and_leaves_it_unmoved_without_a_flow():
+    """``bench/flow_transfer.py`` (addendum 17): the previous ground truth moved by either flow lands where the scene
+    went (a textured scene shifted 6 px left carries a label stripe 6 px left), and ``none`` leaves it unmoved."""
+    import os
+    import sys
+
+    import cv2
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+    from flow_transfer import FLOWS, moved_labels
+
+    rng = np.random.default_rng(3)
+    base = cv2.GaussianBlur((rng.random((200, 300)) * 255).astype(np.float32), (0, 0), 3).astype(np.uint8)
+    prev, cur = (np.repeat(base[40:136, 40 + dx:168 + dx, None], 3, 2).copy() for dx in (0, 6))
+    label = np.zeros((96, 128), np.uint8)
+    label[:, 60:70] = 1  # a stripe in the previous frame; in the current one it is at 54:64
+    for name in ("served", "fine"):
+        spec = FLOWS[name]
+        dis = cv2.DISOpticalFlow_create(getattr(cv2, f"DISOPTICAL_FLOW_PRESET_{spec[1]}"))
+        moved, ok, seconds = moved_labels(label, cur, prev, spec, dis)
+        inner = ok[20:-20]
+        assert inner.mean() > 0.8 and seconds > 0, name
+        assert (moved[20:-20, 56:62] == 1)[inner[:, 56:62]].mean() > 0.9, name
+        assert (moved[20:-20, 66:70] == 0)[inner[:, 66:70]].mean() > 0.9, name
+    unmoved, ok, seconds = moved_labels(label, cur, prev, None, None)
+    assert np.array_equal(unmoved, label) and ok.all() and seconds == 0.0
