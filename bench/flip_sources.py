@@ -4,9 +4,10 @@ The `select` preset serves the ISS (or an adapted decoder) with the flow branch:
 plain probabilities with the previous frame's, moved by optical flow, where the flow is forward-backward consistent
 and the frames are at most ``max_gap`` apart. mVC8 loses a pixel whose ground truth stays the same while the
 prediction changes. This script counts such changes between consecutive processed frames (not mVC's 8-frame windows;
-every labelled frame, warm-up included; ignore pixels left out; a pair with an unlabelled frame skipped). It streams the ISS twice on the streaming path (torch), without and with the flow
-branch (no adaptation: what `select` serves when no decoder candidate wins), at each stride, and splits the flips of
-consecutive processed frames on pixels whose ground truth did not change into:
+every labelled frame, warm-up included; ignore pixels left out; a pair with an unlabelled frame skipped). It streams
+the ISS twice on the streaming path (torch), without and with the flow branch (no adaptation: what `select` serves
+when no decoder candidate wins), at each stride, and splits the flips of consecutive processed frames on pixels whose
+ground truth did not change into:
 
 * ``not fused``: the frame was not fused there (forward-backward check failed, or beyond ``max_gap``);
 * ``fused, confident``: fused, but the plain branch's Eq. 2 reliability was >= ``tau``, so Eq. 3 kept it;
@@ -113,11 +114,11 @@ def main() -> None:
     write_results("flip_sources", {"model": args.model, "clip": os.path.basename(args.clip.rstrip("/")),
                                    "machine": machine(), "rows": rows, "command": cmd.strip()})
     lines = [f"# Where the flips remain: {args.model} on {os.path.basename(args.clip.rstrip('/'))}", "",
-             f"`{cmd.strip()}`", "", "Flips of consecutive processed frames (every labelled frame, warm-up included) on "
-             "pixels whose ground truth did not change (ignore pixels left out), as % of those pixels; the ISS on the streaming path, alone and with "
+             f"`{cmd.strip()}`", "", "Flips of consecutive processed frames (every labelled frame, warm-up included) "
+             "on pixels whose ground truth did not change (ignore pixels left out), as % of those pixels; the ISS on "
+             "the streaming path, alone and with "
              "the flow branch (`select`'s serving, no adaptation).", ""] + table(rows)
-    print("\n".join(lines))
-    write_markdown("flip_sources", lines)
+    write_markdown("flip_sources", lines)  # also prints them
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ def moved_labels(prev_label: np.ndarray, frame: np.ndarray, prev_frame: np.ndarr
     calls (``spec`` ``None``: the label unmoved, every pixel, 0 s)."""
     import cv2
 
-    from ditta_ros.gates import _pixel_grid, fb_consistent, small_grey
+    from ditta_ros.gates import _pixel_grid, fb_consistent, flow_to_grid, small_grey
 
     h, w = frame.shape[:2]
     if spec is None:
@@ -55,9 +55,7 @@ def moved_labels(prev_label: np.ndarray, frame: np.ndarray, prev_frame: np.ndarr
     fw, bw = dis.calc(grey, other, None), dis.calc(other, grey, None)
     seconds = time.perf_counter() - t0
     ok = fb_consistent(fw, bw, max_fb)
-    sh, sw = grey.shape
-    flow = cv2.resize(fw, (w, h), interpolation=cv2.INTER_LINEAR) if (sh, sw) != (h, w) else fw
-    flow = flow * np.array([w / sw, h / sh], np.float32)
+    flow = flow_to_grid(fw, h, w, bilinear_up=True)  # the frame's pixels
     gx, gy = _pixel_grid(h, w)
     moved = cv2.remap(prev_label, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_NEAREST,
                       borderMode=cv2.BORDER_CONSTANT, borderValue=255)

@@ -16,7 +16,7 @@ interleaved round by round (each run a new stream: 1 s after the last). Labels o
 compared frame by frame.
 
 Rule written before the first run: the node's default becomes ``openvino_streams: 2`` when, on this
-machine, speed_parser, 2 streams give (a) >= 1.3x the saturated throughput of 1 stream with one core busy, (b) >= 0.95x
+machine, 2 streams give (a) >= 1.3x the saturated throughput of 1 stream with one core busy, (b) >= 0.95x
 on quiet cores, (c) a paced latency median at most 1.2x that of 1 stream on quiet cores, and (d) identical
 labels on every frame; otherwise the default stays 1 and the option is documented with these figures.
 Outcome: on the graph as exported, passed with AVX2 kernels (1.35x busy), not on the bf16 EPYC (0.93x quiet); the

@@ -111,7 +111,8 @@ def export_onnx(net: DiTTANet, frame_hw: Tuple[int, int], out_dir: str, name: st
         fusion: ``frame`` | ``grid`` | ``flow`` | ``memory`` | ``bayes`` (:class:`~ditta_ros.streaming.StreamingDiTTA`).
         plain_logits: a fifth output, ``plain_logits`` float32 ``[1, C, h, w]`` (the ISS logits on its own
             grid, where the graph's stateless part ends; for splitting the graph, not for serving).
-        flow_grid: the grid of a flow fusion's state, ``addon`` | ``model`` (:class:`~ditta_ros.streaming.StreamingDiTTA`).
+        flow_grid: the grid of a flow fusion's state, ``addon`` | ``model``
+            (:class:`~ditta_ros.streaming.StreamingDiTTA`).
 
     Returns:
         ``(onnx_path, metadata_path)``; the stem is ``ditta_<name>_<H>x<W>``.
@@ -149,7 +150,8 @@ def export_onnx(net: DiTTANet, frame_hw: Tuple[int, int], out_dir: str, name: st
         "format": EXPORT_FORMAT, "model": name, "family": net.iss.family, "label_set": label_set, "classes": list(classes),
         "num_classes": net.iss.num_classes, "frame_hw": list(frame_hw), "input_hw": list(model.input_hw),
         "normalisation": {"mean": list(pp.mean), "std": list(pp.std), "scale": "1/255", "channel_order": "RGB"},
-        "tau": tau, "fusion": fusion, "flow_grid": flow_grid, "radius": net.addon.radius, "addon_grid_stride": net.addon.grid_stride, "opset": opset,
+        "tau": tau, "fusion": fusion, "flow_grid": flow_grid, "radius": net.addon.radius,
+        "addon_grid_stride": net.addon.grid_stride, "opset": opset,
         "precision": "fp16" if fp16 else "fp32", "antialias": bool(antialias),
         "inputs": {"image": ["uint8", [*frame_hw, 3]],
                    "feat_prev": ["float32", list(model.state_shapes["feat_prev"])],

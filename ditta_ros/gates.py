@@ -187,7 +187,6 @@ def gate_state(state, mask: np.ndarray):
     return (state[0], state[1], hp * m)
 
 
-
 def flow_to_grid(flow: np.ndarray, gh: int, gw: int, bilinear_up: bool = False) -> np.ndarray:
     """``flow`` (float32 ``[h, w, 2]``, (x, y) in its own pixels) resized to a ``gh`` x ``gw`` grid, in that
     grid's cells: area-averaged (OpenCV ``INTER_AREA``, the add-on grid's resize at any size), or with

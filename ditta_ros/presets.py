@@ -116,7 +116,8 @@ class DittaConfig:
         if self.flow_grid not in FLOW_GRIDS:
             raise ValueError(f"flow_grid must be one of {FLOW_GRIDS}, got {self.flow_grid!r}")
         if self.flow_grid != "addon" and self.fusion not in FLOW_FUSIONS:
-            raise ValueError(f"flow_grid={self.flow_grid!r} needs a flow fusion {FLOW_FUSIONS}, got fusion={self.fusion!r}")
+            raise ValueError(f"flow_grid={self.flow_grid!r} needs a flow fusion {FLOW_FUSIONS}, "
+                             f"got fusion={self.fusion!r}")
 
     def fusion_limit(self, trained_gap: Optional[float] = None) -> float:
         """Seconds: frames farther apart are served by the plain branch (0: no limit):

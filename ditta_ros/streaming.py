@@ -73,7 +73,8 @@ class StreamingDiTTA(nn.Module):
         motion gate refuses it).
         Returns ``labels`` int64 ``[H, W]``, ``confidence`` float ``[H, W]`` in [0, 1],
         ``feat`` ``[1, D, gh, gw]`` and ``logits`` ``[1, C, gh, gw]`` (the next state: the plain logits
-        pooled to the grid, unpooled with ``flow_grid="model"``; with ``fusion="memory"`` or ``"bayes"`` the log of the memory, :meth:`memory`); with
+        pooled to the grid, unpooled with ``flow_grid="model"``; with ``fusion="memory"`` or ``"bayes"`` the
+        log of the memory, :meth:`memory`); with
         :attr:`plain_logits_output` set, also the plain logits on the model's own grid ``[1, C, h, w]``
         (the point where the stateless ISS part of the graph ends: ``bench/streams_probe.py`` splits there).
     """

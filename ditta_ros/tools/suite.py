@@ -21,7 +21,8 @@ DiTTA's streaming path, add-on off: the noise floor of a comparison), ``tent``, 
 keys are those of :meth:`~ditta_ros.presets.DittaConfig.from_preset` (fields of
 :class:`~ditta_ros.teacher.targets.TargetConfig` and :class:`~ditta_ros.adapt.AdaptConfig`,
 ``guard_<field>`` of :class:`~ditta_ros.guard.GuardConfig`, ``tau``, ``motion_gate``, ``max_gap``,
-``fusion``, ``addon_stride``, ``warp``, ``gap_factor``, ``warp_residual``, ``flow_grid``), the runtime keys ``backend``, ``fp16``, ``openvino_precision``
+``fusion``, ``addon_stride``, ``warp``, ``gap_factor``, ``warp_residual``, ``flow_grid``), the runtime keys
+``backend``, ``fp16``, ``openvino_precision``
 (:class:`~ditta_ros.runtime.RuntimeOptions`) and ``teacher``; values are YAML scalars.
 ``iss-stream`` takes the runtime keys only; ``iss`` and ``tent`` take none.
 
