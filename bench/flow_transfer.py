@@ -8,10 +8,12 @@ that comes from outside the frame, counts as a miss of the current class: alike 
 
 * ``served``: what the flow branch uses (:class:`~ditta_ros.gates.FlowWarp`): OpenCV DIS, FAST preset, on the
   half-size grey frame, consistent within 1 px of that frame;
+* ``served+mb``: the served flow, also not followed at motion boundaries (:func:`~ditta_ros.gates.off_motion_boundary`,
+  addendum 18);
 * ``fine``: OpenCV DIS, MEDIUM preset, on the full frame, consistent within 2 px (the same tolerance in frame pixels);
 * ``none``: the previous ground truth unmoved, every pixel (a floor).
 
-``consistent %`` is the share of the current frame's pixels whose flow passed the check; ``flow ms`` the mean time
+``consistent %`` is the share of the current frame's pixels whose flow passed the checks; ``flow ms`` the mean time
 of the two DIS calls of one pair on this machine.
 
     python bench/flow_transfer.py [CLIP] [--strides 1 2]   # writes bench/results/flow_transfer.{json,md}
@@ -30,31 +32,34 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 
 #: flow name -> (scale of the frame the flow runs on, OpenCV DIS preset name, forward-backward tolerance in pixels of
-#: that frame); ``None``: no flow
-FLOWS: Dict[str, Optional[Tuple[float, str, float]]] = {"served": (0.5, "FAST", 1.0), "fine": (1.0, "MEDIUM", 2.0),
-                                                       "none": None}
+#: that frame, whether the motion-boundary check applies too); ``None``: no flow
+FLOWS: Dict[str, Optional[Tuple[float, str, float, bool]]] = {
+    "served": (0.5, "FAST", 1.0, False), "served+mb": (0.5, "FAST", 1.0, True), "fine": (1.0, "MEDIUM", 2.0, False),
+    "none": None}
 #: the classes a pooled or smoothed temporal branch loses first (addenda 16, 17)
 THIN = ("pole", "sign_symbol", "fence")
 
 
 def moved_labels(prev_label: np.ndarray, frame: np.ndarray, prev_frame: np.ndarray,
-                 spec: Optional[Tuple[float, str, float]], dis) -> Tuple[np.ndarray, np.ndarray, float]:
+                 spec: Optional[Tuple[float, str, float, bool]], dis) -> Tuple[np.ndarray, np.ndarray, float]:
     """``(moved, ok, seconds)``: ``prev_label`` (uint8 ``[H, W]``) moved to ``frame`` by the flow of ``spec``
     (nearest label), bool ``[H, W]`` where the flow is forward-backward consistent, and the seconds of the two flow
     calls (``spec`` ``None``: the label unmoved, every pixel, 0 s)."""
     import cv2
 
-    from ditta_ros.gates import _pixel_grid, fb_consistent, flow_to_grid, small_grey
+    from ditta_ros.gates import _pixel_grid, fb_consistent, flow_to_grid, off_motion_boundary, small_grey
 
     h, w = frame.shape[:2]
     if spec is None:
         return prev_label, np.ones((h, w), bool), 0.0
-    scale, _, max_fb = spec
+    scale, _, max_fb, boundary = spec
     grey, other = small_grey(frame, scale), small_grey(prev_frame, scale)
     t0 = time.perf_counter()
     fw, bw = dis.calc(grey, other, None), dis.calc(other, grey, None)
     seconds = time.perf_counter() - t0
     ok = fb_consistent(fw, bw, max_fb)
+    if boundary:
+        ok &= off_motion_boundary(fw, scale)
     flow = flow_to_grid(fw, h, w, bilinear_up=True)  # the frame's pixels
     gx, gy = _pixel_grid(h, w)
     moved = cv2.remap(prev_label, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_NEAREST,

@@ -73,6 +73,29 @@ def fb_consistent(fw: np.ndarray, bw: np.ndarray, max_fb: float) -> np.ndarray:
     return (np.linalg.norm(fw + back, axis=2) <= max_fb).astype(np.uint8)
 
 
+#: Sundaram, Brox and Keutzer (ECCV 2010)'s motion-boundary check: a pixel is not followed where
+#: ``|grad u|^2 + |grad v|^2 > MB_REL |w|^2 + MB_ABS`` (their constants; ``docs/dev_set_rule.md``, addendum 18)
+MB_REL, MB_ABS = 0.01, 0.002
+
+
+def off_motion_boundary(flow: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """Where ``flow`` is not at a motion boundary: uint8 ``[h, w]``, 1 where ``|grad u|^2 + |grad v|^2 <=
+    0.01 |w|^2 + 0.002`` (Sundaram, Brox and Keutzer, ECCV 2010, the check beside the forward-backward one;
+    Ruder et al., GCPR 2016, use both). ``flow`` is float32 ``[h, w, 2]`` (x, y) in the pixels of a frame scaled by
+    ``scale`` (> 0); ``|w|`` is taken in full-frame pixels (``flow / scale``), the gradient by central differences
+    (one-sided at the border) on the flow's own grid, where it has no unit. Zero or constant flow passes
+    everywhere."""
+    if scale <= 0:
+        raise ValueError(f"scale must be > 0, got {scale}")
+    f = np.asarray(flow, dtype=np.float32)
+    grad2 = np.zeros(f.shape[:2], np.float32)
+    for k in range(2):
+        gy, gx = np.gradient(f[..., k]) if min(f.shape[:2]) > 1 else (0.0, 0.0)
+        grad2 += gx * gx + gy * gy
+    w2 = (f[..., 0] ** 2 + f[..., 1] ** 2) / (scale * scale)
+    return (grad2 <= MB_REL * w2 + MB_ABS).astype(np.uint8)
+
+
 def flow_explains(grey: np.ndarray, prev: np.ndarray, flow: np.ndarray, max_residual: float) -> np.ndarray:
     """Where ``flow`` explains the image: bool ``[h, w]``, True where ``prev`` (uint8 grey ``[h, w]``) moved by
     ``flow`` (float32 ``[h, w, 2]``, ``grey`` -> ``prev``, pixels) differs from ``grey`` by at most ``max_residual``

@@ -998,7 +998,7 @@ def test_flow_transfer_moves_a_label_with_the_scene_and_leaves_it_unmoved_withou
     prev, cur = (np.repeat(base[40:136, 40 + dx:168 + dx, None], 3, 2).copy() for dx in (0, 6))
     label = np.zeros((96, 128), np.uint8)
     label[:, 60:70] = 1  # a stripe in the previous frame; in the current one it is at 54:64
-    for name in ("served", "fine"):
+    for name in ("served", "served+mb", "fine"):  # a uniform shift has no motion boundary: the check keeps it
         spec = FLOWS[name]
         dis = cv2.DISOpticalFlow_create(getattr(cv2, f"DISOPTICAL_FLOW_PRESET_{spec[1]}"))
         moved, ok, seconds = moved_labels(label, cur, prev, spec, dis)
@@ -1008,3 +1008,26 @@ def test_flow_transfer_moves_a_label_with_the_scene_and_leaves_it_unmoved_withou
         assert (moved[20:-20, 66:70] == 0)[inner[:, 66:70]].mean() > 0.9, name
     unmoved, ok, seconds = moved_labels(label, cur, prev, None, None)
     assert np.array_equal(unmoved, label) and ok.all() and seconds == 0.0
+
+
+def test_motion_boundary_check_rejects_a_flow_step_and_keeps_uniform_motion():
+    """Sundaram et al.'s motion-boundary check (addendum 18): zero and uniform flow pass everywhere; a step between
+    two motions fails on the columns beside the step and nowhere else; ``|w|`` counts in frame pixels, so the same
+    flow on a half-size grid (twice the motion in frame pixels) tolerates a steeper gradient; a scale <= 0 raises."""
+    from ditta_ros.gates import off_motion_boundary
+
+    flat = np.zeros((20, 30, 2), np.float32)
+    assert off_motion_boundary(flat).all()
+    flat[..., 0] = 7.0
+    assert off_motion_boundary(flat, 0.5).all()
+    step = np.zeros((20, 30, 2), np.float32)
+    step[:, 15:, 0] = 3.0  # the right half moves 3 px, the left half stands still
+    ok = off_motion_boundary(step)
+    assert not ok[:, 14:16].any() and ok[:, :13].all() and ok[:, 17:].all()
+    ramp = np.zeros((20, 30, 2), np.float32)
+    ramp[..., 0] = 10.0 + 0.3 * np.arange(30, dtype=np.float32)  # |grad u|^2 = 0.09; 0.01 |w|^2 >= 1 in frame px
+    assert off_motion_boundary(ramp).all()
+    ramp[..., 0] = 0.3 * np.arange(30, dtype=np.float32)  # near zero motion the same gradient is a boundary
+    assert not off_motion_boundary(ramp)[:, :5].any() and off_motion_boundary(ramp, 0.25)[:, 5:].all()
+    with pytest.raises(ValueError):
+        off_motion_boundary(flat, 0.0)
