@@ -90,3 +90,32 @@ def test_tiny_suite_end_to_end(shared, tmp_path):
     assert strided["variants"]["iss"]["mean"]["mIoU"] == pytest.approx(iss["mIoU"])
     res = json.loads((out / "camvid_0016E5_15hz_s2" / "iss" / "result.json").read_text())
     assert res["frames"] == 6 and res["clip"] == "camvid_0016E5_15hz_s2"
+
+
+def test_fusion_tradeoff_reads_deltas_against_the_same_runs_iss_and_marks_the_goal(tmp_path):
+    """``bench/fusion_tradeoff.py``: each point is the variant's mIoU / mVC8 minus the ISS row of the same run folder;
+    a point meets its row's goal only when both deltas reach it (stride 1: >= 0 and >= +5); a run without a row
+    gives no point for it."""
+    import json
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+    import fusion_tradeoff as ft
+
+    def put(row, sub, miou, mvc, chosen=None):
+        d = tmp_path / f"select_plain_judge_{ft.MODEL}" / row / sub
+        d.mkdir(parents=True)
+        (d / "result.json").write_text(json.dumps({"mIoU": miou, "mVC8": mvc, "selection": {"chosen": chosen}}))
+
+    put("camvid_0016E5_15hz", "iss", 60.0, 90.0)
+    put("camvid_0016E5_15hz", "ditta_select", 60.5, 95.5, "decoder")
+    put("camvid_0016E5_15hz_s2", "iss", 60.0, 90.0)
+    put("camvid_0016E5_15hz_s2", "ditta_select", 59.0, 95.0)  # consistent but 1 point less accurate than the floor
+    pts = ft.points(str(tmp_path))
+    assert [(p["label"], p["row"]) for p in pts] == [("select (flow branch)", "camvid_0016E5_15hz"),
+                                                     ("select (flow branch)", "camvid_0016E5_15hz_s2")]
+    one, two = pts
+    assert (one["d_miou"], one["d_mvc8"], one["served"], one["meets_goal"]) == (0.5, 5.5, "decoder", True)
+    assert (two["d_miou"], two["d_mvc8"], two["meets_goal"]) == (-1.0, 5.0, False)
+    assert any("(goal met)" in line for line in ft.table(pts)) and len(ft.table(pts)) == 2 + len(ft.VARIANTS)

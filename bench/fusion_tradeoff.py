@@ -1,0 +1,145 @@
+"""Accuracy against consistency of every serving variant measured on the video-rate rows (issue 19).
+
+No new run: each point is a stored ``result.json`` of a development-suite run (``docs/dev_set_rule.md``, the addendum
+named in the table), read as ΔmIoU and ΔmVC8 against the frame-wise ISS row of the same run folder, on the 15 Hz
+CamVid clip at strides 1, 2 and 4 (the rows where a temporal branch can fuse). The issue's goal for each row is drawn
+as a shaded box (stride 1: ΔmIoU >= 0 and ΔmVC8 >= +5; strides 2 and 4: ΔmIoU >= -0.3 and ΔmVC8 >= +3); a point
+inside it meets that row's goal. Oracle points (ground-truth targets) are ceilings, not candidates.
+
+    python bench/fusion_tradeoff.py   # writes bench/results/fusion_tradeoff.{json,md,png}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Dict, List, Optional, Tuple
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import RESULTS, write_markdown, write_results  # noqa: E402
+
+MODEL = "espnetv2-s2.0-cityscapes-1024x512"
+#: row (clip folder) -> (title, goal: minimum ΔmIoU, minimum ΔmVC8) as issue 19 states it
+ROWS: Dict[str, Tuple[str, float, float]] = {
+    "camvid_0016E5_15hz": ("15 Hz, stride 1 (0.07 s)", 0.0, 5.0),
+    "camvid_0016E5_15hz_s2": ("15 Hz, stride 2 (0.13 s)", -0.3, 3.0),
+    "camvid_0016E5_15hz_s4": ("15 Hz, stride 4 (0.27 s)", -0.3, 3.0),
+}
+#: (label, run folder prefix, variant sub-folder, where it is decided): the serving variants of the issue's stops,
+#: each from the run its addendum names (the one on the code that decided it)
+VARIANTS: List[Tuple[str, str, str, str]] = [
+    ("preset `default` (add-on only)", "flow_select", "ditta", "addendum 5"),
+    ("select (flow branch)", "select_plain_judge", "ditta_select", "addendum 8: the preset"),
+    ("memory: Eq. 3 running average", "memory_select", "ditta_select_fusion=memory", "addendum 9"),
+    ("teacher=mobilesam", "mobilesam_select", "ditta_select_teacher=mobilesam", "addendum 11"),
+    ("max_gap=0, warp_residual=20", "residual_gate", "ditta_select_max_gap=0_warp_residual=20", "addendum 12"),
+    ("tau=1", "tau1_select", "ditta_select_tau=1", "addendum 13"),
+    ("bayes, tau=1 (product everywhere)", "bayes_select", "ditta_select_fusion=bayes", "addendum 14"),
+    ("bayes (gated product)", "bayes_gated_select", "ditta_select_fusion=bayes", "addendum 15"),
+    ("flow_grid=model", "flow_grid", "ditta_select_flow_grid=model", "addendum 16 A"),
+    ("bayes, flow_grid=model", "flow_grid", "ditta_select_fusion=bayes_flow_grid=model", "addendum 16 B"),
+    ("oracle@select (ceiling)", "dev_suite", "oracle_select", "oracle"),
+]
+
+
+def _load(results: str, folder: str, row: str, sub: str) -> Optional[Dict[str, object]]:
+    path = os.path.join(results, f"{folder}_{MODEL}", row, sub, "result.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def points(results: str = RESULTS) -> List[Dict[str, object]]:
+    """One dict per (variant, row) found on disk: ``label``, ``row``, ``decided``, ``d_miou``, ``d_mvc8`` (points,
+    against the ISS row of the same run folder), ``served`` (the selector's choice or ``None``), ``meets_goal``.
+    A variant whose run lacks a row (or its ISS row) is left out of that row."""
+    out = []
+    for label, folder, sub, decided in VARIANTS:
+        for row, (_, min_miou, min_mvc) in ROWS.items():
+            run, iss = _load(results, folder, row, sub), _load(results, folder, row, "iss")
+            if run is None or iss is None:
+                continue
+            d_miou, d_mvc = run["mIoU"] - iss["mIoU"], run["mVC8"] - iss["mVC8"]
+            out.append({"label": label, "row": row, "decided": decided, "d_miou": round(d_miou, 2),
+                        "d_mvc8": round(d_mvc, 2), "served": (run.get("selection") or {}).get("chosen"),
+                        "meets_goal": bool(d_miou >= min_miou and d_mvc >= min_mvc)})
+    return out
+
+
+def plot(pts: List[Dict[str, object]], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [v[0] for v in VARIANTS]
+    cmap, markers = plt.get_cmap("tab10"), "osD^vP<>Xh"
+    fig, axes = plt.subplots(1, len(ROWS), figsize=(6 * len(ROWS), 5.2))
+    for ax, (row, (title, min_miou, min_mvc)) in zip(axes, ROWS.items()):
+        mine = [p for p in pts if p["row"] == row]
+        xs = [p["d_miou"] for p in mine] + [min_miou]
+        ys = [p["d_mvc8"] for p in mine] + [min_mvc]
+        x0, x1, y0, y1 = min(xs) - 0.6, max(xs) + 0.6, min(ys + [0.0]) - 0.6, max(ys) + 0.8
+        ax.add_patch(plt.Rectangle((min_miou, min_mvc), x1 - min_miou, y1 - min_mvc, color="tab:green", alpha=0.12,
+                                   label="issue goal"))
+        for p in mine:
+            k = labels.index(p["label"])
+            oracle = p["decided"] == "oracle"
+            ax.scatter(p["d_miou"], p["d_mvc8"], color=cmap(k % 10), marker="*" if oracle else markers[k % 10],
+                       s=140 if oracle else 60, edgecolor="black", linewidth=0.5, label=p["label"], zorder=3)
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.axvline(0, color="grey", lw=0.5)
+        ax.set_xlim(x0, x1)
+        ax.set_ylim(y0, y1)
+        ax.set_title(title)
+        ax.set_xlabel("ΔmIoU vs ISS (points)")
+        ax.set_ylabel("ΔmVC8 vs ISS (points)")
+        ax.grid(alpha=0.3)
+    handles, names = [], []
+    for ax in axes:
+        for h, n in zip(*ax.get_legend_handles_labels()):
+            if n not in names:
+                handles.append(h)
+                names.append(n)
+    fig.legend(handles, names, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.suptitle(f"{MODEL} on CamVid 0016E5: accuracy against consistency of the serving variants (stored runs)")
+    fig.tight_layout(rect=(0, 0.12, 1, 0.95))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def table(pts: List[Dict[str, object]]) -> List[str]:
+    out = ["| variant | decided in | " + " | ".join(ROWS[r][0] for r in ROWS) + " |",
+           "|---|---|" + "---|" * len(ROWS)]
+    for label, _, _, decided in VARIANTS:
+        cells = []
+        for row in ROWS:
+            p = next((q for q in pts if q["label"] == label and q["row"] == row), None)
+            cells.append("-" if p is None else
+                         f"{p['d_miou']:+.1f} / {p['d_mvc8']:+.1f}{' (goal met)' if p['meets_goal'] else ''}")
+        out.append(f"| {label} | {decided} | " + " | ".join(cells) + " |")
+    return out
+
+
+def main() -> None:
+    pts = points()
+    write_results("fusion_tradeoff", {"model": MODEL, "rows": {r: {"title": t, "min_d_miou": a, "min_d_mvc8": b}
+                                                                for r, (t, a, b) in ROWS.items()},
+                                      "points": pts, "command": "python bench/fusion_tradeoff.py"})
+    plot(pts, os.path.join(RESULTS, "fusion_tradeoff.png"))
+    met = sorted({(p["label"], ROWS[p["row"]][0]) for p in pts if p["meets_goal"]})
+    lines = ["# Accuracy against consistency of the serving variants (issue 19)", "",
+             "`python bench/fusion_tradeoff.py` (no new run: stored `result.json` of the runs each addendum of "
+             "`docs/dev_set_rule.md` names). ΔmIoU / ΔmVC8 in points against the frame-wise ISS of the same run "
+             "folder. Goals: stride 1 ΔmIoU >= 0 and ΔmVC8 >= +5; strides 2 and 4 ΔmIoU >= -0.3 and ΔmVC8 >= +3. "
+             "`-`: the run has no such row.", "", "![trade-off](fusion_tradeoff.png)", ""] + table(pts) + [
+             "", "Goals met: " + ("; ".join(f"{a} at {b}" for a, b in met) if met else "none") + "."]
+    write_markdown("fusion_tradeoff", lines)
+
+
+if __name__ == "__main__":
+    main()
