@@ -1,10 +1,11 @@
-"""Accuracy against consistency of every serving variant measured on the video-rate rows (issue 19).
+"""Accuracy against consistency of issue 19's serving variants on the video-rate rows (addenda 4-16).
 
 No new run: each point is a stored ``result.json`` of a development-suite run (``docs/dev_set_rule.md``, the addendum
 named in the table), read as ΔmIoU and ΔmVC8 against the frame-wise ISS row of the same run folder, on the 15 Hz
 CamVid clip at strides 1, 2 and 4 (the rows where a temporal branch can fuse). The issue's goal for each row is drawn
 as a shaded box (stride 1: ΔmIoU >= 0 and ΔmVC8 >= +5; strides 2 and 4: ΔmIoU >= -0.3 and ΔmVC8 >= +3); a point
-inside it meets that row's goal. Oracle points (ground-truth targets) are ceilings, not candidates.
+inside it meets that row's goal. The oracle point (``oracle@select``: ground-truth targets through the selector) shows
+what better targets would give; it is not a candidate, and not a bound on consistency.
 
     python bench/fusion_tradeoff.py   # writes bench/results/fusion_tradeoff.{json,md,png}
 """
@@ -28,20 +29,27 @@ ROWS: Dict[str, Tuple[str, float, float]] = {
     "camvid_0016E5_15hz_s2": ("15 Hz, stride 2 (0.13 s)", -0.3, 3.0),
     "camvid_0016E5_15hz_s4": ("15 Hz, stride 4 (0.27 s)", -0.3, 3.0),
 }
-#: (label, run folder prefix, variant sub-folder, where it is decided): the serving variants of the issue's stops,
-#: each from the run its addendum names (the one on the code that decided it)
+#: (label, run folder prefix, variant sub-folder, where it is decided): the serving variants of issue 19 (addenda
+#: 4-16 of ``docs/dev_set_rule.md``), each from the run folder its addendum names, and the oracle
 VARIANTS: List[Tuple[str, str, str, str]] = [
-    ("preset `default` (add-on only)", "flow_select", "ditta", "addendum 5"),
-    ("select (flow branch)", "select_plain_judge", "ditta_select", "addendum 8: the preset"),
-    ("memory: Eq. 3 running average", "memory_select", "ditta_select_fusion=memory", "addendum 9"),
-    ("teacher=mobilesam", "mobilesam_select", "ditta_select_teacher=mobilesam", "addendum 11"),
-    ("max_gap=0, warp_residual=20", "residual_gate", "ditta_select_max_gap=0_warp_residual=20", "addendum 12"),
-    ("tau=1", "tau1_select", "ditta_select_tau=1", "addendum 13"),
-    ("bayes, tau=1 (product everywhere)", "bayes_select", "ditta_select_fusion=bayes", "addendum 14"),
-    ("bayes (gated product)", "bayes_gated_select", "ditta_select_fusion=bayes", "addendum 15"),
-    ("flow_grid=model", "flow_grid", "ditta_select_flow_grid=model", "addendum 16 A"),
-    ("bayes, flow_grid=model", "flow_grid", "ditta_select_fusion=bayes_flow_grid=model", "addendum 16 B"),
-    ("oracle@select (ceiling)", "dev_suite", "oracle_select", "oracle"),
+    ("preset `default` (add-on fusion)", "fusion_variants", "ditta", "addenda 4-5"),
+    ("default:warp=true", "fusion_variants", "ditta_warp=true", "addendum 5"),
+    ("default:gap_factor=1.5", "fusion_variants", "ditta_gap_factor=1.5", "addendum 5"),
+    ("default:warp=true,gap_factor=1.5", "fusion_variants", "ditta_warp=true_gap_factor=1.5", "addendum 5"),
+    ("default:fusion=flow", "flow_branch", "ditta_fusion=flow", "addendum 6"),
+    ("default:fusion=flow,max_gap=0", "flow_branch", "ditta_fusion=flow_max_gap=0", "addendum 6"),
+    ("select, add-on fusion (then the preset)", "flow_select", "ditta_select", "addendum 4"),
+    ("select:fusion=flow, judged fused", "flow_select", "ditta_select_fusion=flow", "addendum 7"),
+    ("select (the preset: flow branch, judged plain)", "select_plain_judge", "ditta_select", "addendum 8"),
+    ("select:fusion=memory", "memory_select", "ditta_select_fusion=memory", "addendum 9"),
+    ("select:teacher=mobilesam", "mobilesam_select", "ditta_select_teacher=mobilesam", "addendum 11"),
+    ("select:max_gap=0,warp_residual=20", "residual_gate", "ditta_select_max_gap=0_warp_residual=20", "addendum 12"),
+    ("select:tau=1", "tau1_select", "ditta_select_tau=1", "addendum 13"),
+    ("select:fusion=bayes,tau=1 (product everywhere)", "bayes_select", "ditta_select_fusion=bayes", "addendum 14"),
+    ("select:fusion=bayes (gated product)", "bayes_gated_select", "ditta_select_fusion=bayes", "addendum 15"),
+    ("select:flow_grid=model", "flow_grid", "ditta_select_flow_grid=model", "addendum 16 A"),
+    ("select:fusion=bayes,flow_grid=model", "flow_grid", "ditta_select_fusion=bayes_flow_grid=model", "addendum 16 B"),
+    ("oracle@select (ground-truth targets)", "dev_suite", "oracle_select", "oracle"),
 ]
 
 
@@ -55,7 +63,7 @@ def _load(results: str, folder: str, row: str, sub: str) -> Optional[Dict[str, o
 
 def points(results: str = RESULTS) -> List[Dict[str, object]]:
     """One dict per (variant, row) found on disk: ``label``, ``row``, ``decided``, ``d_miou``, ``d_mvc8`` (points,
-    against the ISS row of the same run folder), ``served`` (the selector's choice or ``None``), ``meets_goal``.
+    against the ISS row of the same run folder, unrounded: the table rounds once), ``served`` (the selector's choice or ``None``), ``meets_goal``.
     A variant whose run lacks a row (or its ISS row) is left out of that row."""
     out = []
     for label, folder, sub, decided in VARIANTS:
@@ -64,8 +72,8 @@ def points(results: str = RESULTS) -> List[Dict[str, object]]:
             if run is None or iss is None:
                 continue
             d_miou, d_mvc = run["mIoU"] - iss["mIoU"], run["mVC8"] - iss["mVC8"]
-            out.append({"label": label, "row": row, "decided": decided, "d_miou": round(d_miou, 2),
-                        "d_mvc8": round(d_mvc, 2), "served": (run.get("selection") or {}).get("chosen"),
+            out.append({"label": label, "row": row, "decided": decided, "d_miou": d_miou,
+                        "d_mvc8": d_mvc, "served": (run.get("selection") or {}).get("chosen"),
                         "meets_goal": bool(d_miou >= min_miou and d_mvc >= min_mvc)})
     return out
 
@@ -77,8 +85,8 @@ def plot(pts: List[Dict[str, object]], path: str) -> None:
     import matplotlib.pyplot as plt
 
     labels = [v[0] for v in VARIANTS]
-    cmap, markers = plt.get_cmap("tab10"), "osD^vP<>Xh"
-    fig, axes = plt.subplots(1, len(ROWS), figsize=(6 * len(ROWS), 5.2))
+    cmap, markers = plt.get_cmap("tab20"), "osD^vP<>Xh"
+    fig, axes = plt.subplots(1, len(ROWS), figsize=(6 * len(ROWS), 6.2))
     for ax, (row, (title, min_miou, min_mvc)) in zip(axes, ROWS.items()):
         mine = [p for p in pts if p["row"] == row]
         xs = [p["d_miou"] for p in mine] + [min_miou]
@@ -89,7 +97,8 @@ def plot(pts: List[Dict[str, object]], path: str) -> None:
         for p in mine:
             k = labels.index(p["label"])
             oracle = p["decided"] == "oracle"
-            ax.scatter(p["d_miou"], p["d_mvc8"], color=cmap(k % 10), marker="*" if oracle else markers[k % 10],
+            ax.scatter(p["d_miou"], p["d_mvc8"], color="black" if oracle else cmap(k % 20),
+                       marker="*" if oracle else markers[k % len(markers)],
                        s=140 if oracle else 60, edgecolor="black", linewidth=0.5, label=p["label"], zorder=3)
         ax.axhline(0, color="grey", lw=0.5)
         ax.axvline(0, color="grey", lw=0.5)
@@ -106,8 +115,9 @@ def plot(pts: List[Dict[str, object]], path: str) -> None:
                 handles.append(h)
                 names.append(n)
     fig.legend(handles, names, loc="lower center", ncol=4, fontsize=8, frameon=False)
-    fig.suptitle(f"{MODEL} on CamVid 0016E5: accuracy against consistency of the serving variants (stored runs)")
-    fig.tight_layout(rect=(0, 0.12, 1, 0.95))
+    fig.suptitle(f"{MODEL} on CamVid 0016E5: accuracy against consistency of issue 19's serving variants "
+                 "(stored runs)")
+    fig.tight_layout(rect=(0, 0.2, 1, 0.95))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -129,13 +139,15 @@ def main() -> None:
     pts = points()
     write_results("fusion_tradeoff", {"model": MODEL, "rows": {r: {"title": t, "min_d_miou": a, "min_d_mvc8": b}
                                                                 for r, (t, a, b) in ROWS.items()},
-                                      "points": pts, "command": "python bench/fusion_tradeoff.py"})
+                                      "points": [dict(p, d_miou=round(p["d_miou"], 4), d_mvc8=round(p["d_mvc8"], 4))
+                                                 for p in pts],
+                                      "command": "python bench/fusion_tradeoff.py"})
     plot(pts, os.path.join(RESULTS, "fusion_tradeoff.png"))
     met = sorted({(p["label"], ROWS[p["row"]][0]) for p in pts if p["meets_goal"]})
-    lines = ["# Accuracy against consistency of the serving variants (issue 19)", "",
+    lines = ["# Accuracy against consistency of issue 19's serving variants", "",
              "`python bench/fusion_tradeoff.py` (no new run: stored `result.json` of the runs each addendum of "
-             "`docs/dev_set_rule.md` names). ΔmIoU / ΔmVC8 in points against the frame-wise ISS of the same run "
-             "folder. Goals: stride 1 ΔmIoU >= 0 and ΔmVC8 >= +5; strides 2 and 4 ΔmIoU >= -0.3 and ΔmVC8 >= +3. "
+             "`docs/dev_set_rule.md` names; the oracle from the main development suite). ΔmIoU / ΔmVC8 in points "
+             "against the frame-wise ISS of the same run folder. Goals: stride 1 ΔmIoU >= 0 and ΔmVC8 >= +5; strides 2 and 4 ΔmIoU >= -0.3 and ΔmVC8 >= +3. "
              "`-`: the run has no such row.", "", "![trade-off](fusion_tradeoff.png)", ""] + table(pts) + [
              "", "Goals met: " + ("; ".join(f"{a} at {b}" for a, b in met) if met else "none") + "."]
     write_markdown("fusion_tradeoff", lines)

@@ -81,17 +81,29 @@ MB_REL, MB_ABS = 0.01, 0.002
 def off_motion_boundary(flow: np.ndarray, scale: float = 1.0) -> np.ndarray:
     """Where ``flow`` is not at a motion boundary: uint8 ``[h, w]``, 1 where ``|grad u|^2 + |grad v|^2 <=
     0.01 |w|^2 + 0.002`` (Sundaram, Brox and Keutzer, ECCV 2010, the check beside the forward-backward one;
-    Ruder et al., GCPR 2016, use both). ``flow`` is float32 ``[h, w, 2]`` (x, y) in the pixels of a frame scaled by
-    ``scale`` (> 0); ``|w|`` is taken in full-frame pixels (``flow / scale``), the gradient by central differences
-    (one-sided at the border) on the flow's own grid, where it has no unit. Zero or constant flow passes
-    everywhere."""
-    if scale <= 0:
+    Ruder et al., GCPR 2016, use both).
+
+    ``flow``: ``[h, w, 2]`` (x, y), cast to float32, in the pixels of a frame scaled by ``scale``. ``|w|`` is taken
+    in full-frame pixels (``flow / scale``); the gradient by central differences (one-sided at the border) on the
+    flow's own grid, per cell. A smooth flow's gradient is the same on any grid, but a sharp step of ``d`` frame
+    pixels reads ``scale`` times smaller there than at full resolution, so on a coarse grid the check is less
+    sensitive to sharp steps than the authors' full-resolution check. An axis of length 1 contributes no gradient.
+    Zero or constant flow passes everywhere.
+
+    Raises:
+        ValueError: ``flow`` not ``[h, w, 2]``, or ``scale`` not > 0 (NaN included).
+    """
+    if not scale > 0:
         raise ValueError(f"scale must be > 0, got {scale}")
     f = np.asarray(flow, dtype=np.float32)
+    if f.ndim != 3 or f.shape[2] != 2:
+        raise ValueError(f"flow must be [h, w, 2], got shape {f.shape}")
     grad2 = np.zeros(f.shape[:2], np.float32)
     for k in range(2):
-        gy, gx = np.gradient(f[..., k]) if min(f.shape[:2]) > 1 else (0.0, 0.0)
-        grad2 += gx * gx + gy * gy
+        for axis in (0, 1):
+            if f.shape[axis] > 1:
+                g = np.gradient(f[..., k], axis=axis)
+                grad2 += g * g
     w2 = (f[..., 0] ** 2 + f[..., 1] ** 2) / (scale * scale)
     return (grad2 <= MB_REL * w2 + MB_ABS).astype(np.uint8)
 

@@ -998,22 +998,27 @@ def test_flow_transfer_moves_a_label_with_the_scene_and_leaves_it_unmoved_withou
     prev, cur = (np.repeat(base[40:136, 40 + dx:168 + dx, None], 3, 2).copy() for dx in (0, 6))
     label = np.zeros((96, 128), np.uint8)
     label[:, 60:70] = 1  # a stripe in the previous frame; in the current one it is at 54:64
-    for name in ("served", "served+mb", "fine"):  # a uniform shift has no motion boundary: the check keeps it
+    oks = {}
+    for name in ("served", "served+mb", "fine"):
         spec = FLOWS[name]
         dis = cv2.DISOpticalFlow_create(getattr(cv2, f"DISOPTICAL_FLOW_PRESET_{spec[1]}"))
-        moved, ok, seconds = moved_labels(label, cur, prev, spec, dis)
-        inner = ok[20:-20]
+        moved, ok, seconds, off = moved_labels(label, cur, prev, spec, dis)
+        inner = oks[name] = ok[20:-20]
+        assert off.shape == ok.shape and (off.all() or name == "served+mb"), name
         assert inner.mean() > 0.8 and seconds > 0, name
         assert (moved[20:-20, 56:62] == 1)[inner[:, 56:62]].mean() > 0.9, name
         assert (moved[20:-20, 66:70] == 0)[inner[:, 66:70]].mean() > 0.9, name
-    unmoved, ok, seconds = moved_labels(label, cur, prev, None, None)
-    assert np.array_equal(unmoved, label) and ok.all() and seconds == 0.0
+    # a uniform shift has no motion boundary: the check keeps (nearly) every pixel the forward-backward check keeps
+    assert not (oks["served+mb"] & ~oks["served"]).any() and (oks["served+mb"] == oks["served"]).mean() > 0.98
+    unmoved, ok, seconds, off = moved_labels(label, cur, prev, None, None)
+    assert np.array_equal(unmoved, label) and ok.all() and off.all() and seconds == 0.0
 
 
 def test_motion_boundary_check_rejects_a_flow_step_and_keeps_uniform_motion():
     """Sundaram et al.'s motion-boundary check (addendum 18): zero and uniform flow pass everywhere; a step between
-    two motions fails on the columns beside the step and nowhere else; ``|w|`` counts in frame pixels, so the same
-    flow on a half-size grid (twice the motion in frame pixels) tolerates a steeper gradient; a scale <= 0 raises."""
+    two motions (in u across columns, in v across rows) fails on the two cells beside the step and nowhere else;
+    ``|w|`` counts in frame pixels (``flow / scale``, squared), so the same ramp on a quarter-size grid passes from
+    its third column on; a flow not ``[h, w, 2]`` and a scale not > 0 raise."""
     from ditta_ros.gates import off_motion_boundary
 
     flat = np.zeros((20, 30, 2), np.float32)
@@ -1023,11 +1028,21 @@ def test_motion_boundary_check_rejects_a_flow_step_and_keeps_uniform_motion():
     step = np.zeros((20, 30, 2), np.float32)
     step[:, 15:, 0] = 3.0  # the right half moves 3 px, the left half stands still
     ok = off_motion_boundary(step)
-    assert not ok[:, 14:16].any() and ok[:, :13].all() and ok[:, 17:].all()
+    assert not ok[:, 14:16].any() and ok[:, :14].all() and ok[:, 16:].all()
+    step = np.zeros((20, 30, 2), np.float32)
+    step[10:, :, 1] = 2.0  # the lower half moves 2 px down
+    ok = off_motion_boundary(step)
+    assert not ok[9:11].any() and ok[:9].all() and ok[11:].all()
     ramp = np.zeros((20, 30, 2), np.float32)
     ramp[..., 0] = 10.0 + 0.3 * np.arange(30, dtype=np.float32)  # |grad u|^2 = 0.09; 0.01 |w|^2 >= 1 in frame px
     assert off_motion_boundary(ramp).all()
     ramp[..., 0] = 0.3 * np.arange(30, dtype=np.float32)  # near zero motion the same gradient is a boundary
-    assert not off_motion_boundary(ramp)[:, :5].any() and off_motion_boundary(ramp, 0.25)[:, 5:].all()
-    with pytest.raises(ValueError):
-        off_motion_boundary(flat, 0.0)
+    assert not off_motion_boundary(ramp)[:, :5].any()
+    quarter = off_motion_boundary(ramp, 0.25)  # |w| = 1.2 x in frame px: passes where 0.0144 x^2 + 0.002 >= 0.09
+    assert not quarter[:, :3].any() and quarter[:, 3:].all()
+    for bad in (np.zeros((20, 30), np.float32), np.zeros((20, 30, 3), np.float32)):
+        with pytest.raises(ValueError):
+            off_motion_boundary(bad)
+    for scale in (0.0, float("nan")):
+        with pytest.raises(ValueError):
+            off_motion_boundary(flat, scale)
