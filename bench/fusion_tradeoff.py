@@ -22,6 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import RESULTS, write_markdown, write_results  # noqa: E402
 
+from ditta_ros.tools.suite import parse_variant  # noqa: E402  (the suite's folder name of a variant)
+
 MODEL = "espnetv2-s2.0-cityscapes-1024x512"
 #: row (clip folder) -> (title, goal: minimum ΔmIoU, minimum ΔmVC8) as issue 19 states it
 ROWS: Dict[str, Tuple[str, float, float]] = {
@@ -29,32 +31,33 @@ ROWS: Dict[str, Tuple[str, float, float]] = {
     "camvid_0016E5_15hz_s2": ("15 Hz, stride 2 (0.13 s)", -0.3, 3.0),
     "camvid_0016E5_15hz_s4": ("15 Hz, stride 4 (0.27 s)", -0.3, 3.0),
 }
-#: (label, run folder prefix, variant sub-folder, where it is decided): the serving variants of issue 19 (addenda
-#: 4-16 of ``docs/dev_set_rule.md``), each from the run folder its addendum names, and the oracle
+#: (label, run folder prefix, the suite's variant spec, where it is decided): the serving variants of issue 19
+#: (addenda 4-16 of ``docs/dev_set_rule.md``), each from the run folder its addendum names, and the oracle; a run's
+#: sub-folder is its spec's slug, as ``ditta suite`` names it
 VARIANTS: List[Tuple[str, str, str, str]] = [
     ("preset `default` (add-on fusion)", "fusion_variants", "ditta", "addenda 4-5"),
-    ("default:warp=true", "fusion_variants", "ditta_warp=true", "addendum 5"),
-    ("default:gap_factor=1.5", "fusion_variants", "ditta_gap_factor=1.5", "addendum 5"),
-    ("default:warp=true,gap_factor=1.5", "fusion_variants", "ditta_warp=true_gap_factor=1.5", "addendum 5"),
-    ("default:fusion=flow", "flow_branch", "ditta_fusion=flow", "addendum 6"),
-    ("default:fusion=flow,max_gap=0", "flow_branch", "ditta_fusion=flow_max_gap=0", "addendum 6"),
-    ("select, add-on fusion (then the preset)", "flow_select", "ditta_select", "addendum 4"),
-    ("select:fusion=flow, judged fused", "flow_select", "ditta_select_fusion=flow", "addendum 7"),
-    ("select (the preset: flow branch, judged plain)", "select_plain_judge", "ditta_select", "addendum 8"),
-    ("select:fusion=memory", "memory_select", "ditta_select_fusion=memory", "addendum 9"),
-    ("select:teacher=mobilesam", "mobilesam_select", "ditta_select_teacher=mobilesam", "addendum 11"),
-    ("select:max_gap=0,warp_residual=20", "residual_gate", "ditta_select_max_gap=0_warp_residual=20", "addendum 12"),
-    ("select:tau=1", "tau1_select", "ditta_select_tau=1", "addendum 13"),
-    ("select:fusion=bayes,tau=1 (product everywhere)", "bayes_select", "ditta_select_fusion=bayes", "addendum 14"),
-    ("select:fusion=bayes (gated product)", "bayes_gated_select", "ditta_select_fusion=bayes", "addendum 15"),
-    ("select:flow_grid=model", "flow_grid", "ditta_select_flow_grid=model", "addendum 16 A"),
-    ("select:fusion=bayes,flow_grid=model", "flow_grid", "ditta_select_fusion=bayes_flow_grid=model", "addendum 16 B"),
-    ("oracle@select (ground-truth targets)", "dev_suite", "oracle_select", "oracle"),
+    ("default:warp=true", "fusion_variants", "ditta:warp=true", "addendum 5"),
+    ("default:gap_factor=1.5", "fusion_variants", "ditta:gap_factor=1.5", "addendum 5"),
+    ("default:warp=true,gap_factor=1.5", "fusion_variants", "ditta:warp=true,gap_factor=1.5", "addendum 5"),
+    ("default:fusion=flow", "flow_branch", "ditta:fusion=flow", "addendum 6"),
+    ("default:fusion=flow,max_gap=0", "flow_branch", "ditta:fusion=flow,max_gap=0", "addendum 6"),
+    ("select, add-on fusion (then the preset)", "flow_select", "ditta@select", "addendum 4"),
+    ("select:fusion=flow, judged fused", "flow_select", "ditta@select:fusion=flow", "addendum 7"),
+    ("select (the preset: flow branch, judged plain)", "select_plain_judge", "ditta@select", "addendum 8"),
+    ("select:fusion=memory", "memory_select", "ditta@select:fusion=memory", "addendum 9"),
+    ("select:teacher=mobilesam", "mobilesam_select", "ditta@select:teacher=mobilesam", "addendum 11"),
+    ("select:max_gap=0,warp_residual=20", "residual_gate", "ditta@select:max_gap=0,warp_residual=20", "addendum 12"),
+    ("select:tau=1", "tau1_select", "ditta@select:tau=1", "addendum 13"),
+    ("select:fusion=bayes,tau=1 (product everywhere)", "bayes_select", "ditta@select:fusion=bayes", "addendum 14"),
+    ("select:fusion=bayes (gated product)", "bayes_gated_select", "ditta@select:fusion=bayes", "addendum 15"),
+    ("select:flow_grid=model", "flow_grid", "ditta@select:flow_grid=model", "addendum 16 A"),
+    ("select:fusion=bayes,flow_grid=model", "flow_grid", "ditta@select:fusion=bayes,flow_grid=model", "addendum 16 B"),
+    ("oracle@select (ground-truth targets)", "dev_suite", "oracle@select", "oracle"),
 ]
 
 
-def _load(results: str, folder: str, row: str, sub: str) -> Optional[Dict[str, object]]:
-    path = os.path.join(results, f"{folder}_{MODEL}", row, sub, "result.json")
+def _load(results: str, folder: str, row: str, spec: str) -> Optional[Dict[str, object]]:
+    path = os.path.join(results, f"{folder}_{MODEL}", row, parse_variant(spec).slug, "result.json")
     if not os.path.exists(path):
         return None
     with open(path) as f:
@@ -66,9 +69,9 @@ def points(results: str = RESULTS) -> List[Dict[str, object]]:
     against the ISS row of the same run folder, unrounded: the table rounds once), ``served`` (the selector's choice or ``None``), ``meets_goal``.
     A variant whose run lacks a row (or its ISS row) is left out of that row."""
     out = []
-    for label, folder, sub, decided in VARIANTS:
+    for label, folder, spec, decided in VARIANTS:
         for row, (_, min_miou, min_mvc) in ROWS.items():
-            run, iss = _load(results, folder, row, sub), _load(results, folder, row, "iss")
+            run, iss = _load(results, folder, row, spec), _load(results, folder, row, "iss")
             if run is None or iss is None:
                 continue
             d_miou, d_mvc = run["mIoU"] - iss["mIoU"], run["mVC8"] - iss["mVC8"]
@@ -79,6 +82,8 @@ def points(results: str = RESULTS) -> List[Dict[str, object]]:
 
 
 def plot(pts: List[Dict[str, object]], path: str) -> None:
+    """One panel per row of :data:`ROWS`: ΔmIoU (x, points) against ΔmVC8 (y, points) of ``pts``
+    (:func:`points`), the row's goal shaded, written as a PNG to ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -123,6 +128,8 @@ def plot(pts: List[Dict[str, object]], path: str) -> None:
 
 
 def table(pts: List[Dict[str, object]]) -> List[str]:
+    """Markdown lines: one row per entry of :data:`VARIANTS`, ``ΔmIoU / ΔmVC8`` per row of :data:`ROWS` rounded
+    once to 0.1 (``-`` where the run lacks it, ``(goal met)`` where both reach the goal)."""
     out = ["| variant | decided in | " + " | ".join(ROWS[r][0] for r in ROWS) + " |",
            "|---|---|" + "---|" * len(ROWS)]
     for label, _, _, decided in VARIANTS:

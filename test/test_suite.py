@@ -104,7 +104,10 @@ def test_fusion_tradeoff_reads_deltas_against_the_same_runs_iss_and_marks_the_go
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
     import fusion_tradeoff as ft
 
-    label, folder, sub, _ = next(v for v in ft.VARIANTS if v[1] == "select_plain_judge")
+    from ditta_ros.tools.suite import parse_variant
+
+    label, folder, spec, _ = next(v for v in ft.VARIANTS if v[1] == "select_plain_judge")
+    sub = parse_variant(spec).slug
 
     def put(row, name, miou, mvc, chosen=None):
         d = tmp_path / f"{folder}_{ft.MODEL}" / row / name
